@@ -1,0 +1,104 @@
+"""Turn a network into the sampling-space denoiser ``D(x, s, y) -> x0`` that samplers call.
+
+``Denoiser`` converts states to network space (``Schedule.native``), evaluates every branch a
+:class:`~comfy_nag.guidance.Guidance` needs in **one batched forward** (or one forward per branch
+with ``batched=False``), converts each branch to x0 with the *nominal* level, mixes them, and
+applies classifier guidance and epsilon scaling.  It counts network evaluations so benchmarks
+can report NFE per step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .guidance import Guidance, branches, combine, eps_scaled_x0, score_to_x0_shift, window_mask
+from .predictions import check_kind, to_x0
+from .schedules import Schedule
+
+
+class Denoiser:
+    """Sampling-space denoiser over ``net(x_net, t_net, y, drop_t)`` predicting ``prediction``.
+
+    ``estimator``: a :class:`~comfy_nag.estimators.NoiseLevelEstimator` on network-space states,
+    needed only when ``guidance.cg_scale != 0``.
+    """
+
+    def __init__(self, net, schedule: Schedule, prediction: str, guidance: Guidance | None = None,
+                 estimator=None, batched: bool = True):
+        self.net, self.schedule, self.prediction = net, schedule, check_kind(prediction)
+        self.guidance = guidance or Guidance()
+        self.estimator, self.batched = estimator, batched
+        if self.guidance.cg_scale != 0 and estimator is None:
+            raise ValueError("classifier-guided NAG (cg_scale != 0) needs a noise-level estimator; pass estimator=...")
+        self.num_classes = getattr(net, "num_classes", 0)
+        self.evaluations = 0  # network evaluations, counted per branch (batch rows / B)
+        self.calls = 0
+
+    # --- checks ----------------------------------------------------------------------------
+    def _check(self, x: torch.Tensor, s: torch.Tensor):
+        shape = getattr(self.net, "in_shape", None)
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            what = "channels" if len(shape) == 3 else "dimensions"
+            raise ValueError(f"state shape {list(x.shape)} does not match the model's input [B, {', '.join(map(str, shape))}] "
+                             f"(wrong number of {what}?); create the initial noise with the model's shape")
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"the sampler state contains NaN/Inf at sigma={float(s.max()):.4g}; lower the guidance "
+                                     "scales or use more steps (the run diverged)")
+
+    # --- evaluation ------------------------------------------------------------------------
+    def branch_x0(self, x: torch.Tensor, s: torch.Tensor, y, names) -> dict[str, torch.Tensor]:
+        """x0 predictions for each named branch (cond, uncond, null_cond, null_uncond)."""
+        B = x.shape[0]
+        c, a_n, s_n = self.schedule.native(s)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        xn = c.reshape(shape).to(x) * x
+        t = self.schedule.net_time(s).to(x.device)
+        null_y = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
+        if y is None:
+            y = null_y
+
+        def inputs(name):
+            return y if name in ("cond", "null_cond") else null_y, torch.full((B,), name.startswith("null"), device=x.device)
+
+        if self.batched:
+            ys, ds = zip(*(inputs(n) for n in names))
+            k = len(names)
+            out = self.net(xn.repeat((k,) + (1,) * (x.dim() - 1)), t.repeat(k), torch.cat(ys), torch.cat(ds))
+            preds = dict(zip(names, out.chunk(k)))
+        else:
+            preds = {}
+            for n in names:
+                yy, dd = inputs(n)
+                preds[n] = self.net(xn, t, yy, dd)
+        self.evaluations += len(names)
+        return {n: to_x0(p, self.prediction, xn, a_n.to(x), s_n.to(x)) for n, p in preds.items()}
+
+    def cg_term(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """grad_x log g(lambda(s) | x_net): the classifier-guided NAG score term (sampling space)."""
+        c, _, _ = self.schedule.native(s)
+        lam = self.schedule.logsnr(s).to(x)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            lp = self.estimator.log_prob(c.reshape(shape).to(x) * xg, lam).sum()
+            (g,) = torch.autograd.grad(lp, xg)
+        return g
+
+    def __call__(self, x: torch.Tensor, s: torch.Tensor, y=None) -> torch.Tensor:
+        """Guided x0 prediction.  ``s``: sampling sigma, scalar or per-sample [B]."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        self._check(x, s)
+        self.calls += 1
+        g = self.guidance
+        space = self.schedule.space
+        nag_on = window_mask(s, g.nag_window) if g.nag_scale != 0 else torch.zeros_like(s, dtype=torch.bool)
+        names = branches(g.cfg_scale, g.nag_scale if bool(nag_on.any()) else 0.0, g.variant)
+        outs = self.branch_x0(x, s, y, names)
+        x0 = combine(outs, g.cfg_scale, g.nag_scale * nag_on.to(x), g.variant)
+        if g.cg_scale != 0:
+            on = window_mask(s, g.cg_window)
+            if bool(on.any()):
+                term = self.cg_term(x, s) * (g.cg_scale * on.to(x)).reshape((-1,) + (1,) * (x.dim() - 1))
+                x0 = x0 + score_to_x0_shift(term, x, s, space)
+        if g.eps_scale != 1.0:
+            x0 = eps_scaled_x0(x0, x, s, space, g.eps_scale)
+        return x0

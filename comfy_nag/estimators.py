@@ -1,0 +1,246 @@
+"""Noise-level estimators: what noise level does a state *actually* carry?
+
+Units: log-SNR ``lambda = 2*log(alpha/sigma)`` (schedules.py); lower = noisier.
+
+Three estimators share one readout (the posterior mean of lambda):
+
+* :class:`NoiseLevelEstimator` - a small learned network g(lambda | x) that sees only the state
+  (in network space, i.e. what the diffusion network sees) and predicts a **categorical
+  distribution over log-SNR bins**.  Why a classifier over bins and not a regressor:
+  it gives a full, calibrated distribution (cross-entropy is a proper scoring rule), so the
+  same network serves measurement (KDE, posterior mean, uncertainty) and classifier guidance
+  (``log g(lambda|x)`` is defined without inventing a Gaussian width); it can be compared
+  directly with the exact posterior on the testbed (KL); it does not regress to the mean at the
+  ends of the range where the level is poorly identifiable; and log-SNR bins are one unit for
+  every family (VP, flow, EDM), so the file format is family-independent.
+* :func:`variance_logsnr` - training-free, from the state's statistics (the time-shift
+  sampler's idea): solve ``var(x) = alpha(s)^2 * data_var + s^2`` for s.
+* ``testbed.GaussianMixture.level_posterior`` - the exact posterior where the data density is known.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .files import WeightFileError, load_weights, meta_json, save_weights
+from .schedules import Schedule, logsnr_of, space_alpha
+
+
+@dataclass(frozen=True)
+class LevelBins:
+    """``k`` equal-width log-SNR bins over [lo, hi]."""
+
+    lo: float
+    hi: float
+    k: int
+
+    def __post_init__(self):
+        if not (self.hi > self.lo and self.k >= 2):
+            raise ValueError(f"bad log-SNR bins lo={self.lo}, hi={self.hi}, k={self.k}: need hi > lo and k >= 2")
+
+    @property
+    def width(self) -> float:
+        return (self.hi - self.lo) / self.k
+
+    def centers(self, device=None) -> torch.Tensor:
+        return self.lo + self.width * (torch.arange(self.k, device=device, dtype=torch.float32) + 0.5)
+
+    def index(self, lam: torch.Tensor) -> torch.Tensor:
+        return ((lam - self.lo) / self.width).floor().long().clamp(0, self.k - 1)
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        """Uniform draws over the range (the estimator's training prior)."""
+        return self.lo + (self.hi - self.lo) * torch.rand(n, generator=generator)
+
+    def describe(self) -> dict:
+        return {"lo": self.lo, "hi": self.hi, "k": self.k}
+
+
+def posterior_mean(probs: torch.Tensor, bins: LevelBins) -> torch.Tensor:
+    """Posterior-mean log-SNR from bin probabilities [B, k]."""
+    return probs @ bins.centers(probs.device)
+
+
+def interp_log_prob(log_probs: torch.Tensor, lam: torch.Tensor, bins: LevelBins) -> torch.Tensor:
+    """log g(lam | x) as a density in lam, interpolated linearly between bin centres.
+
+    ``log_probs`` [B, k] (log-softmax); ``lam`` [B].  Smooth in x, which is what classifier
+    guidance differentiates.
+    """
+    pos = ((lam - bins.lo) / bins.width - 0.5).clamp(0, bins.k - 1)
+    i0 = pos.floor().long().clamp(max=bins.k - 2)
+    w = (pos - i0).unsqueeze(1)
+    lp = torch.stack([log_probs.gather(1, i0[:, None])[:, 0], log_probs.gather(1, (i0 + 1)[:, None])[:, 0]], 1)
+    # log((1-w) p0 + w p1) computed stably
+    mix = torch.logsumexp(lp + torch.log(torch.cat([1 - w, w], 1).clamp_min(1e-12)), dim=1)
+    return mix - math.log(bins.width)
+
+
+class _ConvBackbone(nn.Module):
+    def __init__(self, channels: int, width: int, depth: int):
+        super().__init__()
+        layers, c = [], channels
+        for i in range(depth):
+            layers += [nn.Conv2d(c, width, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, width), nn.SiLU()]
+            c = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim = 2 * width + 2
+
+    def forward(self, x):
+        h = self.net(x)
+        # mean and RMS pooling: noise energy is a second-moment statistic.
+        feats = [h.mean((2, 3)), h.pow(2).mean((2, 3)).add(1e-6).sqrt()]
+        flat = x.flatten(1)
+        feats += [flat.std(1, keepdim=True).add(1e-6).log(), (x[..., 1:, :] - x[..., :-1, :]).flatten(1).std(1, keepdim=True).add(1e-6).log()]
+        return torch.cat(feats, 1)
+
+
+class _MLPBackbone(nn.Module):
+    def __init__(self, dim: int, width: int, depth: int):
+        super().__init__()
+        layers, d = [], dim + 1
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.SiLU()]
+            d = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim = width
+
+    def forward(self, x):
+        return self.net(torch.cat([x, x.pow(2).mean(1, keepdim=True).add(1e-8).log()], 1))
+
+
+class NoiseLevelEstimator(nn.Module):
+    """g(lambda | x): categorical over log-SNR bins, from the network-space state alone.
+
+    ``shape``: one sample's shape, ``(D,)`` for vectors (MLP) or ``(C, H, W)`` for images and
+    latents (conv net, works at any spatial size).
+    """
+
+    def __init__(self, shape: tuple[int, ...], bins: LevelBins, width: int = 64, depth: int = 3):
+        super().__init__()
+        self.shape, self.bins, self.width, self.depth = tuple(int(s) for s in shape), bins, width, depth
+        if len(self.shape) == 1:
+            self.backbone = _MLPBackbone(self.shape[0], width, depth)
+        elif len(self.shape) == 3:
+            self.backbone = _ConvBackbone(self.shape[0], width, depth)
+        else:
+            raise ValueError(f"estimator input shape must be (D,) or (C, H, W), got {shape}")
+        self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, width), nn.SiLU(), nn.Linear(width, bins.k))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        want = self.shape[0]
+        if x.dim() != len(self.shape) + 1 or x.shape[1] != want:
+            what = "latent channels" if len(self.shape) == 3 else "dimensions"
+            raise ValueError(f"noise-level estimator expects {what}={want} (input shape [B, {', '.join(map(str, self.shape))}]), "
+                             f"got a tensor of shape {list(x.shape)}; load the estimator trained for this model's latent space")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, k] over log-SNR bins."""
+        self.check_input(x)
+        return self.head(self.backbone(x))
+
+    def log_prob(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """log g(lam | x) [B] (density in log-SNR units)."""
+        return interp_log_prob(F.log_softmax(self(x), 1), lam.to(x.dtype).expand(x.shape[0]), self.bins)
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self(x), 1)
+
+    @torch.no_grad()
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior-mean log-SNR [B]."""
+        return posterior_mean(self.probs(x), self.bins)
+
+    # --- files -------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {"shape": list(self.shape), "bins": self.bins.describe(), "width": self.width, "depth": self.depth}
+
+    def save(self, path, schedule: Schedule | None = None, extra: dict | None = None):
+        meta = {"nag.kind": "noise_level_estimator", "nag.estimator": self.config(),
+                "nag.latent_channels": str(self.shape[0])}
+        if schedule is not None:
+            meta["nag.schedule"] = schedule.describe()
+        meta.update(extra or {})
+        return save_weights(path, self.state_dict(), meta)
+
+    @classmethod
+    def load(cls, path, device="cpu") -> tuple["NoiseLevelEstimator", dict]:
+        tensors, meta = load_weights(path, device)
+        if meta.get("nag.kind") != "noise_level_estimator":
+            raise WeightFileError(f"{path}: not a comfy-nag noise-level estimator (metadata nag.kind="
+                                  f"{meta.get('nag.kind')!r}); train one with `python -m training estimator`")
+        cfg = meta_json(meta, "nag.estimator", path)
+        est = cls(tuple(cfg["shape"]), LevelBins(**cfg["bins"]), cfg.get("width", 64), cfg.get("depth", 3)).to(device)
+        missing, unexpected = est.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise WeightFileError(f"{path}: estimator weights do not match its metadata (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]}); the file is damaged or from another version")
+        return est, meta
+
+
+def noised(x0: torch.Tensor, lam: torch.Tensor, schedule: Schedule, generator=None) -> torch.Tensor:
+    """Network-space forward samples of x0 at log-SNR ``lam`` [B]."""
+    s = schedule.sigma_from_logsnr(lam)
+    c, a_n, s_n = schedule.native(s)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return a_n.reshape(shape).to(x0) * x0 + s_n.reshape(shape).to(x0) * eps
+
+
+def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: int, batch: int = 256,
+                    lr: float = 2e-3, generator: torch.Generator | None = None, callback=None) -> list[float]:
+    """Train ``est`` by cross-entropy on forward samples with lambda uniform over its bins.
+
+    ``data(n, generator) -> x0`` draws clean samples (network space x0 units).  Returns the
+    loss history.  ``callback(step, loss)`` may report progress.
+    """
+    opt = torch.optim.AdamW(est.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
+    hist = []
+    est.train()
+    for step in range(steps):
+        x0 = data(batch, generator)
+        lam = est.bins.sample(batch, generator)
+        x = noised(x0, lam, schedule, generator)
+        loss = F.cross_entropy(est(x), est.bins.index(lam))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"estimator loss became {loss.item()} at step {step}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist.append(loss.item())
+        if callback is not None:
+            callback(step, hist[-1])
+    est.eval()
+    return hist
+
+
+def variance_logsnr(x: torch.Tensor, space: str, data_var: float, s_nominal: torch.Tensor | None = None) -> torch.Tensor:
+    """Training-free log-SNR estimate of sampling-space states x [B, ...].
+
+    Solves ``var(x) = alpha(s)^2*data_var + s^2`` per sample (alpha = 1 in ve, 1-s in flow).
+    In flow space the variance dips at s = v/(v+1), so there can be two roots: the one nearest
+    ``s_nominal`` is taken (the larger one if no nominal is given).
+    """
+    v = float(data_var)
+    var = x.flatten(1).var(1).clamp_min(1e-12)
+    if space == "ve":
+        s = (var - v).clamp_min(1e-8).sqrt()
+    elif space == "flow":
+        disc = (var * (v + 1) - v).clamp_min(0).sqrt()
+        hi, lo = ((v + disc) / (v + 1)).clamp(1e-4, 1 - 1e-4), ((v - disc) / (v + 1)).clamp(1e-4, 1 - 1e-4)
+        if s_nominal is None:
+            s = hi
+        else:
+            sn = s_nominal.expand_as(hi)
+            s = torch.where((hi - sn).abs() <= (lo - sn).abs(), hi, lo)
+    else:
+        space_alpha(space, var)  # raises a clear error
+    return logsnr_of(space, s)
+

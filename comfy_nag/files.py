@@ -1,0 +1,111 @@
+"""Safe, atomic weight files.
+
+Weights are read and written with safetensors only; nothing is ever unpickled.  Saves go to a
+temporary file in the same folder, are flushed to disk and then renamed over the target, so a
+process killed mid-save leaves either the old file or the new one, never a torn one.
+Metadata values are strings (safetensors' rule); structured values are stored as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+class WeightFileError(ValueError):
+    """A weight file is missing, not safetensors, corrupt, or lacks required metadata."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """Atomically save ``tensors`` as safetensors with string metadata (non-strings -> JSON)."""
+    path = Path(path)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise WeightFileError(f"{path}: file not found; check the path (and the model folder it should be in)")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise WeightFileError(
+            f"{path}: '{path.suffix}' files are Python pickles and are never loaded here (they can run code). "
+            "Convert the weights to .safetensors first, e.g. with safetensors.torch.save_file in a trusted environment.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise WeightFileError(f"{path}: this is a pickled/zip PyTorch file renamed to .safetensors; it is refused "
+                              "because unpickling can run code. Re-save it as real safetensors.")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The file's metadata (header only; cheap)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightFileError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or truncated - "
+                              "re-download or re-export it") from e
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load ``(tensors, metadata)``; raises :class:`WeightFileError` with the fix on bad files."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightFileError(f"{path}: tensor data is corrupt or truncated ({e}); re-download or re-export it") from e
+    return tensors, meta
+
+
+def meta_json(meta: dict[str, str], key: str, path: str | os.PathLike = "<file>", default=...):
+    """Read a JSON metadata value; a clear error names the key when it is missing and no default is given."""
+    if key not in meta:
+        if default is not ...:
+            return default
+        raise WeightFileError(f"{path}: missing metadata key '{key}'. This file was not written by comfy-nag's "
+                              "trainer (or was re-saved by a tool that drops metadata); re-export it with "
+                              "`python -m training inspect`/the trainer, or pass the value explicitly.")
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError:
+        return meta[key]

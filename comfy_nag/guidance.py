@@ -1,0 +1,136 @@
+"""Guidance math: classifier-free and classifier-guided NAG, CFG, and the prior fixes.
+
+Conventions (METHOD.md):
+
+* ``cfg_scale`` uses ComfyUI's convention: ``u + cfg*(c - u)``; 1 = no CFG.
+* ``nag_scale`` ``w``: ``c + w*(c - n)`` with n the noise-unconditional (null-timestep) branch;
+  0 = no NAG, and then the null branch is never evaluated.
+* Variant "A" (default, 3 branches): ``u + cfg*(c - u) + w*(c - n_c)``.
+  Variant "B" (4 branches): NAG inside both CFG branches, then CFG.
+* All mixtures have weights summing to one, so they may be applied to eps, v, x0 or velocity
+  predictions alike, as long as every branch is converted with the nominal level.  Here they
+  are applied to x0 (denoised) predictions, like ComfyUI's post-CFG hooks.
+* Sigmas are sampling sigmas (schedules.py); ``alpha`` is the sampling space's signal coefficient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .predictions import _bc
+from .schedules import space_alpha
+
+BRANCHES = ("cond", "uncond", "null_cond", "null_uncond")
+VARIANTS = ("A", "B")
+# Below this signal coefficient (flow s -> 1) x0-space corrections are undefined (divide by alpha).
+MIN_ALPHA = 1e-4
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What to apply at each evaluation.  Windows are (sigma_lo, sigma_hi) in sampling sigma."""
+
+    cfg_scale: float = 1.0
+    nag_scale: float = 0.0
+    variant: str = "A"
+    nag_window: tuple[float, float] | None = None
+    cg_scale: float = 0.0
+    cg_window: tuple[float, float] | None = None
+    eps_scale: float = 1.0  # epsilon scaling factor (Ning et al.); 1 = off
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown NAG+CFG variant {self.variant!r}; expected 'A' (additive, 3 evaluations) "
+                             "or 'B' (NAG inside both CFG branches, 4 evaluations)")
+        for name in ("cfg_scale", "nag_scale", "cg_scale", "eps_scale"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.eps_scale <= 0:
+            raise ValueError(f"eps_scale must be > 0 (1 = off), got {self.eps_scale}")
+
+
+def branches(cfg_scale: float, nag_scale: float, variant: str = "A") -> tuple[str, ...]:
+    """Branches one evaluation needs. Scale 0 / cfg 1 drop their extra branches entirely."""
+    out = ["cond"]
+    if cfg_scale != 1.0:
+        out.append("uncond")
+    if nag_scale != 0.0:
+        out.append("null_cond")
+        if variant == "B" and cfg_scale != 1.0:
+            out.append("null_uncond")
+    return tuple(out)
+
+
+def nag_mix(cond: torch.Tensor, null: torch.Tensor, scale) -> torch.Tensor:
+    """Classifier-free NAG: ``cond + w*(cond - null)``."""
+    return cond + _bc(scale, cond) * (cond - null)
+
+
+def combine(outs: dict[str, torch.Tensor], cfg_scale: float, nag_scale, variant: str = "A") -> torch.Tensor:
+    """Mix branch predictions (any one parameterisation).  ``nag_scale`` may be per-sample [B]."""
+    c = outs["cond"]
+    u = outs.get("uncond")
+    n_c = outs.get("null_cond")
+    if variant == "B" and u is not None and n_c is not None:
+        c = nag_mix(c, n_c, nag_scale)
+        u = nag_mix(u, outs["null_uncond"], nag_scale)
+        return u + cfg_scale * (c - u)
+    out = c if u is None else u + cfg_scale * (c - u)
+    if n_c is not None:
+        out = out + _bc(nag_scale, c) * (outs["cond"] - n_c)
+    return out
+
+
+def window_mask(s: torch.Tensor, window: tuple[float, float] | None) -> torch.Tensor:
+    """Bool [B]: which samples' sigma lies in [lo, hi] (all, if no window)."""
+    if window is None:
+        return torch.ones_like(s, dtype=torch.bool)
+    lo, hi = window
+    return (s >= lo) & (s <= hi)
+
+
+def score_to_x0_shift(score_term: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str) -> torch.Tensor:
+    """x0 change caused by adding ``score_term`` to the score: ``s^2 * term / alpha`` (0 where alpha ~ 0)."""
+    a = space_alpha(space, s)
+    coef = torch.where(a > MIN_ALPHA, s * s / a.clamp_min(MIN_ALPHA), torch.zeros_like(a))
+    return _bc(coef, x) * score_term
+
+
+def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str, factor: float) -> torch.Tensor:
+    """Epsilon scaling (Ning et al., ICLR 2024, uniform schedule): eps <- eps/factor, x0 re-derived.
+
+    In ve space this is ComfyUI's ``x - (x - x0)/factor``; in flow space it scales the noise
+    component of the velocity, not the whole velocity.
+    """
+    if factor == 1.0:
+        return x0
+    a = space_alpha(space, s)
+    ok = a > MIN_ALPHA
+    ab, sb = _bc(a.clamp_min(MIN_ALPHA), x), _bc(s, x)
+    eps = (x - ab * x0) / sb
+    new = (x - sb * eps / factor) / ab
+    return torch.where(_bc(ok, x), new, x0)
+
+
+def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_frac: float = 0.0):
+    """Time-shift sampler (Li et al., ICLR 2024) as a sampler ``level_fn``.
+
+    Each step, the level of each sample is re-read from its variance (``estimators.variance_logsnr``)
+    and the sampler uses that level, clipped to ``window`` log-SNR units around the nominal one,
+    for the model call and the update coefficients.  ``start_frac``: fraction of steps (from the
+    start) left unshifted.
+    """
+    from .estimators import variance_logsnr
+    from .schedules import logsnr_of, sigma_of_logsnr
+
+    def level_fn(x, s, i, n_steps):
+        if i < start_frac * n_steps:
+            return s
+        lam = logsnr_of(space, s)
+        lam_hat = variance_logsnr(x, space, data_var, s)
+        lam_new = torch.where(torch.isfinite(lam), lam + (lam_hat - lam).clamp(-window, window), lam)
+        return sigma_of_logsnr(space, lam_new).to(s)
+
+    return level_fn

@@ -1,0 +1,42 @@
+"""Denoising loss with noise-condition dropout (and class dropout for CFG).
+
+With probability ``t_dropout`` a sample's noise condition is replaced by the null condition
+(``drop_t``); its regression target is unchanged, so one set of weights learns both the
+noise-conditional prediction and the noise-unconditional one that classifier-free NAG needs.
+"""
+from __future__ import annotations
+
+import torch
+
+from .predictions import target
+from .schedules import Schedule
+
+
+def forward_sample(x0: torch.Tensor, s: torch.Tensor, schedule: Schedule, eps: torch.Tensor):
+    """Network-space forward sample and its coefficients: ``(x_net, alpha_n, sigma_n)``."""
+    _, a_n, s_n = schedule.native(s)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    a_n, s_n = a_n.reshape(shape).to(x0), s_n.reshape(shape).to(x0)
+    return a_n * x0 + s_n * eps, a_n, s_n
+
+
+def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Schedule, prediction: str,
+                   t_dropout: float = 0.0, y_dropout: float = 0.0, generator: torch.Generator | None = None):
+    """Mean-squared error in the ``prediction`` parameterisation.
+
+    Returns ``(loss, per_sample, drop_t)`` so callers can track the dropped rows' loss.
+    """
+    B = x0.shape[0]
+    s = schedule.training_sigmas(B, generator).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    x, a_n, s_n = forward_sample(x0, s, schedule, eps)
+    drop_t = torch.rand(B, generator=generator).to(x0.device) < t_dropout
+    num_classes = getattr(net, "num_classes", 0)
+    if num_classes:
+        if y is None:
+            raise ValueError("this model is class-conditional; pass class labels y")
+        drop_y = torch.rand(B, generator=generator).to(x0.device) < y_dropout
+        y = torch.where(drop_y, torch.full_like(y, num_classes), y)
+    pred = net(x, schedule.net_time(s).to(x0.device), y, drop_t)
+    per = (pred - target(prediction, x0, eps, a_n, s_n)).pow(2).flatten(1).mean(1)
+    return per.mean(), per.detach(), drop_t

@@ -1,0 +1,310 @@
+"""Noise schedules and the units they use.
+
+Every schedule maps three kinds of numbers onto each other:
+
+* **sampling sigma** ``s`` - the variable samplers integrate over.  Like ComfyUI and
+  k-diffusion, samplers work in one of two *spaces*:
+
+  - ``"ve"``: ``x = x0 + s*eps`` (k-diffusion sigma space; VP/EPS/V models and EDM);
+  - ``"flow"``: ``x = (1-s)*x0 + s*eps`` with ``s`` in [0, 1] (rectified flow: SiT, SD3, Flux).
+
+* **network time** - what the network's timestep input receives (``net_time``):
+  the 0..999 index for discrete VP models, ``s * multiplier`` for flow models
+  (SD3 style, multiplier 1000), ``0.25*ln(s)`` for EDM.
+
+* **log-SNR** ``lambda = 2*log(alpha/sigma)`` of the forward process, a unit shared by every
+  family; noise-level estimators and noise-shift readouts use it ("noisier" = lower).
+
+``native(s)`` returns the scale ``c`` that turns a sampling-space state into the state the
+network sees (``x_net = c*x``) and the forward coefficients ``(alpha, sigma)`` in that
+network space, so that ``x_net = alpha*x0 + sigma*eps``.  Predictions are converted with
+those coefficients (see ``predictions.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SPACES = ("ve", "flow")
+
+
+def _as_tensor(s) -> torch.Tensor:
+    return s if isinstance(s, torch.Tensor) else torch.as_tensor(s, dtype=torch.float32)
+
+
+def space_alpha(space: str, s: torch.Tensor) -> torch.Tensor:
+    """Signal coefficient of the sampling space: 1 (ve) or 1-s (flow)."""
+    if space == "ve":
+        return torch.ones_like(s)
+    if space == "flow":
+        return 1.0 - s
+    raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
+
+
+def space_dalpha(space: str, s: torch.Tensor) -> torch.Tensor:
+    """d alpha / d s in the sampling space: 0 (ve) or -1 (flow)."""
+    if space == "ve":
+        return torch.zeros_like(s)
+    if space == "flow":
+        return -torch.ones_like(s)
+    raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
+
+
+def logsnr_of(space: str, s) -> torch.Tensor:
+    """log-SNR 2*log(alpha/s) of sampling sigma ``s`` (+inf at s=0, -inf at flow s=1)."""
+    s = _as_tensor(s)
+    return 2.0 * (torch.log(space_alpha(space, s)) - torch.log(s))
+
+
+def sigma_of_logsnr(space: str, lam) -> torch.Tensor:
+    """Inverse of :func:`logsnr_of`."""
+    lam = _as_tensor(lam)
+    if space == "ve":
+        return torch.exp(-lam / 2)
+    if space == "flow":
+        return torch.sigmoid(-lam / 2)
+    raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
+
+
+class Schedule:
+    """Base class. Subclasses define the space, the sigma range and the network units."""
+
+    space: str
+    name: str
+    null_time: float  # network-time sentinel for the noise-unconditional branch (METHOD.md, ours)
+
+    # --- units -------------------------------------------------------------------------
+    def net_time(self, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def native(self, s: torch.Tensor):
+        """Return ``(c, alpha, sigma)``: x_net = c*x and x_net = alpha*x0 + sigma*eps."""
+        raise NotImplementedError
+
+    def alpha(self, s) -> torch.Tensor:
+        return space_alpha(self.space, _as_tensor(s))
+
+    def logsnr(self, s) -> torch.Tensor:
+        return logsnr_of(self.space, s)
+
+    def sigma_from_logsnr(self, lam) -> torch.Tensor:
+        return sigma_of_logsnr(self.space, lam)
+
+    # --- ranges ------------------------------------------------------------------------
+    sigma_min: float
+    sigma_max: float
+
+    def logsnr_range(self) -> tuple[float, float]:
+        """The log-SNR range the schedule visits (finite; flow endpoints are clipped)."""
+        lo = float(self.logsnr(torch.tensor(self.sigma_max)))
+        hi = float(self.logsnr(torch.tensor(self.sigma_min)))
+        return lo, hi
+
+    # --- sampling / training -------------------------------------------------------------
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """Decreasing sampling sigmas of length ``steps + 1``, ending in 0."""
+        raise NotImplementedError
+
+    def training_sigmas(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sigmas drawn from the schedule's training distribution."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """JSON-able description, stored in file metadata."""
+        raise NotImplementedError
+
+
+class DiscreteVP(Schedule):
+    """SD/DiT-style discrete variance-preserving schedule (1000 steps).
+
+    ``x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps`` for the integer index t in 0..n-1.  Sampled in
+    ve space with ``s = sqrt((1-abar)/abar)``; the network receives the (possibly fractional)
+    index, found by interpolating log sigma in the table, and ``c = 1/sqrt(1+s^2)``.
+    ``betas``: ``"scaled_linear"`` (Stable Diffusion, 0.00085..0.012) or ``"linear"``
+    (DDPM/DiT, 1e-4..0.02).
+    """
+
+    space = "ve"
+
+    def __init__(self, betas: str = "scaled_linear", beta_start: float | None = None,
+                 beta_end: float | None = None, n: int = 1000, null_time: float = -1000.0):
+        if betas == "scaled_linear":
+            b0, b1 = beta_start or 0.00085, beta_end or 0.012
+            b = torch.linspace(b0 ** 0.5, b1 ** 0.5, n, dtype=torch.float64) ** 2
+        elif betas == "linear":
+            b0, b1 = beta_start or 1e-4, beta_end or 0.02
+            b = torch.linspace(b0, b1, n, dtype=torch.float64)
+        else:
+            raise ValueError(f"unknown beta schedule {betas!r}; use 'scaled_linear' or 'linear'")
+        abar = torch.cumprod(1 - b, 0)
+        self.betas_kind, self.n = betas, n
+        self.beta_start, self.beta_end = b0, b1
+        self.table = ((1 - abar) / abar).sqrt().float()  # sigma for index 0..n-1
+        self.log_table = self.table.log()
+        self.sigma_min, self.sigma_max = float(self.table[0]), float(self.table[-1])
+        self.null_time = float(null_time)
+        self.name = f"vp-{betas}"
+
+    def sigma_at(self, t) -> torch.Tensor:
+        """Sigma for a (fractional) index t, interpolating log sigma."""
+        t = _as_tensor(t).float().clamp(0, self.n - 1)
+        lo = t.floor().long().clamp(max=self.n - 2)
+        w = t - lo
+        return (self.log_table[lo] * (1 - w) + self.log_table[lo + 1] * w).exp()
+
+    def net_time(self, s):
+        s = _as_tensor(s).float()
+        ls = s.clamp_min(1e-12).log()
+        idx = torch.searchsorted(self.log_table, ls.reshape(-1).contiguous()).reshape(ls.shape)
+        hi = idx.clamp(1, self.n - 1)
+        lo = hi - 1
+        w = (ls - self.log_table[lo]) / (self.log_table[hi] - self.log_table[lo])
+        return (lo + w.clamp(0, 1)).float()
+
+    def native(self, s):
+        s = _as_tensor(s)
+        c = 1.0 / torch.sqrt(1.0 + s * s)
+        return c, c, s * c
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """DiT/DDPM spacing: ``steps`` indices evenly spaced from n-1 down to 0."""
+        t = torch.linspace(self.n - 1, 0, steps)
+        return torch.cat([self.sigma_at(t), torch.zeros(1)])
+
+    def training_sigmas(self, n, generator=None):
+        t = torch.randint(0, self.n, (n,), generator=generator)
+        return self.table[t]
+
+    def describe(self):
+        return {"type": "discrete_vp", "betas": self.betas_kind, "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "n": self.n, "space": self.space}
+
+
+class Flow(Schedule):
+    """Rectified-flow / linear interpolant: ``x = (1-s) x0 + s eps``, s in [0, 1].
+
+    Network time is ``s * multiplier`` (SD3/WAN: 1000; SiT-style models here use 1000 too;
+    Flux/AuraFlow: 1).  ``shift`` is SD3's time shift ``s = shift*t / (1 + (shift-1)*t)``
+    applied to uniformly spaced t for both sampling and training.
+    """
+
+    space = "flow"
+
+    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0, null_time: float | None = None,
+                 sigma_min: float = 1e-3, sigma_max: float = 1.0):
+        if shift <= 0:
+            raise ValueError(f"flow shift must be > 0, got {shift}")
+        self.shift, self.multiplier = float(shift), float(multiplier)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        # METHOD.md: null timestep = -1 in flow units, expressed in network units.
+        self.null_time = float(-1.0 * multiplier if null_time is None else null_time)
+        self.name = "flow" if shift == 1 else f"flow-shift{shift:g}"
+
+    def _shift(self, t):
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def net_time(self, s):
+        return _as_tensor(s).float() * self.multiplier
+
+    def native(self, s):
+        s = _as_tensor(s)
+        return torch.ones_like(s), 1.0 - s, s
+
+    def logsnr_range(self):
+        lo = float(self.logsnr(torch.tensor(min(self.sigma_max, 1 - self.sigma_min))))
+        hi = float(self.logsnr(torch.tensor(self.sigma_min)))
+        return lo, hi
+
+    def sigmas(self, steps):
+        t = torch.linspace(self.sigma_max, 0, steps + 1)
+        return self._shift(t)
+
+    def training_sigmas(self, n, generator=None):
+        return self._shift(torch.rand(n, generator=generator))
+
+    def describe(self):
+        return {"type": "flow", "shift": self.shift, "multiplier": self.multiplier, "space": self.space}
+
+
+class EDM(Schedule):
+    """Karras et al. (EDM) sigma space: ``x = x0 + s eps``; network time ``0.25*ln(s)``.
+
+    ``c = 1/sqrt(s^2 + sigma_data^2)`` (EDM's c_in).  Sampling sigmas follow the rho=7 ramp;
+    training draws ln s ~ N(p_mean, p_std).  The null time (ours) is 0.25*ln(1e-20) ~ -11.5,
+    far below any real sigma.
+    """
+
+    space = "ve"
+
+    def __init__(self, sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0,
+                 p_mean=-1.2, p_std=1.2, null_time: float | None = None):
+        self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
+        self.p_mean, self.p_std = p_mean, p_std
+        self.null_time = float(0.25 * math.log(1e-20) if null_time is None else null_time)
+        self.name = "edm"
+
+    def net_time(self, s):
+        return 0.25 * _as_tensor(s).float().clamp_min(1e-20).log()
+
+    def native(self, s):
+        s = _as_tensor(s)
+        c = 1.0 / torch.sqrt(s * s + self.sigma_data ** 2)
+        return c, c, s * c
+
+    def sigmas(self, steps):
+        r = torch.linspace(0, 1, steps)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        return torch.cat([(hi + r * (lo - hi)) ** self.rho, torch.zeros(1)])
+
+    def training_sigmas(self, n, generator=None):
+        return (self.p_mean + self.p_std * torch.randn(n, generator=generator)).exp()
+
+    def describe(self):
+        return {"type": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                "sigma_data": self.sigma_data, "rho": self.rho, "space": self.space}
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. rho-ramp (any ve schedule), ending in 0."""
+    r = torch.linspace(0, 1, steps)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(hi + r * (lo - hi)) ** rho, torch.zeros(1)])
+
+
+def schedule_from_description(d: dict) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.describe` output (e.g. file metadata)."""
+    kind = d.get("type")
+    if kind == "discrete_vp":
+        return DiscreteVP(d.get("betas", "scaled_linear"), d.get("beta_start"), d.get("beta_end"), int(d.get("n", 1000)))
+    if kind == "flow":
+        return Flow(float(d.get("shift", 1.0)), float(d.get("multiplier", 1000.0)))
+    if kind == "edm":
+        return EDM(d.get("sigma_min", 0.002), d.get("sigma_max", 80.0), d.get("sigma_data", 0.5), d.get("rho", 7.0))
+    raise ValueError(f"unknown schedule type {kind!r} in {d}; expected 'discrete_vp', 'flow' or 'edm'")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its schedule and the parameterisation its network predicts."""
+
+    name: str
+    schedule: Schedule
+    prediction: str  # eps | v | x0 | velocity
+
+
+def family(name: str) -> Family:
+    """Built-in families: sd1 / sdxl (eps), sd2-v (v), dit (eps, linear betas), sit / sd3 / flux (velocity)."""
+    table = {
+        "sd1": lambda: Family("sd1", DiscreteVP("scaled_linear"), "eps"),
+        "sdxl": lambda: Family("sdxl", DiscreteVP("scaled_linear"), "eps"),
+        "sd2-v": lambda: Family("sd2-v", DiscreteVP("scaled_linear"), "v"),
+        "dit": lambda: Family("dit", DiscreteVP("linear"), "eps"),
+        "sit": lambda: Family("sit", Flow(), "velocity"),
+        "sd3": lambda: Family("sd3", Flow(shift=3.0), "velocity"),
+        "flux": lambda: Family("flux", Flow(shift=3.0, multiplier=1.0), "velocity"),
+    }
+    if name not in table:
+        raise ValueError(f"unknown model family {name!r}; supported: {', '.join(table)}")
+    return table[name]()

@@ -1,0 +1,176 @@
+"""The exact testbed: class-conditional Gaussian mixtures where everything is analytic.
+
+Data: component k is ``N(mu_k, U_k U_k^T + floor*I)`` with class ``c_k``; most of each
+component's variance lies in a rank-r subspace, as real data lies near low-dimensional
+manifolds, so the noise level of a state stays identifiable late in sampling (the ``floor``
+sets how late).  Forward states at sampling sigma s are ``x = alpha(s)*x0 + s*eps``, so the
+noised density, its score, the exact denoiser and the posterior over noise levels are closed
+form.  Covariances are eigendecomposed once; every density evaluation is then O(K*D).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .estimators import LevelBins
+from .losses import denoising_loss
+from .schedules import Schedule, sigma_of_logsnr, space_alpha
+
+
+class GaussianMixture:
+    def __init__(self, means: torch.Tensor, factors: torch.Tensor, floor: float, classes: torch.Tensor,
+                 weights: torch.Tensor | None = None):
+        K, D = means.shape
+        self.means, self.factors, self.floor = means.double(), factors.double(), float(floor)
+        self.classes = classes.long()
+        self.num_classes = int(self.classes.max()) + 1
+        self.weights = (weights if weights is not None else torch.full((K,), 1.0 / K)).double()
+        cov = self.factors @ self.factors.transpose(1, 2) + self.floor * torch.eye(D, dtype=torch.float64)
+        self.evals, self.evecs = torch.linalg.eigh(cov)  # [K, D], [K, D, D]
+        self.qmu = torch.einsum("kdj,kd->kj", self.evecs, self.means)
+        self.dim, self.K = D, K
+
+    @classmethod
+    def make(cls, dim: int = 32, num_classes: int = 4, per_class: int = 2, rank: int = 3, floor: float = 4e-4,
+             spread: float = 1.0, width: float = 0.45, seed: int = 0) -> "GaussianMixture":
+        """Random mixture with overall per-dimension variance of order 1."""
+        g = torch.Generator().manual_seed(seed)
+        K = num_classes * per_class
+        if dim == 2:  # pictures: components on a circle, elongated along random directions
+            ang = 2 * math.pi * torch.arange(K) / K + 0.3 * torch.rand(K, generator=g)
+            means = spread * torch.stack([ang.cos(), ang.sin()], 1)
+            factors = width * 0.5 * torch.randn(K, 2, min(rank, 1), generator=g)
+        else:
+            means = spread * torch.randn(K, dim, generator=g)
+            factors = width * torch.randn(K, dim, rank, generator=g) / math.sqrt(rank)
+        classes = torch.arange(K) % num_classes
+        return cls(means, factors, floor, classes)
+
+    # --- sampling ------------------------------------------------------------------------
+    def sample(self, n: int, y: torch.Tensor | None = None, generator=None):
+        """Clean samples and their classes (``y`` fixes the classes)."""
+        if y is None:
+            y = torch.randint(0, self.num_classes, (n,), generator=generator)
+        logits = torch.where(self.classes[None] == y[:, None], self.weights.log()[None], -math.inf)
+        k = torch.multinomial(logits.softmax(1), 1, generator=generator)[:, 0]
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.means[k] + torch.einsum("bdj,bj->bd", self.evecs[k], self.evals[k].sqrt() * z)
+        return x.float(), y
+
+    # --- densities -----------------------------------------------------------------------
+    def _comp_logpdf(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """log N(x; a*mu_k, a^2 C_k + s^2 I) for x [B, D], a, s [B] -> [B, K] (float64)."""
+        x, a, s = x.double(), a.double(), s.double()
+        z = torch.einsum("kdj,bd->bkj", self.evecs, x) - a[:, None, None] * self.qmu[None]
+        var = a[:, None, None] ** 2 * self.evals[None] + (s ** 2)[:, None, None]
+        return -0.5 * ((z * z / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
+
+    def _log_weights(self, y, B):
+        lw = self.weights.log()[None].expand(B, -1)
+        if y is None:
+            return lw
+        return torch.where(self.classes[None] == y[:, None], lw, torch.full_like(lw, -math.inf))
+
+    def log_prob(self, x: torch.Tensor, a=None, s=None, y=None) -> torch.Tensor:
+        """log p(x) of the (noised, if a/s given) density, class-conditional if y is given."""
+        B = x.shape[0]
+        a = torch.ones(B, dtype=torch.float64) if a is None else torch.as_tensor(a).double().expand(B)
+        s = torch.zeros(B, dtype=torch.float64) if s is None else torch.as_tensor(s).double().expand(B)
+        lw = self._log_weights(y, B)
+        return torch.logsumexp(lw + self._comp_logpdf(x, a, s), 1)
+
+    def score(self, x: torch.Tensor, a, s, y=None) -> torch.Tensor:
+        """grad_x log p_s(x) [B, D] (float64)."""
+        B = x.shape[0]
+        a, s = torch.as_tensor(a).double().expand(B), torch.as_tensor(s).double().expand(B)
+        r = torch.softmax(self._log_weights(y, B) + self._comp_logpdf(x, a, s), 1)  # [B, K]
+        z = torch.einsum("kdj,bd->bkj", self.evecs, x.double()) - a[:, None, None] * self.qmu[None]
+        var = a[:, None, None] ** 2 * self.evals[None] + (s ** 2)[:, None, None]
+        return -torch.einsum("bk,kdj,bkj->bd", r, self.evecs, z / var)
+
+    def denoise(self, x: torch.Tensor, s, space: str, y=None) -> torch.Tensor:
+        """Exact E[x0 | x] for sampling-space x at sigma s (defined at alpha = 0 too)."""
+        B = x.shape[0]
+        s = torch.as_tensor(s, dtype=torch.float64).expand(B)
+        a = space_alpha(space, s)
+        r = torch.softmax(self._log_weights(y, B) + self._comp_logpdf(x, a, s), 1)  # [B, K]
+        z = torch.einsum("kdj,bd->bkj", self.evecs, x.double()) - a[:, None, None] * self.qmu[None]
+        gain = a[:, None, None] * self.evals[None] / (a[:, None, None] ** 2 * self.evals[None] + (s ** 2)[:, None, None])
+        # per component: mu_k + Q_k diag(gain) z
+        post = self.means[None] + torch.einsum("kdj,bkj->bkd", self.evecs, gain * z)
+        return (r[:, :, None] * post).sum(1).to(x.dtype)
+
+    # --- the exact noise-level posterior -----------------------------------------------------
+    def level_loglik(self, x: torch.Tensor, space: str, lams: torch.Tensor) -> torch.Tensor:
+        """log p(x | lambda) marginal over classes, for each of L log-SNR values -> [B, L]."""
+        B, out = x.shape[0], []
+        lw = self.weights.log()[None]
+        for lam in lams.double():
+            s = sigma_of_logsnr(space, lam)
+            a = space_alpha(space, s)
+            out.append(torch.logsumexp(lw + self._comp_logpdf(x, a.expand(B), s.expand(B)), 1))
+        return torch.stack(out, 1)
+
+    def level_posterior(self, x: torch.Tensor, space: str, bins: LevelBins, sub: int = 8) -> torch.Tensor:
+        """Exact posterior over the estimator's bins under its uniform prior: [B, k] (float32)."""
+        fine = bins.lo + bins.width * (torch.arange(bins.k * sub, dtype=torch.float64) + 0.5) / sub
+        ll = self.level_loglik(x, space, fine).reshape(x.shape[0], bins.k, sub)
+        return torch.softmax(torch.logsumexp(ll, 2), 1).float()
+
+
+def exact_readout(gmm: GaussianMixture, bins: LevelBins, space: str, sub: int = 4):
+    """Readout (shift.py) from the exact posterior mean over ``bins``."""
+    def readout(x, s):
+        return gmm.level_posterior(x, space, bins, sub) @ bins.centers()
+    return readout
+
+
+def exact_denoiser(gmm: GaussianMixture, space: str):
+    """The Bayes-optimal class-conditional denoiser, as a sampler model ``(x, s, y) -> x0``."""
+    def model(x, s, y=None):
+        return gmm.denoise(x, s, space, y)
+    return model
+
+
+# --- quality metrics ---------------------------------------------------------------------------
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| (>= 0, 0 iff equal in distribution)."""
+    x, y = x.double(), y.double()
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def class_energy_distance(x, y_x, ref, y_ref) -> float:
+    """Energy distance per class, averaged over classes (class-conditional sample quality)."""
+    vals = [energy_distance(x[y_x == c], ref[y_ref == c]) for c in torch.unique(y_ref).tolist() if (y_x == c).any()]
+    return float(sum(vals) / len(vals))
+
+
+def nll(gmm: GaussianMixture, x: torch.Tensor, y: torch.Tensor | None = None) -> float:
+    """Mean negative log-likelihood of samples under the true (class-conditional) density."""
+    return float(-gmm.log_prob(x, y=y).mean())
+
+
+# --- imperfect denoisers -------------------------------------------------------------------------
+
+def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, steps: int, batch: int = 256,
+                   lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None):
+    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
+    hist = []
+    net.train()
+    for step in range(steps):
+        x0, y = gmm.sample(batch, generator=g)
+        loss, _, _ = denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist.append(loss.item())
+        if callback is not None:
+            callback(step, hist[-1])
+    net.eval()
+    return hist

@@ -1,0 +1,96 @@
+"""Guidance math and the batched guided denoiser."""
+import pytest
+import torch
+
+from comfy_nag import models, schedules
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.guidance import Guidance, branches, combine, eps_scaled_x0
+
+
+def _net(dim=6, classes=3, seed=0, sch=None):
+    torch.manual_seed(seed)
+    sch = sch or schedules.Flow()
+    net = models.MLPDenoiser(dim, classes, hidden=32, depth=2, null_time=sch.null_time)
+    for p in net.parameters():  # make every branch matter (zero-init output would hide bugs)
+        torch.nn.init.normal_(p, std=0.3)
+    return net.eval(), sch
+
+
+def test_branch_plan_skips_unused_evaluations():
+    assert branches(1.0, 0.0) == ("cond",)
+    assert branches(1.0, 0.5) == ("cond", "null_cond")
+    assert branches(4.0, 0.0) == ("cond", "uncond")
+    assert branches(4.0, 0.5, "A") == ("cond", "uncond", "null_cond")
+    assert branches(4.0, 0.5, "B") == ("cond", "uncond", "null_cond", "null_uncond")
+
+
+def test_variants_formulas():
+    c, u, n, nu = (torch.tensor([v]) for v in (1.0, 2.0, 5.0, 7.0))
+    outs = {"cond": c, "uncond": u, "null_cond": n, "null_uncond": nu}
+    assert combine(outs, 3.0, 0.5, "A").item() == pytest.approx(2 + 3 * (1 - 2) + 0.5 * (1 - 5))
+    cp, up = 1 + 0.5 * (1 - 5), 2 + 0.5 * (2 - 7)
+    assert combine(outs, 3.0, 0.5, "B").item() == pytest.approx(up + 3 * (cp - up))
+    assert combine({"cond": c, "null_cond": n}, 1.0, 2.0).item() == pytest.approx(1 + 2 * (1 - 5))
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_scale_zero_is_bit_identical_and_costs_nothing(cfg):
+    net, sch = _net()
+    x, s, y = torch.randn(5, 6), torch.full((5,), 0.6), torch.tensor([0, 1, 2, 0, 1])
+    plain = Denoiser(net, sch, "velocity", Guidance(cfg_scale=cfg))
+    zero = Denoiser(net, sch, "velocity", Guidance(cfg_scale=cfg, nag_scale=0.0, cg_scale=0.0, eps_scale=1.0))
+    assert torch.equal(plain(x, s, y), zero(x, s, y))
+    assert zero.evaluations == plain.evaluations == (1 if cfg == 1.0 else 2)
+
+
+def test_null_branch_feeds_the_null_timestep():
+    net, sch = _net()
+    seen = []
+    orig = net.forward
+    net.forward = lambda x, t, y=None, drop_t=None: seen.append((t.clone(), drop_t.clone())) or orig(x, t, y, drop_t)
+    Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0))(torch.randn(3, 6), torch.full((3,), 0.5), torch.tensor([0, 1, 2]))
+    (t, drop), = seen  # one batched forward
+    assert drop.tolist() == [False] * 3 + [True] * 3 and torch.allclose(t, torch.full((6,), 500.0))
+
+
+@pytest.mark.parametrize("variant", ["A", "B"])
+def test_batched_equals_unbatched(variant):
+    net, sch = _net()
+    x, s, y = torch.randn(4, 6), torch.full((4,), 0.3), torch.tensor([0, 1, 2, 1])
+    g = Guidance(cfg_scale=2.0, nag_scale=0.8, variant=variant)
+    a = Denoiser(net, sch, "velocity", g, batched=True)(x, s, y)
+    b = Denoiser(net, sch, "velocity", g, batched=False)(x, s, y)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_nag_changes_output_and_window_gates_it():
+    net, sch = _net()
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
+    s = torch.tensor([0.9, 0.9, 0.2, 0.2])
+    base = Denoiser(net, sch, "velocity")(x, s, y)
+    d = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_window=(0.0, 0.5)))
+    out = d(x, s, y)
+    assert torch.equal(out[:2], base[:2]) and not torch.allclose(out[2:], base[2:])
+    d(x, torch.full((4,), 0.9), y)  # entirely outside the window: no null branch evaluated
+    assert d.evaluations == 2 + 1
+
+
+def test_eps_scaling_matches_comfyui_in_ve_space_and_is_identity_at_one():
+    x, x0, s = torch.randn(3, 4), torch.randn(3, 4), torch.full((3,), 2.0)
+    assert torch.allclose(eps_scaled_x0(x0, x, s, "ve", 1.01), x - (x - x0) / 1.01, atol=1e-6)
+    assert eps_scaled_x0(x0, x, s, "ve", 1.0) is x0
+
+
+def test_bad_inputs_raise_clear_errors():
+    net, sch = _net()
+    d = Denoiser(net, sch, "velocity")
+    with pytest.raises(ValueError, match="does not match the model's input"):
+        d(torch.randn(2, 5), torch.full((2,), 0.5))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        d(torch.full((2, 6), float("nan")), torch.full((2,), 0.5))
+    with pytest.raises(ValueError, match="unknown NAG\\+CFG variant"):
+        Guidance(variant="C")
+    with pytest.raises(ValueError, match="needs a noise-level estimator"):
+        Denoiser(net, sch, "velocity", Guidance(cg_scale=1.0))
+    with pytest.raises(ValueError, match="unknown parameterisation"):
+        Denoiser(net, sch, "flow")
