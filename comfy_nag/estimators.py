@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .files import WeightFileError, load_weights, meta_json, save_weights
+from .metadata import FORMAT
 from .schedules import Schedule, logsnr_of, space_alpha
 
 
@@ -161,7 +162,7 @@ class NoiseLevelEstimator(nn.Module):
         return {"shape": list(self.shape), "bins": self.bins.describe(), "width": self.width, "depth": self.depth}
 
     def save(self, path, schedule: Schedule | None = None, extra: dict | None = None):
-        meta = {"nag.kind": "noise_level_estimator", "nag.estimator": self.config(),
+        meta = {"nag.format": FORMAT, "nag.kind": "noise_level_estimator", "nag.estimator": self.config(),
                 "nag.latent_channels": str(self.shape[0])}
         if schedule is not None:
             meta["nag.schedule"] = schedule.describe()
