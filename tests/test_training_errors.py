@@ -1,0 +1,172 @@
+"""Bad input is refused with a message that says what is wrong and what to do; nothing is lost."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_nag.files import WeightFileError
+from training import api, state
+from training.comfyui import ComfyUnavailable
+from training.config import ConfigError
+from training.data import CacheError, CacheInfo, write_cache
+from training.loop import DataOrder, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "training/configs/tiny_dit.toml")
+SIT = str(ROOT / "training/configs/tiny_sit.toml")
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(out, cache, **kw):
+    o = {"run.out_dir": str(out), "data.cache": str(cache), "model.hidden": 32, "model.depth": 1,
+         "train.batch_size": 32, "sample.every": 0, "run.checkpoint_every": 0, "train.ema_decay": 0.0,
+         "monitor.eval_size": 32}
+    o.update({k.replace("__", "."): v for k, v in kw.items()})
+    return o
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("c") / "digits.safetensors"
+    api.prepare(TINY, {"data.cache": str(path), "data.limit": 256}, **QUIET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, cache):
+    return api.finetune(TINY, small(tmp_path_factory.mktemp("m"), cache, train__steps=2), **QUIET).path
+
+
+def test_pickled_corrupt_and_missing_weights_are_refused(tmp_path, cache, model):
+    net_sd = {"w": torch.zeros(3)}
+    torch.save(net_sd, tmp_path / "m.pt")
+    (tmp_path / "renamed.safetensors").write_bytes((tmp_path / "m.pt").read_bytes())
+    data = Path(model).read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    for name, words in (("m.pt", "never loaded"), ("renamed.safetensors", "pickled"),
+                        ("cut.safetensors", "corrupt or truncated"), ("nothing.safetensors", "not found")):
+        with pytest.raises(WeightFileError, match=words):
+            api.finetune(TINY, small(tmp_path / "o", cache, model__base=str(tmp_path / name), train__steps=1), **QUIET)
+    assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any work
+
+
+def test_mismatched_cache_is_refused(tmp_path, cache, model):
+    big = tmp_path / "digits16.safetensors"
+    api.prepare(TINY, {"data.cache": str(big), "data.resolution": 16, "data.limit": 64}, **QUIET)
+    with pytest.raises(CacheError, match=r"shape \[1, 16, 16\].*takes \[1, 8, 8\]"):
+        api.finetune(TINY, small(tmp_path / "o", big, model__base=str(model), train__steps=1), **QUIET)
+    rgb = tmp_path / "rgb.safetensors"
+    write_cache(rgb, torch.zeros(8, 3, 8, 8), CacheInfo("pixels", 0, 0, 0, 0, "class"), labels=torch.zeros(8))
+    with pytest.raises(CacheError, match="channels"):
+        api.finetune(TINY, small(tmp_path / "o", rgb, model__base=str(model), train__steps=1), **QUIET)
+    unlabeled = tmp_path / "none.safetensors"
+    write_cache(unlabeled, torch.zeros(8, 1, 8, 8), CacheInfo("pixels", 0, 0, 0, 0, "none"))
+    with pytest.raises(CacheError, match="no class labels"):
+        api.finetune(TINY, small(tmp_path / "o", unlabeled, model__base=str(model), train__steps=1), **QUIET)
+    with pytest.raises(CacheError, match="not a comfy-nag latent cache"):
+        api.finetune(TINY, small(tmp_path / "o", model, train__steps=1), **QUIET)
+    with pytest.raises(ConfigError, match="is a 'dit' model but model.family is 'sit'"):
+        api.finetune(TINY, small(tmp_path / "o", cache, model__base=str(model), model__family="sit"), **QUIET)
+
+
+def test_empty_datasets_are_refused(tmp_path):
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    (tmp_path / "imgs" / "cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(CacheError, match="dataset is empty"):
+        api.prepare(TINY, {"data.cache": str(tmp_path / "c.safetensors"), "data.source": "folder",
+                           "data.path": str(tmp_path / "imgs"), "data.resolution": 8}, **QUIET)
+    with pytest.raises(CacheError, match="dataset is empty"):
+        write_cache(tmp_path / "e.safetensors", torch.zeros(0, 1, 8, 8), CacheInfo("pixels", 0, 0, 0, 0, "none"))
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_prepare_reads_an_image_folder(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    out = api.prepare(TINY, {"data.cache": str(tmp_path / "c.safetensors"), "data.source": "folder",
+                             "data.path": str(tmp_path / "imgs"), "data.labels": "folders", "data.resolution": 8,
+                             "data.channels": 3}, **QUIET)
+    from training.data import Cache
+    c = Cache(out)
+    assert c.info.class_names == ["a", "b"] and c.sample_shape == (3, 8, 8) and len(c) == 6
+    assert c.labels(torch.arange(6)).tolist() == [0, 0, 0, 1, 1, 1]
+    lat = c.latents(torch.arange(6))
+    assert lat.min() >= -1 and lat.max() <= 1
+    lazy = Cache(out, lazy=True)  # the row-by-row reader of large caches gives the same rows
+    assert torch.equal(lazy.latents(torch.tensor([4, 1])), lat[[4, 1]])
+    with pytest.raises(CacheError, match="no caption file"):
+        api.prepare(TINY, {"data.cache": str(tmp_path / "d.safetensors"), "data.source": "folder",
+                           "data.path": str(tmp_path / "imgs"), "data.labels": "captions", "data.resolution": 8,
+                           "data.conditioning": str(out)}, **QUIET)
+    assert "latent cache" in api.inspect(out)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    n, b = 256, 32  # 8 steps per epoch: the poisoned row is drawn once, at step 3
+    x = torch.rand(n, 1, 8, 8) * 2 - 1
+    bad = int(DataOrder(n, 0).indices(2 * b, b)[5])  # a row of the third step
+    x[bad] = 1e20  # finite in the cache, but the velocity target's square overflows
+    path = tmp_path / "poison.safetensors"
+    write_cache(path, x, CacheInfo("pixels", 0, 0, 0, 0, "class"), labels=torch.arange(n) % 10)
+    with pytest.raises(TrainingDiverged) as e:
+        api.finetune(SIT, small(tmp_path / "run", path, train__steps=10, run__checkpoint_every=1), **QUIET)
+    msg = str(e.value)
+    assert "step 3" in msg and "step_00000002" in msg and "train.learning_rate" in msg
+    cks = state.list_checkpoints(tmp_path / "run")
+    assert [s for s, _ in cks] == [1, 2]  # nothing saved after the divergence
+    ck = state.read(cks[-1][1])
+    assert all(torch.isfinite(v).all() for v in ck["trainable"].values())
+
+
+def test_resume_refuses_a_changed_run(tmp_path, cache):
+    o = small(tmp_path / "run", cache, train__steps=2, run__checkpoint_every=1)
+    api.finetune(TINY, o, **QUIET)
+    with pytest.raises(state.ResumeError, match="noise_condition_dropout_rate was 0.1 there but is 0.3 now"):
+        api.finetune(TINY, dict(o, **{"train.noise_condition_dropout_rate": 0.3, "train.steps": 3}), **QUIET)
+    with pytest.raises(state.ResumeError, match="already holds checkpoints"):
+        api.finetune(TINY, dict(o, **{"run.resume": "never"}), **QUIET)
+    torn = tmp_path / "run" / "checkpoints" / "step_00000003.partial"
+    torn.mkdir()
+    (torn / "trainable.safetensors").write_bytes(b"\x00garbage")
+    res = api.finetune(TINY, dict(o, **{"train.steps": 3}), **QUIET)  # extending a run is allowed
+    assert res.resumed_from == 2 and res.step == 3 and not torn.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("einops") is not None, reason="ComfyUI's dependencies are installed here")
+def test_comfyui_family_without_comfyui_says_so(tmp_path, cache, model):
+    with pytest.raises((ComfyUnavailable, WeightFileError)) as e:
+        api.finetune(TINY, small(tmp_path, cache, model__family="sd3", model__base=str(model)), **QUIET)
+    assert "ComfyUI" in str(e.value)
+
+
+def test_cli_refuses_with_a_message_and_exit_code(tmp_path, model):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "training", *a], cwd=ROOT, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    r = run("finetune", "-c", TINY, "--set", "train.stepz=3")
+    assert r.returncode == 1 and "unknown key train.stepz. Did you mean 'steps'?" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("finetune", "-c", TINY, "--family", "sdx")
+    assert r.returncode == 1 and "model.family = 'sdx' is not one of" in r.stderr
+    torch.save({"w": torch.zeros(1)}, tmp_path / "x.ckpt")
+    r = run("inspect", str(tmp_path / "x.ckpt"))
+    assert r.returncode == 1 and "never loaded" in r.stderr
+    r = run("inspect", str(model))
+    assert r.returncode == 0 and "nag.null_timestep" in r.stdout and "-1000.0" in r.stdout

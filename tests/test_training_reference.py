@@ -1,0 +1,234 @@
+"""The trainer on comfy_nag's reference DiT/SiT (no ComfyUI): dropout, resume, files, estimator, LoRA."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfy_nag.estimators import NoiseLevelEstimator
+from comfy_nag.files import read_metadata
+from comfy_nag.metadata import file_sha256, null_timestep
+from training import api, lora, monitor
+from training.families import load_reference_model
+from training.tasks import Bundle, FinetuneTask
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "training/configs/tiny_dit.toml")
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CI machine has 2 cores (often shared): one intra-op thread is several times faster for these tiny models."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "digits.safetensors"
+    api.prepare(TINY, {"data.cache": str(path)}, **QUIET)
+    return path
+
+
+def small(out, cache, **kw):
+    """A fast configuration of the tiny DiT."""
+    o = {"run.out_dir": str(out), "data.cache": str(cache), "model.hidden": 32, "model.depth": 1,
+         "train.batch_size": 32, "train.learning_rate": 2e-3, "train.warmup_steps": 0, "sample.every": 0,
+         "run.checkpoint_every": 0, "run.log_every": 5, "monitor.eval_size": 256, "train.ema_decay": 0.0}
+    o.update({k.replace("__", "."): v for k, v in kw.items()})
+    return o
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, cache):
+    """A reference DiT trained *without* noise-condition dropout: the checkpoint to fine-tune."""
+    out = tmp_path_factory.mktemp("base")
+    return api.finetune(TINY, small(out, cache, train__steps=150, train__noise_condition_dropout_rate=0.0), **QUIET).path
+
+
+def probe(path, cache):
+    """Branch check of a saved model on the fixed probe set."""
+    cfg = api.load_config(TINY, {"data.cache": str(cache), "model.base": str(path), "monitor.eval_size": 256})
+    task = FinetuneTask(cfg, **QUIET)
+    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 128, torch.device("cpu"))
+
+
+def test_finetune_teaches_the_noise_unconditional_branch(tmp_path, cache, base):
+    before = probe(base, cache)
+    res = api.finetune(TINY, small(tmp_path / "ft", cache, model__base=str(base), train__steps=100,
+                                   train__noise_condition_dropout_rate=0.25, train__learning_rate=1e-3), **QUIET)
+    after = probe(res.path, cache)
+    # the dropped (null-timestep) samples' loss goes down a lot; the conditional branch keeps its quality
+    assert after["probe_loss_null"] < 0.8 * before["probe_loss_null"], (before, after)
+    assert after["probe_loss_cond"] < 1.1 * before["probe_loss_cond"], (before, after)
+    # and the two branches still differ: the null branch does not know the level (the NAG signal)
+    assert after["probe_loss_null"] > after["probe_loss_cond"] and after["branch_gap"] > 1e-3
+    # the training log shows it too: loss of dropped rows falls over the run
+    dropped = [m["loss_dropped"] for m in res.metrics if "loss_dropped" in m]
+    assert sum(dropped[-4:]) / 4 < sum(dropped[:4]) / 4
+
+    net, meta = load_reference_model(res.path)
+    assert meta["nag.kind"] == "reference_model" and meta["nag.family"] == "dit" and meta["nag.prediction"] == "eps"
+    assert null_timestep(meta) == -1000.0 and float(meta["nag.noise_condition_dropout_rate"]) == 0.25
+    assert meta["nag.base_model_hash"] == file_sha256(base) and meta["nag.trained_steps"] == "100"
+    assert json.loads(meta["nag.schedule"])["type"] == "discrete_vp"
+    x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 300.0), torch.arange(4)
+    drop = torch.ones(4, dtype=torch.bool)
+    assert not torch.allclose(net(x, t, y, drop), net(x, t, y, ~drop), atol=1e-4)
+    assert "reference model" in api.inspect(res.path) and "nag.null_timestep" in api.inspect(res.path)
+
+
+def test_sit_trains_and_samples(tmp_path, cache):
+    res = api.finetune(str(ROOT / "training/configs/tiny_sit.toml"),
+                       small(tmp_path, cache, train__steps=10, sample__every=5, sample__steps=4, train__ema_decay=0.9,
+                             run__checkpoint_every=5), **QUIET)
+    _, meta = load_reference_model(res.path)
+    assert meta["nag.family"] == "sit" and meta["nag.prediction"] == "velocity" and null_timestep(meta) == -1000.0
+    grids = sorted((tmp_path / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step_00000005.png", "step_00000010.png"]
+    from PIL import Image
+    w, h = Image.open(grids[-1]).size
+    assert w > h > 0  # two rows (NAG 0 and sample.nag_scale) of sample.count images
+    events = [m for m in res.metrics if m.get("event") == "monitor"]
+    assert events and {"probe_loss_cond", "probe_loss_null", "branch_gap"} <= set(events[-1])
+
+
+def _tensors(path):
+    return load_file(str(path))
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, cache):
+    o = dict(train__steps=12, run__checkpoint_every=4, train__ema_decay=0.9, train__gradient_accumulation_steps=2,
+             train__batch_size=16)
+    ref = api.finetune(TINY, small(tmp_path / "a", cache, **o), **QUIET)
+
+    def crash(event):
+        if event["step"] == 7:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        api.finetune(TINY, small(tmp_path / "b", cache, **o), callbacks=[crash], **QUIET)
+    steps = sorted(p.name for p in (tmp_path / "b/checkpoints").glob("step_*"))
+    assert steps == ["step_00000004"]  # step 8 was never reached; 4 is intact
+    res = api.finetune(TINY, small(tmp_path / "b", cache, **o), **QUIET)
+    assert res.resumed_from == 4 and res.step == 12
+    a, b = _tensors(ref.path), _tensors(res.path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(ln)["step"] for ln in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+              if "event" not in json.loads(ln)]
+    assert logged == sorted(set(logged)) == [5, 10, 12]  # nothing logged twice, nothing missing
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _sets(opts: dict) -> list:
+    return [x for k, v in opts.items() for x in ("--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}")]
+
+
+def _wait_for_checkpoint(out: Path, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list((out / "checkpoints").glob("step_*[0-9]")) and (out / "checkpoints/latest.json").exists():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_resumes_with_nothing_lost(tmp_path, cache, sig):
+    out = tmp_path / "run"
+    opts = small(out, cache, train__steps=100000, run__checkpoint_every=3, train__ema_decay=0.9)
+    proc = _cli("finetune", "-c", TINY, *_sets(opts))
+    _wait_for_checkpoint(out, proc)
+    time.sleep(0.3)  # let it run on, possibly into the middle of the next checkpoint write
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    if sig == signal.SIGTERM:  # graceful: finishes the step, saves it, exits 130
+        assert proc.returncode == 130, proc.stderr.read()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    from training import state
+    last = state.list_checkpoints(out)[-1][0]
+    # resume in-process to a few steps past the last checkpoint; compare with an uninterrupted run to there
+    target = dict(opts, **{"train.steps": last + 2})
+    res = api.finetune(TINY, target, **QUIET)
+    assert res.resumed_from == last and res.step == last + 2
+    assert not list((out / "checkpoints").glob("*.partial"))
+    ref = api.finetune(TINY, dict(target, **{"run.out_dir": str(tmp_path / "ref")}), **QUIET)
+    a, b = _tensors(ref.path), _tensors(res.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_on_the_reference_model_saves_comfyui_keys(tmp_path, cache, base):
+    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__mode="lora", train__steps=15,
+                                   lora__rank=4, lora__alpha=8.0, lora__targets=[r"\.qkv$", r"blocks\.\d+\.mlp\."],
+                                   train__noise_condition_dropout_rate=0.3), **QUIET)
+    sd = _tensors(res.path)
+    meta = read_metadata(res.path)
+    assert meta["nag.kind"] == "lora" and meta["nag.lora_rank"] == "4" and null_timestep(meta) == -1000.0
+    stems = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in sd}
+    assert all(k.startswith("diffusion_model.blocks.0.") for k in sd)
+    assert stems == {"diffusion_model.blocks.0.qkv", "diffusion_model.blocks.0.mlp.0", "diffusion_model.blocks.0.mlp.2"}
+    for s in stems:
+        assert sd[f"{s}.lora_up.weight"].shape[1] == 4 and sd[f"{s}.lora_down.weight"].shape[0] == 4
+        assert float(sd[f"{s}.alpha"]) == 8.0 and sd[f"{s}.lora_up.weight"].abs().sum() > 0  # it trained
+    # merging the file with ComfyUI's formula reproduces the hooked model exactly
+    net, _ = load_reference_model(base)
+    hooked, _ = load_reference_model(base)
+    cfg = api.load_config(TINY, {"data.cache": str(cache), "model.base": str(base), "train.mode": "lora",
+                                 "lora.rank": 4, "lora.alpha": 8.0,
+                                 "lora.targets": [r"\.qkv$", r"blocks\.\d+\.mlp\."]})
+    task = FinetuneTask(cfg, **QUIET)
+    task.lora.load_state_dict({f"layers.{i}.{n}.weight": sd[f"diffusion_model.{p}.lora_{n}.weight"]
+                               for i, p in enumerate(task.lora.paths) for n in ("up", "down")})
+    assert lora.merge(net, sd) == 3
+    x, t, y, d = torch.randn(6, 1, 8, 8), torch.rand(6) * 999, torch.arange(6), torch.rand(6) < 0.5
+    with torch.no_grad():
+        assert torch.allclose(Bundle(task.adapter.module, task.lora)(x, t, y, d), net(x, t, y, d), atol=1e-5)
+    with pytest.raises(KeyError, match="matches no"):
+        lora.merge(hooked, {"diffusion_model.nope.lora_up.weight": torch.zeros(1, 1),
+                            "diffusion_model.nope.lora_down.weight": torch.zeros(1, 1)})
+
+
+def test_estimator_learns_the_noise_level(tmp_path, cache):
+    res = api.estimator(TINY, {"run.out_dir": str(tmp_path), "data.cache": str(cache), "estimator.steps": 120,
+                               "estimator.batch_size": 64, "run.log_every": 20, "monitor.eval_size": 256,
+                               "run.checkpoint_every": 60}, **QUIET)
+    est, meta = NoiseLevelEstimator.load(res.path)
+    assert meta["nag.family"] == "dit" and meta["nag.latent_channels"] == "1" and meta["nag.kind"] == "noise_level_estimator"
+    assert json.loads(meta["nag.schedule"])["type"] == "discrete_vp" and json.loads(meta["nag.estimator"])["bins"]["k"] == 24
+    maes = [m["probe_logsnr_mae"] for m in res.metrics if "probe_logsnr_mae" in m]
+    losses = [m["loss"] for m in res.metrics if "loss" in m]
+    assert len(maes) == 2 and maes[-1] < 2.0 and losses[-1] < losses[0] - 0.5
+    assert est.shape == (1, 8, 8)
+
+
+def test_mixed_precision_accumulation_and_checkpointing_run(tmp_path, cache):
+    r1 = api.finetune(TINY, small(tmp_path / "a", cache, train__steps=3, train__gradient_checkpointing=True), **QUIET)
+    r2 = api.finetune(TINY, small(tmp_path / "b", cache, train__steps=3), **QUIET)
+    a, b = _tensors(r1.path), _tensors(r2.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # recomputation changes nothing
+    r3 = api.finetune(TINY, small(tmp_path / "c", cache, train__steps=4, train__mixed_precision="bf16",
+                                  train__gradient_accumulation_steps=2, train__batch_size=8), **QUIET)
+    assert all(torch.isfinite(v).all() for v in _tensors(r3.path).values())
+
+
+def test_bench_reports_the_dropout_cost(cache):
+    r = api.bench(TINY, {"data.cache": str(cache), "bench.steps": 2, "bench.repeats": 2, "bench.warmup": 1,
+                         "model.hidden": 32, "model.depth": 1}, **QUIET)
+    assert r["device"].startswith("cpu") and r["ratio"] > 0 and r["step_ms_dropout"] > 0 and r["dropout_rate"] == 0.1

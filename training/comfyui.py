@@ -1,0 +1,232 @@
+"""ComfyUI as a library: finding and importing it, and loading weights through its own code.
+
+Nothing here is imported unless a ComfyUI family is used, so the reference path (and CI) needs
+no ComfyUI.  ComfyUI is looked for in ``$COMFYUI_PATH``, then ``~/comfy/ComfyUI``; it is put on
+``sys.path`` and, on machines without CUDA, switched to CPU mode *before*
+``comfy.model_management`` is imported (that module probes the GPU at import time).
+
+Files are always read by :func:`comfy_nag.files.load_weights` (safetensors only, clear errors
+for pickles and damaged files) and the tensors handed to ComfyUI's detection and loaders, so
+ComfyUI's own ``torch.load`` fallback is never reached.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from comfy_nag.files import load_weights
+from comfy_nag.schedules import DiscreteVP, Flow, Schedule
+
+
+class ComfyUnavailable(RuntimeError):
+    """ComfyUI could not be found or imported."""
+
+
+def comfy_root() -> Path | None:
+    for cand in (os.environ.get("COMFYUI_PATH"), "~/comfy/ComfyUI"):
+        if cand and (Path(cand).expanduser() / "comfy" / "model_base.py").is_file():
+            return Path(cand).expanduser().resolve()
+    return None
+
+
+_MODULES = ("comfy.cli_args", "comfy.model_management", "comfy.model_detection", "comfy.model_base", "comfy.sd",
+            "comfy.utils", "comfy.lora", "comfy.conds", "comfy.model_sampling", "comfy.model_patcher")
+
+
+def import_comfy():
+    """Import ComfyUI's library modules; returns ``comfy`` (the package) or raises ComfyUnavailable."""
+    if "comfy.sd" in sys.modules:
+        return sys.modules["comfy"]
+    root = comfy_root()
+    if root is None:
+        raise ComfyUnavailable("ComfyUI was not found: set COMFYUI_PATH to a ComfyUI checkout (the folder holding "
+                               "comfy/ and main.py), or place one at ~/comfy/ComfyUI")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        if "comfy.model_management" not in sys.modules:
+            from comfy.cli_args import args
+            if not torch.cuda.is_available():
+                args.cpu = True
+        for name in _MODULES:
+            importlib.import_module(name)
+    except Exception as e:  # a missing dependency, a broken install, an incompatible torch
+        raise ComfyUnavailable(f"ComfyUI at {root} could not be imported in this Python environment "
+                               f"({type(e).__name__}: {e}); install ComfyUI's requirements.txt into it") from e
+    return sys.modules["comfy"]
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_warnings():
+    """Collect the warnings ComfyUI logs (missing/unexpected keys, lora keys not loaded)."""
+    h = _Collect()
+    root = logging.getLogger()
+    root.addHandler(h)
+    try:
+        yield h.messages
+    finally:
+        root.removeHandler(h)
+
+
+# ComfyUI model-config class -> comfy-nag family name (anything else: the class name, lower-cased).
+FAMILY_NAMES = {"SD15": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SDXL": "sdxl",
+                "SDXLRefiner": "sdxl-refiner", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
+                "KOALA_1B": "sdxl", "SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux-schnell"}
+
+
+@dataclass
+class Loaded:
+    """A diffusion model loaded by ComfyUI, with what the trainer needs to know about it."""
+
+    model: torch.nn.Module           # comfy.model_base.BaseModel; .diffusion_model is the network
+    family: str                      # comfy-nag family name, e.g. "sd3"
+    config_name: str                 # ComfyUI model-config class, e.g. "SD3"
+    schedule: Schedule
+    prediction: str                  # eps | v | velocity
+    kind: str                        # "checkpoint" (model.diffusion_model.* + VAE/CLIP) or "diffusion_model"
+    prefix: str                      # key prefix of the network in the base file ("" for diffusion models)
+    other: dict                      # the base file's tensors that are not the network (checkpoints)
+    dtype: torch.dtype               # floating dtype of the base file's network weights
+    discrete: bool                   # network time is an integer index (SD1/SD2/SDXL)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.model.latent_format.latent_channels)
+
+    @property
+    def latent_format(self) -> str:
+        return type(self.model.latent_format).__name__
+
+
+def schedule_of(model) -> tuple[Schedule, str, bool]:
+    """Map ComfyUI's model_sampling to a comfy_nag schedule: ``(schedule, prediction, discrete)``."""
+    comfy = import_comfy()
+    ms = model.model_sampling
+    MS = comfy.model_sampling
+    ModelType = comfy.model_base.ModelType
+    kinds = {ModelType.EPS: "eps", ModelType.V_PREDICTION: "v", ModelType.FLOW: "velocity"}
+    if model.model_type not in kinds:
+        raise ValueError(f"model type {model.model_type.name} is not supported for noise-condition dropout "
+                         "training (supported: EPS, V_PREDICTION, FLOW)")
+    prediction = kinds[model.model_type]
+    if isinstance(ms, MS.ModelSamplingDiscreteFlow):
+        return Flow(shift=float(ms.shift), multiplier=float(ms.multiplier)), prediction, False
+    if isinstance(ms, MS.ModelSamplingFlux):
+        # flux_time_shift(mu, 1, t) == SD3's shift with shift = exp(mu); network time = sigma.
+        return Flow(shift=math.exp(float(ms.shift)), multiplier=1.0), prediction, False
+    if type(ms).timestep is MS.ModelSamplingDiscrete.timestep and isinstance(ms, MS.ModelSamplingDiscrete):
+        settings = getattr(model.model_config, "sampling_settings", {})
+        beta = settings.get("beta_schedule", "linear")
+        names = {"linear": "scaled_linear", "sqrt_linear": "linear"}  # ComfyUI name -> comfy_nag name
+        if ms.zsnr or beta not in names:
+            raise ValueError(f"discrete schedule beta_schedule={beta!r} zsnr={ms.zsnr} is not supported yet "
+                             "(supported: ComfyUI 'linear' and 'sqrt_linear' without zero-terminal SNR)")
+        sched = DiscreteVP(names[beta], float(ms.linear_start), float(ms.linear_end), int(ms.num_timesteps))
+        if not torch.allclose(sched.table, ms.sigmas.float().cpu(), rtol=1e-4):
+            raise ValueError("the model's sigma table differs from the schedule rebuilt from its settings")
+        return sched, prediction, True
+    raise ValueError(f"{type(ms).__mro__[1].__name__} schedules are not supported (supported: discrete VP as in "
+                     "SD1/SD2/SDXL, discrete flow as in SD3, Flux)")
+
+
+def _float_dtype(tensors: dict) -> torch.dtype:
+    counts: dict = {}
+    for t in tensors.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def load_model(path: str | os.PathLike, family: str = "auto") -> Loaded:
+    """Load a checkpoint or diffusion model for training (fp32 weights), through ComfyUI's detection."""
+    comfy = import_comfy()
+    sd, metadata = load_weights(path)
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    net_sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if prefix == "model.diffusion_model." and len(net_sd) > 5:
+        kind, other = "checkpoint", {k: v for k, v in sd.items() if not k.startswith(prefix)}
+    else:
+        kind, prefix, net_sd, other = "diffusion_model", "", sd, {}
+    dtype = _float_dtype(net_sd)
+    with captured_warnings() as warns:
+        patcher = comfy.sd.load_diffusion_model_state_dict(dict(net_sd), model_options={"dtype": torch.float32})
+    if patcher is None:
+        raise ValueError(f"{path}: ComfyUI could not detect the model type of this file "
+                         "(not a diffusion model ComfyUI can load)")
+    bad = [w for w in warns if w.startswith(("unet missing", "unet unexpected"))]
+    if bad:
+        raise ValueError(f"{path}: ComfyUI loaded this file with mismatched weights ({bad[0][:300]}); "
+                         "the file is incomplete or not a supported model")
+    model = patcher.model
+    config_name = type(model.model_config).__name__
+    fam = FAMILY_NAMES.get(config_name, config_name.lower())
+    schedule, prediction, discrete = schedule_of(model)
+    if fam == "sd2" and prediction == "v":
+        fam = "sd2-v"
+    if family not in ("auto", fam):
+        raise ValueError(f"{path}: ComfyUI detects this file as {config_name} (family '{fam}'), but model.family is "
+                         f"'{family}'; set model.family = '{fam}' (or 'auto')")
+    if getattr(model, "concat_keys", ()):
+        raise ValueError(f"{path}: {config_name} needs concatenated image conditioning (inpainting/instruct "
+                         "models), which the trainer does not support")
+    return Loaded(model, fam, config_name, schedule, prediction, kind, prefix, other, dtype, discrete)
+
+
+def load_encoders(checkpoint: str = "", vae: str = "", text_encoders=(), clip_type: str = "stable_diffusion"):
+    """ComfyUI VAE and CLIP objects for ``prepare``: ``(vae, clip or None, family or "")``."""
+    comfy = import_comfy()
+    vae_obj = clip = None
+    fam = ""
+    if checkpoint:
+        sd, metadata = load_weights(checkpoint)
+        out = comfy.sd.load_state_dict_guess_config(sd, output_vae=not vae, output_clip=not text_encoders,
+                                                    output_model=False, metadata=metadata)
+        if out is None:
+            raise ValueError(f"{checkpoint}: ComfyUI could not detect the model type of this checkpoint")
+        _, clip, vae_obj, _ = out
+        fam = _checkpoint_family(comfy, sd)
+    if vae:
+        vae_obj = comfy.sd.VAE(sd=load_weights(vae)[0])
+    if text_encoders:
+        names = {t.name.lower(): t for t in comfy.sd.CLIPType}
+        if clip_type.lower() not in names:
+            raise ValueError(f"data.clip_type={clip_type!r} is not a ComfyUI CLIPType; one of {', '.join(sorted(names))}")
+        clip = comfy.sd.load_text_encoder_state_dicts([load_weights(p)[0] for p in text_encoders],
+                                                      clip_type=names[clip_type.lower()])
+    if vae_obj is None or getattr(vae_obj, "first_stage_model", None) is None:
+        raise ValueError("no usable VAE: data.checkpoint has no VAE weights; set data.vae to a VAE file")
+    return vae_obj, clip, fam
+
+
+def _checkpoint_family(comfy, sd) -> str:
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    cfg = comfy.model_detection.model_config_from_unet(sd, prefix)
+    if cfg is None:
+        return ""
+    return FAMILY_NAMES.get(type(cfg).__name__, type(cfg).__name__.lower())
+
+
+def concat_cross_attn(conds: list[torch.Tensor]) -> torch.Tensor:
+    """Batch cross-attention conditionings of different lengths the way ComfyUI batches cond and
+    uncond (``comfy.conds.CONDCrossAttn.concat``: repeat tokens to a common length, which leaves
+    attention unchanged)."""
+    comfy = import_comfy()
+    first, *rest = [comfy.conds.CONDCrossAttn(c) for c in conds]
+    return first.concat(rest) if rest else first.cond

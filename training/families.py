@@ -1,0 +1,288 @@
+"""Model adapters: one interface over comfy_nag's reference DiT/SiT and every ComfyUI family.
+
+An adapter knows the model's schedule and parameterisation, turns cache rows into the clean
+model-space samples and conditioning the network takes, exposes a module with comfy_nag's call
+convention ``module(x_net, t_net, cond, drop_t)`` (so ``comfy_nag.losses.denoising_loss`` trains
+every family), and writes the finished weights in the family's native format.
+
+The null condition (METHOD.md, ours) is the sentinel ``schedule.null_time`` in **network units**,
+fed through the model's ordinary timestep input for the rows in ``drop_t``:
+
+* reference DiT/SiT: the network does it itself (``Conditioning`` with ``null_mode="sentinel"``);
+* ComfyUI families: :class:`ComfyDenoiser` calls ``BaseModel.diffusion_model(x, t_net, context=..., **extra)``
+  directly, below ``model_sampling.timestep`` (which cannot express an out-of-range discrete t),
+  with t_net rows replaced: -1000 on SD1/SD2/SDXL's 0..999 index, -1000 on SD3 (sigma*1000),
+  -1 on Flux (sigma; Flux scales by 1000 inside its embedding).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from comfy_nag import models
+from comfy_nag.files import WeightFileError, load_weights, meta_json, save_weights
+from comfy_nag.metadata import file_sha256, nag_metadata
+from comfy_nag.schedules import family as builtin_family
+from comfy_nag.schedules import schedule_from_description
+
+from .config import Config, ConfigError
+from .data import Cache, CacheError
+from .lora import PREFIX, LoRANetwork
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --- reference models -------------------------------------------------------------------------
+
+def save_reference_model(net: nn.Module, path, family: str, dropout_rate: float | None = None,
+                         base_hash: str | None = None, extra: dict | None = None) -> Path:
+    """Save a comfy_nag reference model (``nag.kind = reference_model``) with everything needed to rebuild it."""
+    fam = builtin_family(family)
+    null_mode = net.kwargs.get("null_mode", "sentinel")
+    meta = nag_metadata("reference_model", family, fam.prediction, fam.schedule, net.kwargs.get("null_time"),
+                        dropout_rate, base_hash, arch=models.arch_of(net), model=net.kwargs, null_mode=null_mode,
+                        **(extra or {}))
+    return save_weights(path, net.state_dict(), meta)
+
+
+def load_reference_model(path) -> tuple[nn.Module, dict]:
+    """Rebuild a reference model saved by :func:`save_reference_model`; returns ``(net, metadata)``."""
+    tensors, meta = load_weights(path)
+    if meta.get("nag.kind") != "reference_model":
+        raise WeightFileError(f"{path}: not a comfy-nag reference model (nag.kind={meta.get('nag.kind')!r}); "
+                              "reference families (dit/sit) fine-tune files written by this trainer")
+    net = models.build(meta_json(meta, "nag.arch", path), **meta_json(meta, "nag.model", path))
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise WeightFileError(f"{path}: weights do not match the architecture in its metadata (missing "
+                              f"{missing[:3]}, unexpected {unexpected[:3]}); the file is damaged")
+    return net, meta
+
+
+class ReferenceAdapter:
+    """comfy_nag's DiT (eps, discrete VP) or SiT (velocity, flow) on a pixel (or precomputed) cache."""
+
+    kind = "reference_model"
+
+    def __init__(self, cfg: Config, cache: Cache):
+        m = cfg.model
+        fam = builtin_family(m.family)
+        self.family, self.schedule, self.prediction = m.family, fam.schedule, fam.prediction
+        self.base_path, self.base_hash, self.base_meta = m.base, None, {}
+        if m.base:
+            self.net, self.base_meta = load_reference_model(m.base)
+            if self.base_meta.get("nag.family") != m.family:
+                raise ConfigError(f"model.base {m.base} is a '{self.base_meta.get('nag.family')}' model but model.family "
+                                  f"is '{m.family}'; set model.family = '{self.base_meta.get('nag.family')}'")
+            self.base_hash = file_sha256(m.base)
+        else:
+            c, h, w = cache.sample_shape
+            if h != w:
+                raise CacheError(f"a new reference DiT needs square samples; the cache holds {h}x{w}")
+            classes = cache.info.num_classes if cache.info.conditioning == "class" else 0
+            torch.manual_seed(cfg.run.seed)
+            self.net = models.build("dit", input_size=h, patch_size=m.patch_size, in_channels=c, hidden=m.hidden,
+                                    depth=m.depth, heads=m.heads, num_classes=classes,
+                                    null_time=self.schedule.null_time)
+        null = float(self.net.kwargs.get("null_time", self.schedule.null_time))
+        if null != self.schedule.null_time and self.net.kwargs.get("null_mode", "sentinel") == "sentinel":
+            raise ConfigError(f"model.base uses null timestep {null}, but family '{m.family}' uses "
+                              f"{self.schedule.null_time} network units (METHOD.md); fine-tune a model of this family")
+        self.null_time = null
+        self.num_classes = getattr(self.net, "num_classes", 0)
+        self.module = self.net
+        self.check_cache(cache)
+
+    def check_cache(self, cache: Cache) -> None:
+        want = tuple(self.net.in_shape)
+        if tuple(cache.sample_shape) != want:
+            raise CacheError(f"cache {cache.path} holds samples of shape {list(cache.sample_shape)} (channels, height, "
+                             f"width) but the model takes {list(want)}; prepare the cache at the model's resolution "
+                             "and channels (data.resolution, data.channels)")
+        if self.num_classes:
+            if cache.info.conditioning != "class":
+                raise CacheError(f"the model is class-conditional ({self.num_classes} classes) but cache {cache.path} "
+                                 "has no class labels; prepare it with data.labels='folders'")
+            if cache.info.num_classes > self.num_classes:
+                raise CacheError(f"cache {cache.path} has {cache.info.num_classes} classes but the model only "
+                                 f"{self.num_classes}")
+
+    def x0(self, cache: Cache, idx: torch.Tensor) -> torch.Tensor:
+        return cache.latents(idx)
+
+    def conditions(self, cache: Cache, idx, generator, device, dropout: bool = True):
+        return cache.labels(idx).to(device) if self.num_classes else None  # class dropout: in denoising_loss
+
+    @property
+    def network(self) -> nn.Module:
+        """The diffusion network itself (LoRA and gradient checkpointing go here)."""
+        return self.net
+
+    def export(self, path, cfg: Config, lora: LoRANetwork | None, extra: dict) -> Path:
+        rate = cfg.train.noise_condition_dropout_rate
+        if lora is not None:
+            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_time, rate,
+                                self.base_hash, **extra)
+            return save_weights(path, lora.comfy_state_dict(_dtype(cfg, torch.float32)), meta)
+        return save_reference_model(self.net, path, self.family, rate, self.base_hash, extra)
+
+
+# --- ComfyUI families -------------------------------------------------------------------------
+
+class ComfyDenoiser(nn.Module):
+    """A ComfyUI diffusion network with comfy_nag's call convention and the sentinel null timestep."""
+
+    def __init__(self, base_model, null_time: float, discrete: bool):
+        super().__init__()
+        self.diffusion_model = base_model.diffusion_model
+        object.__setattr__(self, "_base", base_model)  # not a submodule: its only parameters are the network's
+        self.null_time, self.discrete = float(null_time), discrete
+
+    def forward(self, x, t, cond: dict, drop_t=None):
+        if self.discrete:
+            t = t.round()  # ComfyUI feeds SD1/SD2/SDXL integer indices (model_sampling.timestep)
+        if drop_t is not None:
+            t = torch.where(drop_t, torch.full_like(t, self.null_time), t)
+        extra = dict(cond)
+        context = extra.pop("c_crossattn", None)
+        t = self._base.process_timestep(t, x=x, **extra)
+        out = self.diffusion_model(x, t, context=context, transformer_options={}, **extra)
+        return out.float()
+
+
+class ComfyAdapter:
+    """Any diffusion model ComfyUI loads (SD1.x, SD2.x, SDXL, SD3, Flux, ...), trained through ComfyUI's code."""
+
+    def __init__(self, cfg: Config, cache: Cache):
+        from . import comfyui
+        self.comfyui = comfyui
+        self.loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+        L = self.loaded
+        self.family, self.schedule, self.prediction = L.family, L.schedule, L.prediction
+        self.kind, self.base_path = L.kind, cfg.model.base
+        self.base_hash = file_sha256(cfg.model.base)
+        self.null_time = self.schedule.null_time
+        self.num_classes = 0
+        self.guidance = cfg.model.guidance
+        self.caption_dropout = cfg.train.caption_dropout_rate
+        self.module = ComfyDenoiser(L.model, self.null_time, L.discrete)
+        for p in self.module.parameters():
+            p.requires_grad_(True)
+        self.check_cache(cache)
+
+    @property
+    def network(self) -> nn.Module:
+        return self.loaded.model.diffusion_model
+
+    def check_cache(self, cache: Cache) -> None:
+        info, L = cache.info, self.loaded
+        if info.latent_space != "vae":
+            raise CacheError(f"cache {cache.path} holds pixels; ComfyUI families train on VAE latents - prepare it "
+                             "with data.encoder='comfyui' and this model's checkpoint (or its VAE)")
+        if info.channels != L.latent_channels:
+            raise CacheError(f"cache {cache.path} holds {info.channels}-channel latents but {L.config_name} uses "
+                             f"{L.latent_channels} channels; re-run `prepare` with this model's VAE")
+        if info.vae_family and info.vae_family != L.family:
+            raise CacheError(f"cache {cache.path} was encoded with the VAE of a '{info.vae_family}' model, but the model "
+                             f"is '{L.family}'; re-run `prepare` with this model's checkpoint or VAE")
+        if info.conditioning != "text":
+            raise CacheError(f"{L.config_name} is text-conditioned, but cache {cache.path} has "
+                             f"{'class labels' if info.conditioning == 'class' else 'no conditioning'}; prepare it with "
+                             "data.labels='captions' (or precomputed conditioning)")
+        if self.caption_dropout > 0 and info.empty_cond < 0:
+            raise CacheError("train.caption_dropout_rate > 0 needs the empty caption's encoding in the cache; it is "
+                             "stored when `prepare` encodes with text encoders (precomputed conditioning: include \"\")")
+        # one forward on one sample: wrong resolution, context width or pooled size fail here, clearly.
+        idx = torch.zeros(1, dtype=torch.long)
+        try:
+            with torch.no_grad():
+                x0 = self.x0(cache, idx)
+                self.module(x0, torch.zeros(1), self.conditions(cache, idx, None, x0.device, dropout=False))
+        except Exception as e:  # shape errors surface as RuntimeError/ValueError/IndexError from ComfyUI's code
+            raise CacheError(f"cache {cache.path} does not fit {L.config_name} ({type(e).__name__}: {e}); the latents "
+                             "or the text conditioning come from another model - re-run `prepare` with this model's "
+                             "checkpoint / text encoders") from e
+
+    def x0(self, cache: Cache, idx) -> torch.Tensor:
+        return self.loaded.model.latent_format.process_in(cache.latents(idx))
+
+    def conditions(self, cache: Cache, idx, generator, device, dropout: bool = True) -> dict:
+        rows = cache.cond_index(idx)
+        if dropout and self.caption_dropout > 0:
+            drop = torch.rand(len(rows), generator=generator) < self.caption_dropout
+            rows = torch.where(drop, torch.full_like(rows, cache.info.empty_cond), rows)
+        conds, pooled = cache.text(rows)
+        B, (_, h, w) = len(rows), cache.sample_shape
+        size = dict(width=w * 8, height=h * 8, target_width=w * 8, target_height=h * 8, crop_w=0, crop_h=0)
+        noise = torch.zeros((B, *cache.sample_shape), device=device)
+        out = self.loaded.model.extra_conds(cross_attn=self.comfyui.concat_cross_attn(conds).to(device),
+                                            pooled_output=None if pooled is None else pooled.to(device),
+                                            guidance=self.guidance, device=device, noise=noise, **size)
+        if "c_concat" in out:
+            raise CacheError(f"{self.loaded.config_name} needs concatenated image conditioning (inpainting/control "
+                             "models), which the trainer does not support")
+        return {k: _to(v.process_cond(batch_size=B, device=device, area=None).cond, device) for k, v in out.items()}
+
+    def export(self, path, cfg: Config, lora: LoRANetwork | None, extra: dict) -> Path:
+        L, rate = self.loaded, cfg.train.noise_condition_dropout_rate
+        extra = {"comfy_model_config": L.config_name, "latent_format": L.latent_format, **extra}
+        fmt = cfg.export.format
+        if lora is not None:
+            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_time, rate,
+                                self.base_hash, **extra)
+            return save_weights(path, lora.comfy_state_dict(_dtype(cfg, L.dtype), PREFIX), meta)
+        kind = L.kind if fmt == "auto" else fmt
+        dtype = _dtype(cfg, L.dtype)
+        base_meta = _base_metadata(self.base_path)
+        meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_time, rate,
+                                            self.base_hash, **extra)}
+        if kind == "checkpoint":
+            # ComfyUI's own layout: model.diffusion_model.* (+ v_pred), then the base's VAE / text encoders untouched
+            sd = {k: _cast(v, dtype) for k, v in L.model.state_dict_for_saving().items()}
+            sd.update(_other_tensors(self.base_path, L.prefix))
+        else:
+            net_sd = L.model.model_config.process_unet_state_dict_for_saving(L.model.diffusion_model.state_dict())
+            sd = {k: _cast(v, dtype) for k, v in net_sd.items()}
+        return save_weights(path, sd, meta)
+
+
+def _cast(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return v.to(dtype) if v.is_floating_point() else v
+
+
+def _to(v, device):
+    return v.to(device) if isinstance(v, torch.Tensor) else v
+
+
+def _dtype(cfg: Config, same: torch.dtype) -> torch.dtype:
+    return same if cfg.export.dtype == "same" else DTYPES[cfg.export.dtype]
+
+
+def _base_metadata(path) -> dict:
+    from comfy_nag.files import read_metadata
+    return {k: v for k, v in read_metadata(path).items() if not k.startswith("nag.")}
+
+
+def _other_tensors(path, prefix: str) -> dict:
+    """The base checkpoint's tensors outside the diffusion network (VAE, text encoders), read lazily."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(prefix)}
+
+
+def build_adapter(cfg: Config, cache: Cache):
+    """The adapter for ``cfg.model`` (reference or ComfyUI), checked against the cache."""
+    if cfg.is_reference:
+        return ReferenceAdapter(cfg, cache)
+    if cfg.model.base and not os.path.exists(cfg.model.base):
+        raise WeightFileError(f"{cfg.model.base}: file not found; check model.base")
+    return ComfyAdapter(cfg, cache)
+
+
+def describe_adapter(a) -> str:
+    return (f"family {a.family}, prediction {a.prediction}, schedule {json.dumps(a.schedule.describe())}, "
+            f"null timestep {a.null_time:g} (network units)")

@@ -1,0 +1,128 @@
+"""What a run shows while it trains: the noise-shift check and sample grids.
+
+* :func:`branch_check` (every family): on a fixed probe set (same samples, levels and noise each
+  time) the loss of the noise-conditional branch, the loss of the noise-unconditional branch
+  (null timestep) and their gap ``mean (pred_cond - pred_null)^2 / mean pred_cond^2``.  Dropout
+  training shows as a falling null-branch loss while the conditional loss holds; the gap is the
+  size of the correction classifier-free NAG applies.
+* :func:`sample_grid` (reference models): a PNG grid from comfy_nag's own samplers, one row per
+  NAG scale (0 and ``sample.nag_scale``) from the same noise, so NAG's effect is visible.
+* :func:`shift_readout` (reference models, with an estimator file): comfy_nag.shift's noise-shift
+  of those sampler runs (mean |estimated - forward| log-SNR over the last 20 % of steps).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.guidance import Guidance
+from comfy_nag.losses import forward_sample
+from comfy_nag.predictions import target
+from comfy_nag.samplers import get_sampler, initial_noise
+from comfy_nag.shift import ShiftTrace, estimator_readout, forward_readout, summarize
+
+
+@torch.no_grad()
+def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, seed: int = 1234) -> dict:
+    """Conditional vs noise-unconditional branch on a fixed probe set (see the module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    sched, pred = adapter.schedule, adapter.prediction
+    sums = {"cond": 0.0, "null": 0.0, "diff": 0.0, "norm": 0.0, "diff_lo": 0.0, "norm_lo": 0.0}
+    n = 0
+    was_training = module.training
+    module.eval()
+    for chunk in idx.split(batch):
+        x0 = adapter.x0(cache, chunk).to(device)
+        cond = adapter.conditions(cache, chunk, g, device, dropout=False)
+        s = sched.training_sigmas(len(chunk), g)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        x, a, sn = forward_sample(x0, s.to(device), sched, eps)
+        t = sched.net_time(s).to(device)
+        zeros = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+        pc = module(x, t, cond, zeros).float()
+        pn = module(x, t, cond, ~zeros).float()
+        tgt = target(pred, x0, eps, a, sn)
+        low = (sched.logsnr(s) > sched.logsnr(s).median()).to(device)  # the less noisy half of the probe
+        d2, c2 = (pc - pn).pow(2).flatten(1).mean(1), pc.pow(2).flatten(1).mean(1)
+        sums["cond"] += float((pc - tgt).pow(2).flatten(1).mean(1).sum())
+        sums["null"] += float((pn - tgt).pow(2).flatten(1).mean(1).sum())
+        sums["diff"] += float(d2.sum())
+        sums["norm"] += float(c2.sum())
+        sums["diff_lo"] += float(d2[low].sum())
+        sums["norm_lo"] += float(c2[low].sum())
+        n += len(chunk)
+    module.train(was_training)
+    return {"probe_loss_cond": sums["cond"] / n, "probe_loss_null": sums["null"] / n,
+            "branch_gap": sums["diff"] / max(sums["norm"], 1e-12),
+            "branch_gap_low_noise": sums["diff_lo"] / max(sums["norm_lo"], 1e-12)}
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[B, C, H, W] in [-1, 1] -> [B, H, W, 3] uint8 (1 channel: grey; >3: the first three)."""
+    x = x.detach().float().cpu().clamp(-1, 1)
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+    if x.shape[1] == 2:
+        x = torch.cat([x, x[:, :1]], 1)
+    return ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, cell: int = 64) -> Path:
+    from PIL import Image
+    imgs = [_to_uint8(r) for r in rows]
+    h, w = imgs[0].shape[1:3]
+    scale = max(1, cell // max(h, w))
+    pad = 2
+    H, W = len(imgs) * (h * scale + pad) + pad, imgs[0].shape[0] * (w * scale + pad) + pad
+    canvas = np.full((H, W, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(imgs):
+        for c, im in enumerate(row):
+            im = im.repeat(scale, 0).repeat(scale, 1)
+            y0, x0 = pad + r * (h * scale + pad), pad + c * (w * scale + pad)
+            canvas[y0: y0 + h * scale, x0: x0 + w * scale] = im
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path
+
+
+@torch.no_grad()
+def sample_rows(net, adapter, shape, count: int, sample_cfg, seed: int, device, traces=None) -> list[torch.Tensor]:
+    """One batch per NAG scale in (0, sample.nag_scale), all from the same noise and classes."""
+    sched = adapter.schedule
+    g = torch.Generator().manual_seed(seed)
+    noise = initial_noise((count, *shape), sched, g).to(device)
+    y = torch.arange(count, device=device) % adapter.num_classes if adapter.num_classes else None
+    scales = [0.0] + ([sample_cfg.nag_scale] if sample_cfg.nag_scale != 0 else [])
+    sampler = get_sampler(sample_cfg.sampler)
+    rows = []
+    was_training = net.training
+    net.eval()
+    for i, w in enumerate(scales):
+        den = Denoiser(net, sched, adapter.prediction, Guidance(cfg_scale=sample_cfg.cfg_scale, nag_scale=w))
+        cb = traces[i] if traces else None
+        rows.append(sampler(den, noise.clone(), sched.sigmas(sample_cfg.steps).to(device), sched.space,
+                            extra_args={"y": y}, callback=cb, generator=torch.Generator().manual_seed(seed + 1)))
+    net.train(was_training)
+    return rows
+
+
+def shift_readout(estimator, adapter, x0_probe: torch.Tensor, rows_fn) -> dict:
+    """Noise shift of the grid's sampler runs, read by ``estimator`` (comfy_nag.shift)."""
+    sched = adapter.schedule
+    cpu_readout = estimator_readout(estimator.cpu(), sched)
+
+    def readout(x, s):  # sampler states may live on the GPU; the estimator and forward states on the CPU
+        return cpu_readout(x.detach().float().cpu(), s)
+
+    traces = [ShiftTrace(readout, sched) for _ in range(2)]
+    rows_fn(traces)
+    out = {}
+    for trace, name in zip(traces, ("noise_shift_nag0", "noise_shift_nag")):
+        if not trace.sigmas:
+            continue
+        sig, _, _ = trace.arrays()
+        ref = forward_readout(readout, x0_probe.float().cpu(), torch.tensor(sig), sched, torch.Generator().manual_seed(7))
+        out[name] = summarize(trace, ref)["noise_shift"]
+    return out

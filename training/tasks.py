@@ -1,0 +1,257 @@
+"""The two things the loop trains: a diffusion model with noise-condition dropout, and a noise-level estimator.
+
+A task owns its data (the cache), its model and its loss, and decides what to monitor and how to
+export; ``loop.train`` owns everything else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, noised
+from comfy_nag.losses import denoising_loss
+from comfy_nag.schedules import family as builtin_family
+
+from . import monitor
+from .config import Config, ConfigError
+from .data import Cache
+from .families import build_adapter
+from .lora import LoRANetwork
+
+
+class Bundle(nn.Module):
+    """The module accelerate prepares: the denoiser plus (for LoRA runs) the LoRA layers, so DDP
+    sees every trained parameter.  Forward is the denoiser's."""
+
+    def __init__(self, denoiser: nn.Module, lora: nn.Module | None = None):
+        super().__init__()
+        self.denoiser, self.lora = denoiser, lora
+
+    def forward(self, *args, **kwargs):
+        return self.denoiser(*args, **kwargs)
+
+
+class _WithClasses:
+    """``denoising_loss`` reads ``net.num_classes`` for class dropout; a DDP wrapper hides it."""
+
+    def __init__(self, module, num_classes: int):
+        self.module, self.num_classes = module, num_classes
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+
+def enable_gradient_checkpointing(net: nn.Module) -> int:
+    """Recompute each block of the network's top-level block lists in the backward pass."""
+    from torch.utils.checkpoint import checkpoint
+    n = 0
+    for child in net.children():
+        if not isinstance(child, nn.ModuleList):
+            continue
+        for block in child:
+            def forward(*args, _orig=block.forward, **kwargs):
+                if torch.is_grad_enabled():
+                    return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
+                return _orig(*args, **kwargs)
+            block.forward = forward
+            n += 1
+    if n == 0:
+        raise ValueError(f"train.gradient_checkpointing: {type(net).__name__} has no block lists to checkpoint")
+    return n
+
+
+def _probe(n: int, size: int) -> torch.Tensor:
+    """Fixed, spread-out cache rows for monitoring (the same every time)."""
+    k = min(n, size)
+    return torch.linspace(0, n - 1, k).round().long().unique()
+
+
+class FinetuneTask:
+    """Denoising loss with noise-condition dropout on a reference or ComfyUI model (full or LoRA)."""
+
+    name = "finetune"
+
+    def __init__(self, cfg: Config, log=print):
+        self.cfg = cfg
+        self.cache = Cache(cfg.data.cache)
+        self.adapter = build_adapter(cfg, self.cache)
+        a = self.adapter
+        self.lora = None
+        if cfg.train.mode == "lora":
+            for p in a.module.parameters():
+                p.requires_grad_(False)
+            self.lora = LoRANetwork(a.network, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets).attach()
+            log(f"LoRA rank {cfg.lora.rank} on {len(self.lora.paths)} layers")
+        self.trainable = self.lora if self.lora is not None else a.module
+        self.module = Bundle(a.module, self.lora)
+        self.dataset_size = len(self.cache)
+        self.export_ema = cfg.export.use_ema
+        self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
+        self._estimator = None
+        if cfg.monitor.estimator:
+            if not cfg.is_reference:
+                raise ConfigError("monitor.estimator: the noise-shift readout samples with comfy_nag's samplers, which "
+                                  "run reference models only; ComfyUI runs get the branch check")
+            self._estimator, _ = NoiseLevelEstimator.load(cfg.monitor.estimator)
+            self._estimator.check_input(torch.zeros(1, *self.cache.sample_shape))
+
+    def config_dict(self) -> dict:
+        return self.cfg.to_dict()
+
+    def fingerprint(self) -> dict:
+        c = self.cfg
+        fp = {"family": self.adapter.family, "base": c.model.base, "base_sha256": self.adapter.base_hash,
+              "cache": str(Path(c.data.cache).resolve()), "cache_count": self.dataset_size, "mode": c.train.mode,
+              "noise_condition_dropout_rate": c.train.noise_condition_dropout_rate,
+              "class_dropout_rate": c.train.class_dropout_rate, "caption_dropout_rate": c.train.caption_dropout_rate}
+        if self.lora is not None:
+            fp.update(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha, lora_targets=list(c.lora.targets))
+        if not c.model.base:
+            fp.update(hidden=c.model.hidden, depth=c.model.depth, heads=c.model.heads, patch_size=c.model.patch_size)
+        return fp
+
+    def enable_gradient_checkpointing(self) -> int:
+        return enable_gradient_checkpointing(self.adapter.network)
+
+    def loss(self, module, idx, g, device):
+        a, t = self.adapter, self.cfg.train
+        x0 = a.x0(self.cache, idx).to(device)
+        cond = a.conditions(self.cache, idx, g, device)
+        loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes), x0, cond, a.schedule, a.prediction,
+                                         t.noise_condition_dropout_rate, t.class_dropout_rate, g)
+        keep = ~drop
+        return loss, {"loss": (per.sum(), len(per)), "loss_cond": (per[keep].sum(), keep.sum()),
+                      "loss_dropped": (per[drop].sum(), drop.sum())}
+
+    def periodic(self, step: int, out: Path, monitor_due: bool, final: bool, ema_weights) -> dict:
+        cfg, a = self.cfg, self.adapter
+        device = next(a.module.parameters()).device
+        out_metrics = {}
+        every = cfg.sample.every
+        grid_due = cfg.is_reference and (final or (every and step % every == 0))
+        if not (monitor_due or grid_due):
+            return {}
+        with ema_weights():
+            if monitor_due:
+                out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device))
+            if grid_due:
+                rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
+                    a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
+                path = monitor.save_grid(rows_fn(), out / "samples" / f"step_{step:08d}.png")
+                out_metrics["samples"] = str(path)
+                if self._estimator is not None and monitor_due:
+                    out_metrics.update(monitor.shift_readout(self._estimator, a, self.cache.latents(self.probe), rows_fn))
+        return out_metrics
+
+    def export(self, out: Path, step: int) -> Path:
+        c = self.cfg
+        name = c.export.name or f"{Path(c.run.out_dir).name}.safetensors"
+        extra = {"trained_steps": str(step), "ema": "1" if (c.export.use_ema and c.train.ema_decay > 0) else "0",
+                 "train_mode": c.train.mode}
+        if self.lora is not None:
+            extra.update(lora_rank=str(c.lora.rank), lora_alpha=repr(c.lora.alpha))
+        return self.adapter.export(out / name, c, self.lora, extra)
+
+
+# --- noise-level estimator ----------------------------------------------------------------------
+
+COMFY_LATENT_FORMATS = {"sd1": "SD15", "sd2": "SD15", "sd2-v": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux",
+                        "flux-schnell": "Flux"}
+
+
+class EstimatorTask:
+    """Cross-entropy over log-SNR bins on network-space forward states of the cached data."""
+
+    name = "estimator"
+    export_ema = False
+
+    def __init__(self, cfg: Config, log=print):
+        self.cfg = cfg
+        e = cfg.estimator
+        self.cache = Cache(cfg.data.cache)
+        info = self.cache.info
+        self.family = e.family or (info.vae_family if info.latent_space == "vae" else cfg.model.family)
+        self.latent_format = None
+        if info.latent_space == "vae" and cfg.model.base and not cfg.is_reference:
+            from . import comfyui
+            loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+            self.family, self.schedule, self.latent_format = loaded.family, loaded.schedule, loaded.model.latent_format
+        else:
+            try:
+                self.schedule = builtin_family("sd1" if self.family == "sd2" else self.family).schedule
+            except ValueError as err:
+                raise ConfigError(f"estimator.family: {err}") from None
+            if info.latent_space == "vae":
+                self.latent_format = self._comfy_latent_format()
+        lo, hi = (e.logsnr_min, e.logsnr_max) if (e.logsnr_min or e.logsnr_max) else self.schedule.logsnr_range()
+        self.bins = LevelBins(float(lo), float(hi), e.bins)
+        torch.manual_seed(cfg.run.seed)
+        self.estimator = NoiseLevelEstimator(self.cache.sample_shape, self.bins, e.width, e.depth)
+        self.trainable = self.module = self.estimator
+        self.dataset_size = len(self.cache)
+        self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
+        log(f"estimator for family '{self.family}' ({self.schedule.name}), {e.bins} log-SNR bins over "
+            f"[{self.bins.lo:.2f}, {self.bins.hi:.2f}]")
+
+    def _comfy_latent_format(self):
+        if self.family not in COMFY_LATENT_FORMATS:
+            raise ConfigError(f"the cache holds VAE latents of family '{self.family or 'unknown'}'; set estimator.family "
+                              f"to one of {', '.join(COMFY_LATENT_FORMATS)} or model.base to the model's file")
+        from . import comfyui
+        comfy = comfyui.import_comfy()
+        import comfy.latent_formats as lf  # noqa: F401  (imported through the bridge above)
+        return getattr(comfy.latent_formats, COMFY_LATENT_FORMATS[self.family])()
+
+    def config_dict(self) -> dict:
+        return self.cfg.to_dict()
+
+    def fingerprint(self) -> dict:
+        e = self.cfg.estimator
+        return {"family": self.family, "cache": str(Path(self.cfg.data.cache).resolve()), "cache_count": self.dataset_size,
+                "bins": self.bins.describe(), "width": e.width, "depth": e.depth}
+
+    def enable_gradient_checkpointing(self) -> int:
+        raise ConfigError("gradient checkpointing is not available for the (small) estimator")
+
+    def x0(self, idx) -> torch.Tensor:
+        lat = self.cache.latents(idx)
+        return self.latent_format.process_in(lat) if self.latent_format is not None else lat
+
+    def loss(self, module, idx, g, device):
+        lam = self.bins.sample(len(idx), g)
+        x = noised(self.x0(idx), lam, self.schedule, g).to(device)
+        logits = module(x)
+        loss = F.cross_entropy(logits.float(), self.bins.index(lam).to(device))
+        hit = (logits.argmax(1).cpu() == self.bins.index(lam)).float()
+        return loss, {"loss": (loss.detach() * len(idx), len(idx)), "accuracy": (hit.sum(), len(idx))}
+
+    @torch.no_grad()
+    def periodic(self, step: int, out: Path, monitor_due: bool, final: bool, ema_weights) -> dict:
+        if not monitor_due:
+            return {}
+        g = torch.Generator().manual_seed(4321)
+        est = self.estimator
+        was = est.training
+        est.eval()
+        device = next(est.parameters()).device
+        lam = self.bins.sample(len(self.probe), g)
+        x = noised(self.x0(self.probe), lam, self.schedule, g).to(device)
+        mae = float((est.mean(x).cpu() - lam).abs().mean())
+        est.train(was)
+        return {"probe_logsnr_mae": mae}
+
+    def export(self, out: Path, step: int) -> Path:
+        c, info = self.cfg, self.cache.info
+        name = c.export.name or f"{Path(c.run.out_dir).name}_estimator.safetensors"
+        extra = {"nag.family": self.family, "nag.latent_space": info.latent_space,
+                 "nag.resolution": f"[{info.height}, {info.width}]", "nag.trained_steps": str(step)}
+        if self.latent_format is not None:
+            extra["nag.latent_format"] = type(self.latent_format).__name__
+        return self.estimator.save(out / name, self.schedule, extra)
+
+
+def make_task(command: str, cfg: Config, log=print):
+    return {"finetune": FinetuneTask, "estimator": EstimatorTask}[command](cfg, log)
