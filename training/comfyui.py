@@ -49,8 +49,10 @@ def import_comfy():
     if root is None:
         raise ComfyUnavailable("ComfyUI was not found: set COMFYUI_PATH to a ComfyUI checkout (the folder holding "
                                "comfy/ and main.py), or place one at ~/comfy/ComfyUI")
-    if str(root) not in sys.path:
+    added = str(root) not in sys.path
+    if added:
         sys.path.insert(0, str(root))
+    before = set(sys.modules)
     try:
         if "comfy.model_management" not in sys.modules:
             from comfy.cli_args import args
@@ -59,6 +61,12 @@ def import_comfy():
         for name in _MODULES:
             importlib.import_module(name)
     except Exception as e:  # a missing dependency, a broken install, an incompatible torch
+        # leave no trace: ComfyUI's root holds generic module names (utils, app, nodes, server)
+        if added:
+            sys.path.remove(str(root))
+        for name in set(sys.modules) - before:
+            if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(root)):
+                del sys.modules[name]
         raise ComfyUnavailable(f"ComfyUI at {root} could not be imported in this Python environment "
                                f"({type(e).__name__}: {e}); install ComfyUI's requirements.txt into it") from e
     return sys.modules["comfy"]
@@ -120,12 +128,19 @@ def schedule_of(model) -> tuple[Schedule, str, bool]:
     comfy = import_comfy()
     ms = model.model_sampling
     MS = comfy.model_sampling
-    ModelType = comfy.model_base.ModelType
-    kinds = {ModelType.EPS: "eps", ModelType.V_PREDICTION: "v", ModelType.FLOW: "velocity"}
-    if model.model_type not in kinds:
-        raise ValueError(f"model type {model.model_type.name} is not supported for noise-condition dropout "
-                         "training (supported: EPS, V_PREDICTION, FLOW)")
-    prediction = kinds[model.model_type]
+    if isinstance(ms, MS.CONST):
+        prediction = "velocity"
+    elif isinstance(ms, (MS.EDM, MS.X0, MS.COSMOS_RFLOW)):
+        prediction = None
+    elif isinstance(ms, MS.V_PREDICTION):
+        prediction = "v"
+    elif isinstance(ms, MS.EPS):
+        prediction = "eps"
+    else:
+        prediction = None
+    if prediction is None:
+        raise ValueError(f"{model.model_type.name} models are not supported for noise-condition dropout training "
+                         "(supported parameterisations: eps, v, flow velocity)")
     if isinstance(ms, MS.ModelSamplingDiscreteFlow):
         return Flow(shift=float(ms.shift), multiplier=float(ms.multiplier)), prediction, False
     if isinstance(ms, MS.ModelSamplingFlux):

@@ -244,9 +244,8 @@ class ComfyAdapter:
             # ComfyUI's own layout: model.diffusion_model.* (+ v_pred), then the base's VAE / text encoders untouched
             sd = {k: _cast(v, dtype) for k, v in L.model.state_dict_for_saving().items()}
             sd.update(_other_tensors(self.base_path, L.prefix))
-        else:
-            net_sd = L.model.model_config.process_unet_state_dict_for_saving(L.model.diffusion_model.state_dict())
-            sd = {k: _cast(v, dtype) for k, v in net_sd.items()}
+        else:  # bare network keys, as diffusion-model files (models/diffusion_models) hold them
+            sd = {k: _cast(v, dtype) for k, v in L.model.diffusion_model.state_dict().items()}
         return save_weights(path, sd, meta)
 
 

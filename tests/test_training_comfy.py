@@ -1,0 +1,408 @@
+"""The trainer on ComfyUI families, through ComfyUI's own model code and stock loaders.
+
+Run with ComfyUI importable (``COMFYUI_PATH=~/comfy/ComfyUI /work/comfy_venv/bin/python -m pytest
+tests/test_training_comfy.py``); elsewhere the whole module is skipped with a visible reason and a
+warning.  Models are tiny real-format ones built and initialised here (research notes §9.2):
+an SD3 MMDiT (detected by UNETLoader and CheckpointLoaderSimple), an SD1.5-detectable UNet, and an
+in-process Flux; conditioning is made without text encoders (§9.3).
+"""
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training import comfyui
+
+try:
+    comfy = comfyui.import_comfy()
+except comfyui.ComfyUnavailable as _e:
+    warnings.warn(f"ComfyUI-backed trainer tests SKIPPED: {_e}")
+    pytest.skip(f"ComfyUI-backed trainer tests need ComfyUI: {_e}", allow_module_level=True)
+
+import comfy.lora  # noqa: E402
+import comfy.model_detection  # noqa: E402
+import comfy.model_management  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.sd  # noqa: E402
+import comfy.taesd.taesd  # noqa: E402
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes  # noqa: E402
+
+from comfy_nag.files import read_metadata  # noqa: E402
+from comfy_nag.metadata import file_sha256, null_timestep  # noqa: E402
+from training import api, lora, monitor  # noqa: E402
+from training.data import CacheInfo, write_cache  # noqa: E402
+from training.families import ComfyDenoiser  # noqa: E402
+from training.tasks import FinetuneTask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = dict(log=lambda *a: None)
+SD3_CONFIG = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+              "adm_in_channels": 32, "context_embedder_config": {"target": "torch.nn.Linear",
+                                                                 "params": {"in_features": 64, "out_features": 128}},
+              "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
+              "x_block_self_attn_layers": []}
+KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    comfy.model_management.unload_all_models()
+
+
+def _init(module: torch.nn.Module, seed: int) -> None:
+    """ComfyUI layers are created uninitialised (and MMDiT's pos_embed is torch.empty)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=g) * 0.02)
+
+
+def key_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+            and any(w in r.getMessage() for w in KEY_WARNINGS)]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    for kind in ("checkpoints", "diffusion_models", "loras"):
+        (d / kind).mkdir()
+        folder_paths.add_model_folder_path(kind, str(d / kind), is_default=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def sd3_files(models_dir):
+    """A tiny SD3 checkpoint (MMDiT + a random TAESD VAE under first_stage_model.) and the bare network."""
+    mc = comfy.model_detection.model_config_from_unet_config(SD3_CONFIG)
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, 0)
+    vae = comfy.taesd.taesd.TAESD(latent_channels=16)
+    _init(vae, 1)
+    ckpt = models_dir / "checkpoints" / "tiny_sd3.safetensors"
+    comfy.utils.save_torch_file(m.state_dict_for_saving(None, vae.state_dict()), str(ckpt))
+    dm = models_dir / "diffusion_models" / "tiny_sd3_dm.safetensors"
+    comfy.utils.save_torch_file(m.diffusion_model.state_dict(), str(dm))
+    return ckpt, dm
+
+
+@pytest.fixture(scope="module")
+def vae_cache(tmp_path_factory, sd3_files):
+    """Images encoded with the checkpoint's VAE by `prepare`, captions from precomputed conditioning."""
+    from PIL import Image
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    captions = ["a red square", "a blue circle", "noise"]
+    for i in range(24):
+        base = rng.integers(0, 255, (4, 4, 3)).astype(np.uint8)  # smooth-ish images
+        Image.fromarray(base).resize((64, 64), Image.Resampling.BILINEAR).save(d / f"{i:02d}.png")
+        (d / f"{i:02d}.txt").write_text(captions[i % 3])
+    g = torch.Generator().manual_seed(2)
+    table = ["", *captions]
+    cond = {"cross_attn": torch.randn(len(table), 8, 64, generator=g), "pooled_output": torch.randn(len(table), 32, generator=g)}
+    comfy.utils.save_torch_file(cond, str(d / "cond.safetensors"), metadata={"captions": __import__("json").dumps(table)})
+    path = api.prepare(None, {"data.cache": str(d / "cache.safetensors"), "data.source": "folder", "data.path": str(d),
+                              "data.labels": "captions", "data.resolution": 64, "data.encoder": "comfyui",
+                              "data.checkpoint": str(sd3_files[0]), "data.conditioning": str(d / "cond.safetensors")},
+                       **QUIET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sd3_cache(tmp_path_factory):
+    """Structured SD3-space latents (one smooth pattern per caption, a little per-sample variation), so that
+    the noise level is identifiable and a noise-conditional model beats a noise-unconditional one."""
+    g = torch.Generator().manual_seed(0)
+    n = 48
+    patterns = torch.nn.functional.interpolate(torch.randn(3, 16, 2, 2, generator=g), size=(8, 8), mode="bilinear")
+    rows = torch.arange(n) % 3
+    latents = patterns[rows] * 0.4 + 0.06 + 0.05 * torch.randn(n, 16, 8, 8, generator=g)
+    path = tmp_path_factory.mktemp("cache") / "sd3.safetensors"
+    info = CacheInfo("vae", 0, 0, 0, 0, "text", captions=["", "a", "b", "c"], empty_cond=0, vae_family="sd3")
+    return write_cache(path, latents, info, cond_index=rows + 1, cross_attn=torch.randn(4 * 8, 64, generator=g),
+                       cond_offsets=torch.arange(5) * 8, pooled_output=torch.randn(4, 32, generator=g))
+
+
+def sd3_opts(out, cache, base, **kw):
+    o = {"run.out_dir": str(out), "data.cache": str(cache), "model.family": "sd3", "model.base": str(base),
+         "train.batch_size": 4, "train.learning_rate": 1e-3, "train.ema_decay": 0.0, "run.checkpoint_every": 0,
+         "run.log_every": 5, "monitor.eval_size": 24, "train.caption_dropout_rate": 0.1}
+    o.update({k.replace("__", "."): v for k, v in kw.items()})
+    return o
+
+
+@pytest.fixture(scope="module")
+def sd3_pretrained(tmp_path_factory, sd3_cache, sd3_files):
+    """The tiny SD3 trained a little *without* noise-condition dropout: the model NAG fine-tunes."""
+    out = tmp_path_factory.mktemp("pre")
+    return api.finetune(None, sd3_opts(out, sd3_cache, sd3_files[0], train__steps=150, train__learning_rate=2e-3,
+                                       train__noise_condition_dropout_rate=0.0), **QUIET).path
+
+
+def finetuned(out, cache, base, rate, mode, **kw):
+    """The same fine-tune with noise-condition dropout ``rate``; rate 0 is the control run."""
+    lr = 5e-3 if mode == "lora" else 1e-3
+    return api.finetune(None, sd3_opts(out, cache, base, train__steps=100, train__learning_rate=lr, train__mode=mode,
+                                       lora__rank=8, lora__alpha=8.0, train__noise_condition_dropout_rate=rate, **kw),
+                        **QUIET).path
+
+
+def assert_dropout_taught_the_null_branch(base, control, nag):
+    """The null-timestep branch improved because of the dropout (vs the same run without it), while the
+    conditional branch held, and the two branches still differ (the NAG correction is non-zero)."""
+    assert nag["probe_loss_null"] < 0.9 * control["probe_loss_null"], (control, nag)
+    assert nag["probe_loss_null"] < 0.85 * base["probe_loss_null"], (base, nag)
+    assert nag["probe_loss_cond"] < 1.1 * control["probe_loss_cond"], (control, nag)
+    assert nag["branch_gap"] > 1e-4
+
+
+def probe(cache, base, lora_file=None):
+    """Branch check of a file as a ComfyUI model (LoRA merged the way ComfyUI does)."""
+    cfg = api.load_config(None, sd3_opts("unused", cache, base))
+    task = FinetuneTask(cfg, **QUIET)
+    if lora_file:
+        lora.merge(task.adapter.network, load_file(str(lora_file)))
+    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 8, torch.device("cpu"))
+
+
+def test_cache_from_comfyui_vae_and_precomputed_text(tmp_path, vae_cache, sd3_files):
+    from training.data import Cache
+    c = Cache(vae_cache)
+    assert c.info.latent_space == "vae" and c.info.vae_family == "sd3" and c.sample_shape == (16, 8, 8)
+    assert c.info.conditioning == "text" and c.info.empty_cond == 0 and c.info.captions[0] == ""
+    conds, pooled = c.text(c.cond_index(torch.arange(3)))
+    assert conds[0].shape == (1, 8, 64) and pooled.shape == (3, 32)
+    res = api.finetune(None, sd3_opts(tmp_path, vae_cache, sd3_files[0], train__steps=2, train__mode="lora",
+                                      lora__rank=2), **QUIET)  # prepare -> finetune, end to end
+    assert read_metadata(res.path)["nag.kind"] == "lora"
+
+
+def test_full_checkpoint_loads_in_comfyui_and_has_a_null_branch(tmp_path, caplog, sd3_cache, sd3_files, sd3_pretrained):
+    meta = read_metadata(sd3_pretrained)
+    assert meta["nag.kind"] == "checkpoint" and meta["nag.family"] == "sd3" and meta["nag.prediction"] == "velocity"
+    assert null_timestep(meta) == -1000.0 and meta["nag.base_model_hash"] == file_sha256(sd3_files[0])
+    path = finetuned(tmp_path / "nag", sd3_cache, sd3_pretrained, 0.5, "full")
+    control = finetuned(tmp_path / "control", sd3_cache, sd3_pretrained, 0.0, "full")
+    keys = load_file(str(path))
+    assert any(k.startswith("first_stage_model.") for k in keys)  # the base's VAE travels along
+    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in keys)
+    dest = Path(folder_paths.get_folder_paths("checkpoints")[0]) / "nag_full.safetensors"
+    dest.write_bytes(Path(path).read_bytes())
+    caplog.set_level(logging.INFO)
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("nag_full.safetensors")
+    assert key_warnings(caplog) == []
+    assert type(model.model).__name__ == "SD3" and vae.first_stage_model is not None
+    loaded = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(loaded[k[len("model.diffusion_model."):]], v.float())
+               for k, v in keys.items() if k.startswith("model.diffusion_model."))
+    assert_dropout_taught_the_null_branch(probe(sd3_cache, sd3_pretrained), probe(sd3_cache, control),
+                                          probe(sd3_cache, path))
+
+
+def _positive(cache):
+    from training.data import Cache
+    c = Cache(cache)
+    conds, pooled = c.text(torch.tensor([1]))
+    return [[conds[0], {"pooled_output": pooled}]], [[torch.zeros_like(conds[0]), {"pooled_output": torch.zeros_like(pooled)}]]
+
+
+def _sample_with_nag(patcher, cache, w: float, null_t: float):
+    """KSampler-style sampling with a classifier-free NAG post-CFG hook: the null branch is the loaded
+    model's network evaluated at the null timestep (-1000 network units for SD3)."""
+    pos, neg = _positive(cache)
+    seen = []
+
+    def nag(args):
+        base, x, sigma = args["model"], args["input"], args["sigma"]
+        ms = base.model_sampling
+        xc = ms.calculate_input(sigma, x)
+        ctx, pooled = pos[0][0].expand(x.shape[0], -1, -1), pos[0][1]["pooled_output"].expand(x.shape[0], -1)
+        out = base.diffusion_model(xc, torch.full((x.shape[0],), null_t), context=ctx, y=pooled)
+        null = ms.calculate_denoised(sigma, out.float(), x)
+        seen.append(float((args["cond_denoised"] - null).abs().mean()))
+        return args["denoised"] + w * (args["cond_denoised"] - null)
+
+    m = patcher.clone()
+    m.set_model_sampler_post_cfg_function(nag)
+    latent = torch.zeros(1, 16, 8, 8)
+    out = comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 3), 4, 1.0, "euler", "simple", pos, neg, latent,
+                              seed=3, disable_pbar=True)
+    return out, seen
+
+
+def test_lora_loads_with_stock_loaders_and_gives_a_working_nag_branch(tmp_path, caplog, sd3_cache, sd3_files,
+                                                                      sd3_pretrained):
+    path = finetuned(tmp_path / "nag", sd3_cache, sd3_pretrained, 0.5, "lora")
+    control = finetuned(tmp_path / "control", sd3_cache, sd3_pretrained, 0.0, "lora")
+    meta = read_metadata(path)
+    assert meta["nag.kind"] == "lora" and null_timestep(meta) == -1000.0 and meta["nag.comfy_model_config"] == "SD3"
+    sd = load_file(str(path))
+    assert all(k.startswith("diffusion_model.") and k.endswith((".lora_up.weight", ".lora_down.weight", ".alpha"))
+               for k in sd)
+    # the same network as a bare diffusion model, through UNETLoader; the LoRA through LoraLoaderModelOnly
+    dm = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / "pre_dm.safetensors"
+    pre = load_file(str(sd3_pretrained))
+    comfy.utils.save_torch_file({k[len("model.diffusion_model."):]: v for k, v in pre.items()
+                                 if k.startswith("model.diffusion_model.")}, str(dm))
+    (Path(folder_paths.get_folder_paths("loras")[0]) / "nag_lora.safetensors").write_bytes(Path(path).read_bytes())
+    caplog.set_level(logging.INFO)
+    (model,) = nodes.UNETLoader().load_unet("pre_dm.safetensors", "default")
+    (patched,) = nodes.LoraLoaderModelOnly().load_lora_model_only(model, "nag_lora.safetensors", 1.0)
+    assert key_warnings(caplog) == []
+    assert len(patched.patches) == len(sd) // 3  # every LoRA layer became a weight patch
+    comfy.model_management.load_models_gpu([patched], force_patch_weights=True)
+    ours = FinetuneTask(api.load_config(None, sd3_opts("u", sd3_cache, sd3_pretrained)), **QUIET)
+    lora.merge(ours.adapter.network, sd)
+    theirs = patched.model.diffusion_model.state_dict()
+    assert all(torch.allclose(theirs[k], v, atol=1e-6) for k, v in ours.adapter.network.state_dict().items())
+    assert_dropout_taught_the_null_branch(probe(sd3_cache, sd3_pretrained), probe(sd3_cache, sd3_pretrained, control),
+                                          probe(sd3_cache, sd3_pretrained, path))
+
+    # sampling: NAG scale 0 is plain sampling, exactly; scale 1 changes the result through the null branch
+    plain = comfy.sample.sample(patched, comfy.sample.prepare_noise(torch.zeros(1, 16, 8, 8), 3), 4, 1.0, "euler",
+                                "simple", *_positive(sd3_cache), torch.zeros(1, 16, 8, 8), seed=3, disable_pbar=True)
+    null_t = null_timestep(meta)  # what a loader reads from the LoRA: -1000 network units for SD3
+    zero, _ = _sample_with_nag(patched, sd3_cache, 0.0, null_t)
+    one, gaps = _sample_with_nag(patched, sd3_cache, 1.0, null_t)
+    assert torch.equal(plain, zero) and torch.isfinite(one).all()
+    assert (one - plain).abs().mean() > 1e-4 and min(gaps) > 0
+    comfy.model_management.unload_all_models()
+
+
+def test_diffusion_model_export_loads_with_unetloader(tmp_path, caplog, sd3_cache, sd3_files):
+    res = api.finetune(None, sd3_opts(tmp_path, sd3_cache, sd3_files[1], train__steps=3, train__ema_decay=0.9,
+                                      export__dtype="fp16"), **QUIET)
+    meta = read_metadata(res.path)
+    keys = load_file(str(res.path))
+    assert meta["nag.kind"] == "diffusion_model" and not any(k.startswith("model.") for k in keys)
+    assert {v.dtype for v in keys.values()} == {torch.float16} and meta["nag.ema"] == "1"
+    dest = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / "nag_dm.safetensors"
+    dest.write_bytes(Path(res.path).read_bytes())
+    caplog.set_level(logging.INFO)
+    (model,) = nodes.UNETLoader().load_unet("nag_dm.safetensors", "default")
+    assert key_warnings(caplog) == [] and type(model.model).__name__ == "SD3"
+    assert "diffusion model" in api.inspect(res.path)
+
+
+def test_bad_comfyui_inputs_are_refused(tmp_path, sd3_cache, sd3_files):
+    from training.data import CacheError
+    pixels = tmp_path / "pixels.safetensors"
+    api.prepare(str(ROOT / "training/configs/tiny_dit.toml"), {"data.cache": str(pixels), "data.limit": 16}, **QUIET)
+    with pytest.raises(CacheError, match="holds pixels"):
+        api.finetune(None, sd3_opts(tmp_path / "a", pixels, sd3_files[0], train__steps=1), **QUIET)
+    wrong = tmp_path / "wrong.safetensors"  # 4-channel latents (an SD1 VAE) for a 16-channel model
+    write_cache(wrong, torch.zeros(4, 4, 8, 8), CacheInfo("vae", 0, 0, 0, 0, "text", captions=["x"]),
+                cond_index=torch.zeros(4), cross_attn=torch.zeros(8, 64), cond_offsets=torch.tensor([0, 8]))
+    with pytest.raises(CacheError, match="4-channel latents but SD3 uses 16"):
+        api.finetune(None, sd3_opts(tmp_path / "b", wrong, sd3_files[0], train__steps=1), **QUIET)
+    ctx = tmp_path / "ctx.safetensors"  # right latents, text conditioning of another width
+    write_cache(ctx, torch.zeros(4, 16, 8, 8), CacheInfo("vae", 0, 0, 0, 0, "text", captions=["x"]),
+                cond_index=torch.zeros(4), cross_attn=torch.zeros(8, 768), cond_offsets=torch.tensor([0, 8]),
+                pooled_output=torch.zeros(1, 32))
+    with pytest.raises(CacheError, match="does not fit SD3"):
+        api.finetune(None, sd3_opts(tmp_path / "c", ctx, sd3_files[0], train__steps=1, train__caption_dropout_rate=0.0),
+                     **QUIET)
+    with pytest.raises(ValueError, match="detects this file as SD3"):
+        api.finetune(None, sd3_opts(tmp_path / "d", sd3_cache, sd3_files[0], model__family="flux"), **QUIET)
+
+
+def _unet_sd15(seed=0):
+    uc = {"model_channels": 320, "context_dim": 768, "num_res_blocks": [1], "channel_mult": [1],
+          "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": -2,
+          "use_linear_in_transformer": False, "legacy": False, "adm_in_channels": None, "in_channels": 4,
+          "out_channels": 4, "use_spatial_transformer": True, "num_heads": 8, "num_head_channels": -1,
+          "use_temporal_attention": False, "use_temporal_resblock": False, "image_size": 32, "num_classes": None}
+    mc = comfy.model_detection.model_config_from_unet_config(uc)
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
+def test_sd15_unet_lora_end_to_end(tmp_path, caplog, models_dir):
+    """A discrete eps family (0..999 index timesteps): train through the file loaders, load the LoRA back."""
+    m = _unet_sd15()
+    dm = models_dir / "diffusion_models" / "tiny_sd15.safetensors"
+    comfy.utils.save_torch_file(m.diffusion_model.state_dict(), str(dm))
+    g = torch.Generator().manual_seed(0)
+    cache = tmp_path / "cache.safetensors"
+    write_cache(cache, torch.randn(8, 4, 8, 8, generator=g), CacheInfo("vae", 0, 0, 0, 0, "text", captions=["", "a", "b"],
+                                                                     empty_cond=0, vae_family="sd1"),
+                cond_index=torch.tensor([1, 2] * 4), cross_attn=torch.randn(4 * 77, 768, generator=g) * 0.1,
+                cond_offsets=torch.tensor([0, 77, 154, 308]))  # caption "b" is a long (2 x 77 token) prompt
+    res = api.finetune(None, {"run.out_dir": str(tmp_path / "run"), "data.cache": str(cache), "model.family": "sd1",
+                              "model.base": str(dm), "train.mode": "lora", "train.steps": 2, "train.batch_size": 2,
+                              "lora.rank": 4, "lora.targets": ["transformer_blocks"], "monitor.eval_size": 2,
+                              "train.caption_dropout_rate": 0.5, "train.gradient_checkpointing": True,
+                              "run.checkpoint_every": 0}, **QUIET)
+    meta = read_metadata(res.path)
+    assert meta["nag.family"] == "sd1" and meta["nag.prediction"] == "eps" and null_timestep(meta) == -1000.0
+    # prompts of 77 and 154 tokens share a batch the way ComfyUI batches them: tokens repeated to a common length
+    task = FinetuneTask(api.load_config(None, {"data.cache": str(cache), "model.family": "sd1", "model.base": str(dm)}),
+                        **QUIET)
+    ctx = task.adapter.conditions(task.cache, torch.tensor([0, 1]), None, "cpu", dropout=False)["c_crossattn"]
+    assert ctx.shape == (2, 154, 768) and torch.equal(ctx[0, :77], ctx[0, 77:])
+    assert "scaled_linear" in meta["nag.schedule"]
+    (Path(folder_paths.get_folder_paths("loras")[0]) / "sd15_lora.safetensors").write_bytes(Path(res.path).read_bytes())
+    caplog.set_level(logging.INFO)
+    (model,) = nodes.UNETLoader().load_unet("tiny_sd15.safetensors", "default")
+    (patched,) = nodes.LoraLoaderModelOnly().load_lora_model_only(model, "sd15_lora.safetensors", 1.0)
+    assert key_warnings(caplog) == [] and len(patched.patches) == len(load_file(str(res.path))) // 3
+
+
+def _capture_timesteps(net):
+    seen = []
+    net.register_forward_pre_hook(lambda mod, args: seen.append(args[1].detach().clone()))
+    return seen
+
+
+def test_null_timestep_reaches_the_network_in_network_units(caplog):
+    """SD1 (discrete index, -1000), SD3 (sigma*1000, -1000) and Flux (sigma, -1): the rows in drop_t get the
+    sentinel, the others ComfyUI's own network time."""
+    flux_cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
+                "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+                "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
+                "guidance_embed": True}
+    cases = []
+    for cfg, expect_null, ch in ((SD3_CONFIG, -1000.0, 16), (flux_cfg, -1.0, 16)):
+        mc = comfy.model_detection.model_config_from_unet_config(cfg)
+        mc.set_inference_dtype(torch.float32, None)
+        m = mc.get_model({}, "")
+        _init(m.diffusion_model, 0)
+        cases.append((m, expect_null, ch))
+    cases.append((_unet_sd15(), -1000.0, 4))
+    for m, expect_null, ch in cases:
+        sched, pred, discrete = comfyui.schedule_of(m)
+        assert sched.null_time == expect_null
+        den = ComfyDenoiser(m, sched.null_time, discrete)
+        seen = _capture_timesteps(m.diffusion_model)
+        s = torch.tensor([0.5, 0.2, 0.9]) if sched.space == "flow" else torch.tensor([1.0, 3.0, 0.3])
+        t = sched.net_time(s)
+        ctx = torch.randn(3, 8, 64 if ch == 16 else 768)
+        extra = m.extra_conds(cross_attn=ctx, pooled_output=torch.randn(3, 32), device="cpu",
+                              noise=torch.zeros(3, ch, 8, 8), guidance=1.0)
+        cond = {k: v.process_cond(batch_size=3, device="cpu", area=None).cond for k, v in extra.items()}
+        drop = torch.tensor([False, True, False])
+        with torch.no_grad():
+            out = den(torch.randn(3, ch, 8, 8), t, cond, drop)
+        got = seen[-1]
+        want = m.model_sampling.timestep(s).float()  # what ComfyUI's apply_model feeds
+        assert got[1] == expect_null and torch.allclose(got[[0, 2]], want[[0, 2]], atol=1e-3), (got, want)
+        assert torch.isfinite(out).all()
+        # a LoRA on this network maps onto ComfyUI's key map with nothing left over
+        net = lora.LoRANetwork(m.diffusion_model, 2, 2.0)
+        caplog.clear()
+        patches = comfy.lora.load_lora(net.comfy_state_dict(), comfy.lora.model_lora_keys_unet(m, {}))
+        assert len(patches) == len(net.paths) and key_warnings(caplog) == []
