@@ -406,3 +406,49 @@ def test_null_timestep_reaches_the_network_in_network_units(caplog):
         caplog.clear()
         patches = comfy.lora.load_lora(net.comfy_state_dict(), comfy.lora.model_lora_keys_unet(m, {}))
         assert len(patches) == len(net.paths) and key_warnings(caplog) == []
+
+
+def test_prepare_encodes_captions_with_a_comfyui_text_encoder(tmp_path, monkeypatch, sd3_files):
+    """`prepare`'s text path with a real ComfyUI CLIP object (CLIP-L architecture and tokenizer, tiny widths:
+    text-encoder files cannot be made small through ComfyUI's loaders)."""
+    import comfy.sd1_clip
+    from comfy.supported_models_base import ClipTarget
+    from PIL import Image
+
+    tiny = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "projection_dim": 64}
+    clip = comfy.sd.CLIP(ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+                         model_options={"clip_l_model_config": tiny})
+    _init(clip.cond_stage_model, 5)
+    original = comfyui.load_encoders
+
+    def with_tiny_clip(*args, **kw):
+        vae, _, fam = original(*args, **kw)
+        return vae, clip, fam
+
+    monkeypatch.setattr(comfyui, "load_encoders", with_tiny_clip)
+    for i, cap in enumerate(["a cat", "a dog", "a cat"]):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(cap)
+    out = api.prepare(None, {"data.cache": str(tmp_path / "c.safetensors"), "data.source": "folder",
+                             "data.path": str(tmp_path), "data.labels": "captions", "data.resolution": 64,
+                             "data.encoder": "comfyui", "data.checkpoint": str(sd3_files[0])}, **QUIET)
+    from training.data import Cache
+    c = Cache(out)
+    assert c.info.captions == ["", "a cat", "a dog"] and c.info.empty_cond == 0
+    assert c.cond_index(torch.arange(3)).tolist() == [1, 2, 1]
+    conds, pooled = c.text(torch.arange(3))
+    assert all(x.shape == (1, 77, 64) for x in conds) and pooled.shape == (3, 64)
+    want = clip.encode_from_tokens(clip.tokenize("a dog"), return_pooled=True, return_dict=True)["cond"]
+    assert torch.allclose(conds[2], want.float(), atol=1e-2)  # stored as fp16
+    assert not torch.allclose(conds[0], conds[1], atol=1e-3)
+
+
+def test_estimator_for_sd3_latents(tmp_path, sd3_cache):
+    res = api.estimator(None, {"run.out_dir": str(tmp_path), "data.cache": str(sd3_cache), "estimator.steps": 20,
+                               "estimator.batch_size": 16, "estimator.bins": 8, "estimator.width": 16,
+                               "estimator.depth": 2, "monitor.eval_size": 16}, **QUIET)
+    from comfy_nag.estimators import NoiseLevelEstimator
+    est, meta = NoiseLevelEstimator.load(res.path)
+    assert meta["nag.family"] == "sd3" and meta["nag.latent_format"] == "SD3" and meta["nag.latent_channels"] == "16"
+    assert '"type": "flow"' in meta["nag.schedule"] and est.shape == (16, 8, 8)

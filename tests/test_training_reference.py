@@ -205,10 +205,17 @@ def test_lora_on_the_reference_model_saves_comfyui_keys(tmp_path, cache, base):
                             "diffusion_model.nope.lora_down.weight": torch.zeros(1, 1)})
 
 
-def test_estimator_learns_the_noise_level(tmp_path, cache):
-    res = api.estimator(TINY, {"run.out_dir": str(tmp_path), "data.cache": str(cache), "estimator.steps": 120,
-                               "estimator.batch_size": 64, "run.log_every": 20, "monitor.eval_size": 256,
-                               "run.checkpoint_every": 60}, **QUIET)
+@pytest.fixture(scope="module")
+def estimator_file(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("est")
+    return api.estimator(TINY, {"run.out_dir": str(out), "data.cache": str(cache), "estimator.steps": 120,
+                                "estimator.batch_size": 64, "run.log_every": 20, "monitor.eval_size": 256,
+                                "run.checkpoint_every": 60}, **QUIET)
+
+
+def test_estimator_learns_the_noise_level(estimator_file):
+    res = estimator_file
+    assert res.step == 120
     est, meta = NoiseLevelEstimator.load(res.path)
     assert meta["nag.family"] == "dit" and meta["nag.latent_channels"] == "1" and meta["nag.kind"] == "noise_level_estimator"
     assert json.loads(meta["nag.schedule"])["type"] == "discrete_vp" and json.loads(meta["nag.estimator"])["bins"]["k"] == 24
@@ -216,6 +223,16 @@ def test_estimator_learns_the_noise_level(tmp_path, cache):
     losses = [m["loss"] for m in res.metrics if "loss" in m]
     assert len(maes) == 2 and maes[-1] < 2.0 and losses[-1] < losses[0] - 0.5
     assert est.shape == (1, 8, 8)
+
+
+def test_noise_shift_readout_during_training(tmp_path, cache, base, estimator_file):
+    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__steps=4, sample__every=4,
+                                   sample__steps=6, monitor__estimator=str(estimator_file.path)), **QUIET)
+    final = [m for m in res.metrics if m.get("event") == "monitor"][-1]
+    assert 0 < final["noise_shift_nag0"] < 20 and 0 < final["noise_shift_nag"] < 20
+    with pytest.raises(api.ConfigError, match="trained for family 'dit'"):
+        api.finetune(str(ROOT / "training/configs/tiny_sit.toml"),
+                     small(tmp_path / "s", cache, monitor__estimator=str(estimator_file.path)), **QUIET)
 
 
 def test_mixed_precision_accumulation_and_checkpointing_run(tmp_path, cache):

@@ -64,12 +64,20 @@ def import_comfy():
         # leave no trace: ComfyUI's root holds generic module names (utils, app, nodes, server)
         if added:
             sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
-            if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(root)):
-                del sys.modules[name]
+        for name in [n for n in set(sys.modules) - before if _from(sys.modules[n], root)]:
+            del sys.modules[name]
         raise ComfyUnavailable(f"ComfyUI at {root} could not be imported in this Python environment "
                                f"({type(e).__name__}: {e}); install ComfyUI's requirements.txt into it") from e
     return sys.modules["comfy"]
+
+
+def _from(module, root: Path) -> bool:
+    """Whether a module was loaded from ``root`` (namespace packages have only a __path__)."""
+    try:
+        paths = [getattr(module, "__file__", None) or "", *list(getattr(module, "__path__", None) or [])]
+    except (KeyError, TypeError):
+        return False
+    return any(str(p).startswith(str(root)) for p in paths)
 
 
 class _Collect(logging.Handler):

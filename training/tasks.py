@@ -95,8 +95,12 @@ class FinetuneTask:
             if not cfg.is_reference:
                 raise ConfigError("monitor.estimator: the noise-shift readout samples with comfy_nag's samplers, which "
                                   "run reference models only; ComfyUI runs get the branch check")
-            self._estimator, _ = NoiseLevelEstimator.load(cfg.monitor.estimator)
+            self._estimator, meta = NoiseLevelEstimator.load(cfg.monitor.estimator)
             self._estimator.check_input(torch.zeros(1, *self.cache.sample_shape))
+            if meta.get("nag.family") != a.family:
+                raise ConfigError(f"monitor.estimator {cfg.monitor.estimator} was trained for family "
+                                  f"'{meta.get('nag.family')}', this run trains '{a.family}'; train one with "
+                                  f"`python -m training estimator` for '{a.family}'")
 
     def config_dict(self) -> dict:
         return self.cfg.to_dict()
