@@ -35,13 +35,17 @@ class Bundle(nn.Module):
 
 
 class _WithClasses:
-    """``denoising_loss`` reads ``net.num_classes`` for class dropout; a DDP wrapper hides it."""
+    """``denoising_loss`` reads ``net.num_classes`` for class dropout; a DDP wrapper hides it.
 
-    def __init__(self, module, num_classes: int):
-        self.module, self.num_classes = module, num_classes
+    ``plain=True`` never hands the network a dropout mask (a trainer without noise-condition dropout;
+    the benchmark's baseline).
+    """
 
-    def __call__(self, *args):
-        return self.module(*args)
+    def __init__(self, module, num_classes: int, plain: bool = False):
+        self.module, self.num_classes, self.plain = module, num_classes, plain
+
+    def __call__(self, x, t, y, drop_t):
+        return self.module(x, t, y, None if self.plain else drop_t)
 
 
 def enable_gradient_checkpointing(net: nn.Module) -> int:
@@ -120,12 +124,13 @@ class FinetuneTask:
     def enable_gradient_checkpointing(self) -> int:
         return enable_gradient_checkpointing(self.adapter.network)
 
-    def loss(self, module, idx, g, device):
+    def loss(self, module, idx, g, device, plain: bool = False):
         a, t = self.adapter, self.cfg.train
         x0 = a.x0(self.cache, idx).to(device)
         cond = a.conditions(self.cache, idx, g, device)
-        loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes), x0, cond, a.schedule, a.prediction,
-                                         t.noise_condition_dropout_rate, t.class_dropout_rate, g)
+        rate = 0.0 if plain else t.noise_condition_dropout_rate
+        loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes, plain), x0, cond, a.schedule,
+                                         a.prediction, rate, t.class_dropout_rate, g)
         keep = ~drop
         return loss, {"loss": (per.sum(), len(per)), "loss_cond": (per[keep].sum(), keep.sum()),
                       "loss_dropped": (per[drop].sum(), drop.sum())}
