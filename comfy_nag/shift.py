@@ -9,7 +9,7 @@ Definitions (log-SNR units, lower = noisier):
   ``x_i^true`` are *true forward samples* at the same nominal level read by the same readout.
   Subtracting the forward readout removes the estimator's own bias, exactly as the paper's KDE
   figure compares sampler states with forward states.  Negative = states look noisier.
-* ``noise_shift``: mean of ``|gap_i|`` over the last 20 % of steps (``i >= 0.8 N``).
+* ``noise_shift``: mean of ``|gap_i|`` over the last 20 % of steps (``i >= floor(0.8 N)``).
 """
 from __future__ import annotations
 
@@ -43,29 +43,40 @@ def variance_readout(schedule: Schedule, data_var: float):
 
 @dataclass
 class ShiftTrace:
-    """Sampler callback that records the readout of every step's state.
+    """Sampler callback that records the readout of the state at each step.
 
-    ``trace(i, s, x, x0)`` stores nominal sigma, nominal log-SNR and the per-sample estimates.
+    ``trace(i, s, x, x0)`` stores the step index, nominal sigma, nominal log-SNR and the
+    per-sample estimates.  ``only``: record just these step indices (readouts can be costly).
     Chain another callback with ``then``.
     """
 
     readout: object
     schedule: Schedule
     then: object = None
+    only: set | None = None
+    steps: list = field(default_factory=list)
     sigmas: list = field(default_factory=list)
     nominal: list = field(default_factory=list)
     estimated: list = field(default_factory=list)
 
     def __call__(self, i, s, x, x0):
+        if self.then is not None:
+            self.then(i, s, x, x0)
+        if self.only is not None and i not in self.only:
+            return
         s = float(s)
+        self.steps.append(int(i))
         self.sigmas.append(s)
         self.nominal.append(float(self.schedule.logsnr(torch.tensor(s))))
         self.estimated.append(self.readout(x, s).detach().float().cpu().numpy())
-        if self.then is not None:
-            self.then(i, s, x, x0)
 
     def arrays(self):
         return np.array(self.sigmas), np.array(self.nominal), np.stack(self.estimated)
+
+
+def late_steps(n_steps: int, last_frac: float = 0.2) -> list[int]:
+    """Indices of the last ``last_frac`` of ``n_steps`` sampler steps (i >= (1-frac)*n)."""
+    return list(range(int(np.floor((1 - last_frac) * n_steps)), n_steps))
 
 
 def forward_readout(readout, x0: torch.Tensor, sigmas, schedule: Schedule, generator=None) -> np.ndarray:
@@ -80,16 +91,21 @@ def forward_readout(readout, x0: torch.Tensor, sigmas, schedule: Schedule, gener
     return np.stack(out)
 
 
-def summarize(trace: ShiftTrace, reference: np.ndarray | None = None, last_frac: float = 0.2) -> dict:
-    """Per-step and summary statistics.  ``reference``: :func:`forward_readout` at the same sigmas."""
+def summarize(trace: ShiftTrace, reference: np.ndarray | None = None, n_steps: int | None = None,
+              last_frac: float = 0.2) -> dict:
+    """Per-step and summary statistics.
+
+    ``reference``: :func:`forward_readout` at the recorded sigmas; ``n_steps``: the run's number of
+    steps (default: last recorded index + 1), which defines the late steps (:func:`late_steps`).
+    """
     sig, nom, est = trace.arrays()
     finite = np.isfinite(nom)
     ref_mean = reference.mean(1) if reference is not None else np.where(finite, nom, np.nan)
     gap = est.mean(1) - ref_mean
-    n = len(sig)
-    late = np.arange(n) >= int(np.floor((1 - last_frac) * n))
-    late &= np.isfinite(gap)
+    n = n_steps if n_steps is not None else trace.steps[-1] + 1
+    late = np.isin(np.array(trace.steps), late_steps(n, last_frac)) & np.isfinite(gap)
     return {
+        "step": list(trace.steps),
         "sigma": sig.tolist(),
         "nominal_logsnr": nom.tolist(),
         "estimated_mean": est.mean(1).tolist(),

@@ -15,7 +15,8 @@ import torch
 
 from .estimators import LevelBins
 from .losses import denoising_loss
-from .schedules import Schedule, sigma_of_logsnr, space_alpha
+from .predictions import target, to_x0
+from .schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
 
 
 class GaussianMixture:
@@ -58,6 +59,17 @@ class GaussianMixture:
         x = self.means[k] + torch.einsum("bdj,bj->bd", self.evecs[k], self.evals[k].sqrt() * z)
         return x.float(), y
 
+    def class_moments(self, c: int):
+        """Exact mean and covariance of class c (float64)."""
+        sel = self.classes == c
+        w = self.weights[sel] / self.weights[sel].sum()
+        mu_k = self.means[sel]
+        cov_k = torch.einsum("kdj,kj,kej->kde", self.evecs[sel], self.evals[sel], self.evecs[sel])
+        mu = (w[:, None] * mu_k).sum(0)
+        dev = mu_k - mu
+        cov = (w[:, None, None] * (cov_k + dev[:, :, None] * dev[:, None, :])).sum(0)
+        return mu, cov
+
     # --- densities -----------------------------------------------------------------------
     def _comp_logpdf(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """log N(x; a*mu_k, a^2 C_k + s^2 I) for x [B, D], a, s [B] -> [B, K] (float64)."""
@@ -89,17 +101,22 @@ class GaussianMixture:
         var = a[:, None, None] ** 2 * self.evals[None] + (s ** 2)[:, None, None]
         return -torch.einsum("bk,kdj,bkj->bd", r, self.evecs, z / var)
 
-    def denoise(self, x: torch.Tensor, s, space: str, y=None) -> torch.Tensor:
-        """Exact E[x0 | x] for sampling-space x at sigma s (defined at alpha = 0 too)."""
+    def posterior_x0(self, x: torch.Tensor, a, s, y=None):
+        """E[x0 | x] and log p(x) for x = a*x0 + s*eps (any a, s per sample; a = 0 allowed)."""
         B = x.shape[0]
+        a = torch.as_tensor(a, dtype=torch.float64).expand(B)
         s = torch.as_tensor(s, dtype=torch.float64).expand(B)
-        a = space_alpha(space, s)
-        r = torch.softmax(self._log_weights(y, B) + self._comp_logpdf(x, a, s), 1)  # [B, K]
+        logj = self._log_weights(y, B) + self._comp_logpdf(x, a, s)  # [B, K]
+        r = torch.softmax(logj, 1)
         z = torch.einsum("kdj,bd->bkj", self.evecs, x.double()) - a[:, None, None] * self.qmu[None]
         gain = a[:, None, None] * self.evals[None] / (a[:, None, None] ** 2 * self.evals[None] + (s ** 2)[:, None, None])
-        # per component: mu_k + Q_k diag(gain) z
-        post = self.means[None] + torch.einsum("kdj,bkj->bkd", self.evecs, gain * z)
-        return (r[:, :, None] * post).sum(1).to(x.dtype)
+        post = self.means[None] + torch.einsum("kdj,bkj->bkd", self.evecs, gain * z)  # per component
+        return (r[:, :, None] * post).sum(1), torch.logsumexp(logj, 1)
+
+    def denoise(self, x: torch.Tensor, s, space: str, y=None) -> torch.Tensor:
+        """Exact E[x0 | x] for sampling-space x at sigma s (defined at alpha = 0 too)."""
+        s = torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0])
+        return self.posterior_x0(x, space_alpha(space, s), s, y)[0].to(x.dtype)
 
     # --- the exact noise-level posterior -----------------------------------------------------
     def level_loglik(self, x: torch.Tensor, space: str, lams: torch.Tensor) -> torch.Tensor:
@@ -126,6 +143,39 @@ def exact_readout(gmm: GaussianMixture, bins: LevelBins, space: str, sub: int = 
     return readout
 
 
+def training_levels(schedule: Schedule, n: int = 250) -> torch.Tensor:
+    """Sampling sigmas evenly covering a schedule's training distribution (quadrature nodes)."""
+    if isinstance(schedule, DiscreteVP):
+        return schedule.table[torch.linspace(0, schedule.n - 1, n).round().long()]
+    if isinstance(schedule, Flow):
+        return schedule._shift((torch.arange(n, dtype=torch.float32) + 0.5) / n)
+    raise ValueError(f"no training-level quadrature for {type(schedule).__name__}")
+
+
+def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, prediction: str, y=None,
+                  levels: torch.Tensor | None = None) -> torch.Tensor:
+    """The ideal noise-*unconditional* branch, converted to x0 with the nominal level s.
+
+    A network trained with noise-condition dropout learns, for dropped rows, the prediction that
+    minimises the loss without knowing the level: E[target | x_net] under the training
+    distribution of levels.  Here it is computed exactly (class-conditional, like the branch) and
+    converted with the nominal coefficients, as NAG does.
+    """
+    s = torch.as_tensor(s, dtype=torch.float32).expand(x.shape[0])
+    c, a_n, s_n = schedule.native(s)
+    xn = (c[:, None] * x).double()
+    levels = training_levels(schedule) if levels is None else levels
+    preds, lls = [], []
+    for sl in levels:
+        _, al, sgl = (v.double() for v in schedule.native(sl))
+        ex0, ll = gmm.posterior_x0(xn, al, sgl, y)
+        preds.append(target(prediction, ex0, (xn - al * ex0) / sgl, al, sgl))
+        lls.append(ll)
+    w = torch.softmax(torch.stack(lls, 1), 1)  # posterior over training levels (uniform prior)
+    pred = (w[:, :, None] * torch.stack(preds, 1)).sum(1)
+    return to_x0(pred, prediction, xn, a_n.double(), s_n.double()).to(x.dtype)
+
+
 def exact_denoiser(gmm: GaussianMixture, space: str):
     """The Bayes-optimal class-conditional denoiser, as a sampler model ``(x, s, y) -> x0``."""
     def model(x, s, y=None):
@@ -135,15 +185,50 @@ def exact_denoiser(gmm: GaussianMixture, space: str):
 
 # --- quality metrics ---------------------------------------------------------------------------
 
+def _mean_offdiag(d: torch.Tensor) -> torch.Tensor:
+    n = d.shape[0]
+    return d.sum() / (n * (n - 1))
+
+
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| (>= 0, 0 iff equal in distribution)."""
+    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| (0 iff equal in distribution).
+
+    Unbiased (U-statistic) estimate: within-set means exclude the zero diagonal, so the value
+    fluctuates around 0 for two samples of one distribution instead of being biased upwards by
+    ~E|X-X'|/n (which would favour more spread-out sample sets).
+    """
     x, y = x.double(), y.double()
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+    return float(2 * torch.cdist(x, y).mean() - _mean_offdiag(torch.cdist(x, x)) - _mean_offdiag(torch.cdist(y, y)))
 
 
 def class_energy_distance(x, y_x, ref, y_ref) -> float:
     """Energy distance per class, averaged over classes (class-conditional sample quality)."""
     vals = [energy_distance(x[y_x == c], ref[y_ref == c]) for c in torch.unique(y_ref).tolist() if (y_x == c).any()]
+    return float(sum(vals) / len(vals))
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    e, v = torch.linalg.eigh(m)
+    return (v * e.clamp_min(0).sqrt()) @ v.T
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Frechet (2-Wasserstein) distance between N(mu1, cov1) and N(mu2, cov2), squared."""
+    r = _sqrtm_psd(cov2)
+    cross = _sqrtm_psd(r @ cov1 @ r)
+    return float((mu1 - mu2).pow(2).sum() + torch.trace(cov1 + cov2 - 2 * cross))
+
+
+def class_frechet_distance(gmm: "GaussianMixture", x: torch.Tensor, y: torch.Tensor) -> float:
+    """FID-style Frechet distance per class between the samples' Gaussian fit and the *exact*
+    class moments of the mixture, averaged over classes (no reference-sample noise)."""
+    vals = []
+    for c in range(gmm.num_classes):
+        xc = x[y == c].double()
+        if xc.shape[0] < 2:
+            continue
+        mu, cov = gmm.class_moments(c)
+        vals.append(frechet_distance(xc.mean(0), torch.cov(xc.T), mu, cov))
     return float(sum(vals) / len(vals))
 
 
