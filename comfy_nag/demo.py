@@ -266,7 +266,7 @@ def plot_data(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
     # KDE: per-sample exact readouts at a few nominal levels, forward vs sampler states
     sch = tr.fam.schedule
     sig = sch.sigmas(cfg.plot_steps)
-    pick = [int(round(f * (cfg.plot_steps - 1))) for f in (0.55, 0.7, 0.85, 1.0)]
+    pick = sorted({int(round(f * (cfg.plot_steps - 1))) for f in (0.55, 0.7, 0.85, 1.0)})
     kde = {"levels": [float(sch.logsnr(sig[i])) for i in pick], "groups": {}}
     fwd = shift.forward_readout(ev.readout, ev.x0_fwd, sig[pick], sch, torch.Generator().manual_seed(5))
     kde["groups"]["forward (true states)"] = fwd.tolist()
@@ -363,7 +363,7 @@ class _ExactNullNAG:
 # ---------------------------------------------------------------------------------------------
 
 def samples_figure(cfg: Config, knobs: dict, log=print):
-    """Scatter plots of 2-D samples per method (flow family, Euler, 25 steps) next to the truth."""
+    """Scatter plots of 2-D samples per method (flow family, Euler, 10 steps) next to the truth."""
     from matplotlib.figure import Figure
 
     from .plots import COLORS
@@ -561,13 +561,17 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
     return "\n".join(L) + "\n"
 
 
-def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None) -> dict:
-    """Run the study and write metrics.json, report.md, noise_shift.png, samples.png into ``out``."""
+def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None,
+             config: Config | None = None) -> dict:
+    """Run the study and write metrics.json, report.md, noise_shift.png, samples.png into ``out``.
+
+    ``config`` replaces the built-in defaults (``quick`` and ``seed`` are then ignored).
+    """
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = Config.make(quick, seed)
+    cfg = config or Config.make(quick, seed)
     t0 = time.time()
     log = lambda msg: tqdm.write(msg)  # noqa: E731
     log(f"comfy-nag demo ({'quick' if quick else 'full'}): writing to {out}/")

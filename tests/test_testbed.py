@@ -55,3 +55,55 @@ def test_level_likelihood_agrees_with_the_density():
     s = schedules.sigma_of_logsnr("flow", lam)
     direct = gmm.log_prob(x, 1 - s, s)
     assert torch.allclose(gmm.level_loglik(x, "flow", lam)[:, 0], direct, atol=1e-8)
+
+
+def test_class_moments_match_samples_and_frechet_distance_is_exact():
+    gmm = testbed.GaussianMixture.make(dim=6, seed=4)
+    x, y = gmm.sample(40000, generator=torch.Generator().manual_seed(1))
+    mu, cov = gmm.class_moments(2)
+    xc = x[y == 2].double()
+    assert torch.allclose(xc.mean(0), mu, atol=0.03)
+    assert torch.allclose(torch.cov(xc.T), cov, atol=0.03)
+    # closed forms: identical Gaussians -> 0; N(m, a^2 I) vs N(0, b^2 I) in d dims -> |m|^2 + d (a - b)^2
+    assert abs(testbed.frechet_distance(mu, cov, mu, cov)) < 1e-8
+    eye = torch.eye(3, dtype=torch.float64)
+    m = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    assert abs(testbed.frechet_distance(m, 4 * eye, torch.zeros(3, dtype=torch.float64), eye) - (5 + 3 * 1.0)) < 1e-8
+    # the metric ranks a true sample far below a sample of the wrong spread
+    assert testbed.class_frechet_distance(gmm, x[:4000], y[:4000]) < 0.5 * testbed.class_frechet_distance(gmm, 1.3 * x[:4000], y[:4000])
+
+
+def test_energy_distance_is_unbiased_and_separates():
+    g = torch.Generator().manual_seed(0)
+    same = [testbed.energy_distance(torch.randn(100, 4, generator=g), torch.randn(100, 4, generator=g)) for _ in range(40)]
+    mean, sd = float(torch.tensor(same).mean()), float(torch.tensor(same).std())
+    assert abs(mean) < 3 * sd / 40 ** 0.5  # centred on 0 (the V-statistic would sit ~E|X-X'|/n above it)
+    shifted = testbed.energy_distance(torch.randn(100, 4, generator=g) + 0.5, torch.randn(100, 4, generator=g))
+    assert shifted > max(same)
+
+
+def test_posterior_x0_agrees_with_denoise_and_density():
+    gmm = testbed.GaussianMixture.make(dim=5, seed=5)
+    x = torch.randn(7, 5, dtype=torch.float64)
+    s = torch.tensor(0.3, dtype=torch.float64)
+    ex0, logp = gmm.posterior_x0(x, 1 - s, s)
+    assert torch.allclose(ex0.float(), gmm.denoise(x.float(), 0.3, "flow"), atol=1e-5)
+    assert torch.allclose(logp, gmm.log_prob(x, 1 - s, s), atol=1e-8)
+
+
+def test_exact_null_branch_reduces_to_the_denoiser_at_a_single_level_and_mixes_levels_otherwise():
+    gmm = testbed.GaussianMixture.make(dim=6, seed=6)
+    for name in ("sit", "sd1"):
+        fam = schedules.family(name)
+        sch = fam.schedule
+        s = sch.sigma_from_logsnr(torch.tensor(1.0))
+        x0, y = gmm.sample(16, generator=torch.Generator().manual_seed(2))
+        alpha = schedules.space_alpha(sch.space, s)
+        x = alpha * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+        # a network that never saw any other level would give exactly the level-conditional answer
+        one = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, levels=s.reshape(1))
+        assert torch.allclose(one, gmm.denoise(x, s, sch.space, y), atol=1e-4)
+        # over the whole training range the level-blind answer differs (the gap NAG amplifies)
+        full = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, levels=testbed.training_levels(sch, 60))
+        assert (full - one).abs().max() > 1e-3
+        assert torch.isfinite(full).all()
