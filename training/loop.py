@@ -327,6 +327,7 @@ def _train(task, s: LoopSettings, acc, callbacks, log, set_seed) -> RunResult:
                 if extra:
                     _append_metrics(out / "metrics.jsonl", {"step": done, "event": "monitor", **extra})
                     metrics.append({"step": done, "event": "monitor", **extra})
+                    _log_monitor(bar, done, extra)
                     module.train()
             if stop.signal is not None and done < s.steps:
                 bar.close()
@@ -343,6 +344,7 @@ def _train(task, s: LoopSettings, acc, callbacks, log, set_seed) -> RunResult:
         if extra:
             _append_metrics(out / "metrics.jsonl", {"step": final, "event": "monitor", **extra})
             metrics.append({"step": final, "event": "monitor", **extra})
+            _log_monitor(bar, final, extra)
         if ema is not None and task.export_ema:
             with torch.no_grad():
                 for p, q in zip(trainable.parameters(), ema.module.parameters()):
@@ -350,6 +352,19 @@ def _train(task, s: LoopSettings, acc, callbacks, log, set_seed) -> RunResult:
         path = task.export(out, final)
     acc.wait_for_everyone()
     return RunResult(path=path, step=final, out_dir=out, resumed_from=start, metrics=metrics)
+
+
+_MONITOR_LABELS = (("probe_loss_cond", "loss cond"), ("probe_loss_null", "loss null-t"), ("branch_gap", "branch gap"),
+                   ("noise_shift_nag0", "late shift w=0"), ("noise_shift_nag", "late shift NAG"),
+                   ("probe_logsnr_mae", "log-SNR MAE"), ("samples", "samples"))
+
+
+def _log_monitor(bar, step: int, extra: dict) -> None:
+    """One readable line per monitor event (the numbers also go to metrics.jsonl)."""
+    parts = [f"{label} {extra[k]:.4g}" if isinstance(extra[k], float) else f"{label} {extra[k]}"
+             for k, label in _MONITOR_LABELS if k in extra]
+    if parts:
+        bar.write(f"[step {step}] " + ", ".join(parts))
 
 
 def _diverged_message(step, loss, last_saved, out, s: LoopSettings) -> str:
