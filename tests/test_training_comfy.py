@@ -51,11 +51,8 @@ KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def unload_models(one_thread):
     yield
-    torch.set_num_threads(n)
     comfy.model_management.unload_all_models()
 
 

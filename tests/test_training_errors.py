@@ -22,12 +22,7 @@ SIT = str(ROOT / "training/configs/tiny_sit.toml")
 QUIET = dict(log=lambda *a: None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(out, cache, **kw):

@@ -23,13 +23,7 @@ TINY = str(ROOT / "training/configs/tiny_dit.toml")
 QUIET = dict(log=lambda *a: None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine has 2 cores (often shared): one intra-op thread is several times faster for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
