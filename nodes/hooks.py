@@ -143,6 +143,7 @@ class NullBranches:
         denoised = args["denoised"]
         if not patching.in_window(args["sigma"], self.cfg.window):
             return denoised
+        patching.check_finite(args["input"], "Noise Awareness Guidance")
         nulls = self.null_predictions(args)
         null_u = nulls[1] if len(nulls) > 1 else None
         return denoised + patching.nag_correction(
@@ -202,6 +203,7 @@ def patch_classifier_guided(model, estimator, scale: float, window: tuple[float,
         denoised, sigma, x = args["denoised"], args["sigma"], args["input"]
         if not patching.in_window(sigma, window):
             return denoised
+        patching.check_finite(x, "Noise Awareness Guidance (classifier-guided)")
         ms = args["model"].model_sampling
         sig = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
         est = _estimator_on(estimator, x.device)

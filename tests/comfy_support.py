@@ -1,0 +1,153 @@
+"""Helpers for the ComfyUI integration tests: find ComfyUI, load the pack, make tiny real-format models.
+
+ComfyUI is found through ``COMFYUI_PATH``, else ``~/comfy/ComfyUI``.  Without it (or without its
+dependencies, e.g. in the CI venv) :func:`comfy_or_skip` skips the calling module with a visible
+reason and a warning.  Tiny models follow shared/research/comfyui_api.md section 9: seeded weights,
+made at test time, never committed.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_MODULE = "comfy_nag_pack_under_test"
+
+
+def comfy_root() -> Path:
+    return Path(os.environ.get("COMFYUI_PATH", "~/comfy/ComfyUI")).expanduser()
+
+
+def comfy_or_skip() -> Path:
+    """Put ComfyUI first on sys.path in CPU mode, or skip the module LOUDLY."""
+    root = comfy_root()
+    why = None
+    if not (root / "comfy" / "samplers.py").exists():
+        why = f"ComfyUI not found at {root} (set COMFYUI_PATH)"
+    else:
+        try:
+            for mod in ("torchvision", "torchsde", "einops", "scipy", "aiohttp", "yaml", "transformers"):
+                importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - any import failure means "not a ComfyUI environment"
+            why = f"ComfyUI's dependencies are missing in {sys.executable} ({e}); run with /work/comfy_venv/bin/python"
+    if why:
+        msg = f"SKIPPING ComfyUI integration tests: {why}"
+        warnings.warn(msg)
+        print("\n" + msg, file=sys.stderr)
+        pytest.skip(msg, allow_module_level=True)
+    if str(root) not in sys.path[:1]:
+        sys.path.insert(0, str(root))
+    if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(root)):
+        del sys.modules["nodes"]
+    from comfy.cli_args import args
+
+    args.cpu = True
+    return root
+
+
+def load_pack():
+    """Import the pack the way ComfyUI does (a package with an arbitrary name; relative imports only)."""
+    if PACK_MODULE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(PACK_ROOT)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_MODULE] = mod
+        spec.loader.exec_module(mod)
+    return importlib.import_module(PACK_MODULE + ".nodes")
+
+
+def _init(module, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02 if not name.endswith("bias") else torch.zeros(p.shape))
+        for name, b in module.named_buffers():
+            if b.dtype.is_floating_point and "pos_embed" in name:
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
+
+
+SD3_CONFIG = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+              "adm_in_channels": 32, "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
+              "x_block_self_attn_layers": [],
+              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}}}
+
+
+def tiny_sd3_model(seed: int = 0):
+    """BaseModel of a 1.1M-parameter SD3 (MMDiT, flow); loadable by UNETLoader/CheckpointLoaderSimple."""
+    import torch
+    import comfy.model_detection
+
+    mc = comfy.model_detection.model_config_from_unet_config(dict(SD3_CONFIG))
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
+def tiny_unet_model(prediction: str = "eps", seed: int = 0):
+    """BaseModel of a ~1M-parameter SD1.5-style UNet (discrete schedule), EPS or V prediction; in-process only."""
+    import torch
+    from comfy import latent_formats, model_base, supported_models_base
+
+    class Tiny(supported_models_base.BASE):
+        unet_config = {}
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
+        latent_format = latent_formats.SD15
+
+        def model_type(self, state_dict, prefix=""):
+            return model_base.ModelType.V_PREDICTION if prediction == "v" else model_base.ModelType.EPS
+
+    cfg = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
+           "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "context_dim": 64,
+           "use_linear_in_transformer": True, "use_spatial_transformer": True, "legacy": False,
+           "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "image_size": 32}
+    mc = Tiny(cfg)
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
+def patcher(base_model):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def conditioning(kind: str, seed: int, tokens: int = 8):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    if kind == "sd3":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    return [[torch.randn(1, tokens, 64, generator=g), {}]]
+
+
+def save_tiny_sd3(path, seed: int = 0):
+    """Write the tiny SD3 as a diffusion-model .safetensors file."""
+    import comfy.utils
+
+    m = tiny_sd3_model(seed)
+    sd = {k: v.contiguous() for k, v in m.state_dict_for_saving().items()}
+    comfy.utils.save_torch_file(sd, str(path))
+    return path
+
+
+def save_tiny_taesd(path, seed: int = 0, channels: int = 16):
+    import torch
+    import comfy.utils
+    from comfy.taesd.taesd import TAESD
+
+    torch.manual_seed(seed)
+    vae = TAESD(latent_channels=channels)
+    comfy.utils.save_torch_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
