@@ -151,3 +151,121 @@ def save_tiny_taesd(path, seed: int = 0, channels: int = 16):
     vae = TAESD(latent_channels=channels)
     comfy.utils.save_torch_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
     return path
+
+
+# --- a real ComfyUI server with the pack and tiny models -------------------------------------------
+def make_model_tree(root: Path) -> Path:
+    """Tiny seeded models in ``root/models``; returns the extra-model-paths YAML."""
+    import comfy.utils
+    import torch
+
+    from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+    from comfy_nag_pack_under_test.comfy_nag.metadata import nag_metadata
+    from comfy_nag_pack_under_test.comfy_nag.schedules import Flow
+
+    m = root / "models"
+    for d in ("diffusion_models", "checkpoints", "vae", "noise_estimators", "loras", "clip"):
+        (m / d).mkdir(parents=True, exist_ok=True)
+    save_tiny_sd3(m / "diffusion_models" / "tiny_sd3.safetensors")
+    save_tiny_taesd(m / "vae" / "tiny_taesd.safetensors")
+    sd = {k: v.contiguous() for k, v in tiny_sd3_model(0).state_dict_for_saving().items()}
+    sd.update({f"first_stage_model.{k}": v.contiguous() for k, v in comfy.utils.load_torch_file(str(m / "vae" / "tiny_taesd.safetensors")).items()})
+    meta = nag_metadata("checkpoint", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, dropout_rate=0.1)
+    comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3_nag.safetensors"), metadata=meta)
+    comfy.utils.save_torch_file({k: v for k, v in sd.items() if k.startswith("model.")},
+                                str(m / "diffusion_models" / "tiny_sd3_nag.safetensors"), metadata=meta)
+    torch.manual_seed(0)
+    NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
+        m / "noise_estimators" / "tiny_flow_estimator.safetensors", Flow(shift=3.0))
+    NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
+        m / "noise_estimators" / "tiny_4ch_estimator.safetensors", Flow(shift=3.0))
+    cn = root / "custom_nodes"
+    cn.mkdir(exist_ok=True)
+    (cn / "comfy-nag").symlink_to(PACK_ROOT)  # hyphenated folder name, like a git clone
+    (cn / "nag-test-pack").symlink_to(PACK_ROOT / "tests" / "comfy_test_pack")
+    yaml = root / "paths.yaml"
+    yaml.write_text("tiny:\n  base_path: {}\n  diffusion_models: models/diffusion_models\n  checkpoints: models/checkpoints\n"
+                    "  vae: models/vae\n  noise_estimators: models/noise_estimators\n  loras: models/loras\n"
+                    "  custom_nodes: custom_nodes\n".format(root))
+    return yaml
+
+
+class Server:
+    """``python main.py`` of the ComfyUI under test, in CPU mode, on a free port."""
+
+    def __init__(self, root: Path):
+        import socket
+        import subprocess
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        (root / "fe").mkdir(exist_ok=True)
+        self.log = open(root / "server.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+             "--front-end-root", str(root / "fe"), "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
+             "--output-directory", str(root / "out"), "--temp-directory", str(root / "tmp"),
+             "--database-url", f"sqlite:///{root}/db.sqlite", "--disable-all-custom-nodes",
+             "--whitelist-custom-nodes", "comfy-nag", "nag-test-pack"],
+            cwd=comfy_root(), stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = root
+
+    def wait(self, timeout=180):
+        import time
+        import urllib.request
+
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("ComfyUI exited:\n" + (self.root / "server.log").read_text()[-3000:])
+            try:
+                urllib.request.urlopen(self.url + "/system_stats", timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("ComfyUI did not start:\n" + (self.root / "server.log").read_text()[-3000:])
+
+    def get(self, path):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path, body):
+        import json
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def run(self, prompt, timeout=300):
+        """Queue a prompt, wait for it, return its history entry."""
+        import time
+
+        code, resp = self.post("/prompt", {"prompt": prompt})
+        if code != 200:
+            raise AssertionError(f"prompt rejected: {resp}")
+        pid, t0 = resp["prompt_id"], time.time()
+        while time.time() - t0 < timeout:
+            h = self.get(f"/history/{pid}")
+            if pid in h and h[pid].get("status", {}).get("completed") is not None and (
+                    h[pid]["status"].get("status_str") in ("success", "error")):
+                return h[pid]
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {pid} did not finish")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        self.log.close()
