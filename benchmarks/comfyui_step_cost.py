@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: NAG_TEST_THREADS, else 1)")
     args = ap.parse_args()
 
     import comfy_support as cs
@@ -40,6 +41,8 @@ def main():
     import comfy.sample
     import comfy.sd
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cs.load_pack()
     from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
     from comfy_nag_pack_under_test.nodes import guidance_nodes

@@ -48,6 +48,10 @@ def comfy_or_skip() -> Path:
     from comfy.cli_args import args
 
     args.cpu = True
+    import torch
+
+    # Tiny models: one thread is fastest, and avoids OpenMP spin contention on busy shared CPUs.
+    torch.set_num_threads(int(os.environ.get("NAG_TEST_THREADS", "1")))
     return root
 
 
@@ -208,7 +212,8 @@ class Server:
              "--output-directory", str(root / "out"), "--temp-directory", str(root / "tmp"),
              "--database-url", f"sqlite:///{root}/db.sqlite", "--disable-all-custom-nodes",
              "--whitelist-custom-nodes", "comfy-nag", "nag-test-pack"],
-            cwd=comfy_root(), stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=comfy_root(), stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("NAG_TEST_THREADS", "1")})
         self.url = f"http://127.0.0.1:{self.port}"
         self.root = root
 
