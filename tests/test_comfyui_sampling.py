@@ -200,3 +200,26 @@ def test_clear_errors_unsupported_family_and_nan(models):
     with pytest.raises(FloatingPointError, match="NaN/Inf"), torch.inference_mode():
         comfy.sample.sample(p, torch.zeros_like(latent), STEPS, 3.0, "euler", "simple", conditioning("unet", 1),
                             conditioning("unet", 2), latent, seed=0, disable_pbar=True)
+
+
+def test_patch_works_with_sampler_custom_and_cfg_guider(models):
+    """SamplerCustom (comfy.sample.sample_custom) and SamplerCustomAdvanced's stock CFGGuider."""
+    import comfy.samplers
+
+    m = models["v"]
+    pos, neg = conditioning("unet", 1), conditioning("unet", 2)
+    latent = torch.zeros(SHAPES["v"])
+    noise = comfy.sample.prepare_noise(latent, 0)
+    sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
+    sampler = comfy.samplers.sampler_object("euler")
+    patched = cf(m, 1.0)
+    with torch.inference_mode(), Spy(m) as spy:
+        a = comfy.sample.sample_custom(patched, noise, 3.0, sampler, sigmas, pos, neg, latent, seed=0, disable_pbar=True)
+    assert null_rows(spy.calls, -1000.0) == [1.0] * STEPS
+    g = comfy.samplers.CFGGuider(patched)
+    g.set_conds(pos, neg)
+    g.set_cfg(3.0)
+    with torch.inference_mode(), Spy(m) as spy:
+        b = g.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
+    assert null_rows(spy.calls, -1000.0) == [1.0] * STEPS
+    assert torch.allclose(a, b.cpu(), atol=1e-5) and torch.allclose(a, sample(patched, "v"), atol=1e-5)
