@@ -96,6 +96,23 @@ def tiny_sd3_model(seed: int = 0):
     return m
 
 
+FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
+               "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+               "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True}
+
+
+def tiny_flux_model(seed: int = 0):
+    """BaseModel of a 0.2M-parameter Flux-dev-style model (ModelSamplingFlux); in-process only."""
+    import torch
+    import comfy.model_detection
+
+    mc = comfy.model_detection.model_config_from_unet_config(dict(FLUX_CONFIG))
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
 def tiny_unet_model(prediction: str = "eps", seed: int = 0):
     """BaseModel of a ~1M-parameter SD1.5-style UNet (discrete schedule), EPS or V prediction; in-process only."""
     import torch
@@ -131,6 +148,8 @@ def conditioning(kind: str, seed: int, tokens: int = 8):
     import torch
 
     g = torch.Generator().manual_seed(seed)
+    if kind == "flux":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5}]]
     if kind == "sd3":
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
     return [[torch.randn(1, tokens, 64, generator=g), {}]]

@@ -16,13 +16,14 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.model_sampling  # noqa: E402
 
-from comfy_support import conditioning, load_pack, patcher, tiny_sd3_model, tiny_unet_model  # noqa: E402
+from comfy_support import conditioning, load_pack, patcher, tiny_flux_model, tiny_sd3_model, tiny_unet_model  # noqa: E402
 
 pack = load_pack()
 from comfy_nag_pack_under_test.nodes import guidance_nodes, hooks  # noqa: E402
 
 STEPS = 4
-SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8)}
+SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8), "flux": (1, 16, 8, 8)}
+COND = {"sd3": "sd3", "flux": "flux", "eps": "unet", "v": "unet"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ class Spy:
 def sample(model, fam, cfg=3.0, seed=0, steps=STEPS, sampler="euler"):
     latent = torch.zeros(SHAPES[fam])
     noise = comfy.sample.prepare_noise(latent, seed)
-    pos, neg = conditioning("sd3" if fam == "sd3" else "unet", 1), conditioning("sd3" if fam == "sd3" else "unet", 2)
+    pos, neg = conditioning(COND[fam], 1), conditioning(COND[fam], 2)
     with torch.inference_mode():
         return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, latent, seed=seed, disable_pbar=True)
 
@@ -63,7 +64,7 @@ def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source
 
 def expected_null(model):
     kind, mult, _ = hooks.sampling_info(model)
-    return {"discrete": -1000.0, "discrete_flow": -1.0 * mult}[kind]
+    return {"discrete": -1000.0, "discrete_flow": -1.0 * mult, "flux": -1.0}[kind]
 
 
 def null_rows(calls, null):
@@ -80,9 +81,9 @@ def test_scale_zero_is_bit_identical_and_adds_no_forward(models):
         assert len(spy.calls) == STEPS and all(t.shape[0] == 2 for t, _ in spy.calls), fam
 
 
-@pytest.mark.parametrize("fam", ["sd3", "eps", "v"])
+@pytest.mark.parametrize("fam", ["sd3", "eps", "v", "flux"])
 def test_null_timestep_reaches_network_batched(models, fam):
-    m = models[fam]
+    m = models[fam] if fam != "flux" else patcher(tiny_flux_model(3))
     null = expected_null(m)
     with Spy(m) as spy:
         out = sample(cf(m, 1.0), fam)
@@ -94,7 +95,7 @@ def test_null_timestep_reaches_network_batched(models, fam):
         null_row = labels.index(2)
         assert t[null_row].item() == null
         real = [t[i].item() for i in range(3) if i != null_row]
-        assert real[0] == real[1] and real[0] >= 0  # cond/uncond keep the nominal timestep
+        assert real[0] == real[1] and real[0] > 0  # cond/uncond keep the nominal timestep
     assert float(ms.timestep(ms.sigma_max)) > 0
 
 
