@@ -31,11 +31,13 @@ def build_ui(spec: list[dict], object_info: dict, title: str = "") -> dict:
     "title"?, "text"? (notes)}``."""
     nodes, links, by_id = [], [], {n["id"]: n for n in spec}
     outs_links: dict[tuple[int, int], list[int]] = {}
+    link_of: dict[tuple[int, str], list] = {}
     for n in spec:
         for inp, (src, slot) in n.get("links", {}).items():
             lid = len(links) + 1
             info = object_info[by_id[src]["type"]]
             links.append([lid, src, slot, n["id"], None, info["output"][slot]])
+            link_of[(n["id"], inp)] = links[-1]
             outs_links.setdefault((src, slot), []).append(lid)
     for order, n in enumerate(spec):
         node = {"id": n["id"], "type": n["type"], "pos": list(n["pos"]), "size": list(n.get("size", [320, 160])),
@@ -52,11 +54,9 @@ def build_ui(spec: list[dict], object_info: dict, title: str = "") -> dict:
         inputs, widgets = [], []
         for name, kind, opts in _ordered_inputs(info):
             if name in n.get("links", {}):
-                lid = next(l[0] for l in links if l[3] == n["id"] and l[0] in outs_links[n["links"][name]])
-                for l in links:
-                    if l[0] == lid:
-                        l[4] = len(inputs)
-                inputs.append({"name": name, "type": kind, "link": lid})
+                link = link_of[(n["id"], name)]
+                link[4] = len(inputs)
+                inputs.append({"name": name, "type": kind, "link": link[0]})
             elif is_widget(kind):
                 widgets.append(n.get("widgets", {}).get(name, opts.get("default", (opts.get("options") or [None])[0])))
                 if opts.get("control_after_generate"):
