@@ -1,0 +1,84 @@
+"""Noise-shift recording of a host sampler's steps and its report (numbers + plot inputs).
+
+Host-independent: the host calls :meth:`ShiftRecording.add` once per step with the state ``x``
+(sampling space), its nominal sampling sigma and optionally a learned estimator's per-sample
+log-SNR estimate; without one, the training-free variance estimate (estimators.variance_logsnr)
+is used.  Levels are log-SNR (lower = noisier).  The gap is taken against the nominal level (no
+forward reference is available inside a host sampler), so it includes the readout's own bias.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .schedules import logsnr_of
+from .shift import ShiftTrace, summarize, variance_readout
+
+
+class _Space:
+    """The part of a Schedule that ShiftTrace and variance_readout use."""
+
+    def __init__(self, space: str):
+        self.space = space
+
+    def logsnr(self, s):
+        return logsnr_of(self.space, s)
+
+
+class ShiftRecording:
+    """Per-step readouts of one sampling run.  ``window``: (sigma_lo, sigma_hi) of active guidance."""
+
+    def __init__(self, space: str, data_variance: float = 1.0, window=None, readout: str = "variance"):
+        self.space, self.window, self.readout = space, window, readout
+        self._variance = variance_readout(_Space(space), data_variance)
+        self._given = None
+        self.trace = ShiftTrace(self._read, _Space(space))
+
+    def _read(self, x, s):
+        return self._given if self._given is not None else self._variance(x, s)
+
+    def add(self, step: int, sigma: float, x: torch.Tensor, estimate: torch.Tensor | None = None) -> None:
+        self._given = estimate
+        self.trace(step, sigma, x, None)
+        self._given = None
+
+    def __len__(self):
+        return len(self.trace.steps)
+
+
+def _clean(v):
+    if isinstance(v, (list, tuple)):
+        return [_clean(u) for u in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def window_steps(sigmas, window) -> tuple[int, int] | None:
+    """(first, last) step index whose sigma lies in the window, or None."""
+    if window is None:
+        return None
+    lo, hi = window
+    idx = [i for i, s in enumerate(sigmas) if lo <= s <= hi]
+    return (idx[0], idx[-1]) if idx else None
+
+
+def shift_report(runs: list[tuple[str, ShiftRecording]]) -> dict:
+    """``{"json": per-run numbers (JSON-safe), "plot_runs": plots.shift_figure input, "window_steps"}``."""
+    out, plot_runs, win = [], [], None
+    for label, rec in runs:
+        if len(rec) == 0:
+            raise ValueError(f"run '{label}' recorded no steps")
+        summ = summarize(rec.trace)
+        ws = window_steps(summ["sigma"], rec.window)
+        win = win or ws
+        out.append({"label": label, "readout": rec.readout, "window_sigma": list(rec.window) if rec.window else None,
+                    "window_steps": list(ws) if ws else None,
+                    **{k: _clean(summ[k]) for k in ("step", "sigma", "nominal_logsnr", "estimated_mean", "estimated_std",
+                                                     "gap", "noise_shift", "signed_shift")}})
+        nominal = np.where(np.isfinite(summ["nominal_logsnr"]), summ["nominal_logsnr"], np.nan)
+        plot_runs.append({"label": f"{label} ({rec.readout})", "nominal": nominal, "estimated_mean": summ["estimated_mean"],
+                          "estimated_std": summ["estimated_std"]})
+    return {"json": {"units": "log-SNR (lower = noisier)", "runs": out}, "plot_runs": plot_runs, "window_steps": win}

@@ -1,0 +1,88 @@
+"""Loaders: noise-level estimators, and NAG-trained diffusion models/checkpoints with their metadata."""
+from __future__ import annotations
+
+import comfy.sd
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..comfy_nag import metadata as nag_metadata
+from ..comfy_nag.estimators import NoiseLevelEstimator
+from ..comfy_nag.files import read_metadata
+from . import ESTIMATOR_FOLDER
+from .common import CATEGORY, Estimator, clear_errors
+from .hooks import ATTACH_META, NoiseAwarenessError
+
+
+def _with_metadata(model, path):
+    meta = {k: v for k, v in read_metadata(path).items() if k.startswith("nag.")}
+    if nag_metadata.null_timestep(meta) is None:
+        raise NoiseAwarenessError(f"{path}: no comfy-nag metadata (nag.null_timestep). This file was not written by "
+                                  "comfy-nag's trainer, or a tool stripped its metadata: use the stock loader and set the "
+                                  "guidance node's null timestep source to 'auto' or 'manual'")
+    m = model.clone()
+    m.set_attachments(ATTACH_META, meta)
+    return m
+
+
+class NoiseAwarenessEstimatorLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NoiseAwarenessEstimatorLoader",
+            display_name="Load Noise-Level Estimator",
+            category=CATEGORY,
+            description="Loads a comfy-nag noise-level estimator (.safetensors) from models/noise_estimators.",
+            inputs=[io.Combo.Input("estimator_name", options=folder_paths.get_filename_list(ESTIMATOR_FOLDER))],
+            outputs=[Estimator.Output(display_name="estimator")],
+        )
+
+    @classmethod
+    @clear_errors
+    def execute(cls, estimator_name):
+        path = folder_paths.get_full_path_or_raise(ESTIMATOR_FOLDER, estimator_name)
+        with torch.inference_mode(False):  # weights must be usable for autograd inside ComfyUI's inference mode
+            est, meta = NoiseLevelEstimator.load(path)
+        est.eval().requires_grad_(False)
+        return io.NodeOutput((est, meta))
+
+
+class NoiseAwarenessDiffusionModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NoiseAwarenessDiffusionModelLoader",
+            display_name="Load NAG-trained Diffusion Model",
+            category=CATEGORY,
+            description="Like 'Load Diffusion Model', and attaches the file's comfy-nag metadata (null timestep) so the "
+                        "classifier-free guidance node needs no manual value.",
+            inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"))],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    @clear_errors
+    def execute(cls, unet_name):
+        path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
+        return io.NodeOutput(_with_metadata(comfy.sd.load_diffusion_model(path), path))
+
+
+class NoiseAwarenessCheckpointLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NoiseAwarenessCheckpointLoader",
+            display_name="Load NAG-trained Checkpoint",
+            category=CATEGORY,
+            description="Like 'Load Checkpoint', and attaches the file's comfy-nag metadata (null timestep).",
+            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"))],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    @clear_errors
+    def execute(cls, ckpt_name):
+        path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        model, clip, vae = comfy.sd.load_checkpoint_guess_config(
+            path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
+        return io.NodeOutput(_with_metadata(model, path), clip, vae)

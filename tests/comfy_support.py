@@ -1,0 +1,295 @@
+"""Helpers for the ComfyUI integration tests: find ComfyUI, load the pack, make tiny real-format models.
+
+ComfyUI is found through ``COMFYUI_PATH``, else ``~/comfy/ComfyUI``.  Without it (or without its
+dependencies, e.g. in the CI venv) :func:`comfy_or_skip` skips the calling module with a visible
+reason and a warning.  Tiny models follow shared/research/comfyui_api.md section 9: seeded weights,
+made at test time, never committed.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_MODULE = "comfy_nag_pack_under_test"
+
+
+def comfy_root() -> Path:
+    return Path(os.environ.get("COMFYUI_PATH", "~/comfy/ComfyUI")).expanduser()
+
+
+def comfy_or_skip() -> Path:
+    """Put ComfyUI first on sys.path in CPU mode, or skip the module LOUDLY."""
+    root = comfy_root()
+    why = None
+    if not (root / "comfy" / "samplers.py").exists():
+        why = f"ComfyUI not found at {root} (set COMFYUI_PATH)"
+    else:
+        try:
+            for mod in ("torchvision", "torchsde", "einops", "scipy", "aiohttp", "yaml", "transformers"):
+                importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - any import failure means "not a ComfyUI environment"
+            why = f"ComfyUI's dependencies are missing in {sys.executable} ({e}); run with /work/comfy_venv/bin/python"
+    if why:
+        msg = f"SKIPPING ComfyUI integration tests: {why}"
+        warnings.warn(msg)
+        print("\n" + msg, file=sys.stderr)
+        pytest.skip(msg, allow_module_level=True)
+    if str(root) not in sys.path[:1]:
+        sys.path.insert(0, str(root))
+    if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(root)):
+        del sys.modules["nodes"]
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import torch
+
+    # Tiny models: one thread is fastest, and avoids OpenMP spin contention on busy shared CPUs.
+    torch.set_num_threads(int(os.environ.get("NAG_TEST_THREADS", "1")))
+    return root
+
+
+def load_pack():
+    """Import the pack the way ComfyUI does (a package with an arbitrary name; relative imports only)."""
+    if PACK_MODULE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(PACK_ROOT)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_MODULE] = mod
+        spec.loader.exec_module(mod)
+    return importlib.import_module(PACK_MODULE + ".nodes")
+
+
+def _init(module, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02 if not name.endswith("bias") else torch.zeros(p.shape))
+        for name, b in module.named_buffers():
+            if b.dtype.is_floating_point and "pos_embed" in name:
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
+
+
+SD3_CONFIG = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+              "adm_in_channels": 32, "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
+              "x_block_self_attn_layers": [],
+              "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}}}
+
+
+def tiny_sd3_model(seed: int = 0):
+    """BaseModel of a 1.1M-parameter SD3 (MMDiT, flow); loadable by UNETLoader/CheckpointLoaderSimple."""
+    import torch
+    import comfy.model_detection
+
+    mc = comfy.model_detection.model_config_from_unet_config(dict(SD3_CONFIG))
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
+FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
+               "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+               "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True}
+
+
+def tiny_flux_model(seed: int = 0):
+    """BaseModel of a 0.2M-parameter Flux-dev-style model (ModelSamplingFlux); in-process only."""
+    import torch
+    import comfy.model_detection
+
+    mc = comfy.model_detection.model_config_from_unet_config(dict(FLUX_CONFIG))
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
+def tiny_unet_model(prediction: str = "eps", seed: int = 0):
+    """BaseModel of a ~1M-parameter SD1.5-style UNet (discrete schedule), EPS or V prediction; in-process only."""
+    import torch
+    from comfy import latent_formats, model_base, supported_models_base
+
+    class Tiny(supported_models_base.BASE):
+        unet_config = {}
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
+        latent_format = latent_formats.SD15
+
+        def model_type(self, state_dict, prefix=""):
+            return model_base.ModelType.V_PREDICTION if prediction == "v" else model_base.ModelType.EPS
+
+    cfg = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
+           "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "context_dim": 64,
+           "use_linear_in_transformer": True, "use_spatial_transformer": True, "legacy": False,
+           "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "image_size": 32}
+    mc = Tiny(cfg)
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    _init(m.diffusion_model, seed)
+    return m
+
+
+def patcher(base_model):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def conditioning(kind: str, seed: int, tokens: int = 8):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    if kind == "flux":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5}]]
+    if kind == "sd3":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    return [[torch.randn(1, tokens, 64, generator=g), {}]]
+
+
+def save_tiny_sd3(path, seed: int = 0):
+    """Write the tiny SD3 as a diffusion-model .safetensors file."""
+    import comfy.utils
+
+    m = tiny_sd3_model(seed)
+    sd = {k: v.contiguous() for k, v in m.state_dict_for_saving().items()}
+    comfy.utils.save_torch_file(sd, str(path))
+    return path
+
+
+def save_tiny_taesd(path, seed: int = 0, channels: int = 16):
+    import torch
+    import comfy.utils
+    from comfy.taesd.taesd import TAESD
+
+    torch.manual_seed(seed)
+    vae = TAESD(latent_channels=channels)
+    comfy.utils.save_torch_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
+
+
+# --- a real ComfyUI server with the pack and tiny models -------------------------------------------
+def make_model_tree(root: Path) -> Path:
+    """Tiny seeded models in ``root/models``; returns the extra-model-paths YAML."""
+    import comfy.utils
+    import torch
+
+    from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+    from comfy_nag_pack_under_test.comfy_nag.metadata import nag_metadata
+    from comfy_nag_pack_under_test.comfy_nag.schedules import Flow
+
+    m = root / "models"
+    for d in ("diffusion_models", "checkpoints", "vae", "noise_estimators", "loras", "clip"):
+        (m / d).mkdir(parents=True, exist_ok=True)
+    save_tiny_sd3(m / "diffusion_models" / "tiny_sd3.safetensors")
+    save_tiny_taesd(m / "vae" / "tiny_taesd.safetensors")
+    sd = {k: v.contiguous() for k, v in tiny_sd3_model(0).state_dict_for_saving().items()}
+    sd.update({f"first_stage_model.{k}": v.contiguous() for k, v in comfy.utils.load_torch_file(str(m / "vae" / "tiny_taesd.safetensors")).items()})
+    meta = nag_metadata("checkpoint", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, dropout_rate=0.1)
+    comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3_nag.safetensors"), metadata=meta)
+    comfy.utils.save_torch_file({k: v for k, v in sd.items() if k.startswith("model.")},
+                                str(m / "diffusion_models" / "tiny_sd3_nag.safetensors"), metadata=meta)
+    torch.manual_seed(0)
+    NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
+        m / "noise_estimators" / "tiny_flow_estimator.safetensors", Flow(shift=3.0))
+    NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
+        m / "noise_estimators" / "tiny_4ch_estimator.safetensors", Flow(shift=3.0))
+    cn = root / "custom_nodes"
+    cn.mkdir(exist_ok=True)
+    (cn / "comfy-nag").symlink_to(PACK_ROOT)  # hyphenated folder name, like a git clone
+    (cn / "nag-test-pack").symlink_to(PACK_ROOT / "tests" / "comfy_test_pack")
+    yaml = root / "paths.yaml"
+    yaml.write_text("tiny:\n  base_path: {}\n  diffusion_models: models/diffusion_models\n  checkpoints: models/checkpoints\n"
+                    "  vae: models/vae\n  noise_estimators: models/noise_estimators\n  loras: models/loras\n"
+                    "  custom_nodes: custom_nodes\n".format(root))
+    return yaml
+
+
+class Server:
+    """``python main.py`` of the ComfyUI under test, in CPU mode, on a free port."""
+
+    def __init__(self, root: Path):
+        import socket
+        import subprocess
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        (root / "fe").mkdir(exist_ok=True)
+        self.log = open(root / "server.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+             "--front-end-root", str(root / "fe"), "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
+             "--output-directory", str(root / "out"), "--temp-directory", str(root / "tmp"),
+             "--database-url", f"sqlite:///{root}/db.sqlite", "--disable-all-custom-nodes",
+             "--whitelist-custom-nodes", "comfy-nag", "nag-test-pack"],
+            cwd=comfy_root(), stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("NAG_TEST_THREADS", "1")})
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = root
+
+    def wait(self, timeout=180):
+        import time
+        import urllib.request
+
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("ComfyUI exited:\n" + (self.root / "server.log").read_text()[-3000:])
+            try:
+                urllib.request.urlopen(self.url + "/system_stats", timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("ComfyUI did not start:\n" + (self.root / "server.log").read_text()[-3000:])
+
+    def get(self, path):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path, body):
+        import json
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def run(self, prompt, timeout=300):
+        """Queue a prompt, wait for it, return its history entry."""
+        import time
+
+        code, resp = self.post("/prompt", {"prompt": prompt})
+        if code != 200:
+            raise AssertionError(f"prompt rejected: {resp}")
+        pid, t0 = resp["prompt_id"], time.time()
+        while time.time() - t0 < timeout:
+            h = self.get(f"/history/{pid}")
+            if pid in h and h[pid].get("status", {}).get("completed") is not None and (
+                    h[pid]["status"].get("status_str") in ("success", "error")):
+                return h[pid]
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {pid} did not finish")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        self.log.close()

@@ -1,0 +1,226 @@
+"""NAG inside real ComfyUI sampling (in-process, tiny seeded models; run with the ComfyUI venv).
+
+Asserts on the network's inputs (a forward pre-hook on the diffusion network records the
+timesteps every forward receives), not just on outputs changing.
+"""
+from __future__ import annotations
+
+import pytest
+
+from comfy_support import comfy_or_skip
+
+comfy_or_skip()
+
+import torch  # noqa: E402
+
+import comfy.sample  # noqa: E402
+import comfy.model_sampling  # noqa: E402
+
+from comfy_support import conditioning, load_pack, patcher, tiny_flux_model, tiny_sd3_model, tiny_unet_model  # noqa: E402
+
+pack = load_pack()
+from comfy_nag_pack_under_test.nodes import guidance_nodes, hooks  # noqa: E402
+
+STEPS = 4
+SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8), "flux": (1, 16, 8, 8)}
+COND = {"sd3": "sd3", "flux": "flux", "eps": "unet", "v": "unet"}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"sd3": patcher(tiny_sd3_model(0)), "eps": patcher(tiny_unet_model("eps", 1)), "v": patcher(tiny_unet_model("v", 2))}
+
+
+class Spy:
+    """Records (timesteps, cond_or_uncond) of every forward of the diffusion network."""
+
+    def __init__(self, model):
+        self.calls = []
+        net = model.model.diffusion_model
+        self.h = net.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, mod, args, kwargs):
+        to = kwargs.get("transformer_options", {})
+        self.calls.append((args[1].detach().clone().float(), list(to.get("cond_or_uncond", []))))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.h.remove()
+
+
+def sample(model, fam, cfg=3.0, seed=0, steps=STEPS, sampler="euler"):
+    latent = torch.zeros(SHAPES[fam])
+    noise = comfy.sample.prepare_noise(latent, seed)
+    pos, neg = conditioning(COND[fam], 1), conditioning(COND[fam], 2)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, latent, seed=seed, disable_pbar=True)
+
+
+def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source="auto", null=-1000.0, batched=True):
+    return guidance_nodes.NoiseAwarenessClassifierFree.execute(model, scale, variant, unit, start, end, source, null, batched).result[0]
+
+
+def expected_null(model):
+    kind, mult, _ = hooks.sampling_info(model)
+    return {"discrete": -1000.0, "discrete_flow": -1.0 * mult, "flux": -1.0}[kind]
+
+
+def null_rows(calls, null):
+    return [(t == null).float().sum().item() for t, _ in calls]
+
+
+def test_scale_zero_is_bit_identical_and_adds_no_forward(models):
+    for fam, m in models.items():
+        base = sample(m, fam)
+        patched = cf(m, scale=0.0)
+        with Spy(m) as spy:
+            out = sample(patched, fam)
+        assert torch.equal(out, base), fam
+        assert len(spy.calls) == STEPS and all(t.shape[0] == 2 for t, _ in spy.calls), fam
+
+
+@pytest.mark.parametrize("fam", ["sd3", "eps", "v", "flux"])
+def test_null_timestep_reaches_network_batched(models, fam):
+    m = models[fam] if fam != "flux" else patcher(tiny_flux_model(3))
+    null = expected_null(m)
+    with Spy(m) as spy:
+        out = sample(cf(m, 1.0), fam)
+    assert torch.isfinite(out).all()
+    assert len(spy.calls) == STEPS  # cond, uncond and null in ONE forward per step
+    ms = m.get_model_object("model_sampling")
+    for t, labels in spy.calls:
+        assert sorted(labels) == [0, 1, 2] and t.shape[0] == 3
+        null_row = labels.index(2)
+        assert t[null_row].item() == null
+        real = [t[i].item() for i in range(3) if i != null_row]
+        assert real[0] == real[1] and real[0] > 0  # cond/uncond keep the nominal timestep
+    assert float(ms.timestep(ms.sigma_max)) > 0
+
+
+def test_batched_and_unbatched_agree_and_cfg1(models):
+    for fam, m in models.items():
+        a = sample(cf(m, 1.5, batched=True), fam)
+        with Spy(m) as spy:
+            b = sample(cf(m, 1.5, batched=False), fam)
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (fam, (a - b).abs().max())
+        assert len(spy.calls) == 2 * STEPS  # unbatched: one extra forward per step, all rows null
+        assert null_rows(spy.calls, expected_null(m)).count(1.0) == STEPS
+        with Spy(m) as spy:
+            c1 = sample(cf(m, 1.5), fam, cfg=1.0)
+        assert len(spy.calls) == STEPS and all(sorted(lab) == [0, 2] for _, lab in spy.calls)
+        assert not torch.allclose(c1, sample(m, fam, cfg=1.0))
+
+
+def test_variant_b_window_and_metadata_null(models):
+    m = models["eps"]
+    with Spy(m) as spy:
+        sample(cf(m, 1.0, variant="B"), "eps")
+    assert all(sorted(lab) == [0, 1, 2, 3] for _, lab in spy.calls)
+    assert null_rows(spy.calls, -1000.0) == [2.0] * STEPS
+    with Spy(m) as spy:
+        sample(cf(m, 1.0, start=0.5, end=1.0), "eps")
+    assert [len(lab) for _, lab in spy.calls] == [2, 2, 3, 3]  # NAG only in the second half
+    tagged = m.clone()
+    tagged.set_attachments(hooks.ATTACH_META, {"nag.null_timestep": "-321.0"})
+    with Spy(m) as spy:
+        sample(cf(tagged, 1.0), "eps")
+    assert null_rows(spy.calls, -321.0) == [1.0] * STEPS
+    with pytest.raises(ValueError, match="no comfy-nag metadata"):
+        cf(m, 1.0, source="metadata")
+
+
+def test_stacks_with_pag_and_lora(models):
+    import comfy.lora
+    import comfy.sd
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+
+    m = models["eps"]
+    key = "diffusion_model.middle_block.1.proj_in"
+    w = m.model.diffusion_model.middle_block[1].proj_in.weight
+    g = torch.Generator().manual_seed(5)
+    lora = {f"{key}.lora_up.weight": torch.randn(w.shape[0], 2, generator=g),
+            f"{key}.lora_down.weight": torch.randn(2, w.shape[1], generator=g)}
+    lm, _ = comfy.sd.load_lora_for_models(m, None, lora, 1.0, 0.0)
+    stacked = cf(PerturbedAttentionGuidance.execute(lm, 2.0).result[0], 1.0)
+    with Spy(m) as spy:
+        out = sample(stacked, "eps")
+    assert torch.isfinite(out).all()
+    assert len(spy.calls) == 2 * STEPS  # batched cond/uncond/null + PAG's own forward
+    assert null_rows(spy.calls, -1000.0).count(1.0) == STEPS
+    assert not torch.allclose(out, sample(cf(lm, 1.0), "eps"))
+    assert not torch.allclose(sample(cf(lm, 1.0), "eps"), sample(cf(m, 1.0), "eps"))
+
+
+def test_guider_batching_modes_match_patch(models):
+    import comfy.samplers
+
+    m = models["sd3"]
+    pos, neg = conditioning("sd3", 1), conditioning("sd3", 2)
+    latent = torch.zeros(SHAPES["sd3"])
+    noise = comfy.sample.prepare_noise(latent, 0)
+    sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
+    outs = {}
+    for mode in guidance_nodes.BATCHING:
+        g = guidance_nodes.NoiseAwarenessCFGuider.execute(m, pos, neg, 3.0, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, mode).result[0]
+        with torch.inference_mode(), Spy(m) as spy:
+            outs[mode] = g.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0, disable_pbar=True)
+        assert null_rows(spy.calls, -1000.0).count(1.0) == STEPS
+        assert len(spy.calls) == {0: 1, 1: 2, 2: 3}[guidance_nodes.BATCHING.index(mode)] * STEPS
+    ref = sample(cf(m, 1.0), "sd3")
+    for mode, out in outs.items():
+        assert torch.allclose(out, ref, atol=1e-4), (mode, (out - ref).abs().max())
+
+
+def test_classifier_guided_gradient_in_inference_mode(models):
+    from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+
+    m = models["sd3"]
+    torch.manual_seed(0)
+    est = NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2)
+    meta = {"nag.schedule": '{"type": "flow", "space": "flow"}'}
+    node = guidance_nodes.NoiseAwarenessClassifierGuided
+    out = sample(node.execute(m, (est, meta), 2.0, "percent", 0.0, 1.0).result[0], "sd3")
+    assert torch.isfinite(out).all() and not torch.allclose(out, sample(m, "sd3"))
+    assert torch.equal(sample(node.execute(m, (est, meta), 0.0, "percent", 0.0, 1.0).result[0], "sd3"), sample(m, "sd3"))
+    bad = NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2)
+    with pytest.raises(ValueError, match="expects 4 latent channels but this model's latents have 16"):
+        node.execute(m, (bad, {}), 1.0, "percent", 0.0, 1.0)
+    with pytest.raises(ValueError, match="trained for SD1.x/SDXL-style"):
+        node.execute(m, (est, {"nag.schedule": '{"space": "ve"}'}), 1.0, "percent", 0.0, 1.0)
+
+
+def test_clear_errors_unsupported_family_and_nan(models):
+    m = models["eps"].clone()
+    m.add_object_patch("model_sampling", comfy.model_sampling.ModelSamplingContinuousV(m.model.model_config))
+    with pytest.raises(ValueError, match="model family not supported"):
+        cf(m, 1.0)
+    latent = torch.full(SHAPES["eps"], float("nan"))
+    p = cf(models["eps"], 1.0)
+    with pytest.raises(FloatingPointError, match="NaN/Inf"), torch.inference_mode():
+        comfy.sample.sample(p, torch.zeros_like(latent), STEPS, 3.0, "euler", "simple", conditioning("unet", 1),
+                            conditioning("unet", 2), latent, seed=0, disable_pbar=True)
+
+
+def test_patch_works_with_sampler_custom_and_cfg_guider(models):
+    """SamplerCustom (comfy.sample.sample_custom) and SamplerCustomAdvanced's stock CFGGuider."""
+    import comfy.samplers
+
+    m = models["v"]
+    pos, neg = conditioning("unet", 1), conditioning("unet", 2)
+    latent = torch.zeros(SHAPES["v"])
+    noise = comfy.sample.prepare_noise(latent, 0)
+    sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
+    sampler = comfy.samplers.sampler_object("euler")
+    patched = cf(m, 1.0)
+    with torch.inference_mode(), Spy(m) as spy:
+        a = comfy.sample.sample_custom(patched, noise, 3.0, sampler, sigmas, pos, neg, latent, seed=0, disable_pbar=True)
+    assert null_rows(spy.calls, -1000.0) == [1.0] * STEPS
+    g = comfy.samplers.CFGGuider(patched)
+    g.set_conds(pos, neg)
+    g.set_cfg(3.0)
+    with torch.inference_mode(), Spy(m) as spy:
+        b = g.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
+    assert null_rows(spy.calls, -1000.0) == [1.0] * STEPS
+    assert torch.allclose(a, b.cpu(), atol=1e-5) and torch.allclose(a, sample(patched, "v"), atol=1e-5)
