@@ -27,7 +27,8 @@ def register_folders() -> None:
 register_folders()
 
 from .guidance_nodes import NoiseAwarenessCFGuider, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided  # noqa: E402
-from .loader_nodes import NoiseAwarenessCheckpointLoader, NoiseAwarenessDiffusionModelLoader, NoiseAwarenessEstimatorLoader  # noqa: E402
+from .loader_nodes import (NoiseAwarenessCheckpointLoader, NoiseAwarenessDiffusionModelLoader,  # noqa: E402
+                           NoiseAwarenessEstimatorLoader, NoiseAwarenessLoraLoader)
 from .shift_nodes import NoiseAwarenessShiftPlot, NoiseAwarenessShiftRecorder  # noqa: E402
 
 NODES = [
@@ -37,6 +38,7 @@ NODES = [
     NoiseAwarenessEstimatorLoader,
     NoiseAwarenessDiffusionModelLoader,
     NoiseAwarenessCheckpointLoader,
+    NoiseAwarenessLoraLoader,
     NoiseAwarenessShiftRecorder,
     NoiseAwarenessShiftPlot,
 ]

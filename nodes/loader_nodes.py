@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import comfy.sd
+import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -86,3 +87,29 @@ class NoiseAwarenessCheckpointLoader(io.ComfyNode):
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(
             path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
         return io.NodeOutput(_with_metadata(model, path), clip, vae)
+
+
+class NoiseAwarenessLoraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NoiseAwarenessLoraLoader",
+            display_name="Load NAG-trained LoRA (model only)",
+            category=CATEGORY,
+            description="Like 'LoraLoaderModelOnly', and attaches the LoRA's comfy-nag metadata (null timestep) written "
+                        "by the trainer, so the classifier-free guidance node needs no manual value.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras")),
+                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    @clear_errors
+    def execute(cls, model, lora_name, strength_model):
+        path = folder_paths.get_full_path_or_raise("loras", lora_name)
+        lora = comfy.utils.load_torch_file(path, safe_load=True)
+        patched, _ = comfy.sd.load_lora_for_models(model, None, lora, strength_model, 0)
+        return io.NodeOutput(_with_metadata(patched, path))

@@ -197,6 +197,13 @@ def make_model_tree(root: Path) -> Path:
     comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3_nag.safetensors"), metadata=meta)
     comfy.utils.save_torch_file({k: v for k, v in sd.items() if k.startswith("model.")},
                                 str(m / "diffusion_models" / "tiny_sd3_nag.safetensors"), metadata=meta)
+    g = torch.Generator().manual_seed(3)
+    key = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
+    lora = {f"{key}.lora_up.weight": torch.randn(384, 4, generator=g) * 0.01,
+            f"{key}.lora_down.weight": torch.randn(4, 128, generator=g) * 0.01, f"{key}.alpha": torch.tensor(4.0)}
+    lora_meta = nag_metadata("lora", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, dropout_rate=0.1)
+    comfy.utils.save_torch_file(lora, str(m / "loras" / "tiny_sd3_nag_lora.safetensors"), metadata=lora_meta)
+    comfy.utils.save_torch_file(lora, str(m / "loras" / "tiny_sd3_plain_lora.safetensors"))
     torch.manual_seed(0)
     NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
         m / "noise_estimators" / "tiny_flow_estimator.safetensors", Flow(shift=3.0))

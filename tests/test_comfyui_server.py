@@ -19,6 +19,7 @@ from workflow_tools import to_api  # noqa: E402
 
 NODE_IDS = ["NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessGuidanceClassifierGuided", "NoiseAwarenessGuider",
             "NoiseAwarenessEstimatorLoader", "NoiseAwarenessDiffusionModelLoader", "NoiseAwarenessCheckpointLoader",
+            "NoiseAwarenessLoraLoader",
             "NoiseAwarenessShiftRecorder", "NoiseAwarenessShiftPlot"]
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 TINY = {"ckpt_name": "tiny_sd3_nag.safetensors", "unet_name": "tiny_sd3_nag.safetensors",
@@ -100,3 +101,20 @@ def test_bad_input_gives_clear_messages(server):
     missing = {"1": {"class_type": "NoiseAwarenessDiffusionModelLoader", "inputs": {"unet_name": "tiny_sd3.safetensors"}},
                "5": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     assert "no comfy-nag metadata" in _error_of(server, missing)
+    plain_lora = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+                  "2": {"class_type": "NoiseAwarenessLoraLoader",
+                        "inputs": {"model": ["1", 0], "lora_name": "tiny_sd3_plain_lora.safetensors", "strength_model": 1.0}},
+                  "5": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    assert "no comfy-nag metadata" in _error_of(server, plain_lora)
+
+
+def test_nag_lora_loader_hands_its_metadata_to_the_guidance_node(server):
+    prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+              "2": {"class_type": "NoiseAwarenessLoraLoader",
+                    "inputs": {"model": ["1", 0], "lora_name": "tiny_sd3_nag_lora.safetensors", "strength_model": 1.0}},
+              "3": {"class_type": "NoiseAwarenessGuidanceClassifierFree",
+                    "inputs": {"model": ["2", 0], "scale": 1.0, "variant": "A", "window_unit": "percent", "start": 0.0,
+                               "end": 1.0, "null_timestep_source": "metadata", "null_timestep": 0.0, "batched": True}},
+              "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}}}
+    h = server.run(prompt)
+    assert h["status"]["status_str"] == "success", h["status"]  # 'metadata' source: fails unless the LoRA's was attached
