@@ -1,6 +1,7 @@
 """Guidance nodes: classifier-free NAG patch, classifier-guided NAG patch, NAG guider."""
 from __future__ import annotations
 
+import logging
 import math
 
 import comfy.samplers
@@ -12,6 +13,7 @@ from . import hooks
 from .common import CATEGORY, Estimator, clear_errors, window_inputs
 
 NULL_SOURCES = ["auto", "metadata", "manual"]
+log = logging.getLogger("comfy-nag")
 
 
 def _nag_inputs() -> list:
@@ -32,7 +34,11 @@ def _nag_inputs() -> list:
 def nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched=True):
     kind, mult, _ = hooks.sampling_info(model)
     meta_null = nag_metadata.null_timestep(hooks.file_metadata(model))
-    null, _ = patching.choose_null_timestep(meta_null, kind, mult, null_timestep, null_timestep_source)
+    null, origin = patching.choose_null_timestep(meta_null, kind, mult, null_timestep, null_timestep_source)
+    if origin.startswith("default") and scale:
+        log.warning("Noise Awareness Guidance: the model carries no comfy-nag metadata; using the %s null timestep %g. "
+                    "Classifier-free NAG needs a model fine-tuned with noise-condition dropout (load it with a "
+                    "NoiseAwareness loader); on any other model use the classifier-guided node.", origin, null)
     ms = model.get_model_object("model_sampling")
     window = patching.sigma_window(start, end, window_unit, ms.percent_to_sigma)
     return hooks.NagConfig(float(scale), variant, window, null, bool(batched))
