@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .files import WeightFileError, load_weights, meta_json, save_weights
+from .losses import fit
 from .metadata import FORMAT
 from .schedules import Schedule, logsnr_of, space_alpha
 
@@ -200,26 +201,12 @@ def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: i
     ``data(n, generator) -> x0`` draws clean samples (network space x0 units).  Returns the
     loss history.  ``callback(step, loss)`` may report progress.
     """
-    opt = torch.optim.AdamW(est.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
-    hist = []
-    est.train()
-    for step in range(steps):
+    def loss(step):
         x0 = data(batch, generator)
         lam = est.bins.sample(batch, generator)
-        x = noised(x0, lam, schedule, generator)
-        loss = F.cross_entropy(est(x), est.bins.index(lam))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"estimator loss became {loss.item()} at step {step}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist.append(loss.item())
-        if callback is not None:
-            callback(step, hist[-1])
-    est.eval()
-    return hist
+        return F.cross_entropy(est(noised(x0, lam, schedule, generator)), est.bins.index(lam))
+
+    return fit(est, loss, steps, lr, callback, what="estimator loss")
 
 
 def variance_logsnr(x: torch.Tensor, space: str, data_var: float, s_nominal: torch.Tensor | None = None) -> torch.Tensor:

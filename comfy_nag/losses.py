@@ -40,3 +40,28 @@ def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Sche
     pred = net(x, schedule.net_time(s).to(x0.device), y, drop_t)
     per = (pred - target(prediction, x0, eps, a_n, s_n)).pow(2).flatten(1).mean(1)
     return per.mean(), per.detach(), drop_t
+
+
+def fit(module: torch.nn.Module, loss_fn, steps: int, lr: float, callback=None, what: str = "loss") -> list[float]:
+    """The small training loop shared by the testbed's denoisers and the estimators.
+
+    AdamW (no weight decay) with cosine decay to 5 % of ``lr``; ``loss_fn(step)`` returns the
+    batch loss; stops with a clear error on a non-finite loss.  Returns the loss history.
+    """
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
+    hist = []
+    module.train()
+    for step in range(steps):
+        loss = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what} became {loss.item()} at step {step}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist.append(loss.item())
+        if callback is not None:
+            callback(step, hist[-1])
+    module.eval()
+    return hist

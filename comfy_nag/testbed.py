@@ -14,7 +14,7 @@ import math
 import torch
 
 from .estimators import LevelBins
-from .losses import denoising_loss
+from .losses import denoising_loss, fit
 from .predictions import target, to_x0
 from .schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
 
@@ -243,19 +243,9 @@ def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: st
                    lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None):
     """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
-    hist = []
-    net.train()
-    for step in range(steps):
+
+    def loss(step):
         x0, y = gmm.sample(batch, generator=g)
-        loss, _, _ = denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist.append(loss.item())
-        if callback is not None:
-            callback(step, hist[-1])
-    net.eval()
-    return hist
+        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g)[0]
+
+    return fit(net, loss, steps, lr, callback, what="denoiser loss")
