@@ -56,7 +56,7 @@ class Config:
     t_dropout: float = 0.1
     samplers: tuple = ("euler", "heun", "euler_maruyama")
     steps: tuple = (10, 25)
-    n_samples: int = 1000
+    n_samples: int = 500
     classifier_steps: int = 600
     estimator_steps: int = 1500
     bins: int = 24
@@ -432,7 +432,14 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
          f"held-out seed (Euler, {cfg.tune_steps} steps, lowest proxy FD): "
          + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + f". CFG scale {cfg.cfg_scale}. "
          "`window` = lowest log-SNR at which NAG-CF/NAG-CG act (-99: everywhere).",
-         "", "## Answers\n"]
+         ""]
+    for fam in res["training"]:
+        b = _get(rows, family=fam, model="pretrained", method="baseline", sampler=rows[0]["sampler"])
+        if b is not None and b["accuracy"] < 0.2:
+            L.append(f"> **Warning: `{fam}`'s pretrained samples are at chance class accuracy ({b['accuracy']:.3f}) and far "
+                     f"from the data (proxy FD {b['quality']:.1f} vs floor {meta['floor']['quality']:.1f})**: this model is not "
+                     "converged (train longer), so its rows say nothing about NAG on a converged model.\n")
+    L.append("## Answers\n")
     L.append(f"* **Does noise-condition-dropout fine-tuning cost quality at scale 0?** "
              f"{_answer(cmp, 'NCD fine-tune vs pretrained, scale 0')} (fine-tuned vs pretrained, baseline sampler). "
              f"From scratch with dropout: {_answer(cmp, 'NCD from scratch vs pretrained, scale 0')}.")
