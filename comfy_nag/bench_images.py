@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import estimators, samplers, shift
-from .demo import _fmt, _stack, _table
+from .demo import _stack, _table
 from .denoiser import Denoiser
 from .files import atomic_write_bytes
 from .guidance import Guidance, time_shift_level_fn
@@ -174,7 +174,10 @@ def _training_api():
 
 
 def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
-    """{model name: (net, meta, seconds)} for the pretrained, NCD-fine-tuned and NCD-from-scratch models."""
+    """{model name: (net, seconds, exported file)} for the pretrained, NCD-fine-tuned and NCD-from-scratch models.
+
+    Runs live in ``work/<family>_<model>``; the trainer resumes (or returns at once) when a run is already there.
+    """
     api = _training_api()
     cache = work / "digits.safetensors"
     base = {"run.seed": cfg.seed, "run.checkpoint_every": 0, "run.log_every": 100, "data.source": "digits",
@@ -196,7 +199,7 @@ def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
             ov["model.base"] = str(out["pretrained"][2])
         t0 = time.time()
         res = api.finetune(api.load_config(None, ov), log=quiet)
-        net, meta = api.load_reference_model(res.path)
+        net, _ = api.load_reference_model(res.path)
         out[name] = (net.eval(), time.time() - t0, res.path)
         log(f"[{fam}] {name}: {ov['train.steps']} steps in {time.time() - t0:.0f}s")
     return out
