@@ -72,7 +72,7 @@ class Config:
     def make(cls, quick: bool, seed: int = 0) -> "Config":
         if not quick:
             return cls(seed=seed)
-        return cls(quick=True, seed=seed, pretrain_steps=600, finetune_steps=30, samplers=("euler", "euler_maruyama"),
+        return cls(quick=True, seed=seed, pretrain_steps=1500, finetune_steps=45, samplers=("euler", "euler_maruyama"),
                    steps=(10,), n_samples=400, classifier_steps=300, estimator_steps=400,
                    grid={"nag_cf": [0.5, 1.0], "window": [-99.0, 0.0], "nag_cg": [1.0], "eps_scaling": [1.005],
                          "time_shift": [0.1]}, plot_steps=10)
