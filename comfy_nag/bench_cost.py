@@ -1,0 +1,118 @@
+"""Per-step cost of NAG: wall time and peak memory of each guidance mode vs plain CFG, side by side.
+
+``python -m comfy_nag bench cost --out DIR [--quick]`` builds the reference DiT (eps, VP) and SiT
+(flow) at the image benchmark's size, and times one guided denoiser call per sampler step for:
+baseline, CFG, NAG-CF batched, NAG-CF unbatched, NAG-CF + CFG (A), NAG-CG.  Settings are
+interleaved in a fresh random order every round (drift hits every setting alike); the report
+gives medians and ratios to CFG from the same run.  Peak memory: CUDA's peak allocator statistics
+on a GPU; not measured on CPU (no allocator statistics there).  Writes ``cost.json`` and ``cost.md`` and records the device.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import estimators, models
+from .denoiser import Denoiser
+from .files import atomic_write_bytes
+from .guidance import Guidance
+from .schedules import family as get_family
+
+SETTINGS = {
+    "baseline": dict(),
+    "cfg": dict(cfg_scale=2.0),
+    "nag_cf_batched": dict(nag_scale=1.0),
+    "nag_cf_unbatched": dict(nag_scale=1.0),
+    "nag_cf+cfg": dict(cfg_scale=2.0, nag_scale=1.0),
+    "nag_cg": dict(cg_scale=1.0),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fam_name: str, batch: int = 256, hidden: int = 64, depth: int = 2, rounds: int = 20, calls: int = 5,
+            device=None, seed: int = 0) -> dict:
+    """Median seconds per call and peak bytes (CUDA only) of each setting for one family."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fam = get_family(fam_name)
+    torch.manual_seed(seed)
+    net = models.DiT(input_size=8, patch_size=2, in_channels=1, hidden=hidden, depth=depth, heads=4, num_classes=10,
+                     null_time=fam.schedule.null_time).to(device).eval()
+    lo, hi = fam.schedule.logsnr_range()
+    est = estimators.NoiseLevelEstimator((1, 8, 8), estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), 24), 32, 2).to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 1, 8, 8, generator=g).to(device)
+    y = (torch.arange(batch) % 10).to(device)
+    s = fam.schedule.sigmas(10)[7].to(device)  # a late step: inside NAG's usual window
+    dens = {k: Denoiser(net, fam.schedule, fam.prediction, Guidance(**kw), estimator=est, batched=k != "nag_cf_unbatched")
+            for k, kw in SETTINGS.items()}
+    times = {k: [] for k in SETTINGS}
+    peaks = {}
+    rng = random.Random(seed)
+    with torch.no_grad():
+        for d in dens.values():  # warm-up
+            d(x, s, y)
+        for _ in range(rounds):
+            order = list(SETTINGS)
+            rng.shuffle(order)
+            for k in order:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    dens[k](x, s, y)
+                _sync(device)
+                times[k].append((time.perf_counter() - t0) / calls)
+                if device.type == "cuda":
+                    peaks[k] = max(peaks.get(k, 0), torch.cuda.max_memory_allocated())
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    out = {"family": fam_name, "device": str(device), "batch": batch, "rounds": rounds, "calls_per_round": calls,
+           "seconds_per_step": med, "ratio_to_cfg": {k: med[k] / med["cfg"] for k in med},
+           "nfe_per_step": {k: dens[k].evaluations / dens[k].calls for k in dens}}
+    if peaks:
+        out["peak_bytes"] = peaks
+        out["peak_ratio_to_cfg"] = {k: peaks[k] / peaks["cfg"] for k in peaks}
+    return out
+
+
+def run_cost(out, quick: bool = False, seed: int = 0, threads: int | None = None, log=print,
+             families=("dit", "sit"), batch: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    t0 = time.time()
+    res = {"device": name, "torch": torch.__version__,
+           "results": [measure(f, batch=batch or (64 if quick else 256), rounds=5 if quick else 20, seed=seed) for f in families]}
+    res["seconds"] = time.time() - t0
+    L = [f"# NAG per-step cost ({name})\n",
+         f"`python -m comfy_nag bench cost{' --quick' if quick else ''}`; torch {torch.__version__}; {res['seconds']:.0f} s. "
+         "Median seconds per guided denoiser call (one sampler step), settings interleaved in random order each round; "
+         "ratios to CFG from the same run.\n",
+         "| family | setting | NFE/step | ms/step | ratio to CFG |" + (" peak MiB | peak ratio |" if dev == "cuda" else ""),
+         "|---|---|---|---|---|" + ("---|---|" if dev == "cuda" else "")]
+    for r in res["results"]:
+        for k in SETTINGS:
+            line = (f"| {r['family']} | {k} | {r['nfe_per_step'][k]:.0f} | {1000 * r['seconds_per_step'][k]:.2f} | "
+                    f"{r['ratio_to_cfg'][k]:.2f} |")
+            if "peak_bytes" in r:
+                line += f" {r['peak_bytes'][k] / 2 ** 20:.1f} | {r['peak_ratio_to_cfg'][k]:.2f} |"
+            L.append(line)
+    if dev != "cuda":
+        L.append("\nPeak memory is measured on CUDA only (allocator statistics). The batched forward holds activations "
+                 "for NFE/step x batch rows, so its activation memory follows the NFE/step column; unbatched trades it for time.")
+    atomic_write_bytes(out / "cost.json", json.dumps(res, indent=1).encode())
+    atomic_write_bytes(out / "cost.md", ("\n".join(L) + "\n").encode())
+    log("\n".join(L))
+    return res

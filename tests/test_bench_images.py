@@ -1,0 +1,53 @@
+"""The image benchmark end to end on a tiny configuration: files, row format, every method."""
+import json
+import math
+
+import pytest
+import torch
+
+from comfy_nag import bench_images as bi
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_config():
+    return bi.Config(quick=True, families=("sit",), n_train=300, pretrain_steps=30, finetune_steps=5, batch_size=32,
+                     hidden=32, depth=1, samplers=("euler", "euler_maruyama"), steps=(4,), n_samples=60,
+                     classifier_steps=30, estimator_steps=30, bins=8, tune_steps=4, plot_steps=4,
+                     grid={"nag_cf": [0.5], "window": [0.0], "nag_cg": [1.0], "eps_scaling": [1.005], "time_shift": [0.1]})
+
+
+def test_bench_images_writes_report_and_rows(tmp_path):
+    res = bi.run_bench(tmp_path, config=tiny_config(), log=lambda *a: None)
+    for name in ("metrics.json", "report.md", "noise_shift.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert len(rows) == len(res["rows"])
+    ft = [r for r in rows if r["model"] == "ncd_finetune"]
+    assert {r["method"] for r in ft} == set(bi.METHODS)
+    assert {r["model"] for r in rows} == set(bi.MODELS)
+    assert {r["sampler"] for r in rows} == {"euler", "euler_maruyama"}
+    for r in rows:
+        for key in ("method", "sampler", "steps", "nfe_per_step", "noise_shift", "quality", "quality_metric",
+                    "precision", "recall", "accuracy"):
+            assert key in r, key
+        assert r["quality_metric"] == bi.QUALITY_METRIC and math.isfinite(r["quality"]) and r["quality"] >= 0
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["accuracy"] <= 1
+    nfe = {(r["model"], r["method"]): r["nfe_per_step"] for r in rows if r["sampler"] == "euler"}
+    assert nfe[("pretrained", "baseline")] == 1 and nfe[("ncd_finetune", "cfg")] == 2 and nfe[("ncd_finetune", "nag_cg")] == 1
+    report = (tmp_path / "report.md").read_text()
+    for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step"):
+        assert q in report
+
+
+def test_precision_recall_follow_the_knn_definition():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 4, generator=g)
+    same = torch.randn(200, 4, generator=g)
+    far = torch.randn(200, 4, generator=g) + 10
+    p, r = bi.precision_recall(real, same, 3)
+    assert p > 0.8 and r > 0.8
+    assert bi.precision_recall(real, far, 3) == (0.0, 0.0)
+    # a collapsed generator: precise, no recall
+    p, r = bi.precision_recall(real, real[:1].repeat(200, 1) + 1e-3 * same, 3)
+    assert p == 1.0 and r < 0.1
