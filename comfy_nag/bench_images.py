@@ -498,7 +498,13 @@ def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = N
     cfg = config or Config.make(quick, seed)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    res = study(cfg, out / "work", log)
+    try:
+        res = study(cfg, out / "work", log)
+    except Exception as e:
+        if type(e).__name__ != "ResumeError":
+            raise
+        raise SystemExit(f"error: {e}\n{out / 'work'} holds models trained with another configuration (an earlier "
+                         f"version or other flags); delete that folder or pass another --out.") from None
     figures(res).save(out / "noise_shift.png")
     seconds = time.time() - t0
     res["meta"].update(seconds=seconds, config=asdict(cfg), torch=torch.__version__, threads=torch.get_num_threads())
