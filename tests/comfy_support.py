@@ -84,16 +84,21 @@ SD3_CONFIG = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2
               "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}}}
 
 
-def tiny_sd3_model(seed: int = 0):
-    """BaseModel of a 1.1M-parameter SD3 (MMDiT, flow); loadable by UNETLoader/CheckpointLoaderSimple."""
+def _tiny_from_config(config: dict, seed: int):
+    """A BaseModel detected by ComfyUI from ``config``, float32, weights seeded with :func:`_init`."""
     import torch
     import comfy.model_detection
 
-    mc = comfy.model_detection.model_config_from_unet_config(dict(SD3_CONFIG))
+    mc = comfy.model_detection.model_config_from_unet_config(dict(config))
     mc.set_inference_dtype(torch.float32, None)
     m = mc.get_model({}, "")
     _init(m.diffusion_model, seed)
     return m
+
+
+def tiny_sd3_model(seed: int = 0):
+    """BaseModel of a 1.1M-parameter SD3 (MMDiT, flow); loadable by UNETLoader/CheckpointLoaderSimple."""
+    return _tiny_from_config(SD3_CONFIG, seed)
 
 
 FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
@@ -103,14 +108,7 @@ FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "pa
 
 def tiny_flux_model(seed: int = 0):
     """BaseModel of a 0.2M-parameter Flux-dev-style model (ModelSamplingFlux); in-process only."""
-    import torch
-    import comfy.model_detection
-
-    mc = comfy.model_detection.model_config_from_unet_config(dict(FLUX_CONFIG))
-    mc.set_inference_dtype(torch.float32, None)
-    m = mc.get_model({}, "")
-    _init(m.diffusion_model, seed)
-    return m
+    return _tiny_from_config(FLUX_CONFIG, seed)
 
 
 def tiny_unet_model(prediction: str = "eps", seed: int = 0):
