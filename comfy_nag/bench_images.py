@@ -11,7 +11,12 @@
    features for a Frechet distance (**proxy FD**, not ImageNet FID), k-NN precision/recall
    (Kynkaanniemi et al. 2019, as prdc defines them) and class accuracy of samples; a learned
    noise-level estimator reads out the noise shift (``shift.py`` definitions).
-4. Methods at equal steps with ODE and SDE samplers; knobs tuned on a held-out seed.
+4. Methods at equal steps with ODE and SDE samplers; knobs tuned on a held-out seed.  ``"sde"``
+   in ``Config.samplers`` means each family's native SDE sampler (``SDE_SAMPLER``): DDPM ancestral
+   for DiT (as DiT samples), Euler-Maruyama for SiT (as SiT samples).  Euler-Maruyama on the VP
+   schedule at DiT spacing is unusable at 10-25 steps: its last step, sigma 0.38 -> 0.01 at 10
+   steps, injects noise of std sqrt(s*ds) ~ 0.37, about 37x the target level (measured in quick
+   mode: late shift -9 log-SNR and twice the FD of Euler for every method).
 
 Writes ``metrics.json`` (the demo's row format), ``report.md`` and ``noise_shift.png``.
 """
@@ -40,6 +45,12 @@ from .testbed import frechet_distance
 METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", "eps_scaling", "time_shift")
 QUALITY_METRIC = "proxy_fd_digits_cnn"
 MODELS = ("pretrained", "ncd_finetune", "ncd_scratch")
+SDE_SAMPLER = {"dit": "ddpm", "sit": "euler_maruyama"}
+
+
+def resolve_sampler(name: str, family: str) -> str:
+    """``"sde"`` -> the family's native SDE sampler; other names pass through."""
+    return SDE_SAMPLER[family] if name == "sde" else name
 
 
 @dataclass
@@ -54,7 +65,7 @@ class Config:
     hidden: int = 64
     depth: int = 2
     t_dropout: float = 0.1
-    samplers: tuple = ("euler", "heun", "euler_maruyama")
+    samplers: tuple = ("euler", "heun", "sde")
     steps: tuple = (10, 25)
     n_samples: int = 500
     classifier_steps: int = 600
@@ -72,7 +83,7 @@ class Config:
     def make(cls, quick: bool, seed: int = 0) -> "Config":
         if not quick:
             return cls(seed=seed)
-        return cls(quick=True, seed=seed, pretrain_steps=1500, finetune_steps=45, samplers=("euler", "euler_maruyama"),
+        return cls(quick=True, seed=seed, pretrain_steps=1500, finetune_steps=45, samplers=("euler", "sde"),
                    steps=(10,), n_samples=400, classifier_steps=300, estimator_steps=400,
                    grid={"nag_cf": [0.5, 1.0], "window": [-99.0, 0.0], "nag_cg": [1.0], "eps_scaling": [1.005],
                          "time_shift": [0.1]}, plot_steps=10)
@@ -323,20 +334,20 @@ def study(cfg: Config, work: Path, log=print) -> dict:
         plan = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift"), "ncd_finetune": METHODS,
                 "ncd_scratch": ("baseline", "cfg", "nag_cf", "nag_cf+cfg")}
         for model, methods in plan.items():
-            for sampler in cfg.samplers:
+            for sampler in (resolve_sampler(sm, name) for sm in cfg.samplers):
                 for steps in cfg.steps:
                     for method in methods:
                         gd, lf = method_setup(method, fam, cfg, knobs, data_var)
                         res = run_one(nets[model][0], fam, est, metric, gd, lf, sampler, steps, cfg.n_samples, cfg.seed, x_fwd)
                         out["rows"].append(row(name, model, method, sampler, steps, res, knobs))
-        out["plots"][name] = plot_data(ft, fam, est, metric, cfg, knobs, x_fwd, data_var)
+        out["plots"][name] = plot_data(ft, name, fam, est, metric, cfg, knobs, x_fwd, data_var)
         log(f"[{name}] done ({time.time() - t0:.0f}s so far)")
     return out
 
 
-def plot_data(net, fam, est, metric, cfg, knobs, x_fwd, data_var) -> dict:
+def plot_data(net, name, fam, est, metric, cfg, knobs, x_fwd, data_var) -> dict:
     """Per-step learned-estimator readout (SDE sampler) and per-sample values at four nominal levels."""
-    sampler = "euler_maruyama" if "euler_maruyama" in cfg.samplers else cfg.samplers[0]
+    sampler = resolve_sampler("sde" if "sde" in cfg.samplers else cfg.samplers[0], name)
     n = cfg.plot_steps
     sch = fam.schedule
     sig = sch.sigmas(n)
@@ -431,6 +442,9 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
          "* Noise shift: a learned noise-level estimator (comfy_nag `NoiseLevelEstimator`, trained on forward samples of the "
          "train split) reads each state's log-SNR; gap = mean readout of sampler states - mean readout of true forward states "
          "at the same nominal level; `noise_shift` = mean |gap| over the last 20% of steps (log-SNR units).",
+         "* Samplers: ODE `euler` (= DDIM), `heun`; SDE = each family's native one: `ddpm` (ancestral) for DiT, "
+         "`euler_maruyama` (SiT's diffusion w = sigma) for SiT. Euler-Maruyama on DiT's VP spacing injects ~37x the target "
+         "noise in its last step at 10 steps, so it is not run there (see `bench_images.py`).",
          f"* {cfg.n_samples} samples per run (classes balanced), same initial and SDE noise for every method. Knobs tuned on a "
          f"held-out seed (Euler, {cfg.tune_steps} steps, lowest proxy FD): "
          + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + f". CFG scale {cfg.cfg_scale}. "

@@ -66,7 +66,8 @@ def load_pack():
     return importlib.import_module(PACK_MODULE + ".nodes")
 
 
-def _init(module, seed: int):
+def seed_weights(module, seed: int):
+    """ComfyUI layers are created uninitialised (MMDiT's pos_embed is torch.empty): N(0, 0.02) weights, zero biases."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -84,21 +85,21 @@ SD3_CONFIG = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2
               "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}}}
 
 
-def _tiny_from_config(config: dict, seed: int):
-    """A BaseModel detected by ComfyUI from ``config``, float32, weights seeded with :func:`_init`."""
+def tiny_from_config(config: dict, seed: int):
+    """A BaseModel detected by ComfyUI from ``config``, float32, weights seeded with :func:`seed_weights`."""
     import torch
     import comfy.model_detection
 
     mc = comfy.model_detection.model_config_from_unet_config(dict(config))
     mc.set_inference_dtype(torch.float32, None)
     m = mc.get_model({}, "")
-    _init(m.diffusion_model, seed)
+    seed_weights(m.diffusion_model, seed)
     return m
 
 
 def tiny_sd3_model(seed: int = 0):
     """BaseModel of a 1.1M-parameter SD3 (MMDiT, flow); loadable by UNETLoader/CheckpointLoaderSimple."""
-    return _tiny_from_config(SD3_CONFIG, seed)
+    return tiny_from_config(SD3_CONFIG, seed)
 
 
 FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
@@ -108,7 +109,7 @@ FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "pa
 
 def tiny_flux_model(seed: int = 0):
     """BaseModel of a 0.2M-parameter Flux-dev-style model (ModelSamplingFlux); in-process only."""
-    return _tiny_from_config(FLUX_CONFIG, seed)
+    return tiny_from_config(FLUX_CONFIG, seed)
 
 
 def tiny_unet_model(prediction: str = "eps", seed: int = 0):
@@ -131,7 +132,7 @@ def tiny_unet_model(prediction: str = "eps", seed: int = 0):
     mc = Tiny(cfg)
     mc.set_inference_dtype(torch.float32, None)
     m = mc.get_model({}, "")
-    _init(m.diffusion_model, seed)
+    seed_weights(m.diffusion_model, seed)
     return m
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_config():
     return bi.Config(quick=True, families=("sit",), n_train=300, pretrain_steps=30, finetune_steps=5, batch_size=32,
-                     hidden=32, depth=1, samplers=("euler", "euler_maruyama"), steps=(4,), n_samples=60,
+                     hidden=32, depth=1, samplers=("euler", "sde"), steps=(4,), n_samples=60,
                      classifier_steps=30, estimator_steps=30, bins=8, tune_steps=4, plot_steps=4,
                      grid={"nag_cf": [0.5], "window": [0.0], "nag_cg": [1.0], "eps_scaling": [1.005], "time_shift": [0.1]})
 

@@ -24,7 +24,6 @@ except comfyui.ComfyUnavailable as _e:
     pytest.skip(f"ComfyUI-backed trainer tests need ComfyUI: {_e}", allow_module_level=True)
 
 import comfy.lora  # noqa: E402
-import comfy.model_detection  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.sd  # noqa: E402
@@ -34,6 +33,7 @@ import folder_paths  # noqa: E402
 import nodes  # noqa: E402
 
 from comfy_nag.files import read_metadata  # noqa: E402
+from comfy_support import seed_weights, tiny_flux_model, tiny_from_config, tiny_sd3_model  # noqa: E402
 from comfy_nag.metadata import file_sha256, null_timestep  # noqa: E402
 from training import api, lora, monitor  # noqa: E402
 from training.data import CacheInfo, write_cache  # noqa: E402
@@ -42,11 +42,6 @@ from training.tasks import FinetuneTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a: None)
-SD3_CONFIG = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
-              "adm_in_channels": 32, "context_embedder_config": {"target": "torch.nn.Linear",
-                                                                 "params": {"in_features": 64, "out_features": 128}},
-              "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
-              "x_block_self_attn_layers": []}
 KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
 
 
@@ -54,15 +49,6 @@ KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
 def unload_models(one_thread):
     yield
     comfy.model_management.unload_all_models()
-
-
-def _init(module: torch.nn.Module, seed: int) -> None:
-    """ComfyUI layers are created uninitialised (and MMDiT's pos_embed is torch.empty)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            if t.is_floating_point():
-                t.copy_(torch.randn(t.shape, generator=g) * 0.02)
 
 
 def key_warnings(caplog) -> list[str]:
@@ -82,12 +68,9 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sd3_files(models_dir):
     """A tiny SD3 checkpoint (MMDiT + a random TAESD VAE under first_stage_model.) and the bare network."""
-    mc = comfy.model_detection.model_config_from_unet_config(SD3_CONFIG)
-    mc.set_inference_dtype(torch.float32, None)
-    m = mc.get_model({}, "")
-    _init(m.diffusion_model, 0)
+    m = tiny_sd3_model(0)
     vae = comfy.taesd.taesd.TAESD(latent_channels=16)
-    _init(vae, 1)
+    seed_weights(vae, 1)
     ckpt = models_dir / "checkpoints" / "tiny_sd3.safetensors"
     comfy.utils.save_torch_file(m.state_dict_for_saving(None, vae.state_dict()), str(ckpt))
     dm = models_dir / "diffusion_models" / "tiny_sd3_dm.safetensors"
@@ -321,11 +304,7 @@ def _unet_sd15(seed=0):
           "use_linear_in_transformer": False, "legacy": False, "adm_in_channels": None, "in_channels": 4,
           "out_channels": 4, "use_spatial_transformer": True, "num_heads": 8, "num_head_channels": -1,
           "use_temporal_attention": False, "use_temporal_resblock": False, "image_size": 32, "num_classes": None}
-    mc = comfy.model_detection.model_config_from_unet_config(uc)
-    mc.set_inference_dtype(torch.float32, None)
-    m = mc.get_model({}, "")
-    _init(m.diffusion_model, seed)
-    return m
+    return tiny_from_config(uc, seed)
 
 
 def test_sd15_unet_lora_end_to_end(tmp_path, caplog, models_dir):
@@ -368,18 +347,7 @@ def _capture_timesteps(net):
 def test_null_timestep_reaches_the_network_in_network_units(caplog):
     """SD1 (discrete index, -1000), SD3 (sigma*1000, -1000) and Flux (sigma, -1): the rows in drop_t get the
     sentinel, the others ComfyUI's own network time."""
-    flux_cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
-                "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-                "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
-                "guidance_embed": True}
-    cases = []
-    for cfg, expect_null, ch in ((SD3_CONFIG, -1000.0, 16), (flux_cfg, -1.0, 16)):
-        mc = comfy.model_detection.model_config_from_unet_config(cfg)
-        mc.set_inference_dtype(torch.float32, None)
-        m = mc.get_model({}, "")
-        _init(m.diffusion_model, 0)
-        cases.append((m, expect_null, ch))
-    cases.append((_unet_sd15(), -1000.0, 4))
+    cases = [(tiny_sd3_model(0), -1000.0, 16), (tiny_flux_model(0), -1.0, 16), (_unet_sd15(), -1000.0, 4)]
     for m, expect_null, ch in cases:
         sched, pred, discrete = comfyui.schedule_of(m)
         assert sched.null_time == expect_null
@@ -416,7 +384,7 @@ def test_prepare_encodes_captions_with_a_comfyui_text_encoder(tmp_path, monkeypa
             "projection_dim": 64}
     clip = comfy.sd.CLIP(ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
                          model_options={"clip_l_model_config": tiny})
-    _init(clip.cond_stage_model, 5)
+    seed_weights(clip.cond_stage_model, 5)
     original = comfyui.load_encoders
 
     def with_tiny_clip(*args, **kw):
