@@ -4,8 +4,10 @@
 (flow) at the image benchmark's size, and times one guided denoiser call per sampler step for:
 baseline, CFG, NAG-CF batched, NAG-CF unbatched, NAG-CF + CFG (A), NAG-CG.  Settings are
 interleaved in a fresh random order every round (drift hits every setting alike); the report
-gives medians and ratios to CFG from the same run.  Peak memory: CUDA's peak allocator statistics
-on a GPU; not measured on CPU (no allocator statistics there).  Writes ``cost.json`` and ``cost.md`` and records the device.
+gives medians and ratios to CFG from the same run.  Peak memory = the most tensor memory one step
+holds above what was allocated before it (activations and outputs, not weights): CUDA's allocator
+statistics on a GPU, torch.profiler's allocation events on CPU.  Writes ``cost.json`` and
+``cost.md`` and records the device.
 """
 from __future__ import annotations
 
@@ -38,9 +40,29 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def step_peak_bytes(fn, device) -> int:
+    """Peak tensor bytes allocated by ``fn()`` above the level before it (CUDA allocator / CPU profiler)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated() - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cur = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return int(peak)
+
+
 def measure(fam_name: str, batch: int = 256, hidden: int = 64, depth: int = 2, rounds: int = 20, calls: int = 5,
             device=None, seed: int = 0) -> dict:
-    """Median seconds per call and peak bytes (CUDA only) of each setting for one family."""
+    """Median seconds per call and peak step memory of each setting for one family."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fam = get_family(fam_name)
     torch.manual_seed(seed)
@@ -55,32 +77,26 @@ def measure(fam_name: str, batch: int = 256, hidden: int = 64, depth: int = 2, r
     dens = {k: Denoiser(net, fam.schedule, fam.prediction, Guidance(**kw), estimator=est, batched=k != "nag_cf_unbatched")
             for k, kw in SETTINGS.items()}
     times = {k: [] for k in SETTINGS}
-    peaks = {}
     rng = random.Random(seed)
     with torch.no_grad():
         for d in dens.values():  # warm-up
             d(x, s, y)
+        peaks = {k: step_peak_bytes(lambda: d(x, s, y), device) for k, d in dens.items()}
         for _ in range(rounds):
             order = list(SETTINGS)
             rng.shuffle(order)
             for k in order:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
                 _sync(device)
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     dens[k](x, s, y)
                 _sync(device)
                 times[k].append((time.perf_counter() - t0) / calls)
-                if device.type == "cuda":
-                    peaks[k] = max(peaks.get(k, 0), torch.cuda.max_memory_allocated())
     med = {k: float(np.median(v)) for k, v in times.items()}
     out = {"family": fam_name, "device": str(device), "batch": batch, "rounds": rounds, "calls_per_round": calls,
            "seconds_per_step": med, "ratio_to_cfg": {k: med[k] / med["cfg"] for k in med},
-           "nfe_per_step": {k: dens[k].evaluations / dens[k].calls for k in dens}}
-    if peaks:
-        out["peak_bytes"] = peaks
-        out["peak_ratio_to_cfg"] = {k: peaks[k] / peaks["cfg"] for k in peaks}
+           "nfe_per_step": {k: dens[k].evaluations / dens[k].calls for k in dens},
+           "peak_bytes": peaks, "peak_ratio_to_cfg": {k: peaks[k] / peaks["cfg"] for k in peaks}}
     return out
 
 
@@ -99,19 +115,18 @@ def run_cost(out, quick: bool = False, seed: int = 0, threads: int | None = None
     L = [f"# NAG per-step cost ({name})\n",
          f"`python -m comfy_nag bench cost{' --quick' if quick else ''}`; torch {torch.__version__}; {res['seconds']:.0f} s. "
          "Median seconds per guided denoiser call (one sampler step), settings interleaved in random order each round; "
-         "ratios to CFG from the same run.\n",
-         "| family | setting | NFE/step | ms/step | ratio to CFG |" + (" peak MiB | peak ratio |" if dev == "cuda" else ""),
-         "|---|---|---|---|---|" + ("---|---|" if dev == "cuda" else "")]
+         "ratios to CFG from the same run. Peak: the most tensor memory one step holds above what was allocated before "
+         "it (activations and outputs, not weights), from " + ("CUDA's allocator statistics" if dev == "cuda" else
+                                                               "torch.profiler's CPU allocation events") + ".\n",
+         "| family | setting | NFE/step | ms/step | ratio to CFG | peak MiB | peak ratio to CFG |",
+         "|---|---|---|---|---|---|---|"]
     for r in res["results"]:
         for k in SETTINGS:
             line = (f"| {r['family']} | {k} | {r['nfe_per_step'][k]:.0f} | {1000 * r['seconds_per_step'][k]:.2f} | "
-                    f"{r['ratio_to_cfg'][k]:.2f} |")
-            if "peak_bytes" in r:
-                line += f" {r['peak_bytes'][k] / 2 ** 20:.1f} | {r['peak_ratio_to_cfg'][k]:.2f} |"
+                    f"{r['ratio_to_cfg'][k]:.2f} | {r['peak_bytes'][k] / 2 ** 20:.1f} | {r['peak_ratio_to_cfg'][k]:.2f} |")
             L.append(line)
-    if dev != "cuda":
-        L.append("\nPeak memory is measured on CUDA only (allocator statistics). The batched forward holds activations "
-                 "for NFE/step x batch rows, so its activation memory follows the NFE/step column; unbatched trades it for time.")
+    L.append("\nThe batched forward holds activations for NFE/step x batch rows at once; unbatched runs the null branch "
+             "as its own call, so its peak is one branch's; what that costs in time depends on the device (column above).")
     atomic_write_bytes(out / "cost.json", json.dumps(res, indent=1).encode())
     atomic_write_bytes(out / "cost.md", ("\n".join(L) + "\n").encode())
     log("\n".join(L))

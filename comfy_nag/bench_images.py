@@ -44,7 +44,7 @@ from .testbed import frechet_distance
 
 METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", "eps_scaling", "time_shift")
 QUALITY_METRIC = "proxy_fd_digits_cnn"
-MODELS = ("pretrained", "ncd_finetune", "ncd_scratch")
+MODELS = ("pretrained", "continued", "ncd_finetune", "ncd_scratch")
 SDE_SAMPLER = {"dit": "ddpm", "sit": "euler_maruyama"}
 
 
@@ -72,10 +72,10 @@ class Config:
     estimator_steps: int = 1500
     bins: int = 24
     k: int = 5
-    cfg_scale: float = 2.0
     grid: dict = field(default_factory=lambda: {
         "nag_cf": [0.25, 0.5, 1.0, 2.0], "window": [-99.0, 0.0, 2.0],
-        "nag_cg": [0.3, 1.0, 3.0], "eps_scaling": [0.99, 0.995, 1.005], "time_shift": [0.05, 0.1, 0.25]})
+        "nag_cg": [0.3, 1.0, 3.0], "eps_scaling": [0.99, 0.995, 1.005], "time_shift": [0.05, 0.1, 0.25],
+        "cfg": [1.1, 1.25, 1.5, 2.0], "nag_cf_cfg": [0.25, 0.5, 1.0]})
     tune_steps: int = 10
     plot_steps: int = 25
 
@@ -86,7 +86,7 @@ class Config:
         return cls(quick=True, seed=seed, pretrain_steps=1500, finetune_steps=45, samplers=("euler", "sde"),
                    steps=(10,), n_samples=400, classifier_steps=300, estimator_steps=400,
                    grid={"nag_cf": [0.5, 1.0], "window": [-99.0, 0.0], "nag_cg": [1.0], "eps_scaling": [1.005],
-                         "time_shift": [0.1]}, plot_steps=10)
+                         "time_shift": [0.1], "cfg": [1.5], "nag_cf_cfg": [0.5]}, plot_steps=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +185,13 @@ def _training_api():
 
 
 def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
-    """{model name: (net, seconds, exported file)} for the pretrained, NCD-fine-tuned and NCD-from-scratch models.
+    """{model name: (net, seconds, exported file, last monitor probe)} for the pretrained, control, NCD-fine-tuned and
+    NCD-from-scratch models.  The probe (trainer ``metrics.jsonl``) holds held-out losses of the conditioned and the
+    null-timestep branch.
+
+    ``continued`` is the control for the fine-tune: the same extra steps from the same weights with the same
+    optimizer settings, without noise-condition dropout, so "does dropout cost quality" is not confounded with
+    "does any extra training move the model".
 
     Runs live in ``work/<family>_<model>``; the trainer resumes (or returns at once) when a run is already there.
     """
@@ -199,21 +205,27 @@ def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
     if not cache.is_file():
         api.prepare(api.load_config(None, base), log=log)
     quiet = lambda *a, **k: None  # noqa: E731
+    extra = {"train.steps": cfg.finetune_steps, "train.warmup_steps": 0, "train.learning_rate": 3e-4}
     runs = {"pretrained": {"train.steps": cfg.pretrain_steps, "train.noise_condition_dropout_rate": 0.0},
-            "ncd_finetune": {"train.steps": cfg.finetune_steps, "train.noise_condition_dropout_rate": cfg.t_dropout,
-                             "train.warmup_steps": 0, "train.learning_rate": 3e-4},
+            "continued": {**extra, "train.noise_condition_dropout_rate": 0.0},
+            "ncd_finetune": {**extra, "train.noise_condition_dropout_rate": cfg.t_dropout},
             "ncd_scratch": {"train.steps": cfg.pretrain_steps, "train.noise_condition_dropout_rate": cfg.t_dropout}}
     out = {}
     for name, ov in runs.items():
         ov = {**base, **ov, "run.out_dir": str(work / f"{fam}_{name}")}
-        if name == "ncd_finetune":
+        if name in ("continued", "ncd_finetune"):
             ov["model.base"] = str(out["pretrained"][2])
         t0 = time.time()
         res = api.finetune(api.load_config(None, ov), log=quiet)
         net, _ = api.load_reference_model(res.path)
-        out[name] = (net.eval(), time.time() - t0, res.path)
+        out[name] = (net.eval(), time.time() - t0, res.path, _last_probe(work / f"{fam}_{name}" / "metrics.jsonl"))
         log(f"[{fam}] {name}: {ov['train.steps']} steps in {time.time() - t0:.0f}s")
     return out
+
+
+def _last_probe(metrics_file: Path) -> dict:
+    probes = [json.loads(line) for line in metrics_file.read_text().splitlines() if '"monitor"' in line]
+    return {k: v for k, v in probes[-1].items() if k.startswith(("probe_", "branch_"))} if probes else {}
 
 
 def train_level_estimator(cfg: Config, fam, x_train) -> estimators.NoiseLevelEstimator:
@@ -232,15 +244,16 @@ def train_level_estimator(cfg: Config, fam, x_train) -> estimators.NoiseLevelEst
 # ---------------------------------------------------------------------------------------------
 
 def method_setup(method: str, fam, cfg: Config, knobs: dict, data_var: float):
-    """(Guidance, level_fn).  NAG knobs: ``nag_cf`` scale and ``window`` (min log-SNR where NAG acts)."""
+    """(Guidance, level_fn).  NAG knobs: ``nag_cf`` scale alone, ``nag_cf_cfg`` scale on top of CFG, ``window``
+    (min log-SNR where NAG acts); ``cfg`` scale."""
     win = (0.0, float(fam.schedule.sigma_from_logsnr(torch.tensor(knobs.get("window", 0.0)))))
-    w = knobs.get("nag_cf", 0.5)
+    w, w_cfg, c = knobs.get("nag_cf", 0.5), knobs.get("nag_cf_cfg", 0.5), knobs.get("cfg", 1.5)
     table = {
         "baseline": lambda: Guidance(),
-        "cfg": lambda: Guidance(cfg_scale=cfg.cfg_scale),
+        "cfg": lambda: Guidance(cfg_scale=c),
         "nag_cf": lambda: Guidance(nag_scale=w, nag_window=win),
-        "nag_cf+cfg": lambda: Guidance(cfg_scale=cfg.cfg_scale, nag_scale=w, nag_window=win),
-        "nag_cf+cfg_B": lambda: Guidance(cfg_scale=cfg.cfg_scale, nag_scale=w, nag_window=win, variant="B"),
+        "nag_cf+cfg": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win),
+        "nag_cf+cfg_B": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win, variant="B"),
         "nag_cg": lambda: Guidance(cg_scale=knobs.get("nag_cg", 1.0), cg_window=win),
         "eps_scaling": lambda: Guidance(eps_scale=knobs.get("eps_scaling", 1.005)),
         "time_shift": lambda: Guidance(),
@@ -275,9 +288,12 @@ def row(fam: str, model: str, method: str, sampler: str, steps: int, res: dict, 
          "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["shift"]["noise_shift"],
          "signed_shift": res["shift"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
          "precision": res["precision"], "recall": res["recall"], "accuracy": res["accuracy"]}
-    key = "nag_cf" if method.startswith("nag_cf") else method
-    if key in ("nag_cf", "nag_cg", "eps_scaling", "time_shift"):
-        r["knob"] = {key: knobs[key]} if key != "nag_cf" else {"nag_cf": knobs["nag_cf"], "window_min_logsnr": knobs["window"]}
+    if method in ("cfg", "nag_cg", "eps_scaling", "time_shift"):
+        r["knob"] = {method: knobs[method]}
+    elif method == "nag_cf":
+        r["knob"] = {"nag_cf": knobs["nag_cf"], "window_min_logsnr": knobs["window"]}
+    elif method.startswith("nag_cf+cfg"):
+        r["knob"] = {"nag_cf": knobs["nag_cf_cfg"], "window_min_logsnr": knobs["window"], "cfg": knobs["cfg"]}
     return r
 
 
@@ -286,7 +302,11 @@ def row(fam: str, model: str, method: str, sampler: str, steps: int, res: dict, 
 # ---------------------------------------------------------------------------------------------
 
 def tune(net, fam, est, metric, cfg, x_fwd, data_var, log=print) -> tuple[dict, list]:
-    """Knobs on a held-out seed (Euler, ``tune_steps``), lowest proxy FD.  NAG: scale x window grid."""
+    """Knobs on a held-out seed (Euler, ``tune_steps``), lowest proxy FD.
+
+    NAG alone: scale x window grid; then NAG-CG, epsilon scaling, time shift; then the CFG scale, and NAG's scale
+    on top of that CFG (the paper tunes NAG separately for with and without CFG).  Every method gets its best knob.
+    """
     seed = cfg.seed + 1000
     knobs, table = {"window": 0.0}, []
 
@@ -297,11 +317,13 @@ def tune(net, fam, est, metric, cfg, x_fwd, data_var, log=print) -> tuple[dict, 
                       "noise_shift": res["shift"]["noise_shift"], "precision": res["precision"], "recall": res["recall"]})
         return res["quality"] if math.isfinite(res["quality"]) else float("inf")
 
+    score("baseline", {})  # the reference for the replicate in the report
     best = min(((score("nag_cf", {"nag_cf": w, "window": lam}), w, lam)
                 for w in cfg.grid["nag_cf"] for lam in cfg.grid["window"]))
     knobs["nag_cf"], knobs["window"] = best[1], best[2]
-    for m in ("nag_cg", "eps_scaling", "time_shift"):
+    for m in ("nag_cg", "eps_scaling", "time_shift", "cfg"):
         knobs[m] = min((score(m, {**knobs, m: v}), v) for v in cfg.grid[m])[1]
+    knobs["nag_cf_cfg"] = min((score("nag_cf+cfg", {**knobs, "nag_cf_cfg": v}), v) for v in cfg.grid["nag_cf_cfg"])[1]
     log(f"[{fam.name}] tuned on a held-out seed: {knobs}")
     return knobs, table
 
@@ -327,11 +349,12 @@ def study(cfg: Config, work: Path, log=print) -> dict:
         fam = get_family(name)
         nets = train_models(cfg, name, work, log)
         est = train_level_estimator(cfg, fam, x_tr)
-        out["training"][name] = {m: {"seconds": v[1], "file": str(v[2])} for m, v in nets.items()}
+        out["training"][name] = {m: {"seconds": v[1], "file": str(v[2]), **v[3]} for m, v in nets.items()}
         ft = nets["ncd_finetune"][0]
         knobs, table = tune(ft, fam, est, metric, cfg, x_fwd, data_var, log)
         out["knobs"][name], out["tuning"][name] = knobs, table
-        plan = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift"), "ncd_finetune": METHODS,
+        plan = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift"), "continued": ("baseline",),
+                "ncd_finetune": METHODS,
                 "ncd_scratch": ("baseline", "cfg", "nag_cf", "nag_cf+cfg")}
         for model, methods in plan.items():
             for sampler in (resolve_sampler(sm, name) for sm in cfg.samplers):
@@ -380,8 +403,11 @@ def comparisons(rows) -> list[dict]:
     """Paired comparisons per (family, sampler, steps) on the NCD-fine-tuned model (and NCD's cost)."""
     out = []
     keys = sorted({(r["family"], r["sampler"], r["steps"]) for r in rows})
-    pairs = [("ncd_finetune", "baseline", "pretrained", "baseline", "NCD fine-tune vs pretrained, scale 0"),
+    pairs = [("ncd_finetune", "baseline", "continued", "baseline", "NCD fine-tune vs continued training, scale 0"),
+             ("ncd_finetune", "baseline", "pretrained", "baseline", "NCD fine-tune vs pretrained, scale 0"),
              ("ncd_scratch", "baseline", "pretrained", "baseline", "NCD from scratch vs pretrained, scale 0"),
+             ("ncd_finetune", "nag_cf", "pretrained", "baseline", "recipe: NCD fine-tune + NAG-CF vs pretrained"),
+             ("ncd_finetune", "nag_cf+cfg", "pretrained", "cfg", "recipe: NCD fine-tune + NAG-CF + CFG vs pretrained + CFG"),
              ("ncd_finetune", "nag_cf", "ncd_finetune", "baseline", "nag_cf vs baseline"),
              ("ncd_finetune", "nag_cf+cfg", "ncd_finetune", "cfg", "nag_cf+cfg (A) vs cfg"),
              ("ncd_finetune", "nag_cf+cfg_B", "ncd_finetune", "cfg", "nag_cf+cfg (B) vs cfg"),
@@ -416,6 +442,45 @@ def _answer(cmp, label):
             f"precision higher in {p}/{len(c)}, recall higher in {r}/{len(c)}")
 
 
+FAMILY_NAME = {"dit": "DiT", "sit": "SiT"}
+HEADLINE = (("NCD fine-tune vs continued training, scale 0", "ode"), ("recipe: NCD fine-tune + NAG-CF vs pretrained", "ode"),
+            ("recipe: NCD fine-tune + NAG-CF + CFG vs pretrained + CFG", "ode"), ("nag_cf vs baseline", "ode"),
+            ("nag_cf vs baseline", "sde"), ("nag_cf+cfg (A) vs cfg", "ode"), ("nag_cg vs baseline", "ode"),
+            ("eps_scaling vs baseline", "ode"), ("time_shift vs baseline", "ode"))
+
+
+def headline(res: dict) -> str:
+    """The README's results table: key paired comparisons at the fewest steps, Euler (ode) and the SDE sampler.
+
+    A pure function of ``metrics.json``, so a test can check that the README's copy matches the committed run.
+    """
+    rows, steps = res["rows"], min(r["steps"] for r in res["rows"])
+    cmp = comparisons(rows)
+    lines = [f"| model | sampler | comparison ({steps} steps, {res['meta']['config']['n_samples']} samples) | late \\|shift\\| "
+             "| proxy FD | precision | recall | accuracy |", "|---|---|---|---|---|---|---|---|"]
+    for fam in res["training"]:
+        for label, kind in HEADLINE:
+            smp = resolve_sampler("sde", fam) if kind == "sde" else "euler"
+            c = next((x for x in cmp if (x["family"], x["sampler"], x["steps"], x["comparison"]) == (fam, smp, steps, label)), None)
+            if c is None:
+                continue
+            cell = lambda k, f: f"{c[k + '_before']:{f}} → {c[k + '_after']:{f}}"
+            lines.append(f"| {FAMILY_NAME.get(fam, fam)} | {smp} | {label} | {cell('shift', '.3f')} | {cell('fd', '.1f')} "
+                         f"| {cell('precision', '.3f')} | {cell('recall', '.3f')} | {cell('acc', '.3f')} |")
+    return "\n".join(lines)
+
+
+def _replicate(res, fam, steps) -> str:
+    k, tab = res["knobs"][fam], res["tuning"][fam]
+    base = next((t for t in tab if t["method"] == "baseline"), None)
+    nag = next((t for t in tab if t["method"] == "nag_cf" and t["nag_cf"] == k["nag_cf"] and t["window"] == k["window"]), None)
+    main = {m: _get(res["rows"], family=fam, model="ncd_finetune", method=m, sampler="euler", steps=steps) for m in ("baseline", "nag_cf")}
+    if base is None or nag is None or None in main.values():
+        return f"`{fam}` not run"
+    return (f"`{fam}` tuning seed {base['quality']:.1f} -> {nag['quality']:.1f}, main seed {main['baseline']['quality']:.1f} -> "
+            f"{main['nag_cf']['quality']:.1f}")
+
+
 def write_report(res: dict, cfg: Config, seconds: float) -> str:
     rows, meta = res["rows"], res["meta"]
     cmp = comparisons(rows)
@@ -430,7 +495,8 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
          f"* Recipe: reference DiT (eps, linear-beta VP) and SiT (flow velocity) ({cfg.hidden} wide, {cfg.depth} blocks), trained "
          f"through `training.api`: **pretrained** {cfg.pretrain_steps} steps without noise-condition dropout; **ncd_finetune** "
          f"= pretrained + {cfg.finetune_steps} steps ({100 * cfg.finetune_steps / cfg.pretrain_steps:.1f} % extra) with "
-         f"noise-condition dropout {cfg.t_dropout}; **ncd_scratch** {cfg.pretrain_steps} steps with dropout from scratch. "
+         f"noise-condition dropout {cfg.t_dropout}; **continued** = the same {cfg.finetune_steps} extra steps without dropout "
+         f"(the fine-tune's control); **ncd_scratch** {cfg.pretrain_steps} steps with dropout from scratch. "
          "Class dropout 0.1 everywhere (CFG).",
          f"* Quality, `{QUALITY_METRIC}` (lower is better): Frechet distance between Gaussian fits of 64-d features of a small "
          f"CNN classifier trained here on the train split ({cfg.classifier_steps} steps, held-out accuracy "
@@ -447,8 +513,8 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
          "noise in its last step at 10 steps, so it is not run there (see `bench_images.py`).",
          f"* {cfg.n_samples} samples per run (classes balanced), same initial and SDE noise for every method. Knobs tuned on a "
          f"held-out seed (Euler, {cfg.tune_steps} steps, lowest proxy FD): "
-         + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + f". CFG scale {cfg.cfg_scale}. "
-         "`window` = lowest log-SNR at which NAG-CF/NAG-CG act (-99: everywhere).",
+         + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + ". `window` = lowest log-SNR at which "
+         "NAG-CF/NAG-CG act (-99: everywhere); `nag_cf_cfg` = NAG scale on top of CFG at scale `cfg`.",
          ""]
     for fam in res["training"]:
         b = _get(rows, family=fam, model="pretrained", method="baseline", sampler=rows[0]["sampler"])
@@ -457,17 +523,32 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
                      f"from the data (proxy FD {b['quality']:.1f} vs floor {meta['floor']['quality']:.1f})**: this model is not "
                      "converged (train longer), so its rows say nothing about NAG on a converged model.\n")
     L.append("## Answers\n")
-    L.append(f"* **Does noise-condition-dropout fine-tuning cost quality at scale 0?** "
-             f"{_answer(cmp, 'NCD fine-tune vs pretrained, scale 0')} (fine-tuned vs pretrained, baseline sampler). "
-             f"From scratch with dropout: {_answer(cmp, 'NCD from scratch vs pretrained, scale 0')}.")
+    L.append(f"* **Does noise-condition-dropout fine-tuning cost quality at scale 0?** Against the same extra steps "
+             f"without dropout (the control): {_answer(cmp, 'NCD fine-tune vs continued training, scale 0')}. Against "
+             f"the pretrained model: {_answer(cmp, 'NCD fine-tune vs pretrained, scale 0')}. "
+             f"From scratch with dropout vs pretrained: {_answer(cmp, 'NCD from scratch vs pretrained, scale 0')}.")
+    L.append(f"* **The paper's recipe end to end** (the pretrained model as it was vs NCD fine-tune + NAG): without CFG "
+             f"{_answer(cmp, 'recipe: NCD fine-tune + NAG-CF vs pretrained')}; with CFG "
+             f"{_answer(cmp, 'recipe: NCD fine-tune + NAG-CF + CFG vs pretrained + CFG')}.")
     L.append(f"* **Does NAG reduce the measured shift / improve quality alone?** NAG-CF vs baseline: {_answer(cmp, 'nag_cf vs baseline')}. "
              f"NAG-CG: {_answer(cmp, 'nag_cg vs baseline')}.")
+    L.append("* **Does it replicate on another seed?** The tuning seed is a second, independent draw (Euler, "
+             f"{cfg.tune_steps} steps, NCD fine-tune), proxy FD baseline -> NAG-CF with the chosen knobs: "
+             + "; ".join(_replicate(res, fam, cfg.tune_steps) for fam in res["tuning"]) + ".")
     L.append(f"* **On top of CFG?** Variant A: {_answer(cmp, 'nag_cf+cfg (A) vs cfg')}. Variant B: {_answer(cmp, 'nag_cf+cfg (B) vs cfg')}.")
     L.append(f"* **Versus the prior fixes:** epsilon scaling: {_answer(cmp, 'eps_scaling vs baseline')}; time-shift sampler: "
              f"{_answer(cmp, 'time_shift vs baseline')}.")
+    probes = [f"`{fam}` {m}: {t['probe_loss_cond']:.3f} / {t['probe_loss_null']:.3f}" for fam, tr in res["training"].items()
+              for m, t in tr.items() if m.startswith("ncd") and "probe_loss_null" in t]
+    if probes:
+        L.append("* **How well is the null branch trained?** Held-out loss of the conditioned / null-timestep branch "
+                 "(trainer monitor, end of training): " + "; ".join(probes) + ". NAG-CF's direction is their difference; "
+                 "a null branch much worse than the conditioned one adds its own error to that direction.")
     L.append("* **Cost per step (network evaluations, Euler):** " + ", ".join(f"{m} {v:.2f}" for m, v in cost.items())
              + ". NAG-CF adds one batched branch only inside its window; NAG-CG adds no network call but one estimator "
                "forward+backward; wall-time and memory ratios: `python -m comfy_nag bench cost`.\n")
+    L.append("## Headline (copied into the README)\n")
+    L.append(headline(res) + "\n")
     L.append("## Comparisons at equal steps (paired)\n")
     L.append(_table(cmp, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "fd_before", "fd_after",
                           "precision_before", "precision_after", "recall_before", "recall_after", "acc_before", "acc_after"]))
@@ -476,7 +557,8 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
                            "quality", "precision", "recall", "accuracy"]))
     L.append("\n## Knob tuning on the held-out seed (NAG scale x window sweep, then the others)\n")
     L.append(_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts],
-                    ["family", "method", "nag_cf", "window", "nag_cg", "eps_scaling", "time_shift", "quality", "noise_shift",
+                    ["family", "method", "nag_cf", "window", "nag_cg", "eps_scaling", "time_shift", "cfg", "nag_cf_cfg",
+                     "quality", "noise_shift",
                      "precision", "recall"]))
     L.append("\n## Figures\n\n`noise_shift.png`: learned-estimator readout vs step (mean shift per step) and its KDE at four "
              "nominal levels, NCD-fine-tuned model, per family.\n")

@@ -11,6 +11,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+METHOD_COLORS = {"baseline": COLORS[0], "nag_cf": COLORS[1], "cfg": COLORS[2], "nag_cf+cfg": COLORS[3]}
+
+
+def color_of(label: str, k: int) -> str:
+    """One colour per method across every figure (forward/true states in grey); others by position."""
+    if label.startswith("forward"):
+        return "#555555"
+    return METHOD_COLORS.get(label, COLORS[k % len(COLORS)])
 
 
 def to_pil(fig: Figure, dpi: int = 100):
@@ -44,7 +52,7 @@ def shift_figure(runs: list[dict], window: tuple[int, int] | None = None, title:
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     for k, r in enumerate(runs):
-        c = COLORS[k % len(COLORS)]
+        c = color_of(r["label"], k)
         steps = np.arange(len(r["nominal"]))
         mean = np.asarray(r["estimated_mean"], dtype=float)
         std = np.asarray(r.get("estimated_std", np.zeros_like(mean)), dtype=float)
@@ -87,7 +95,7 @@ def kde_figure(levels: list[float], groups: dict[str, list[np.ndarray]], title: 
         hi = max(float(np.nanmax(v)) for v in vals) + 0.5
         grid = np.linspace(lo, hi, 300)
         for k, (name, v) in enumerate(groups.items()):
-            ax.plot(grid, gaussian_kde(v[j], grid), color=COLORS[k % len(COLORS)], lw=1.5, label=name)
+            ax.plot(grid, gaussian_kde(v[j], grid), color=color_of(name, k), lw=1.5, label=name)
         ax.axvline(lam, color="k", ls="--", lw=1)
         ax.set_title(f"nominal log-SNR {lam:.2f}", fontsize=9)
         ax.set_xlabel("estimated log-SNR")

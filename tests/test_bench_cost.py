@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from comfy_nag import bench_cost
 
@@ -19,3 +20,23 @@ def test_cost_bench_reports_ratios_and_device(tmp_path):
     assert nfe["baseline"] == 1 and nfe["cfg"] == 2 and nfe["nag_cf_batched"] == 2 == nfe["nag_cf_unbatched"]
     assert nfe["nag_cf+cfg"] == 3 and nfe["nag_cg"] == 1
     assert "ratio to CFG" in (tmp_path / "cost.md").read_text()
+    peak = r["peak_bytes"]
+    assert set(peak) == set(bench_cost.SETTINGS) and peak["cfg"] > 0 and r["peak_ratio_to_cfg"]["cfg"] == 1.0
+    # three rows per forward (cond, uncond, null) hold more activations than one
+    assert peak["nag_cf+cfg"] > peak["baseline"]
+
+
+def test_step_peak_counts_live_tensors_not_freed_ones():
+    x = torch.zeros(2 ** 18)  # 1 MiB
+
+    def two_live():
+        a, b = x + 1, x + 2
+        return (a + b).sum()
+
+    def one_at_a_time():
+        s = (x + 1).sum()
+        return s + (x + 2).sum()
+
+    live = bench_cost.step_peak_bytes(two_live, torch.device("cpu"))
+    serial = bench_cost.step_peak_bytes(one_at_a_time, torch.device("cpu"))
+    assert live >= 3 * 2 ** 20 and serial < 2 * 2 ** 20

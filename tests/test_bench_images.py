@@ -1,6 +1,7 @@
 """The image benchmark end to end on a tiny configuration: files, row format, every method."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ def tiny_config():
     return bi.Config(quick=True, families=("sit",), n_train=300, pretrain_steps=30, finetune_steps=5, batch_size=32,
                      hidden=32, depth=1, samplers=("euler", "sde"), steps=(4,), n_samples=60,
                      classifier_steps=30, estimator_steps=30, bins=8, tune_steps=4, plot_steps=4,
-                     grid={"nag_cf": [0.5], "window": [0.0], "nag_cg": [1.0], "eps_scaling": [1.005], "time_shift": [0.1]})
+                     grid={"nag_cf": [0.5], "window": [0.0], "nag_cg": [1.0], "eps_scaling": [1.005], "time_shift": [0.1],
+                           "cfg": [1.5], "nag_cf_cfg": [0.5]})
 
 
 def test_bench_images_writes_report_and_rows(tmp_path):
@@ -38,6 +40,26 @@ def test_bench_images_writes_report_and_rows(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step"):
         assert q in report
+    assert bi.headline(res) in report and "nag_cf vs baseline" in bi.headline(res)
+
+
+def test_bench_images_is_reproducible(tmp_path):
+    """Seeded end to end: training, tuning and every metric come out the same on a rerun."""
+    a = bi.run_bench(tmp_path / "a", config=tiny_config(), log=lambda *a: None)
+    b = bi.run_bench(tmp_path / "b", config=tiny_config(), log=lambda *a: None)
+    assert a["rows"] == b["rows"] and a["knobs"] == b["knobs"]
+
+
+def test_readme_results_table_matches_the_committed_benchmark_run():
+    """The README's image-scale table is regenerated from docs/bench/metrics.json, not typed by hand."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    start, end = "<!-- bench-images:start -->", "<!-- bench-images:end -->"
+    assert start in readme and end in readme, "README lost its generated image-benchmark table markers"
+    block = readme.split(start)[1].split(end)[0].strip()
+    committed = json.loads((root / "docs/bench/metrics.json").read_text())
+    assert block == bi.headline(committed), ("README table differs from docs/bench/metrics.json; paste "
+                                             "comfy_nag.bench_images.headline(metrics) (it is also in docs/bench/report.md)")
 
 
 def test_precision_recall_follow_the_knn_definition():
