@@ -224,6 +224,9 @@ def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
 
 
 def _last_probe(metrics_file: Path) -> dict:
+    """Held-out branch losses from the run's last monitor event ({} when the run logged none)."""
+    if not metrics_file.is_file():
+        return {}
     probes = [json.loads(line) for line in metrics_file.read_text().splitlines() if '"monitor"' in line]
     return {k: v for k, v in probes[-1].items() if k.startswith(("probe_", "branch_"))} if probes else {}
 
