@@ -464,7 +464,7 @@ def headline(res: dict) -> str:
     for fam in res["training"]:
         for label, kind in HEADLINE:
             smp = resolve_sampler("sde", fam) if kind == "sde" else "euler"
-            c = next((x for x in cmp if (x["family"], x["sampler"], x["steps"], x["comparison"]) == (fam, smp, steps, label)), None)
+            c = _get(cmp, family=fam, sampler=smp, steps=steps, comparison=label)
             if c is None:
                 continue
             cell = lambda k, f: f"{c[k + '_before']:{f}} → {c[k + '_after']:{f}}"
@@ -475,8 +475,8 @@ def headline(res: dict) -> str:
 
 def _replicate(res, fam, steps) -> str:
     k, tab = res["knobs"][fam], res["tuning"][fam]
-    base = next((t for t in tab if t["method"] == "baseline"), None)
-    nag = next((t for t in tab if t["method"] == "nag_cf" and t["nag_cf"] == k["nag_cf"] and t["window"] == k["window"]), None)
+    base = _get(tab, method="baseline")
+    nag = _get(tab, method="nag_cf", nag_cf=k["nag_cf"], window=k["window"])
     main = {m: _get(res["rows"], family=fam, model="ncd_finetune", method=m, sampler="euler", steps=steps) for m in ("baseline", "nag_cf")}
     if base is None or nag is None or None in main.values():
         return f"`{fam}` not run"
