@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the project's virtual environment on first use (or when pyproject.toml changes),
 # then run the given command inside it.  Examples:
-#   ./run.sh python -m comfy_nag demo --out demo_out
+#   ./run.sh python -m studies demo --out demo_out
 #   ./run.sh python -m pytest
 # TORCH_SPEC picks the torch build installed when none is present (default: the CPU wheel
 # this project is tested with); NAG_VENV picks the environment folder (default .venv).

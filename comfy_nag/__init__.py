@@ -1,16 +1,19 @@
 """comfy-nag core: Noise Awareness Guidance (Zhong et al., arXiv 2510.12497) as plain PyTorch.
 
-No ComfyUI import anywhere in this package.  Modules:
+The method only - no ComfyUI import, nothing from ``training``, ``studies`` or ``nodes``
+(tests/test_import_direction.py).  Modules:
 
-* ``schedules``   - VP / flow / EDM schedules; sampling sigma, network time, log-SNR.
-* ``predictions`` - eps / v / x0 / velocity / score conversions.
+* ``schedules``   - VP / flow / EDM schedules; sampling sigma, network time, log-SNR, null timestep.
+* ``predictions`` - eps / v / x0 / velocity / score conversions;  ``tensors`` - ``append_dims``.
 * ``guidance``    - CFG, classifier-free and classifier-guided NAG, epsilon scaling, time shift.
 * ``denoiser``    - a network as a batched, guided sampling-space denoiser.
-* ``samplers``    - Euler, Heun, Euler-Maruyama, DDPM ancestral.
+* ``samplers``    - Euler, Heun, Euler-Maruyama, DDPM ancestral (k-diffusion shaped).
 * ``estimators``  - noise-level estimators (learned, training-free).
-* ``shift``       - noise-shift measurement;  ``plots`` - its figures.
+* ``shift``       - noise-shift measurement;  ``shift_report`` - for host samplers;  ``plots`` - figures.
 * ``models``      - reference MLP and DiT/SiT with noise-condition dropout; ``losses`` - training loss.
-* ``testbed``     - the exact Gaussian-mixture testbed;  ``demo`` - the main job.
-* ``files``       - safe, atomic safetensors I/O.
+* ``patching``    - host-independent pieces of the ComfyUI patches (null timestep, windows).
+* ``metadata``, ``files`` - the safetensors metadata schema; safe, atomic safetensors I/O.
+
+The method, and every decision the paper leaves open: docs/method.md.
 """
 __version__ = "0.1.0"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .guidance import Guidance, branches, combine, eps_scaled_x0, score_to_x0_shift, window_mask
+from .guidance import Guidance, branches, classifier_correction, combine, eps_scaled_x0, window_mask
 from .predictions import check_kind, to_x0
 from .schedules import Schedule
+from .tensors import append_dims
 
 
 class Denoiser:
@@ -49,8 +50,7 @@ class Denoiser:
         """x0 predictions for each named branch (cond, uncond, null_cond, null_uncond)."""
         B = x.shape[0]
         c, a_n, s_n = self.schedule.native(s)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        xn = c.reshape(shape).to(x) * x
+        xn = append_dims(c, x.dim()).to(x) * x
         t = self.schedule.net_time(s).to(x.device)
         null_y = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
         if y is None:
@@ -72,17 +72,6 @@ class Denoiser:
         self.evaluations += len(names)
         return {n: to_x0(p, self.prediction, xn, a_n.to(x), s_n.to(x)) for n, p in preds.items()}
 
-    def cg_term(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """grad_x log g(lambda(s) | x_net): the classifier-guided NAG score term (sampling space)."""
-        c, _, _ = self.schedule.native(s)
-        lam = self.schedule.logsnr(s).to(x)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        with torch.inference_mode(False), torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)
-            lp = self.estimator.log_prob(c.reshape(shape).to(x) * xg, lam).sum()
-            (g,) = torch.autograd.grad(lp, xg)
-        return g
-
     def __call__(self, x: torch.Tensor, s: torch.Tensor, y=None) -> torch.Tensor:
         """Guided x0 prediction.  ``s``: sampling sigma, scalar or per-sample [B]."""
         s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -97,8 +86,8 @@ class Denoiser:
         if g.cg_scale != 0:
             on = window_mask(s, g.cg_window)
             if bool(on.any()):
-                term = self.cg_term(x, s) * (g.cg_scale * on.to(x)).reshape((-1,) + (1,) * (x.dim() - 1))
-                x0 = x0 + score_to_x0_shift(term, x, s, space)
+                c, _, _ = self.schedule.native(s)
+                x0 = x0 + classifier_correction(self.estimator, x, s, space, c, g.cg_scale * on.to(x))
         if g.eps_scale != 1.0:
             x0 = eps_scaled_x0(x0, x, s, space, g.eps_scale)
         return x0

@@ -15,7 +15,7 @@ Three estimators share one readout (the posterior mean of lambda):
   every family (VP, flow, EDM), so the file format is family-independent.
 * :func:`variance_logsnr` - training-free, from the state's statistics (the time-shift
   sampler's idea): solve ``var(x) = alpha(s)^2 * data_var + s^2`` for s.
-* ``testbed.GaussianMixture.level_posterior`` - the exact posterior where the data density is known.
+* the exact posterior where the data density is known (the studies' testbed, ``studies/testbed.py``).
 """
 from __future__ import annotations
 
@@ -187,11 +187,8 @@ class NoiseLevelEstimator(nn.Module):
 
 def noised(x0: torch.Tensor, lam: torch.Tensor, schedule: Schedule, generator=None) -> torch.Tensor:
     """Network-space forward samples of x0 at log-SNR ``lam`` [B]."""
-    s = schedule.sigma_from_logsnr(lam)
-    c, a_n, s_n = schedule.native(s)
-    shape = (-1,) + (1,) * (x0.dim() - 1)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    return a_n.reshape(shape).to(x0) * x0 + s_n.reshape(shape).to(x0) * eps
+    return schedule.noised(x0, schedule.sigma_from_logsnr(lam), eps)[0]
 
 
 def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: int, batch: int = 256,

@@ -1,6 +1,6 @@
 """Guidance math: classifier-free and classifier-guided NAG, CFG, and the prior fixes.
 
-Conventions (METHOD.md):
+Conventions (docs/method.md):
 
 * ``cfg_scale`` uses ComfyUI's convention: ``u + cfg*(c - u)``; 1 = no CFG.
 * ``nag_scale`` ``w``: ``c + w*(c - n)`` with n the noise-unconditional (null-timestep) branch;
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .predictions import _bc
-from .schedules import space_alpha
+from .schedules import logsnr_of, sigma_of_logsnr, space_alpha
+from .tensors import append_dims
 
 BRANCHES = ("cond", "uncond", "null_cond", "null_uncond")
 VARIANTS = ("A", "B")
@@ -65,7 +65,25 @@ def branches(cfg_scale: float, nag_scale: float, variant: str = "A") -> tuple[st
 
 def nag_mix(cond: torch.Tensor, null: torch.Tensor, scale) -> torch.Tensor:
     """Classifier-free NAG: ``cond + w*(cond - null)``."""
-    return cond + _bc(scale, cond) * (cond - null)
+    return cond + append_dims(scale, cond.dim()) * (cond - null)
+
+
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float) -> torch.Tensor:
+    """CFG in ComfyUI's convention, ``u + cfg*(c - u)``; just ``cond`` without an unconditional branch."""
+    return cond if uncond is None else uncond + cfg_scale * (cond - uncond)
+
+
+def nag_correction(cond: torch.Tensor, null_cond: torch.Tensor, scale, variant: str = "A", cfg_scale: float = 1.0,
+                   uncond: torch.Tensor | None = None, null_uncond: torch.Tensor | None = None) -> torch.Tensor:
+    """What classifier-free NAG adds to the CFG result ``u + cfg*(c - u)`` (how a post-CFG hook applies it).
+
+    Variant A: ``w*(c - n_c)``; variant B (NAG inside both CFG branches):
+    ``combine(...) - (u + cfg*(c - u))``.  ``scale`` may be per-sample [B].
+    """
+    if variant == "B" and uncond is not None and null_uncond is not None:
+        outs = {"cond": cond, "uncond": uncond, "null_cond": null_cond, "null_uncond": null_uncond}
+        return combine(outs, cfg_scale, scale, "B") - cfg_mix(cond, uncond, cfg_scale)
+    return append_dims(scale, cond.dim()) * (cond - null_cond)
 
 
 def combine(outs: dict[str, torch.Tensor], cfg_scale: float, nag_scale, variant: str = "A") -> torch.Tensor:
@@ -74,13 +92,9 @@ def combine(outs: dict[str, torch.Tensor], cfg_scale: float, nag_scale, variant:
     u = outs.get("uncond")
     n_c = outs.get("null_cond")
     if variant == "B" and u is not None and n_c is not None:
-        c = nag_mix(c, n_c, nag_scale)
-        u = nag_mix(u, outs["null_uncond"], nag_scale)
-        return u + cfg_scale * (c - u)
-    out = c if u is None else u + cfg_scale * (c - u)
-    if n_c is not None:
-        out = out + _bc(nag_scale, c) * (outs["cond"] - n_c)
-    return out
+        return cfg_mix(nag_mix(c, n_c, nag_scale), nag_mix(u, outs["null_uncond"], nag_scale), cfg_scale)
+    out = cfg_mix(c, u, cfg_scale)
+    return out if n_c is None else out + nag_correction(c, n_c, nag_scale)
 
 
 def window_mask(s: torch.Tensor, window: tuple[float, float] | None) -> torch.Tensor:
@@ -95,7 +109,7 @@ def score_to_x0_shift(score_term: torch.Tensor, x: torch.Tensor, s: torch.Tensor
     """x0 change caused by adding ``score_term`` to the score: ``s^2 * term / alpha`` (0 where alpha ~ 0)."""
     a = space_alpha(space, s)
     coef = torch.where(a > MIN_ALPHA, s * s / a.clamp_min(MIN_ALPHA), torch.zeros_like(a))
-    return _bc(coef, x) * score_term
+    return append_dims(coef, x.dim()) * score_term
 
 
 def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str, factor: float) -> torch.Tensor:
@@ -108,10 +122,41 @@ def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str
         return x0
     a = space_alpha(space, s)
     ok = a > MIN_ALPHA
-    ab, sb = _bc(a.clamp_min(MIN_ALPHA), x), _bc(s, x)
+    ab, sb = append_dims(a.clamp_min(MIN_ALPHA), x.dim()), append_dims(s, x.dim())
     eps = (x - ab * x0) / sb
     new = (x - sb * eps / factor) / ab
-    return torch.where(_bc(ok, x), new, x0)
+    return torch.where(append_dims(ok, x.dim()), new, x0)
+
+
+def level_gradient(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor) -> torch.Tensor:
+    """``grad_x log g(lambda(sigma) | net_scale*x)``: the classifier-guided NAG score term, sampling space.
+
+    ``estimator``: a noise-level estimator on network-space states (``net_scale`` = ``Schedule.native``'s
+    ``c``).  Works under any autograd mode, ``torch.inference_mode`` included (ComfyUI runs nodes there):
+    the state is cloned out of inference mode and only the estimator is differentiated; its parameters
+    must not be inference tensors (load it under ``torch.inference_mode(False)``).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().float().requires_grad_(True)
+        s = sigma.detach().clone().float().reshape(-1).expand(x.shape[0])
+        lam = logsnr_of(space, s)
+        c = net_scale.detach().clone().float().reshape(-1).expand(x.shape[0])
+        lp = estimator.log_prob(append_dims(c, xg.dim()) * xg, lam).sum()
+        (g,) = torch.autograd.grad(lp, xg)
+    return g.detach().to(x.dtype)
+
+
+def classifier_correction(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+                          scale) -> torch.Tensor:
+    """x0 ("denoised") change of classifier-guided NAG: the score gets ``scale * level_gradient``.
+
+    x0 shift = ``sigma^2/alpha * scale * grad`` (:func:`score_to_x0_shift`); zero where the flow signal
+    coefficient vanishes.  ``scale`` may be per-sample [B].
+    """
+    g = level_gradient(estimator, x, sigma, space, net_scale)
+    s = sigma.detach().float().reshape(-1).expand(x.shape[0]).to(x.device)
+    space_alpha(space, s)  # validates the space
+    return score_to_x0_shift(g * append_dims(scale, x.dim()), x, s.to(x.dtype), space)
 
 
 def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_frac: float = 0.0):
@@ -123,7 +168,6 @@ def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_
     start) left unshifted.
     """
     from .estimators import variance_logsnr
-    from .schedules import logsnr_of, sigma_of_logsnr
 
     def level_fn(x, s, i, n_steps):
         if i < start_frac * n_steps:

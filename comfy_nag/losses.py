@@ -12,14 +12,6 @@ from .predictions import target
 from .schedules import Schedule
 
 
-def forward_sample(x0: torch.Tensor, s: torch.Tensor, schedule: Schedule, eps: torch.Tensor):
-    """Network-space forward sample and its coefficients: ``(x_net, alpha_n, sigma_n)``."""
-    _, a_n, s_n = schedule.native(s)
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    a_n, s_n = a_n.reshape(shape).to(x0), s_n.reshape(shape).to(x0)
-    return a_n * x0 + s_n * eps, a_n, s_n
-
-
 def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Schedule, prediction: str,
                    t_dropout: float = 0.0, y_dropout: float = 0.0, generator: torch.Generator | None = None):
     """Mean-squared error in the ``prediction`` parameterisation.
@@ -29,7 +21,7 @@ def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Sche
     B = x0.shape[0]
     s = schedule.training_sigmas(B, generator).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    x, a_n, s_n = forward_sample(x0, s, schedule, eps)
+    x, a_n, s_n = schedule.noised(x0, s, eps)
     drop_t = torch.rand(B, generator=generator).to(x0.device) < t_dropout
     num_classes = getattr(net, "num_classes", 0)
     if num_classes:

@@ -8,8 +8,8 @@ Both networks share one call convention::
   ``y``: class ids [B] with ``num_classes`` meaning "no class" (DiT's null-class row),
 * ``drop_t``: bool [B], rows whose noise condition is replaced by the null condition.
 
-The null condition (METHOD.md, ours) is ``null_mode="sentinel"`` by default: the timestep
-input is replaced by ``null_time`` (e.g. -1000 network units), outside every real value, so the
+The null condition (docs/method.md) is ``null_mode="sentinel"`` by default: the timestep
+input is replaced by ``null_timestep`` (e.g. -1000 network units), outside every real value, so the
 weights stay a standard file with no new parameters.  ``null_mode="learned"`` instead swaps the
 timestep embedding for a learned vector (the alternative the testbed compares).
 """
@@ -20,6 +20,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .schedules import default_null_timestep
+
+VP_NULL = default_null_timestep("discrete")  # the default: a 0..999 discrete-time network
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -34,11 +38,11 @@ class Conditioning(nn.Module):
     """Noise-level embedding (+ class embedding) with null handling for both."""
 
     def __init__(self, hidden: int, num_classes: int = 0, null_mode: str = "sentinel",
-                 null_time: float = -1000.0, freq_dim: int = 256):
+                 null_timestep: float = VP_NULL, freq_dim: int = 256):
         super().__init__()
         if null_mode not in ("sentinel", "learned"):
             raise ValueError(f"null_mode must be 'sentinel' or 'learned', got {null_mode!r}")
-        self.freq_dim, self.null_mode, self.null_time, self.num_classes = freq_dim, null_mode, float(null_time), num_classes
+        self.freq_dim, self.null_mode, self.null_timestep, self.num_classes = freq_dim, null_mode, float(null_timestep), num_classes
         self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.null_emb = nn.Parameter(torch.zeros(hidden)) if null_mode == "learned" else None
         self.y_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None
@@ -46,7 +50,7 @@ class Conditioning(nn.Module):
     def forward(self, t, y=None, drop_t=None):
         t = t.float()
         if drop_t is not None and self.null_mode == "sentinel":
-            t = torch.where(drop_t, torch.full_like(t, self.null_time), t)
+            t = torch.where(drop_t, torch.full_like(t, self.null_timestep), t)
         emb = self.t_mlp(timestep_embedding(t, self.freq_dim))
         if drop_t is not None and self.null_mode == "learned":
             emb = torch.where(drop_t[:, None], self.null_emb.to(emb).expand_as(emb), emb)
@@ -79,12 +83,12 @@ class MLPDenoiser(nn.Module):
     """Residual MLP with adaLN conditioning for low-dimensional data [B, D]."""
 
     def __init__(self, dim: int, num_classes: int = 0, hidden: int = 128, depth: int = 3,
-                 null_mode: str = "sentinel", null_time: float = -1000.0, freq_dim: int = 64):
+                 null_mode: str = "sentinel", null_timestep: float = VP_NULL, freq_dim: int = 64):
         super().__init__()
         self.kwargs = dict(dim=dim, num_classes=num_classes, hidden=hidden, depth=depth,
-                           null_mode=null_mode, null_time=null_time, freq_dim=freq_dim)
+                           null_mode=null_mode, null_timestep=null_timestep, freq_dim=freq_dim)
         self.num_classes, self.in_shape = num_classes, (dim,)
-        self.cond = Conditioning(hidden, num_classes, null_mode, null_time, freq_dim)
+        self.cond = Conditioning(hidden, num_classes, null_mode, null_timestep, freq_dim)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_MLPBlock(hidden) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
@@ -141,19 +145,19 @@ class DiT(nn.Module):
 
     def __init__(self, input_size: int = 16, patch_size: int = 2, in_channels: int = 1, hidden: int = 128,
                  depth: int = 4, heads: int = 4, num_classes: int = 10, mlp_ratio: float = 4.0,
-                 null_mode: str = "sentinel", null_time: float = -1000.0):
+                 null_mode: str = "sentinel", null_timestep: float = VP_NULL):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} must be a multiple of patch_size {patch_size}")
         self.kwargs = dict(input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden=hidden,
                            depth=depth, heads=heads, num_classes=num_classes, mlp_ratio=mlp_ratio,
-                           null_mode=null_mode, null_time=null_time)
+                           null_mode=null_mode, null_timestep=null_timestep)
         self.num_classes, self.in_shape = num_classes, (in_channels, input_size, input_size)
         self.p, self.c = patch_size, in_channels
         self.grid = input_size // patch_size
         self.x_embed = nn.Conv2d(in_channels, hidden, patch_size, patch_size)
         self.register_buffer("pos", _sincos_2d(hidden, self.grid)[None], persistent=False)
-        self.cond = Conditioning(hidden, num_classes, null_mode, null_time)
+        self.cond = Conditioning(hidden, num_classes, null_mode, null_timestep)
         self.blocks = nn.ModuleList(_DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))

@@ -10,15 +10,23 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-METHOD_COLORS = {"baseline": COLORS[0], "nag_cf": COLORS[1], "cfg": COLORS[2], "nag_cf+cfg": COLORS[3]}
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+          "#7f7f7f"]
+FORWARD_COLOR = "#555555"  # readouts of true forward states (labels starting "forward")
+BAND_NOTE = "band: ±1 std of the readout across samples"
 
 
-def color_of(label: str, k: int) -> str:
-    """One colour per method across every figure (forward/true states in grey); others by position."""
-    if label.startswith("forward"):
-        return "#555555"
-    return METHOD_COLORS.get(label, COLORS[k % len(COLORS)])
+def assign_colors(labels, fixed: dict | None = None) -> dict[str, str]:
+    """One distinct colour per label: ``fixed`` ones (e.g. a study's colour per method, the same in
+    every figure), forward states grey, the rest from :data:`COLORS` in order, skipping taken colours."""
+    fixed = fixed or {}
+    out = {lab: fixed[lab] for lab in labels if lab in fixed}
+    out.update({lab: FORWARD_COLOR for lab in labels if lab.startswith("forward") and lab not in out})
+    free = iter([c for c in COLORS if c not in out.values()] * (len(labels) + 1))
+    for lab in labels:
+        if lab not in out:
+            out[lab] = next(free)
+    return out
 
 
 def to_pil(fig: Figure, dpi: int = 100):
@@ -41,18 +49,23 @@ def gaussian_kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z * z).sum(1) / (v.size * bw * np.sqrt(2 * np.pi))
 
 
-def shift_figure(runs: list[dict], window: tuple[int, int] | None = None, title: str = "Noise shift") -> Figure:
+def shift_figure(runs: list[dict], window: tuple[int, int] | None = None, title: str = "Noise shift",
+                 colors: dict | None = None) -> Figure:
     """Two panels over sampler steps: nominal vs estimated log-SNR, and their gap.
 
     ``runs``: dicts with ``label``, ``nominal`` [N] and ``estimated_mean`` [N], optional
     ``estimated_std`` [N] (drawn as a band across the batch) and ``reference_mean`` [N] (the
     readout of true forward samples; the gap is taken against it when given).
-    ``window``: (first_step, last_step) where guidance is active, shaded.
+    ``window``: (first_step, last_step) where guidance is active, shaded; ``colors``: fixed colours
+    per label (:func:`assign_colors`).
     """
+    from matplotlib.patches import Patch
+
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2)
+    palette = assign_colors([r["label"] for r in runs], colors)
     for k, r in enumerate(runs):
-        c = color_of(r["label"], k)
+        c = palette[r["label"]]
         steps = np.arange(len(r["nominal"]))
         mean = np.asarray(r["estimated_mean"], dtype=float)
         std = np.asarray(r.get("estimated_std", np.zeros_like(mean)), dtype=float)
@@ -74,19 +87,24 @@ def shift_figure(runs: list[dict], window: tuple[int, int] | None = None, title:
     ax1.set_title("nominal vs estimated noise level")
     ax2.set_ylabel("estimated - reference log-SNR")
     ax2.set_title("noise shift (< 0: states look noisier)")
-    ax1.legend(fontsize=8, loc="upper left")
-    ax2.legend(fontsize=8, loc="lower left")
+    band = Patch(facecolor="#888888", alpha=0.3, label=BAND_NOTE)
+    for ax, loc in ((ax1, "upper left"), (ax2, "lower left")):
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + [band], fontsize=8, loc=loc)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def kde_figure(levels: list[float], groups: dict[str, list[np.ndarray]], title: str = "Estimated noise level") -> Figure:
+def kde_figure(levels: list[float], groups: dict[str, list[np.ndarray]], title: str = "Estimated noise level",
+               colors: dict | None = None) -> Figure:
     """One panel per nominal log-SNR level: KDE of the estimated level of each group's states.
 
     ``groups[name][j]`` holds the per-sample estimates at ``levels[j]`` (e.g. forward samples,
-    the baseline sampler, the sampler with NAG), like the paper's KDE figure.
+    the baseline sampler, the sampler with NAG), like the paper's KDE figure.  ``colors``: as in
+    :func:`shift_figure`.
     """
+    palette = assign_colors(list(groups), colors)
     fig = Figure(figsize=(3.2 * len(levels), 3.0))
     axes = np.atleast_1d(fig.subplots(1, len(levels)))
     for j, (ax, lam) in enumerate(zip(axes, levels)):
@@ -94,8 +112,8 @@ def kde_figure(levels: list[float], groups: dict[str, list[np.ndarray]], title: 
         lo = min(float(np.nanmin(v)) for v in vals) - 0.5
         hi = max(float(np.nanmax(v)) for v in vals) + 0.5
         grid = np.linspace(lo, hi, 300)
-        for k, (name, v) in enumerate(groups.items()):
-            ax.plot(grid, gaussian_kde(v[j], grid), color=color_of(name, k), lw=1.5, label=name)
+        for name, v in groups.items():
+            ax.plot(grid, gaussian_kde(v[j], grid), color=palette[name], lw=1.5, label=name)
         ax.axvline(lam, color="k", ls="--", lw=1)
         ax.set_title(f"nominal log-SNR {lam:.2f}", fontsize=9)
         ax.set_xlabel("estimated log-SNR")

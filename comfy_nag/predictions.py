@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from .tensors import append_dims
+
 KINDS = ("eps", "v", "x0", "velocity", "score")
-
-
-def _bc(c, x):
-    """Broadcast per-sample coefficients (scalar or [B]) against x [B, ...]."""
-    if not isinstance(c, torch.Tensor):
-        return c
-    return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
 def check_kind(kind: str) -> str:
@@ -36,7 +31,7 @@ def check_kind(kind: str) -> str:
 def to_x0(pred: torch.Tensor, kind: str, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
     """Clean-sample estimate from a prediction of ``kind`` at state x."""
     check_kind(kind)
-    a, s = _bc(alpha, x), _bc(sigma, x)
+    a, s = append_dims(alpha, x.dim()), append_dims(sigma, x.dim())
     if kind == "x0":
         return pred
     if kind == "eps":
@@ -49,19 +44,11 @@ def to_x0(pred: torch.Tensor, kind: str, x: torch.Tensor, alpha, sigma) -> torch
 
 
 def from_x0(x0: torch.Tensor, kind: str, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
-    """Inverse of :func:`to_x0`."""
-    check_kind(kind)
-    a, s = _bc(alpha, x), _bc(sigma, x)
-    if kind == "x0":
+    """Inverse of :func:`to_x0`: the ``kind`` prediction whose x0 is ``x0`` at state x (:func:`target` of its eps)."""
+    if check_kind(kind) == "x0":
         return x0
-    eps = (x - a * x0) / s
-    if kind == "eps":
-        return eps
-    if kind == "v":
-        return a * eps - s * x0
-    if kind == "velocity":
-        return eps - x0
-    return -eps / s  # score
+    eps = (x - append_dims(alpha, x.dim()) * x0) / append_dims(sigma, x.dim())
+    return target(kind, x0, eps, alpha, sigma)
 
 
 def convert(pred: torch.Tensor, src: str, dst: str, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
@@ -74,7 +61,7 @@ def convert(pred: torch.Tensor, src: str, dst: str, x: torch.Tensor, alpha, sigm
 def target(kind: str, x0: torch.Tensor, eps: torch.Tensor, alpha, sigma) -> torch.Tensor:
     """Regression target of ``kind`` for a forward sample built from (x0, eps)."""
     check_kind(kind)
-    a, s = _bc(alpha, x0), _bc(sigma, x0)
+    a, s = append_dims(alpha, x0.dim()), append_dims(sigma, x0.dim())
     if kind == "x0":
         return x0
     if kind == "eps":

@@ -1,30 +1,36 @@
-"""Samplers for the standalone path, k-diffusion style: short functions over ``model(x, s, **extra)``.
+"""Samplers for the standalone path, shaped like k-diffusion's: ``sample_x(model, x, sigmas, extra_args=None, callback=None, ...)``.
 
-``model`` returns the x0 (denoised) prediction for the sampling-space state ``x`` at sampling
-sigma ``s`` ([B] tensor).  ``space`` is ``"ve"`` (``x = x0 + s*eps``) or ``"flow"``
-(``x = (1-s)*x0 + s*eps``) - see schedules.py.  In both spaces ``eps_hat = (x - alpha*x0)/s`` and
-the probability-flow ODE is ``dx/ds = alpha'(s)*x0 + eps_hat``, so one implementation serves
-VP/EDM models (sampled in k-diffusion's ve space, as ComfyUI does) and flow models.
+``model(x, s, **extra_args)`` returns the x0 (denoised) prediction for the sampling-space state ``x``
+at sampling sigma ``s`` ([B] tensor); ``sigmas`` decrease to 0 (``Schedule.sigmas``).  Sampling spaces
+(schedules.py): ``"ve"`` (``x = x0 + s*eps``) and ``"flow"`` (``x = (1-s)*x0 + s*eps``).  In both,
+the probability-flow ODE is ``dx/ds = (x - x0)/s``, so Euler and Heun are the same in every space
+and need no space argument; the stochastic samplers (Euler-Maruyama, DDPM) need the signal
+coefficient ``alpha(s)`` and take ``space``.
 
-Common keyword arguments:
+Keyword arguments:
 
-* ``callback(i, s, x, x0)``: per-step trace hook; ``x`` is the state at the start of step i,
-  at nominal sigma ``sigmas[i]``, and ``x0`` the (guided) prediction used for the step.
-* ``level_fn(x, s, i, n)``: optional per-sample level correction (the time-shift sampler):
-  the step treats the state as being at the returned sigma instead of the nominal one.
-* ``generator``: torch.Generator for the stochastic samplers.
+* ``callback(info)``: called once per step with k-diffusion's dict: ``i`` (step), ``sigma``
+  (nominal ``sigmas[i]``), ``sigma_hat`` (the per-sample level the step used), ``x`` (the state at
+  the start of the step) and ``denoised`` (the guided x0 prediction used for the step).
+* ``level_fn(x, s, i, n)``: optional per-sample level correction (the time-shift sampler): the
+  step treats the state as being at the returned sigma instead of the nominal one.
+* ``space``, ``generator`` (stochastic samplers): the sampling space and a torch.Generator.
 
 The final step to s = 0 returns the x0 prediction (no noise), for every sampler.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .schedules import space_alpha, space_dalpha
+from .schedules import space_alpha
+from .tensors import append_dims
 
 
-def _b(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (x.dim() - 1))
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """Probability-flow ODE derivative ``dx/ds = (x - x0)/s`` (the same in ve and flow space)."""
+    return (x - denoised) / append_dims(sigma, x.dim())
 
 
 def _level(x, s, i, n, level_fn):
@@ -32,55 +38,43 @@ def _level(x, s, i, n, level_fn):
     return s if level_fn is None else level_fn(x, s, i, n)
 
 
-def _eps(x, x0, s, space):
-    return (x - _b(space_alpha(space, s), x) * x0) / _b(s, x)
-
-
-def _drift(x, x0, s, space):
-    """dx/ds of the probability-flow ODE."""
-    return _b(space_dalpha(space, s), x) * x0 + _eps(x, x0, s, space)
-
-
-def _ddim(x0, eps, s_next, space):
-    """Deterministic jump to s_next (== an Euler step in both spaces)."""
-    return _b(space_alpha(space, s_next), x0) * x0 + _b(s_next, x0) * eps
-
-
-@torch.no_grad()
-def sample_euler(model, x, sigmas, space, extra_args=None, callback=None, level_fn=None, generator=None):
-    """Euler on the probability-flow ODE (= DDIM, eta 0). 1 evaluation per step."""
+def _run(model, x, sigmas, extra_args, callback, level_fn, update):
+    """The loop every sampler shares: one model call per step (reported to ``callback``), then
+    ``update(x, x0, s, s_next, extra) -> x``; the final step to s = 0 returns the x0 prediction."""
     extra, n = extra_args or {}, len(sigmas) - 1
     for i in range(n):
         s = _level(x, sigmas[i], i, n, level_fn)
         x0 = model(x, s, **extra)
         if callback is not None:
-            callback(i, sigmas[i], x, x0)
-        x = _ddim(x0, _eps(x, x0, s, space), sigmas[i + 1].expand(x.shape[0]).to(x), space)
+            callback({"i": i, "sigma": sigmas[i], "sigma_hat": s, "x": x, "denoised": x0})
+        x = x0 if float(sigmas[i + 1]) == 0 else update(x, x0, s, sigmas[i + 1].expand(x.shape[0]).to(x), extra)
     return x
 
 
 @torch.no_grad()
-def sample_heun(model, x, sigmas, space, extra_args=None, callback=None, level_fn=None, generator=None):
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, level_fn=None):
+    """Euler on the probability-flow ODE (= DDIM, eta 0), as the jump ``x0 + s'*(x - x0)/s``. 1 evaluation per step."""
+    def update(x, x0, s, s_next, extra):
+        return x0 + append_dims(s_next, x.dim()) * to_d(x, s, x0)
+
+    return _run(model, x, sigmas, extra_args, callback, level_fn, update)
+
+
+@torch.no_grad()
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, level_fn=None):
     """Heun's second-order method on the PF-ODE (Karras et al.). 2 evaluations per step, 1 on the last."""
-    extra, n = extra_args or {}, len(sigmas) - 1
-    for i in range(n):
-        s = _level(x, sigmas[i], i, n, level_fn)
-        s_next = sigmas[i + 1].expand(x.shape[0]).to(x)
-        x0 = model(x, s, **extra)
-        if callback is not None:
-            callback(i, sigmas[i], x, x0)
-        if float(sigmas[i + 1]) == 0:
-            x = x0
-            continue
-        d = _drift(x, x0, s, space)
-        x_e = x + d * _b(s_next - s, x)
-        d2 = _drift(x_e, model(x_e, s_next, **extra), s_next, space)
-        x = x + (d + d2) / 2 * _b(s_next - s, x)
-    return x
+    def update(x, x0, s, s_next, extra):
+        dt = append_dims(s_next - s, x.dim())
+        d = to_d(x, s, x0)
+        x_e = x + d * dt
+        d2 = to_d(x_e, s_next, model(x_e, s_next, **extra))
+        return x + (d + d2) / 2 * dt
+
+    return _run(model, x, sigmas, extra_args, callback, level_fn, update)
 
 
 @torch.no_grad()
-def sample_euler_maruyama(model, x, sigmas, space, extra_args=None, callback=None, level_fn=None,
+def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: str,
                           generator=None, diffusion_norm: float = 1.0):
     """Euler-Maruyama on the reverse SDE ``dx = [u - w/2 * score] ds + sqrt(w) dW`` (s decreasing).
 
@@ -90,57 +84,51 @@ def sample_euler_maruyama(model, x, sigmas, space, extra_args=None, callback=Non
     ``s'`` when ``s'/s`` is small (VP at DiT spacing, 10 steps: 0.38 -> 0.01 gets ~0.37).  Use
     :func:`sample_ddpm` there; it is exact for Gaussian transitions.
     """
-    extra, n = extra_args or {}, len(sigmas) - 1
-    for i in range(n):
-        s = _level(x, sigmas[i], i, n, level_fn)
-        s_next = sigmas[i + 1].expand(x.shape[0]).to(x)
-        x0 = model(x, s, **extra)
-        if callback is not None:
-            callback(i, sigmas[i], x, x0)
-        if float(sigmas[i + 1]) == 0:
-            x = x0
-            continue
-        eps = _eps(x, x0, s, space)
+    def update(x, x0, s, s_next, extra):
+        eps = (x - append_dims(space_alpha(space, s), x.dim()) * x0) / append_dims(s, x.dim())
         w = diffusion_norm * s
-        drift = _drift(x, x0, s, space) + _b(w / 2 / s, x) * eps  # u - w/2 * score, score = -eps/s
+        drift = to_d(x, s, x0) + append_dims(w / 2 / s, x.dim()) * eps  # u - w/2 * score, score = -eps/s
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = x + drift * _b(s_next - s, x) + _b((w * (s - s_next)).clamp_min(0).sqrt(), x) * noise
-    return x
+        return x + drift * append_dims(s_next - s, x.dim()) + append_dims((w * (s - s_next)).clamp_min(0).sqrt(), x.dim()) * noise
+
+    return _run(model, x, sigmas, extra_args, callback, level_fn, update)
 
 
 @torch.no_grad()
-def sample_ddpm(model, x, sigmas, space, extra_args=None, callback=None, level_fn=None, generator=None):
+def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: str, generator=None):
     """Ancestral sampling from the forward process' posterior q(x_s' | x_s, x0) (DDPM; DDIM eta 1).
 
     With ``a_ts = alpha(s)/alpha(s')`` and ``v_ts = s^2 - a_ts^2 s'^2`` the posterior has mean
     ``a_ts s'^2/s^2 x + alpha(s') v_ts/s^2 x0`` and variance ``v_ts s'^2 / s^2``; valid in both spaces.
     """
-    extra, n = extra_args or {}, len(sigmas) - 1
-    for i in range(n):
-        s = _level(x, sigmas[i], i, n, level_fn)
-        s_next = sigmas[i + 1].expand(x.shape[0]).to(x)
-        x0 = model(x, s, **extra)
-        if callback is not None:
-            callback(i, sigmas[i], x, x0)
-        if float(sigmas[i + 1]) == 0:
-            x = x0
-            continue
+    def update(x, x0, s, s_next, extra):
         a, a_next = space_alpha(space, s), space_alpha(space, s_next)
         a_ts = a / a_next
         v_ts = (s * s - a_ts * a_ts * s_next * s_next).clamp_min(0)
-        mean = _b(a_ts * s_next ** 2 / s ** 2, x) * x + _b(a_next * v_ts / s ** 2, x) * x0
+        mean = append_dims(a_ts * s_next ** 2 / s ** 2, x.dim()) * x + append_dims(a_next * v_ts / s ** 2, x.dim()) * x0
         std = (v_ts * s_next ** 2 / s ** 2).sqrt()
-        x = mean + _b(std, x) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x
+        return mean + append_dims(std, x.dim()) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    return _run(model, x, sigmas, extra_args, callback, level_fn, update)
 
 
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "euler_maruyama": sample_euler_maruyama, "ddpm": sample_ddpm}
+STOCHASTIC = ("euler_maruyama", "ddpm")
 
 
-def get_sampler(name: str):
+def get_sampler(name: str, space: str | None = None, generator=None):
+    """Sampler ``name`` as ``fn(model, x, sigmas, extra_args=None, callback=None, level_fn=None)``.
+
+    The stochastic samplers get ``space`` (required for them) and ``generator`` bound.
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    if name not in STOCHASTIC:
+        return SAMPLERS[name]
+    if space is None:
+        raise ValueError(f"sampler {name!r} is stochastic and needs the sampling space ('ve' or 'flow'); "
+                         "pass get_sampler(name, schedule.space)")
+    return functools.partial(SAMPLERS[name], space=space, generator=generator)
 
 
 def evaluations_per_step(name: str, steps: int) -> float:

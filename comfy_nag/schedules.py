@@ -27,7 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .tensors import append_dims
+
 SPACES = ("ve", "flow")
+# Sampling-schedule kinds a host model may use (ComfyUI's names), each with a default null timestep.
+SAMPLING_KINDS = ("discrete", "discrete_flow", "flux", "edm")
 
 
 def _as_tensor(s) -> torch.Tensor:
@@ -68,12 +72,31 @@ def sigma_of_logsnr(space: str, lam) -> torch.Tensor:
     raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
 
 
+def default_null_timestep(kind: str, multiplier: float = 1000.0) -> float:
+    """The family default null timestep in **network units** (docs/method.md, "Null condition").
+
+    -1000 on a 0..999 discrete scale; -1 flow unit times the network multiplier (SD3/WAN: 1000,
+    Flux: 1); 0.25*ln(1e-20) ~ -11.5 for EDM's 0.25*ln(sigma) - each far outside every real value.
+    ``kind``: one of :data:`SAMPLING_KINDS`; ``multiplier``: flow network time per unit sigma.
+    """
+    if kind == "discrete":
+        return -1000.0
+    if kind == "discrete_flow":
+        return -1.0 * float(multiplier)
+    if kind == "flux":
+        return -1.0
+    if kind == "edm":
+        return 0.25 * math.log(1e-20)
+    raise ValueError(f"unsupported sampling schedule {kind!r} for Noise Awareness Guidance; supported: "
+                     "SD1.x/SD2.x/SDXL (discrete), SD3/WAN/AuraFlow (discrete flow), Flux-style flow, EDM")
+
+
 class Schedule:
     """Base class. Subclasses define the space, the sigma range and the network units."""
 
     space: str
     name: str
-    null_time: float  # network-time sentinel for the noise-unconditional branch (METHOD.md, ours)
+    null_timestep: float  # network-time sentinel of the noise-unconditional branch (default_null_timestep)
 
     # --- units -------------------------------------------------------------------------
     def net_time(self, s: torch.Tensor) -> torch.Tensor:
@@ -95,6 +118,20 @@ class Schedule:
     # --- ranges ------------------------------------------------------------------------
     sigma_min: float
     sigma_max: float
+
+    def noised(self, x0: torch.Tensor, s: torch.Tensor, eps: torch.Tensor, network: bool = True):
+        """Forward sample at sampling sigma ``s`` [B]: ``(x, alpha, sigma)`` with ``x = alpha*x0 + sigma*eps``.
+
+        ``network=True``: network-space coefficients (:meth:`native`), what the network sees and is
+        trained on; ``network=False``: sampling-space ones (``alpha(s)``, ``s``).  The coefficients
+        come back shaped to broadcast against ``x0``.
+        """
+        if network:
+            _, a, sg = self.native(s)
+        else:
+            a, sg = self.alpha(s), s
+        a, sg = append_dims(a, x0.dim()).to(x0), append_dims(sg, x0.dim()).to(x0)
+        return a * x0 + sg * eps, a, sg
 
     def logsnr_range(self) -> tuple[float, float]:
         """The log-SNR range the schedule visits (finite; flow endpoints are clipped)."""
@@ -129,7 +166,7 @@ class DiscreteVP(Schedule):
     space = "ve"
 
     def __init__(self, betas: str = "scaled_linear", beta_start: float | None = None,
-                 beta_end: float | None = None, n: int = 1000, null_time: float = -1000.0):
+                 beta_end: float | None = None, n: int = 1000, null_timestep: float | None = None):
         if betas == "scaled_linear":
             b0, b1 = beta_start or 0.00085, beta_end or 0.012
             b = torch.linspace(b0 ** 0.5, b1 ** 0.5, n, dtype=torch.float64) ** 2
@@ -144,7 +181,7 @@ class DiscreteVP(Schedule):
         self.table = ((1 - abar) / abar).sqrt().float()  # sigma for index 0..n-1
         self.log_table = self.table.log()
         self.sigma_min, self.sigma_max = float(self.table[0]), float(self.table[-1])
-        self.null_time = float(null_time)
+        self.null_timestep = float(default_null_timestep("discrete") if null_timestep is None else null_timestep)
         self.name = f"vp-{betas}"
 
     def sigma_at(self, t) -> torch.Tensor:
@@ -192,14 +229,14 @@ class Flow(Schedule):
 
     space = "flow"
 
-    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0, null_time: float | None = None,
+    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0, null_timestep: float | None = None,
                  sigma_min: float = 1e-3, sigma_max: float = 1.0):
         if shift <= 0:
             raise ValueError(f"flow shift must be > 0, got {shift}")
         self.shift, self.multiplier = float(shift), float(multiplier)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        # METHOD.md: null timestep = -1 in flow units, expressed in network units.
-        self.null_time = float(-1.0 * multiplier if null_time is None else null_time)
+        self.null_timestep = float(default_null_timestep("discrete_flow", multiplier) if null_timestep is None
+                                   else null_timestep)
         self.name = "flow" if shift == 1 else f"flow-shift{shift:g}"
 
     def _shift(self, t):
@@ -232,17 +269,17 @@ class EDM(Schedule):
     """Karras et al. (EDM) sigma space: ``x = x0 + s eps``; network time ``0.25*ln(s)``.
 
     ``c = 1/sqrt(s^2 + sigma_data^2)`` (EDM's c_in).  Sampling sigmas follow the rho=7 ramp;
-    training draws ln s ~ N(p_mean, p_std).  The null time (ours) is 0.25*ln(1e-20) ~ -11.5,
-    far below any real sigma.
+    training draws ln s ~ N(p_mean, p_std).  The null timestep is EDM's family default
+    (:func:`default_null_timestep`), far below any real sigma.
     """
 
     space = "ve"
 
     def __init__(self, sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0,
-                 p_mean=-1.2, p_std=1.2, null_time: float | None = None):
+                 p_mean=-1.2, p_std=1.2, null_timestep: float | None = None):
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
         self.p_mean, self.p_std = p_mean, p_std
-        self.null_time = float(0.25 * math.log(1e-20) if null_time is None else null_time)
+        self.null_timestep = float(default_null_timestep("edm") if null_timestep is None else null_timestep)
         self.name = "edm"
 
     def net_time(self, s):
@@ -254,9 +291,7 @@ class EDM(Schedule):
         return c, c, s * c
 
     def sigmas(self, steps):
-        r = torch.linspace(0, 1, steps)
-        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
-        return torch.cat([(hi + r * (lo - hi)) ** self.rho, torch.zeros(1)])
+        return karras_sigmas(self.sigma_min, self.sigma_max, steps, self.rho)
 
     def training_sigmas(self, n, generator=None):
         return (self.p_mean + self.p_std * torch.randn(n, generator=generator)).exp()

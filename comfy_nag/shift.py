@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .schedules import Schedule
+from .tensors import append_dims
 
 
 def estimator_readout(estimator, schedule: Schedule):
@@ -26,7 +27,7 @@ def estimator_readout(estimator, schedule: Schedule):
 
     def readout(x, s):
         c, _, _ = schedule.native(torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0]))
-        return estimator.mean(c.reshape((-1,) + (1,) * (x.dim() - 1)).to(x) * x)
+        return estimator.mean(append_dims(c, x.dim()).to(x) * x)
 
     return readout
 
@@ -43,10 +44,10 @@ def variance_readout(schedule: Schedule, data_var: float):
 
 @dataclass
 class ShiftTrace:
-    """Sampler callback that records the readout of the state at each step.
+    """Sampler callback (samplers.py's dict) that records the readout of the state at each step.
 
-    ``trace(i, s, x, x0)`` stores the step index, nominal sigma, nominal log-SNR and the
-    per-sample estimates.  ``only``: record just these step indices (readouts can be costly).
+    ``trace({"i", "sigma", "x", ...})`` stores the step index, nominal sigma, nominal log-SNR and
+    the per-sample estimates.  ``only``: record just these step indices (readouts can be costly).
     Chain another callback with ``then``.
     """
 
@@ -59,12 +60,12 @@ class ShiftTrace:
     nominal: list = field(default_factory=list)
     estimated: list = field(default_factory=list)
 
-    def __call__(self, i, s, x, x0):
+    def __call__(self, info: dict):
         if self.then is not None:
-            self.then(i, s, x, x0)
+            self.then(info)
+        i, s, x = info["i"], float(info["sigma"]), info["x"]
         if self.only is not None and i not in self.only:
             return
-        s = float(s)
         self.steps.append(int(i))
         self.sigmas.append(s)
         self.nominal.append(float(self.schedule.logsnr(torch.tensor(s))))
@@ -84,9 +85,8 @@ def forward_readout(readout, x0: torch.Tensor, sigmas, schedule: Schedule, gener
     out = []
     for s in sigmas:
         s_t = torch.full((x0.shape[0],), float(s), dtype=x0.dtype)
-        a = schedule.alpha(s_t).reshape((-1,) + (1,) * (x0.dim() - 1))
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        x = a * x0 + s_t.reshape(a.shape) * eps
+        x = schedule.noised(x0, s_t, eps, network=False)[0]
         out.append(readout(x, float(s)).detach().float().cpu().numpy())
     return np.stack(out)
 

@@ -41,7 +41,7 @@ class ShiftRecording:
 
     def add(self, step: int, sigma: float, x: torch.Tensor, estimate: torch.Tensor | None = None) -> None:
         self._given = estimate
-        self.trace(step, sigma, x, None)
+        self.trace({"i": step, "sigma": sigma, "x": x})
         self._given = None
 
     def __len__(self):

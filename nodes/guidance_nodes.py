@@ -8,7 +8,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..comfy_nag import metadata as nag_metadata
-from ..comfy_nag import patching
+from ..comfy_nag import guidance, patching
 from . import hooks
 from .common import CATEGORY, Estimator, clear_errors, window_inputs
 
@@ -143,7 +143,7 @@ class NagGuider(comfy.samplers.CFGGuider):
         if not on:
             return res
         null_u = out[3] if len(out) > 3 else None
-        return res + patching.nag_correction(out[0], out[2], self.nag.scale, self.nag.variant, self.cfg,
+        return res + guidance.nag_correction(out[0], out[2], self.nag.scale, self.nag.variant, self.cfg,
                                              out[1] if null_u is not None else None, null_u)
 
 

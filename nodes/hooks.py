@@ -20,7 +20,7 @@ import torch
 import comfy.model_sampling as cms
 import comfy.samplers
 
-from ..comfy_nag import patching
+from ..comfy_nag import guidance, patching
 
 KEY = "noise_awareness_guidance"
 NULL_FLAG = "noise_awareness_null"  # transformer_options: {"labels": set of chunk labels, "value": null t}
@@ -146,7 +146,7 @@ class NullBranches:
         patching.check_finite(args["input"], "Noise Awareness Guidance")
         nulls = self.null_predictions(args)
         null_u = nulls[1] if len(nulls) > 1 else None
-        return denoised + patching.nag_correction(
+        return denoised + guidance.nag_correction(
             args["cond_denoised"], nulls[0], self.cfg.scale, self.cfg.variant, args["cond_scale"],
             args["uncond_denoised"] if null_u is not None else None, null_u)
 
@@ -207,7 +207,7 @@ def patch_classifier_guided(model, estimator, scale: float, window: tuple[float,
         ms = args["model"].model_sampling
         sig = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
         est = _estimator_on(estimator, x.device)
-        return denoised + patching.classifier_correction(est, x, sig, space, net_scale(ms, sig), scale)
+        return denoised + guidance.classifier_correction(est, x, sig, space, net_scale(ms, sig), scale)
 
     m.set_model_sampler_post_cfg_function(post_cfg)
     m.set_attachments(ATTACH_CONFIG, {"window": window})

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from comfy_nag import bench_cost
+from studies import bench_cost
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

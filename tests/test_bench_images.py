@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_nag import bench_images as bi
+from studies import bench_images as bi
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +59,7 @@ def test_readme_results_table_matches_the_committed_benchmark_run():
     block = readme.split(start)[1].split(end)[0].strip()
     committed = json.loads((root / "docs/bench/metrics.json").read_text())
     assert block == bi.headline(committed), ("README table differs from docs/bench/metrics.json; paste "
-                                             "comfy_nag.bench_images.headline(metrics) (it is also in docs/bench/report.md)")
+                                             "studies.bench_images.headline(metrics) (it is also in docs/bench/report.md)")
 
 
 def test_precision_recall_follow_the_knn_definition():

@@ -2,9 +2,12 @@
 import json
 import math
 
+import pytest
 from PIL import Image
 
-from comfy_nag import demo
+from studies import demo, harness
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config():
@@ -38,3 +41,20 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "noise_shift" in report and "last 20%" in report
     assert "| sit | euler | nag_cf |" in report
+
+
+def test_rerun_reuses_finished_stages_and_redraw_rewrites_the_outputs(tmp_path, capsys):
+    first = demo.run_demo(tmp_path, config=tiny_config())
+    work = {p.name for p in (tmp_path / "work").iterdir()}
+    assert {"sit_sentinel_dim32.safetensors", "sit_tuning.json", "sit_sentinel_dim2.safetensors"} <= work
+    capsys.readouterr()
+    second = demo.run_demo(tmp_path, config=tiny_config())
+    log = capsys.readouterr()
+    assert (log.out + log.err).count("reusing") == 3  # the 32-D family, its tuning, the 2-D picture model
+    assert second["rows"] == first["rows"] and second["knobs"] == first["knobs"]
+    report = (tmp_path / "report.md").read_text()
+    for name in ("report.md", "noise_shift.png"):
+        (tmp_path / name).unlink()
+    demo.redraw(tmp_path)
+    assert (tmp_path / "report.md").read_text() == harness.mark_redrawn(report, "demo")
+    assert (tmp_path / "noise_shift.png").stat().st_size > 0

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from comfy_nag import estimators, schedules, testbed
+from comfy_nag import estimators, schedules
+from studies import testbed
 from comfy_nag.files import WeightFileError
 
 BINS = estimators.LevelBins(-6.0, 8.0, 16)

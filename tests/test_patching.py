@@ -1,4 +1,4 @@
-"""Host-independent math of the ComfyUI patches (comfy_nag.patching, comfy_nag.shift_report)."""
+"""Host-independent math of the ComfyUI patches (comfy_nag.guidance corrections, comfy_nag.patching, comfy_nag.shift_report)."""
 import json
 import math
 
@@ -24,14 +24,14 @@ def test_correction_matches_combine(variant, cfg):
     outs = {k: o[k] for k in names}
     want = guidance.combine(outs, cfg, 1.7, variant)
     cfg_result = o["cond"] + 0 if cfg == 1.0 else o["uncond"] + cfg * (o["cond"] - o["uncond"])
-    got = cfg_result + patching.nag_correction(o["cond"], o["null_cond"], 1.7, variant, cfg,
+    got = cfg_result + guidance.nag_correction(o["cond"], o["null_cond"], 1.7, variant, cfg,
                                                outs.get("uncond"), outs.get("null_uncond"))
     assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_correction_zero_scale_is_exact_zero():
     o = _branches(1)
-    assert torch.equal(patching.nag_correction(o["cond"], o["null_cond"], 0.0), torch.zeros_like(o["cond"]))
+    assert torch.equal(guidance.nag_correction(o["cond"], o["null_cond"], 0.0), torch.zeros_like(o["cond"]))
 
 
 def test_null_timestep_choice():
@@ -63,10 +63,10 @@ def test_level_gradient_inside_inference_mode_matches_plain_autograd():
     est = NoiseLevelEstimator((4, 8, 8), LevelBins(-8, 8, 12), width=16, depth=2)
     x = torch.randn(2, 4, 8, 8)
     s, c = torch.tensor([0.4, 0.6]), torch.tensor([1.0, 1.0])
-    ref = patching.level_gradient(est, x, s, "flow", c)
+    ref = guidance.level_gradient(est, x, s, "flow", c)
     with torch.inference_mode():
-        got = patching.level_gradient(est, x.clone(), s.clone(), "flow", c.clone())
-        shift = patching.classifier_correction(est, x.clone(), s.clone(), "flow", c.clone(), 2.0)
+        got = guidance.level_gradient(est, x.clone(), s.clone(), "flow", c.clone())
+        shift = guidance.classifier_correction(est, x.clone(), s.clone(), "flow", c.clone(), 2.0)
     assert torch.allclose(ref, got) and ref.abs().sum() > 0
     alpha = (1 - s).reshape(-1, 1, 1, 1)
     assert torch.allclose(shift, 2.0 * ref * (s.reshape(-1, 1, 1, 1) ** 2) / alpha, atol=1e-6)

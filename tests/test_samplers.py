@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from comfy_nag import samplers, schedules, testbed
+from comfy_nag import samplers, schedules
+from studies import testbed
 
 GMM = testbed.GaussianMixture.make(dim=2, seed=0)
 REF, YREF = GMM.sample(1500, generator=torch.Generator().manual_seed(1))
@@ -11,8 +12,8 @@ REF, YREF = GMM.sample(1500, generator=torch.Generator().manual_seed(1))
 def _run(name, sch, steps=30):
     y = GMM.sample(1500, generator=torch.Generator().manual_seed(2))[1]
     x = samplers.initial_noise((1500, 2), sch, torch.Generator().manual_seed(3))
-    out = samplers.get_sampler(name)(testbed.exact_denoiser(GMM, sch.space), x, sch.sigmas(steps), sch.space,
-                                     extra_args={"y": y}, generator=torch.Generator().manual_seed(4))
+    out = samplers.get_sampler(name, sch.space, torch.Generator().manual_seed(4))(
+        testbed.exact_denoiser(GMM, sch.space), x, sch.sigmas(steps), extra_args={"y": y})
     return testbed.class_energy_distance(out, y, REF, YREF)
 
 
@@ -28,7 +29,7 @@ def test_callback_sees_every_step_and_final_step_returns_x0():
     seen = []
     x = torch.randn(8, 2)
     den = testbed.exact_denoiser(GMM, "flow")
-    out = samplers.sample_euler(den, x, sch.sigmas(5), "flow", callback=lambda i, s, x, x0: seen.append((i, float(s), x0)))
+    out = samplers.sample_euler(den, x, sch.sigmas(5), callback=lambda d: seen.append((d["i"], float(d["sigma"]), d["denoised"])))
     assert [i for i, _, _ in seen] == list(range(5))
     assert [s for _, s, _ in seen] == pytest.approx(sch.sigmas(5)[:-1].tolist())
     assert torch.equal(out, seen[-1][2])

@@ -35,12 +35,12 @@ def test_vp_net_time_inverts_the_table():
 def test_null_time_is_outside_every_real_network_time():
     for sch in (S.DiscreteVP(), S.Flow(), S.Flow(multiplier=1.0), S.EDM()):
         real = sch.net_time(sch.sigmas(50)[:-1].clamp_min(1e-6))
-        assert sch.null_time <= float(real.min()) - 0.99
+        assert sch.null_timestep <= float(real.min()) - 0.99
 
 
 def test_flow_null_time_is_minus_one_flow_unit():
-    assert S.Flow().null_time == -1000.0 and S.Flow(multiplier=1.0).null_time == -1.0
-    assert S.DiscreteVP().null_time == -1000.0
+    assert S.Flow().null_timestep == -1000.0 and S.Flow(multiplier=1.0).null_timestep == -1.0
+    assert S.DiscreteVP().null_timestep == -1000.0
 
 
 def test_description_round_trip_and_unknown_family():

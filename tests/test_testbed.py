@@ -1,7 +1,8 @@
 """The analytic testbed is right: score vs finite differences, posterior vs sampling."""
 import torch
 
-from comfy_nag import estimators, schedules, testbed
+from comfy_nag import estimators, schedules
+from studies import testbed
 
 
 def test_score_matches_numerical_gradient_of_log_density():

@@ -350,8 +350,8 @@ def test_null_timestep_reaches_the_network_in_network_units(caplog):
     cases = [(tiny_sd3_model(0), -1000.0, 16), (tiny_flux_model(0), -1.0, 16), (_unet_sd15(), -1000.0, 4)]
     for m, expect_null, ch in cases:
         sched, pred, discrete = comfyui.schedule_of(m)
-        assert sched.null_time == expect_null
-        den = ComfyDenoiser(m, sched.null_time, discrete)
+        assert sched.null_timestep == expect_null
+        den = ComfyDenoiser(m, sched.null_timestep, discrete)
         seen = _capture_timesteps(m.diffusion_model)
         s = torch.tensor([0.5, 0.2, 0.9]) if sched.space == "flow" else torch.tensor([1.0, 3.0, 0.3])
         t = sched.net_time(s)

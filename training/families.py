@@ -5,7 +5,7 @@ model-space samples and conditioning the network takes, exposes a module with co
 convention ``module(x_net, t_net, cond, drop_t)`` (so ``comfy_nag.losses.denoising_loss`` trains
 every family), and writes the finished weights in the family's native format.
 
-The null condition (METHOD.md, ours) is the sentinel ``schedule.null_time`` in **network units**,
+The null condition (docs/method.md) is the sentinel ``schedule.null_timestep`` in **network units**,
 fed through the model's ordinary timestep input for the rows in ``drop_t``:
 
 * reference DiT/SiT: the network does it itself (``Conditioning`` with ``null_mode="sentinel"``);
@@ -43,7 +43,7 @@ def save_reference_model(net: nn.Module, path, family: str, dropout_rate: float 
     """Save a comfy_nag reference model (``nag.kind = reference_model``) with everything needed to rebuild it."""
     fam = builtin_family(family)
     null_mode = net.kwargs.get("null_mode", "sentinel")
-    meta = nag_metadata("reference_model", family, fam.prediction, fam.schedule, net.kwargs.get("null_time"),
+    meta = nag_metadata("reference_model", family, fam.prediction, fam.schedule, net.kwargs.get("null_timestep"),
                         dropout_rate, base_hash, arch=models.arch_of(net), model=net.kwargs, null_mode=null_mode,
                         **(extra or {}))
     return save_weights(path, net.state_dict(), meta)
@@ -55,7 +55,10 @@ def load_reference_model(path) -> tuple[nn.Module, dict]:
     if meta.get("nag.kind") != "reference_model":
         raise WeightFileError(f"{path}: not a comfy-nag reference model (nag.kind={meta.get('nag.kind')!r}); "
                               "reference families (dit/sit) fine-tune files written by this trainer")
-    net = models.build(meta_json(meta, "nag.arch", path), **meta_json(meta, "nag.model", path))
+    kwargs = meta_json(meta, "nag.model", path)
+    if "null_time" in kwargs:  # files written before the rename to null_timestep
+        kwargs["null_timestep"] = kwargs.pop("null_time")
+    net = models.build(meta_json(meta, "nag.arch", path), **kwargs)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise WeightFileError(f"{path}: weights do not match the architecture in its metadata (missing "
@@ -87,12 +90,12 @@ class ReferenceAdapter:
             torch.manual_seed(cfg.run.seed)
             self.net = models.build("dit", input_size=h, patch_size=m.patch_size, in_channels=c, hidden=m.hidden,
                                     depth=m.depth, heads=m.heads, num_classes=classes,
-                                    null_time=self.schedule.null_time)
-        null = float(self.net.kwargs.get("null_time", self.schedule.null_time))
-        if null != self.schedule.null_time and self.net.kwargs.get("null_mode", "sentinel") == "sentinel":
+                                    null_timestep=self.schedule.null_timestep)
+        null = float(self.net.kwargs.get("null_timestep", self.schedule.null_timestep))
+        if null != self.schedule.null_timestep and self.net.kwargs.get("null_mode", "sentinel") == "sentinel":
             raise ConfigError(f"model.base uses null timestep {null}, but family '{m.family}' uses "
-                              f"{self.schedule.null_time} network units (METHOD.md); fine-tune a model of this family")
-        self.null_time = null
+                              f"{self.schedule.null_timestep} network units (docs/method.md); fine-tune a model of this family")
+        self.null_timestep = null
         self.num_classes = getattr(self.net, "num_classes", 0)
         self.module = self.net
         self.check_cache(cache)
@@ -125,7 +128,7 @@ class ReferenceAdapter:
     def export(self, path, cfg: Config, lora: LoRANetwork | None, extra: dict) -> Path:
         rate = cfg.train.noise_condition_dropout_rate
         if lora is not None:
-            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_time, rate,
+            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_timestep, rate,
                                 self.base_hash, **extra)
             return save_weights(path, lora.comfy_state_dict(_dtype(cfg, torch.float32)), meta)
         return save_reference_model(self.net, path, self.family, rate, self.base_hash, extra)
@@ -136,17 +139,17 @@ class ReferenceAdapter:
 class ComfyDenoiser(nn.Module):
     """A ComfyUI diffusion network with comfy_nag's call convention and the sentinel null timestep."""
 
-    def __init__(self, base_model, null_time: float, discrete: bool):
+    def __init__(self, base_model, null_timestep: float, discrete: bool):
         super().__init__()
         self.diffusion_model = base_model.diffusion_model
         object.__setattr__(self, "_base", base_model)  # not a submodule: its only parameters are the network's
-        self.null_time, self.discrete = float(null_time), discrete
+        self.null_timestep, self.discrete = float(null_timestep), discrete
 
     def forward(self, x, t, cond: dict, drop_t=None):
         if self.discrete:
             t = t.round()  # ComfyUI feeds SD1/SD2/SDXL integer indices (model_sampling.timestep)
         if drop_t is not None:
-            t = torch.where(drop_t, torch.full_like(t, self.null_time), t)
+            t = torch.where(drop_t, torch.full_like(t, self.null_timestep), t)
         extra = dict(cond)
         context = extra.pop("c_crossattn", None)
         t = self._base.process_timestep(t, x=x, **extra)
@@ -165,11 +168,11 @@ class ComfyAdapter:
         self.family, self.schedule, self.prediction = L.family, L.schedule, L.prediction
         self.kind, self.base_path = L.kind, cfg.model.base
         self.base_hash = file_sha256(cfg.model.base)
-        self.null_time = self.schedule.null_time
+        self.null_timestep = self.schedule.null_timestep
         self.num_classes = 0
         self.guidance = cfg.model.guidance
         self.caption_dropout = cfg.train.caption_dropout_rate
-        self.module = ComfyDenoiser(L.model, self.null_time, L.discrete)
+        self.module = ComfyDenoiser(L.model, self.null_timestep, L.discrete)
         for p in self.module.parameters():
             p.requires_grad_(True)
         self.check_cache(cache)
@@ -232,13 +235,13 @@ class ComfyAdapter:
         extra = {"comfy_model_config": L.config_name, "latent_format": L.latent_format, **extra}
         fmt = cfg.export.format
         if lora is not None:
-            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_time, rate,
+            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_timestep, rate,
                                 self.base_hash, **extra)
             return save_weights(path, lora.comfy_state_dict(_dtype(cfg, L.dtype), PREFIX), meta)
         kind = L.kind if fmt == "auto" else fmt
         dtype = _dtype(cfg, L.dtype)
         base_meta = _base_metadata(self.base_path)
-        meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_time, rate,
+        meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_timestep, rate,
                                             self.base_hash, **extra)}
         if kind == "checkpoint":
             # ComfyUI's own layout: model.diffusion_model.* (+ v_pred), then the base's VAE / text encoders untouched
@@ -284,4 +287,4 @@ def build_adapter(cfg: Config, cache: Cache):
 
 def describe_adapter(a) -> str:
     return (f"family {a.family}, prediction {a.prediction}, schedule {json.dumps(a.schedule.describe())}, "
-            f"null timestep {a.null_time:g} (network units)")
+            f"null timestep {a.null_timestep:g} (network units)")

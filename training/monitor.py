@@ -19,7 +19,6 @@ import torch
 
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.guidance import Guidance
-from comfy_nag.losses import forward_sample
 from comfy_nag.predictions import target
 from comfy_nag.samplers import get_sampler, initial_noise
 from comfy_nag.shift import ShiftTrace, estimator_readout, forward_readout, summarize
@@ -39,7 +38,7 @@ def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, 
         cond = adapter.conditions(cache, chunk, g, device, dropout=False)
         s = sched.training_sigmas(len(chunk), g)
         eps = torch.randn(x0.shape, generator=g).to(device)
-        x, a, sn = forward_sample(x0, s.to(device), sched, eps)
+        x, a, sn = sched.noised(x0, s.to(device), eps)
         t = sched.net_time(s).to(device)
         zeros = torch.zeros(len(chunk), dtype=torch.bool, device=device)
         pc = module(x, t, cond, zeros).float()
@@ -95,15 +94,14 @@ def sample_rows(net, adapter, shape, count: int, sample_cfg, seed: int, device, 
     noise = initial_noise((count, *shape), sched, g).to(device)
     y = torch.arange(count, device=device) % adapter.num_classes if adapter.num_classes else None
     scales = [0.0] + ([sample_cfg.nag_scale] if sample_cfg.nag_scale != 0 else [])
-    sampler = get_sampler(sample_cfg.sampler)
     rows = []
     was_training = net.training
     net.eval()
     for i, w in enumerate(scales):
         den = Denoiser(net, sched, adapter.prediction, Guidance(cfg_scale=sample_cfg.cfg_scale, nag_scale=w))
         cb = traces[i] if traces else None
-        rows.append(sampler(den, noise.clone(), sched.sigmas(sample_cfg.steps).to(device), sched.space,
-                            extra_args={"y": y}, callback=cb, generator=torch.Generator().manual_seed(seed + 1)))
+        sampler = get_sampler(sample_cfg.sampler, sched.space, torch.Generator().manual_seed(seed + 1))
+        rows.append(sampler(den, noise.clone(), sched.sigmas(sample_cfg.steps).to(device), extra_args={"y": y}, callback=cb))
     net.train(was_training)
     return rows
 

@@ -13,10 +13,11 @@ import math
 
 import torch
 
-from .estimators import LevelBins
-from .losses import denoising_loss, fit
-from .predictions import target, to_x0
-from .schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
+from comfy_nag.estimators import LevelBins
+from comfy_nag.losses import denoising_loss, fit
+from comfy_nag.predictions import target, to_x0
+from comfy_nag.schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
+from comfy_nag.tensors import append_dims
 
 
 class GaussianMixture:
@@ -137,7 +138,7 @@ class GaussianMixture:
 
 
 def exact_readout(gmm: GaussianMixture, bins: LevelBins, space: str, sub: int = 4):
-    """Readout (shift.py) from the exact posterior mean over ``bins``."""
+    """Readout (comfy_nag.shift) from the exact posterior mean over ``bins``."""
     def readout(x, s):
         return gmm.level_posterior(x, space, bins, sub) @ bins.centers()
     return readout
@@ -163,7 +164,7 @@ def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, 
     """
     s = torch.as_tensor(s, dtype=torch.float32).expand(x.shape[0])
     c, a_n, s_n = schedule.native(s)
-    xn = (c[:, None] * x).double()
+    xn = (append_dims(c, x.dim()) * x).double()
     levels = training_levels(schedule) if levels is None else levels
     preds, lls = [], []
     for sl in levels:

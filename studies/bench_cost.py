@@ -1,6 +1,6 @@
 """Per-step cost of NAG: wall time and peak memory of each guidance mode vs plain CFG, side by side.
 
-``python -m comfy_nag bench cost --out DIR [--quick]`` builds the reference DiT (eps, VP) and SiT
+``python -m studies bench cost --out DIR [--quick]`` builds the reference DiT (eps, VP) and SiT
 (flow) at the image benchmark's size, and times one guided denoiser call per sampler step for:
 baseline, CFG, NAG-CF batched, NAG-CF unbatched, NAG-CF + CFG (A), NAG-CG.  Settings are
 interleaved in a fresh random order every round (drift hits every setting alike); the report
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import estimators, models
-from .denoiser import Denoiser
-from .files import atomic_write_bytes
-from .guidance import Guidance
-from .schedules import family as get_family
+from comfy_nag import estimators, models
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.files import atomic_write_bytes
+from comfy_nag.guidance import Guidance
+from comfy_nag.schedules import family as get_family
 
 SETTINGS = {
     "baseline": dict(),
@@ -67,7 +67,7 @@ def measure(fam_name: str, batch: int = 256, hidden: int = 64, depth: int = 2, r
     fam = get_family(fam_name)
     torch.manual_seed(seed)
     net = models.DiT(input_size=8, patch_size=2, in_channels=1, hidden=hidden, depth=depth, heads=4, num_classes=10,
-                     null_time=fam.schedule.null_time).to(device).eval()
+                     null_timestep=fam.schedule.null_timestep).to(device).eval()
     lo, hi = fam.schedule.logsnr_range()
     est = estimators.NoiseLevelEstimator((1, 8, 8), estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), 24), 32, 2).to(device).eval()
     g = torch.Generator().manual_seed(seed)
@@ -113,7 +113,7 @@ def run_cost(out, quick: bool = False, seed: int = 0, threads: int | None = None
            "results": [measure(f, batch=batch or (64 if quick else 256), rounds=5 if quick else 20, seed=seed) for f in families]}
     res["seconds"] = time.time() - t0
     L = [f"# NAG per-step cost ({name})\n",
-         f"`python -m comfy_nag bench cost{' --quick' if quick else ''}`; torch {torch.__version__}; {res['seconds']:.0f} s. "
+         f"`python -m studies bench cost{' --quick' if quick else ''}`; torch {torch.__version__}; {res['seconds']:.0f} s. "
          "Median seconds per guided denoiser call (one sampler step), settings interleaved in random order each round; "
          "ratios to CFG from the same run. Peak: the most tensor memory one step holds above what was allocated before "
          "it (activations and outputs, not weights), from " + ("CUDA's allocator statistics" if dev == "cuda" else

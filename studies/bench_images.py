@@ -1,6 +1,6 @@
 """Image-scale evidence: the paper's recipe end to end on scikit-learn's 8x8 digits.
 
-``python -m comfy_nag bench images --out DIR [--quick]``:
+``python -m studies bench images --out DIR [--quick]``:
 
 1. Data: digits in [-1, 1], first ``n_train`` images = train split (the trainer's ``data.limit``),
    the rest = held-out test split.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,15 +33,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import estimators, samplers, shift
-from .demo import _stack, _table
-from .denoiser import Denoiser
-from .files import atomic_write_bytes
-from .guidance import Guidance, time_shift_level_fn
-from .schedules import family as get_family
+from comfy_nag import estimators, shift
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.files import atomic_write_bytes
+from comfy_nag.schedules import family as get_family
+from training import api
+from training.state import ResumeError
+
+from . import harness, methods
+from .harness import StudyError
+from .harness import find_row as _get
+from .harness import md_table
 from .testbed import frechet_distance
 
-METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", "eps_scaling", "time_shift")
+METHODS = methods.METHODS
 QUALITY_METRIC = "proxy_fd_digits_cnn"
 MODELS = ("pretrained", "continued", "ncd_finetune", "ncd_scratch")
 SDE_SAMPLER = {"dit": "ddpm", "sit": "euler_maruyama"}
@@ -116,19 +120,32 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(x, y, steps: int, seed: int) -> Classifier:
+def train_classifier(x, y, steps: int, seed: int, stages: harness.Stages | None = None, progress: bool = True) -> Classifier:
+    """The proxy-FD feature network (trained here, or reused from ``stages``)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = Classifier()
+    if stages is not None:
+        spec = {"stage": "digits classifier", "steps": steps, "seed": seed, "n_train": x.shape[0]}
+        stages.modules("classifier", spec, {"classifier": net}, lambda: _fit_classifier(net, x, y, steps, g, progress))
+        return net.eval()
+    _fit_classifier(net, x, y, steps, g, progress)
+    return net.eval()
+
+
+def _fit_classifier(net, x, y, steps, g, progress=True) -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    for _ in range(steps):
+    bar, cb = harness.progress(steps, "classifier", progress)
+    for step in range(steps):
         i = torch.randint(0, x.shape[0], (128,), generator=g)
         xb = x[i] + 0.05 * torch.randn(x[i].shape, generator=g)  # light noise: robust to sampler residue
         loss = F.cross_entropy(net(xb), y[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return net.eval()
+        cb(step, loss.item())
+    bar.close()
+    return {}
 
 
 def _radii(f: torch.Tensor, k: int) -> torch.Tensor:
@@ -173,17 +190,6 @@ class Metric:
 # models through the trainer
 # ---------------------------------------------------------------------------------------------
 
-def _training_api():
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "training" / "api.py").is_file():
-        raise RuntimeError(f"the image benchmark trains through the standalone trainer, expected at {root / 'training'}; "
-                           "run it from a clone of the comfy-nag repository (the trainer is not part of the installed package)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from training import api
-    return api
-
-
 def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
     """{model name: (net, seconds, exported file, last monitor probe)} for the pretrained, control, NCD-fine-tuned and
     NCD-from-scratch models.  The probe (trainer ``metrics.jsonl``) holds held-out losses of the conditioned and the
@@ -195,7 +201,6 @@ def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
 
     Runs live in ``work/<family>_<model>``; the trainer resumes (or returns at once) when a run is already there.
     """
-    api = _training_api()
     cache = work / "digits.safetensors"
     base = {"run.seed": cfg.seed, "run.checkpoint_every": 0, "run.log_every": 100, "data.source": "digits",
             "data.cache": str(cache), "data.limit": cfg.n_train, "model.family": fam, "model.hidden": cfg.hidden,
@@ -231,14 +236,29 @@ def _last_probe(metrics_file: Path) -> dict:
     return {k: v for k, v in probes[-1].items() if k.startswith(("probe_", "branch_"))} if probes else {}
 
 
-def train_level_estimator(cfg: Config, fam, x_train) -> estimators.NoiseLevelEstimator:
+def train_level_estimator(cfg: Config, fam, x_train, stages: harness.Stages | None = None,
+                          progress: bool = True) -> estimators.NoiseLevelEstimator:
+    """The learned noise-level readout of one family (trained on the train split, or reused from ``stages``)."""
     sch = fam.schedule
     lo, hi = sch.logsnr_range()
     bins = estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), cfg.bins)
     est = estimators.NoiseLevelEstimator((1, 8, 8), bins, width=32, depth=2)
     torch.manual_seed(cfg.seed)
-    estimators.train_estimator(est, lambda n, g: x_train[torch.randint(0, x_train.shape[0], (n,), generator=g)], sch,
-                               cfg.estimator_steps, batch=128, lr=2e-3, generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+    def make():
+        bar, cb = harness.progress(cfg.estimator_steps, f"{fam.name}: estimator", progress)
+        estimators.train_estimator(est, lambda n, g: x_train[torch.randint(0, x_train.shape[0], (n,), generator=g)], sch,
+                                   cfg.estimator_steps, batch=128, lr=2e-3, generator=torch.Generator().manual_seed(cfg.seed + 1),
+                                   callback=cb)
+        bar.close()
+        return {}
+
+    if stages is None:
+        make()
+    else:
+        spec = {"stage": "digits estimator", "family": fam.name, "bins": cfg.bins, "steps": cfg.estimator_steps,
+                "seed": cfg.seed, "n_train": x_train.shape[0]}
+        stages.modules(f"{fam.name}_estimator", spec, {"estimator": est}, make)
     return est
 
 
@@ -247,42 +267,20 @@ def train_level_estimator(cfg: Config, fam, x_train) -> estimators.NoiseLevelEst
 # ---------------------------------------------------------------------------------------------
 
 def method_setup(method: str, fam, cfg: Config, knobs: dict, data_var: float):
-    """(Guidance, level_fn).  NAG knobs: ``nag_cf`` scale alone, ``nag_cf_cfg`` scale on top of CFG, ``window``
-    (min log-SNR where NAG acts); ``cfg`` scale."""
-    win = (0.0, float(fam.schedule.sigma_from_logsnr(torch.tensor(knobs.get("window", 0.0)))))
-    w, w_cfg, c = knobs.get("nag_cf", 0.5), knobs.get("nag_cf_cfg", 0.5), knobs.get("cfg", 1.5)
-    table = {
-        "baseline": lambda: Guidance(),
-        "cfg": lambda: Guidance(cfg_scale=c),
-        "nag_cf": lambda: Guidance(nag_scale=w, nag_window=win),
-        "nag_cf+cfg": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win),
-        "nag_cf+cfg_B": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win, variant="B"),
-        "nag_cg": lambda: Guidance(cg_scale=knobs.get("nag_cg", 1.0), cg_window=win),
-        "eps_scaling": lambda: Guidance(eps_scale=knobs.get("eps_scaling", 1.005)),
-        "time_shift": lambda: Guidance(),
-    }
-    if method not in table:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    lf = time_shift_level_fn(fam.schedule.space, data_var, knobs.get("time_shift", 0.1)) if method == "time_shift" else None
-    return table[method](), lf
+    """(Guidance, level_fn) of studies.methods with the tuned knobs (``nag_cf_cfg``: NAG scale on top of CFG)."""
+    return methods.setup(method, fam.schedule, knobs, data_var)
 
 
 def run_one(net, fam, est, metric: Metric, guidance, level_fn, sampler: str, steps: int, n: int, seed: int,
             x_fwd: torch.Tensor, record: str = "late") -> dict:
+    """Sample ``n`` class-balanced digits once (harness.sample_run, learned-estimator readout) and measure them."""
     sch = fam.schedule
-    sig = sch.sigmas(steps)
-    idx = list(range(steps)) if record == "all" else shift.late_steps(steps)
     den = Denoiser(net, sch, fam.prediction, guidance, estimator=est)
-    readout = shift.estimator_readout(est, sch)
-    trace = shift.ShiftTrace(readout, sch, only=set(idx))
     y = torch.arange(n) % 10
-    x = samplers.initial_noise((n, 1, 8, 8), sch, torch.Generator().manual_seed(seed + 20))
-    with torch.no_grad():
-        out = samplers.get_sampler(sampler)(den, x, sig, sch.space, extra_args={"y": y}, callback=trace,
-                                            level_fn=level_fn, generator=torch.Generator().manual_seed(seed + 30))
-    ref = shift.forward_readout(readout, x_fwd, sig[idx], sch, torch.Generator().manual_seed(seed + 40))
-    res = {"shift": shift.summarize(trace, ref, n_steps=steps), "per_sample": trace.estimated, "nfe_per_step": den.evaluations / steps}
-    res.update(metric(out.clamp(-1, 1), y))
+    run = harness.sample_run(den, sch, sampler, steps, (n, 1, 8, 8), y, seed, {"learned": shift.estimator_readout(est, sch)},
+                             x_fwd, level_fn, record)
+    res = {"shift": run["shift"]["learned"], "per_sample": run["estimated"]["learned"], "nfe_per_step": run["nfe_per_step"]}
+    res.update(metric(run["samples"].clamp(-1, 1), y))
     return res
 
 
@@ -321,22 +319,22 @@ def tune(net, fam, est, metric, cfg, x_fwd, data_var, log=print) -> tuple[dict, 
         return res["quality"] if math.isfinite(res["quality"]) else float("inf")
 
     score("baseline", {})  # the reference for the replicate in the report
-    best = min(((score("nag_cf", {"nag_cf": w, "window": lam}), w, lam)
-                for w in cfg.grid["nag_cf"] for lam in cfg.grid["window"]))
-    knobs["nag_cf"], knobs["window"] = best[1], best[2]
+    knobs["nag_cf"], knobs["window"] = harness.first_best(lambda c: score("nag_cf", {"nag_cf": c[0], "window": c[1]}),
+                                                          [(w, lam) for w in cfg.grid["nag_cf"] for lam in cfg.grid["window"]])
     for m in ("nag_cg", "eps_scaling", "time_shift", "cfg"):
-        knobs[m] = min((score(m, {**knobs, m: v}), v) for v in cfg.grid[m])[1]
-    knobs["nag_cf_cfg"] = min((score("nag_cf+cfg", {**knobs, "nag_cf_cfg": v}), v) for v in cfg.grid["nag_cf_cfg"])[1]
+        knobs[m] = harness.first_best(lambda v: score(m, {**knobs, m: v}), cfg.grid[m])
+    knobs["nag_cf_cfg"] = harness.first_best(lambda v: score("nag_cf+cfg", {**knobs, "nag_cf_cfg": v}), cfg.grid["nag_cf_cfg"])
     log(f"[{fam.name}] tuned on a held-out seed: {knobs}")
     return knobs, table
 
 
-def study(cfg: Config, work: Path, log=print) -> dict:
+def study(cfg: Config, work: Path, log=print, progress: bool = True) -> dict:
     x_all, y_all = digits()
     x_tr, y_tr = x_all[: cfg.n_train], y_all[: cfg.n_train]
     x_te, y_te = x_all[cfg.n_train:], y_all[cfg.n_train:]
     t0 = time.time()
-    clf = train_classifier(x_tr, y_tr, cfg.classifier_steps, cfg.seed)
+    stages = harness.Stages(work, log)
+    clf = train_classifier(x_tr, y_tr, cfg.classifier_steps, cfg.seed, stages, progress)
     metric = Metric.make(clf, x_tr, cfg.k)
     with torch.no_grad():
         test_acc = float((clf(x_te).argmax(1) == y_te).float().mean())
@@ -351,18 +349,19 @@ def study(cfg: Config, work: Path, log=print) -> dict:
     for name in cfg.families:
         fam = get_family(name)
         nets = train_models(cfg, name, work, log)
-        est = train_level_estimator(cfg, fam, x_tr)
+        est = train_level_estimator(cfg, fam, x_tr, stages, progress)
         out["training"][name] = {m: {"seconds": v[1], "file": str(v[2]), **v[3]} for m, v in nets.items()}
         ft = nets["ncd_finetune"][0]
-        knobs, table = tune(ft, fam, est, metric, cfg, x_fwd, data_var, log)
+        spec = {"stage": "digits tuning", "family": name, "config": asdict(cfg)}
+        knobs, table = stages.value(f"{name}_tuning", spec, lambda: tune(ft, fam, est, metric, cfg, x_fwd, data_var, log))
         out["knobs"][name], out["tuning"][name] = knobs, table
         plan = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift"), "continued": ("baseline",),
                 "ncd_finetune": METHODS,
                 "ncd_scratch": ("baseline", "cfg", "nag_cf", "nag_cf+cfg")}
-        for model, methods in plan.items():
+        for model, todo in plan.items():
             for sampler in (resolve_sampler(sm, name) for sm in cfg.samplers):
                 for steps in cfg.steps:
-                    for method in methods:
+                    for method in todo:
                         gd, lf = method_setup(method, fam, cfg, knobs, data_var)
                         res = run_one(nets[model][0], fam, est, metric, gd, lf, sampler, steps, cfg.n_samples, cfg.seed, x_fwd)
                         out["rows"].append(row(name, model, method, sampler, steps, res, knobs))
@@ -377,7 +376,7 @@ def plot_data(net, name, fam, est, metric, cfg, knobs, x_fwd, data_var) -> dict:
     n = cfg.plot_steps
     sch = fam.schedule
     sig = sch.sigmas(n)
-    pick = sorted({int(round(f * (n - 1))) for f in (0.55, 0.7, 0.85, 1.0)})
+    pick = harness.kde_steps(n)
     readout = shift.estimator_readout(est, sch)
     curves, kde = {}, {"levels": [float(sch.logsnr(sig[i])) for i in pick], "groups": {}}
     kde["groups"]["forward (true states)"] = shift.forward_readout(readout, x_fwd, sig[pick], sch,
@@ -394,13 +393,6 @@ def plot_data(net, name, fam, est, metric, cfg, knobs, x_fwd, data_var) -> dict:
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
-
-def _get(rows, **kw):
-    for r in rows:
-        if all(r.get(k) == v for k, v in kw.items()):
-            return r
-    return None
-
 
 def comparisons(rows) -> list[dict]:
     """Paired comparisons per (family, sampler, steps) on the NCD-fine-tuned model (and NCD's cost)."""
@@ -490,8 +482,9 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
     cost = {m: np.mean([r["nfe_per_step"] for r in rows if r["method"] == m and r["sampler"] == "euler"]) for m in METHODS
             if any(r["method"] == m and r["sampler"] == "euler" for r in rows)}
     L = ["# comfy-nag image benchmark (8x8 digits)\n",
-         f"Generated by `python -m comfy_nag bench images{' --quick' if cfg.quick else ''} --seed {cfg.seed}` in "
-         f"{seconds / 60:.1f} min (torch {torch.__version__}, {torch.get_num_threads()} CPU threads). Every number is in `metrics.json`.\n",
+         f"Generated by `python -m studies bench images{' --quick' if cfg.quick else ''} --seed {cfg.seed} "
+         f"--threads {meta['threads']}` in {seconds / 60:.1f} min (torch {meta['torch']}, {meta['threads']} CPU threads). "
+         "Every number is in `metrics.json`.\n",
          "## Setup\n",
          f"* Data: scikit-learn's digits (8x8, 10 classes) in [-1, 1]; the first {meta['n_train']} images train every network, "
          f"the last {meta['n_test']} are held out.",
@@ -513,7 +506,7 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
          "at the same nominal level; `noise_shift` = mean |gap| over the last 20% of steps (log-SNR units).",
          "* Samplers: ODE `euler` (= DDIM), `heun`; SDE = each family's native one: `ddpm` (ancestral) for DiT, "
          "`euler_maruyama` (SiT's diffusion w = sigma) for SiT. Euler-Maruyama on DiT's VP spacing injects ~37x the target "
-         "noise in its last step at 10 steps, so it is not run there (see `bench_images.py`).",
+         "noise in its last step at 10 steps, so it is not run there (see `studies/bench_images.py`).",
          f"* {cfg.n_samples} samples per run (classes balanced), same initial and SDE noise for every method. Knobs tuned on a "
          f"held-out seed (Euler, {cfg.tune_steps} steps, lowest proxy FD): "
          + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + ". `window` = lowest log-SNR at which "
@@ -549,17 +542,17 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
                  "a null branch much worse than the conditioned one adds its own error to that direction.")
     L.append("* **Cost per step (network evaluations, Euler):** " + ", ".join(f"{m} {v:.2f}" for m, v in cost.items())
              + ". NAG-CF adds one batched branch only inside its window; NAG-CG adds no network call but one estimator "
-               "forward+backward; wall-time and memory ratios: `python -m comfy_nag bench cost`.\n")
+               "forward+backward; wall-time and memory ratios: `python -m studies bench cost`.\n")
     L.append("## Headline (copied into the README)\n")
     L.append(headline(res) + "\n")
     L.append("## Comparisons at equal steps (paired)\n")
-    L.append(_table(cmp, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "fd_before", "fd_after",
+    L.append(md_table(cmp, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "fd_before", "fd_after",
                           "precision_before", "precision_after", "recall_before", "recall_after", "acc_before", "acc_after"]))
     L.append("\n## All runs\n")
-    L.append(_table(rows, ["family", "model", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift",
+    L.append(md_table(rows, ["family", "model", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift",
                            "quality", "precision", "recall", "accuracy"]))
     L.append("\n## Knob tuning on the held-out seed (NAG scale x window sweep, then the others)\n")
-    L.append(_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts],
+    L.append(md_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts],
                     ["family", "method", "nag_cf", "window", "nag_cg", "eps_scaling", "time_shift", "cfg", "nag_cf_cfg",
                      "quality", "noise_shift",
                      "precision", "recall"]))
@@ -572,20 +565,10 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
 
 
 def figures(res: dict):
-    from .plots import kde_figure, shift_figure, to_pil
+    from comfy_nag.plots import to_pil
 
-    imgs = []
-    for name, p in res["plots"].items():
-        runs = [{"label": m, "nominal": c["nominal_logsnr"], "estimated_mean": c["estimated_mean"],
-                 "estimated_std": c["estimated_std"], "reference_mean": c["reference_mean"]} for m, c in p["curves"].items()]
-        nominal = np.array(runs[0]["nominal"])
-        on = np.where(nominal >= p["window_min_logsnr"])[0]
-        window = (int(on.min()), int(on.max())) if on.size else None
-        imgs.append(to_pil(shift_figure(runs, window, title=f"{name}: learned-estimator readout along {p['sampler']} "
-                                                            f"({p['steps']} steps); shaded = NAG window")))
-        groups = {k: [np.array(v) for v in vals] for k, vals in p["kde"]["groups"].items() if vals}
-        imgs.append(to_pil(kde_figure(p["kde"]["levels"], groups, title=f"{name}: estimated log-SNR at four nominal levels")))
-    return _stack(imgs)
+    figs = [f for name, p in res["plots"].items() for f in harness.shift_figures(p, name, "learned-estimator readout")]
+    return harness.stack_images([to_pil(f) for f in figs])
 
 
 def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = None, threads: int | None = None, log=print) -> dict:
@@ -599,15 +582,24 @@ def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = N
     t0 = time.time()
     try:
         res = study(cfg, out / "work", log)
-    except Exception as e:
-        if type(e).__name__ != "ResumeError":
-            raise
-        raise SystemExit(f"error: {e}\n{out / 'work'} holds models trained with another configuration (an earlier "
-                         f"version or other flags); delete that folder or pass another --out.") from None
-    figures(res).save(out / "noise_shift.png")
-    seconds = time.time() - t0
-    res["meta"].update(seconds=seconds, config=asdict(cfg), torch=torch.__version__, threads=torch.get_num_threads())
+    except ResumeError as e:
+        raise StudyError(f"{out / 'work'} holds models trained with another configuration (an earlier version or "
+                         f"other flags): {e}; delete that folder or pass another --out") from None
+    res["meta"].update(seconds=time.time() - t0, config=asdict(cfg), torch=torch.__version__,
+                       threads=torch.get_num_threads())
     atomic_write_bytes(out / "metrics.json", json.dumps(res, indent=1, default=float).encode())
-    atomic_write_bytes(out / "report.md", write_report(res, cfg, seconds).encode())
-    log(f"done in {seconds / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png")
+    write_figures_and_report(out, res)
+    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png")
     return res
+
+
+def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> None:
+    """noise_shift.png and report.md of a finished run (its metrics.json content)."""
+    figures(res).save(out / "noise_shift.png")
+    report = write_report(res, Config(**res["meta"]["config"]), res["meta"]["seconds"])
+    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "bench images") if redrawn else report).encode())
+
+
+def redraw(out) -> None:
+    """Rewrite ``out``'s noise_shift.png and report.md from its metrics.json (no sampling)."""
+    write_figures_and_report(Path(out), harness.load_metrics(out), redrawn=True)

@@ -1,6 +1,6 @@
 """The main job: the exact-testbed study of noise shift, NAG and the alternatives.
 
-``python -m comfy_nag demo --out DIR [--quick]`` trains small, deliberately imperfect denoisers
+``python -m studies demo --out DIR [--quick]`` trains small, deliberately imperfect denoisers
 on class-conditional Gaussian mixtures (testbed.py), samples them with every method and
 sampler at several step counts, measures the noise shift with the **exact** noise-level
 posterior and sample quality against the exact data distribution, and writes
@@ -9,7 +9,6 @@ posterior and sample quality against the exact data distribution, and writes
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,13 +17,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import estimators, models, samplers, shift, testbed
-from .denoiser import Denoiser
-from .files import atomic_write_bytes
-from .guidance import Guidance, time_shift_level_fn
-from .schedules import Family, family
+from comfy_nag import estimators, models, samplers, shift
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.files import atomic_write_bytes
+from comfy_nag.guidance import Guidance
+from comfy_nag.schedules import Family, family
 
-METHODS = ("baseline", "cfg", "nag_cf", "nag_cg", "nag_cf+cfg", "nag_cf+cfg_B", "eps_scaling", "time_shift")
+from . import harness, methods, testbed
+from .harness import md_table
+
+METHODS = methods.METHODS
 QUALITY_METRIC = "class_frechet_distance"
 TUNED = {"nag_cf": "nag_scale", "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window"}
 
@@ -91,30 +93,47 @@ class Trained:
         return self.fam.schedule.space
 
     def window(self, min_logsnr: float) -> tuple[float, float]:
-        return 0.0, float(self.fam.schedule.sigma_from_logsnr(torch.tensor(min_logsnr)))
+        return methods.nag_window(self.fam.schedule, min_logsnr)
 
 
 def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode: str = "sentinel",
-                 estimator: estimators.NoiseLevelEstimator | None = None, log=print) -> Trained:
+                 estimator: estimators.NoiseLevelEstimator | None = None, log=print,
+                 stages: harness.Stages | None = None, progress: bool = True) -> Trained:
+    """Train (or reuse from ``stages``) one family's denoiser and, unless given, its noise-level estimator."""
     fam = family(name)
     sch = fam.schedule
     torch.manual_seed(cfg.seed)
-    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, cfg.hidden, cfg.depth, null_mode=null_mode, null_time=sch.null_time)
-    t0 = time.time()
-    hist = testbed.train_denoiser(net, gmm, sch, fam.prediction, cfg.train_steps, t_dropout=cfg.t_dropout,
-                                  y_dropout=cfg.y_dropout, seed=cfg.seed)
+    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, cfg.hidden, cfg.depth, null_mode=null_mode,
+                              null_timestep=sch.null_timestep)
     lo, hi = sch.logsnr_range()
     bins = estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), cfg.bins)
-    est_loss = float("nan")
-    if estimator is None:
+    own_estimator = estimator is None
+    if own_estimator:
         estimator = estimators.NoiseLevelEstimator((gmm.dim,), bins, width=128, depth=3)
-        eh = estimators.train_estimator(estimator, lambda n, g: gmm.sample(n, generator=g)[0], sch, cfg.estimator_steps,
-                                        lr=3e-3, generator=torch.Generator().manual_seed(cfg.seed + 1))
-        est_loss = float(np.mean(eh[-50:]))
+
+    def make():
+        t0 = time.time()
+        bar, cb = harness.progress(cfg.train_steps, f"{name}: denoiser", progress)
+        hist = testbed.train_denoiser(net, gmm, sch, fam.prediction, cfg.train_steps, t_dropout=cfg.t_dropout,
+                                      y_dropout=cfg.y_dropout, seed=cfg.seed, callback=cb)
+        bar.close()
+        est_loss = float("nan")
+        if own_estimator:
+            bar, cb = harness.progress(cfg.estimator_steps, f"{name}: estimator", progress)
+            eh = estimators.train_estimator(estimator, lambda n, g: gmm.sample(n, generator=g)[0], sch,
+                                            cfg.estimator_steps, lr=3e-3,
+                                            generator=torch.Generator().manual_seed(cfg.seed + 1), callback=cb)
+            bar.close()
+            est_loss = float(np.mean(eh[-50:]))
+        log(f"[{name}] trained {null_mode}-null denoiser ({cfg.train_steps} steps, loss {np.mean(hist[-100:]):.4f}) "
+            f"and estimator in {time.time() - t0:.0f}s")
+        return {"train_loss": float(np.mean(hist[-100:])), "estimator_loss": est_loss}
+
+    mods = {"net": net, **({"estimator": estimator} if own_estimator else {})}
+    spec = {"stage": "testbed family", "family": name, "null_mode": null_mode, "config": asdict(cfg)}
+    done = stages.modules(f"{name}_{null_mode}_dim{gmm.dim}", spec, mods, make) if stages else make()
     data_var = float(gmm.sample(4000, generator=torch.Generator().manual_seed(cfg.seed + 2))[0].var(0).mean())
-    log(f"[{name}] trained {null_mode}-null denoiser ({cfg.train_steps} steps, loss {np.mean(hist[-100:]):.4f}) "
-        f"and estimator in {time.time() - t0:.0f}s")
-    return Trained(fam, gmm, net, estimator, bins, data_var, float(np.mean(hist[-100:])), est_loss, null_mode)
+    return Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,26 +141,9 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode
 # ---------------------------------------------------------------------------------------------
 
 def method_setup(method: str, tr: Trained, cfg: Config, knobs: dict):
-    """(Guidance, level_fn) for a method name."""
-    win = tr.window(cfg.nag_min_logsnr)
-    w = knobs.get("nag_cf", 0.5)
-    if method == "baseline":
-        return Guidance(), None
-    if method == "cfg":
-        return Guidance(cfg_scale=cfg.cfg_scale), None
-    if method == "nag_cf":
-        return Guidance(nag_scale=w, nag_window=win), None
-    if method == "nag_cf_full":  # ablation: no noise-level window
-        return Guidance(nag_scale=w), None
-    if method in ("nag_cf+cfg", "nag_cf+cfg_B"):
-        return Guidance(cfg_scale=cfg.cfg_scale, nag_scale=w, nag_window=win, variant="B" if method.endswith("B") else "A"), None
-    if method == "nag_cg":
-        return Guidance(cg_scale=knobs.get("nag_cg", 1.0), cg_window=win), None
-    if method == "eps_scaling":
-        return Guidance(eps_scale=knobs.get("eps_scaling", 1.005)), None
-    if method == "time_shift":
-        return Guidance(), time_shift_level_fn(tr.space, tr.data_var, knobs.get("time_shift", 0.1))
-    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    """(Guidance, level_fn) for a method name (studies.methods), at the study's CFG scale and NAG window."""
+    return methods.setup(method, tr.fam.schedule, {**knobs, "cfg": cfg.cfg_scale, "window": cfg.nag_min_logsnr},
+                         tr.data_var)
 
 
 @dataclass
@@ -164,47 +166,31 @@ def make_eval(tr: Trained, cfg: Config, seed: int) -> Eval:
 
 
 def run_one(tr: Trained, ev: Eval, guidance: Guidance, level_fn, sampler: str, steps: int,
-            record: str = "late", denoiser=None, extra_readouts: dict | None = None) -> dict:
-    """Sample once and measure.  ``record``: 'late' (last 20 % of steps) or 'all' (for plots)."""
-    sch = tr.fam.schedule
-    sig = sch.sigmas(steps)
-    idx = list(range(steps)) if record == "all" else shift.late_steps(steps)
-    den = denoiser or Denoiser(tr.net, sch, tr.fam.prediction, guidance, estimator=tr.estimator)
-    traces = {"exact": shift.ShiftTrace(ev.readout, sch, only=set(idx))}
-    for k, ro in (extra_readouts or {}).items():
-        traces[k] = shift.ShiftTrace(ro, sch, only=set(idx))
-
-    def callback(i, s, x, x0):
-        for t in traces.values():
-            t(i, s, x, x0)
-
-    x = samplers.initial_noise((ev.y.shape[0], tr.gmm.dim), sch, torch.Generator().manual_seed(ev.seed + 20))
-    out = samplers.get_sampler(sampler)(den, x, sig, sch.space, extra_args={"y": ev.y}, callback=callback,
-                                        level_fn=level_fn, generator=torch.Generator().manual_seed(ev.seed + 30))
-    res = {"samples": out}
-    for k, t in traces.items():
-        ref = shift.forward_readout(t.readout, ev.x0_fwd, sig[idx], sch, torch.Generator().manual_seed(ev.seed + 40))
-        res[k] = shift.summarize(t, ref, n_steps=steps)
+            record="late", denoiser=None, extra_readouts: dict | None = None) -> dict:
+    """Sample once and measure (harness.sample_run; readout ``exact`` plus ``extra_readouts``)."""
+    den = denoiser or Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction, guidance, estimator=tr.estimator)
+    res = harness.sample_run(den, tr.fam.schedule, sampler, steps, (ev.y.shape[0], tr.gmm.dim), ev.y, ev.seed,
+                             {"exact": ev.readout, **(extra_readouts or {})}, ev.x0_fwd, level_fn, record)
+    out = res["samples"]
     finite = torch.isfinite(out).all(1)
     res["diverged"] = int((~finite).sum())
     o, yy = out[finite], ev.y[finite]
     res["quality"] = testbed.class_frechet_distance(tr.gmm, o, yy)
     res["energy_distance"] = testbed.class_energy_distance(o, yy, ev.ref_x, ev.ref_y)
     res["nll"] = testbed.nll(tr.gmm, o, yy)
-    res["nfe_per_step"] = getattr(den, "evaluations", steps) / steps
     return res
 
 
 def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict, knobs: dict) -> dict:
     r = {"family": name, "method": method, "sampler": sampler, "steps": steps,
-         "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["exact"]["noise_shift"],
-         "signed_shift": res["exact"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
+         "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["shift"]["exact"]["noise_shift"],
+         "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
          "energy_distance": res["energy_distance"], "nll": res["nll"], "diverged": res["diverged"]}
     if method in TUNED or method.startswith("nag_cf"):
         key = "nag_cf" if method.startswith("nag_cf") else method
         r["knob"] = {TUNED[key]: knobs[key]}
-    if "learned" in res:
-        r["noise_shift_learned_estimator"] = res["learned"]["noise_shift"]
+    if "learned" in res["shift"]:
+        r["noise_shift_learned_estimator"] = res["shift"]["learned"]["noise_shift"]
     return r
 
 
@@ -216,30 +202,32 @@ def tune(tr: Trained, cfg: Config, log=print) -> tuple[dict, list]:
     """Pick each method's one knob on a held-out seed (euler, ``tune_steps``), lowest quality metric."""
     ev = make_eval(tr, cfg, cfg.seed + 1000)
     knobs, table = {}, []
+
+    def score(method, v):
+        g, lf = method_setup(method, tr, cfg, {method: v})
+        res = run_one(tr, ev, g, lf, "euler", cfg.tune_steps)
+        q = res["quality"] if res["diverged"] == 0 else float("inf")
+        table.append({"method": method, "value": v, "quality": q, "noise_shift": res["shift"]["exact"]["noise_shift"]})
+        return q
+
     for method in ("nag_cf", "nag_cg", "eps_scaling", "time_shift"):
-        best = None
-        for v in cfg.grid[method]:
-            g, lf = method_setup(method, tr, cfg, {method: v})
-            res = run_one(tr, ev, g, lf, "euler", cfg.tune_steps)
-            q = res["quality"] if res["diverged"] == 0 else float("inf")
-            table.append({"method": method, "value": v, "quality": q, "noise_shift": res["exact"]["noise_shift"]})
-            if best is None or q < best[0]:
-                best = (q, v)
-        knobs[method] = best[1]
+        knobs[method] = harness.first_best(lambda v: score(method, v), cfg.grid[method])
     log(f"[{tr.fam.name}] tuned on a held-out seed: {knobs}")
     return knobs, table
 
 
-def study(cfg: Config, log=print, progress=True) -> dict:
+def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     gmm = testbed.GaussianMixture.make(dim=cfg.dim, seed=cfg.seed)
     out = {"rows": [], "tuning": {}, "knobs": {}, "training": {}, "plots": {}, "ablations": {}, "estimator_check": {}}
     for name in cfg.families:
-        tr = train_family(name, gmm, cfg, log=log)
+        tr = train_family(name, gmm, cfg, log=log, stages=stages, progress=progress)
         out["training"][name] = {"denoiser_loss": tr.train_loss, "estimator_loss": tr.estimator_loss,
                                  "prediction": tr.fam.prediction, "schedule": tr.fam.schedule.describe(),
-                                 "null_timestep": tr.fam.schedule.null_time}
-        knobs, table = tune(tr, cfg, log)
+                                 "null_timestep": tr.fam.schedule.null_timestep}
+        spec = {"stage": "testbed tuning", "family": name, "config": asdict(cfg)}
+        knobs, table = (stages.value(f"{name}_tuning", spec, lambda: tune(tr, cfg, log)) if stages
+                        else tune(tr, cfg, log))
         out["knobs"][name], out["tuning"][name] = knobs, table
         ev = make_eval(tr, cfg, cfg.seed)
         jobs = [(s, n, m) for s in cfg.samplers for n in cfg.steps for m in METHODS]
@@ -251,7 +239,7 @@ def study(cfg: Config, log=print, progress=True) -> dict:
         out["plots"][name] = plot_data(tr, cfg, ev, knobs)
         out["estimator_check"][name] = estimator_check(tr, cfg, ev, knobs)
         if cfg.ablations:
-            out["ablations"][name] = ablations(tr, cfg, ev, knobs, log)
+            out["ablations"][name] = ablations(tr, cfg, ev, knobs, log, stages)
     return out
 
 
@@ -262,22 +250,18 @@ def plot_data(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
     for method in ("baseline", "nag_cf", "nag_cg", "cfg", "nag_cf+cfg"):
         g, lf = method_setup(method, tr, cfg, knobs)
         res = run_one(tr, ev, g, lf, sampler, cfg.plot_steps, record="all")
-        curves[method] = res["exact"]
+        curves[method] = res["shift"]["exact"]
     # KDE: per-sample exact readouts at a few nominal levels, forward vs sampler states
     sch = tr.fam.schedule
     sig = sch.sigmas(cfg.plot_steps)
-    pick = sorted({int(round(f * (cfg.plot_steps - 1))) for f in (0.55, 0.7, 0.85, 1.0)})
+    pick = harness.kde_steps(cfg.plot_steps)
     kde = {"levels": [float(sch.logsnr(sig[i])) for i in pick], "groups": {}}
     fwd = shift.forward_readout(ev.readout, ev.x0_fwd, sig[pick], sch, torch.Generator().manual_seed(5))
     kde["groups"]["forward (true states)"] = fwd.tolist()
     for method in ("baseline", "nag_cf"):
-        g, lf = method_setup(method, tr, cfg, knobs)
-        tr_ = shift.ShiftTrace(ev.readout, sch, only=set(pick))
-        den = Denoiser(tr.net, sch, tr.fam.prediction, g, estimator=tr.estimator)
-        x = samplers.initial_noise((ev.y.shape[0], tr.gmm.dim), sch, torch.Generator().manual_seed(ev.seed + 20))
-        samplers.get_sampler(sampler)(den, x, sig, sch.space, extra_args={"y": ev.y}, callback=tr_,
-                                      generator=torch.Generator().manual_seed(ev.seed + 30))
-        kde["groups"][method] = np.stack(tr_.estimated).tolist()
+        g, _ = method_setup(method, tr, cfg, knobs)
+        res = run_one(tr, ev, g, None, sampler, cfg.plot_steps, record=pick)
+        kde["groups"][method] = np.stack(res["estimated"]["exact"]).tolist()
     return {"sampler": sampler, "steps": cfg.plot_steps, "curves": curves, "kde": kde,
             "window_min_logsnr": cfg.nag_min_logsnr}
 
@@ -289,7 +273,7 @@ def estimator_check(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
     lam = tr.bins.sample(2000, g)
     s = sch.sigma_from_logsnr(lam)
     x0, _ = tr.gmm.sample(2000, generator=g)
-    x = sch.alpha(s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
+    x = sch.noised(x0, s, torch.randn(x0.shape, generator=g), network=False)[0]
     exact = tr.gmm.level_posterior(x, tr.space, tr.bins, sub=4)
     with torch.no_grad():
         learned = tr.estimator.probs(sch.native(s)[0][:, None] * x)
@@ -304,7 +288,7 @@ def estimator_check(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
             "bins": tr.bins.describe()}
 
 
-def ablations(tr: Trained, cfg: Config, ev: Eval, knobs: dict, log=print) -> dict:
+def ablations(tr: Trained, cfg: Config, ev: Eval, knobs: dict, log=print, stages: harness.Stages | None = None) -> dict:
     """Window vs full range; learned vs exact noise-unconditional branch; learned null embedding."""
     out = {}
     steps = cfg.plot_steps
@@ -322,7 +306,7 @@ def ablations(tr: Trained, cfg: Config, ev: Eval, knobs: dict, log=print) -> dic
     res = run_one(tr, small, Guidance(), None, "euler", 25)
     out["exact_null"].insert(0, _brief("baseline", "euler", 25, res))
     # learned null embedding instead of the sentinel timestep
-    learned = train_family(tr.fam.name, tr.gmm, cfg, null_mode="learned", estimator=tr.estimator, log=log)
+    learned = train_family(tr.fam.name, tr.gmm, cfg, null_mode="learned", estimator=tr.estimator, log=log, stages=stages)
     for sampler in ("euler", "euler_maruyama"):
         for t, label in ((tr, "sentinel"), (learned, "learned embedding")):
             for method in ("baseline", "nag_cf"):
@@ -333,8 +317,8 @@ def ablations(tr: Trained, cfg: Config, ev: Eval, knobs: dict, log=print) -> dic
 
 
 def _brief(method, sampler, steps, res):
-    return {"method": method, "sampler": sampler, "steps": steps, "noise_shift": res["exact"]["noise_shift"],
-            "signed_shift": res["exact"]["signed_shift"], "quality": res["quality"],
+    return {"method": method, "sampler": sampler, "steps": steps, "noise_shift": res["shift"]["exact"]["noise_shift"],
+            "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"],
             "energy_distance": res["energy_distance"], "nll": res["nll"]}
 
 
@@ -362,16 +346,16 @@ class _ExactNullNAG:
 # pictures: the 2-D testbed
 # ---------------------------------------------------------------------------------------------
 
-def samples_figure(cfg: Config, knobs: dict, log=print):
+def samples_figure(cfg: Config, knobs: dict, log=print, stages: harness.Stages | None = None):
     """Scatter plots of 2-D samples per method (flow family, Euler, 10 steps) next to the truth."""
     from matplotlib.figure import Figure
 
-    from .plots import COLORS
+    from comfy_nag.plots import COLORS
 
     gmm2 = testbed.GaussianMixture.make(dim=2, seed=cfg.seed)
     small = Config(**{**asdict(cfg), "dim": 2, "hidden": 64, "depth": 2, "train_steps": max(cfg.train_steps // 2, 300),
                       "estimator_steps": max(cfg.estimator_steps // 2, 200)})
-    tr = train_family("sit", gmm2, small, log=log)
+    tr = train_family("sit", gmm2, small, log=log, stages=stages)
     n = 2000 if not cfg.quick else 800
     y = torch.arange(n) % gmm2.num_classes
     truth, _ = gmm2.sample(n, y=y, generator=torch.Generator().manual_seed(1))
@@ -380,7 +364,7 @@ def samples_figure(cfg: Config, knobs: dict, log=print):
         g, lf = method_setup(method, tr, small, knobs)
         den = Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction, g, estimator=tr.estimator)
         x = samplers.initial_noise((n, 2), tr.fam.schedule, torch.Generator().manual_seed(2))
-        out = samplers.sample_euler(den, x, tr.fam.schedule.sigmas(10), "flow", extra_args={"y": y})
+        out = samplers.sample_euler(den, x, tr.fam.schedule.sigmas(10), extra_args={"y": y})
         panels.append((method, out, testbed.nll(gmm2, out, y)))
     fig = Figure(figsize=(3.0 * len(panels), 3.2))
     axes = fig.subplots(1, len(panels))
@@ -400,56 +384,9 @@ def samples_figure(cfg: Config, knobs: dict, log=print):
     return fig
 
 
-def noise_shift_figure(study_out: dict, name: str):
-    from .plots import kde_figure, shift_figure
-
-    pdata = study_out["plots"][name]
-    runs = []
-    for method, c in pdata["curves"].items():
-        runs.append({"label": method, "nominal": c["nominal_logsnr"], "estimated_mean": c["estimated_mean"],
-                     "estimated_std": c["estimated_std"], "reference_mean": c["reference_mean"]})
-    nominal = np.array(runs[0]["nominal"])
-    on = np.where(nominal >= pdata["window_min_logsnr"])[0]
-    window = (int(on.min()), int(on.max())) if on.size else None
-    f1 = shift_figure(runs, window, title=f"{name}: exact noise-level posterior along {pdata['sampler']} "
-                                          f"({pdata['steps']} steps); shaded = NAG window")
-    kde = pdata["kde"]
-    f2 = kde_figure(kde["levels"], {k: [np.array(v) for v in vals] for k, vals in kde["groups"].items()},
-                    title=f"{name}: estimated log-SNR of states at four nominal levels (dashed)")
-    return f1, f2
-
-
-def _stack(images):
-    from PIL import Image
-
-    w = max(im.width for im in images)
-    out = Image.new("RGB", (w, sum(im.height for im in images)), "white")
-    y = 0
-    for im in images:
-        out.paste(im, (0, y))
-        y += im.height
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
-
-def _fmt(v, nd=3):
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.3g}"
-    return str(v)
-
-
-def _table(rows, cols, heads=None):
-    heads = heads or cols
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
-    return "\n".join(lines)
-
 
 def nag_effect(rows: list[dict]) -> list[dict]:
     """Per (family, sampler, steps): NAG-CF vs baseline and NAG-CF+CFG vs CFG."""
@@ -473,15 +410,18 @@ def nag_effect(rows: list[dict]) -> list[dict]:
 def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
     rows = res["rows"]
     eff = nag_effect(rows)
+    meta = res["meta"]
+    flag = f" --threads {meta['threads']}" if "threads" in meta else ""
+    cores = f", {meta['threads']} CPU threads" if "threads" in meta else ""
     L = [f"# comfy-nag exact-testbed report\n",
-         f"Generated by `python -m comfy_nag demo{' --quick' if cfg.quick else ''} --seed {cfg.seed}` in {seconds / 60:.1f} min "
-         f"(torch {torch.__version__}, {torch.get_num_threads()} CPU threads). Every number below is in `metrics.json`.\n",
+         f"Generated by `python -m studies demo{' --quick' if cfg.quick else ''} --seed {cfg.seed}{flag}` in "
+         f"{seconds / 60:.1f} min (torch {meta.get('torch', torch.__version__)}{cores}). Every number below is in `metrics.json`.\n",
          "## Setup\n",
          f"* Data: a class-conditional Gaussian mixture in {cfg.dim} dimensions ({res['meta']['classes']} classes x 2 components, "
          "each component rank-3 plus an isotropic floor of variance 4e-4), so the noised density, the exact denoiser and the "
          "exact posterior over noise levels are closed form.",
          f"* Models: residual MLPs ({cfg.hidden} wide, {cfg.depth} blocks) trained for {cfg.train_steps} steps on purpose "
-         f"(imperfect), with noise-condition dropout {cfg.t_dropout} (null timestep = the schedule's sentinel, METHOD.md) and "
+         f"(imperfect), with noise-condition dropout {cfg.t_dropout} (null timestep = the schedule's sentinel, docs/method.md) and "
          f"class dropout {cfg.y_dropout}. Families: " + ", ".join(
              f"`{k}` ({v['prediction']}, {v['schedule']['type']}, final loss {v['denoiser_loss']:.4f})" for k, v in res["training"].items()) + ".",
          "* Noise shift (exact): at every recorded step the state's noise level is read out as the posterior-mean log-SNR "
@@ -499,7 +439,7 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
          "* Each method's one knob was tuned on a held-out seed (Euler, "
          f"{cfg.tune_steps} steps, lowest `quality`): " + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + ". "
          f"CFG scale {cfg.cfg_scale} (ComfyUI convention). NAG-CF and NAG-CG act only where log-SNR >= {cfg.nag_min_logsnr} "
-         "(SNR >= 1, the late part of sampling); `nag_cf+cfg` is METHOD.md variant A, `nag_cf+cfg_B` variant B.",
+         "(SNR >= 1, the late part of sampling); `nag_cf+cfg` is docs/method.md variant A, `nag_cf+cfg_B` variant B.",
          ""]
     # headline numbers
     L.append("## Findings\n")
@@ -525,32 +465,32 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
     n_show = cfg.plot_steps if cfg.plot_steps in cfg.steps else cfg.steps[-1]
     cols = ["family", "sampler", "method", "nfe_per_step", "noise_shift", "signed_shift", "noise_shift_learned_estimator",
             "quality", "energy_distance", "nll"]
-    L.append(_table([r for r in rows if r["steps"] == n_show], cols,
+    L.append(md_table([r for r in rows if r["steps"] == n_show], cols,
                     ["family", "sampler", "method", "NFE/step", "shift", "signed", "shift (learned est.)", "quality (FD)", "energy dist.", "NLL"]))
     L.append("\n## NAG effect at equal steps\n")
-    L.append(_table(eff, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "shift_cut_%",
+    L.append(md_table(eff, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "shift_cut_%",
                           "quality_before", "quality_after", "nll_before", "nll_after"]))
     if res["ablations"]:
         L.append("\n## Ablations\n")
         for fam, ab in res["ablations"].items():
             L.append(f"### `{fam}`: noise-level window (NAG-CF on log-SNR >= {cfg.nag_min_logsnr} vs the whole range)\n")
-            L.append(_table(ab["window"], ["sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
+            L.append(md_table(ab["window"], ["sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
             L.append(f"\n### `{fam}`: why NAG-CF works — learned vs *exact* noise-unconditional branch (Euler, 25 steps, 500 samples)\n")
             L.append("The exact branch is E[target | x] under the training distribution of levels, computed in closed form. "
                      "If NAG's benefit came from the Bayes term grad log p(t|x) alone, the exact branch should do at least as well.\n")
-            L.append(_table(ab["exact_null"], ["method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
+            L.append(md_table(ab["exact_null"], ["method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
             L.append(f"\n### `{fam}`: null condition — sentinel timestep vs learned null embedding\n")
-            L.append(_table(ab["null_mode"], ["null_mode", "sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
+            L.append(md_table(ab["null_mode"], ["null_mode", "sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
             L.append("")
     L.append("\n## Learned noise-level estimator vs the exact posterior (forward samples over the whole range)\n")
-    L.append(_table([{"family": k, **v} for k, v in res["estimator_check"].items()],
+    L.append(md_table([{"family": k, **v} for k, v in res["estimator_check"].items()],
                     ["family", "mean_abs_posterior_mean_gap", "corr_posterior_means", "mean_kl_exact_to_learned",
                      "cross_entropy_learned", "cross_entropy_exact"]))
     L.append("\n(log-SNR units; cross-entropy of the true bin: the exact posterior's is the Bayes floor.)\n")
     L.append("## Knob tuning on the held-out seed\n")
-    L.append(_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts], ["family", "method", "value", "quality", "noise_shift"]))
+    L.append(md_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts], ["family", "method", "value", "quality", "noise_shift"]))
     L.append("\n## All runs\n\n<details><summary>every family x sampler x steps x method</summary>\n")
-    L.append(_table(rows, ["family", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift", "quality",
+    L.append(md_table(rows, ["family", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift", "quality",
                            "energy_distance", "nll", "diverged"]))
     L.append("\n</details>\n")
     L.append("## What is and is not measured\n")
@@ -565,7 +505,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int |
              config: Config | None = None) -> dict:
     """Run the study and write metrics.json, report.md, noise_shift.png, samples.png into ``out``.
 
-    ``config`` replaces the built-in defaults (``quick`` and ``seed`` are then ignored).
+    ``config`` replaces the built-in defaults (``quick`` and ``seed`` are then ignored).  Trained
+    networks and tuning results are kept in ``out/work`` and reused by the same command.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -574,21 +515,37 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int |
     cfg = config or Config.make(quick, seed)
     t0 = time.time()
     log = lambda msg: tqdm.write(msg)  # noqa: E731
-    log(f"comfy-nag demo ({'quick' if quick else 'full'}): writing to {out}/")
-    res = study(cfg, log=log)
+    log(f"comfy-nag demo ({'quick' if cfg.quick else 'full'}): writing to {out}/")
+    stages = harness.Stages(out / "work", log)
+    res = study(cfg, log=log, stages=stages)
     gmm = testbed.GaussianMixture.make(dim=cfg.dim, seed=cfg.seed)
     truth, ty = gmm.sample(cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed + 99))
     res["meta"] = {"classes": gmm.num_classes, "quality_floor": testbed.class_frechet_distance(gmm, truth, ty),
-                   "nll_floor": testbed.nll(gmm, truth, ty), "config": asdict(cfg), "torch": torch.__version__}
-    fig = samples_figure(cfg, res["knobs"][cfg.families[0]], log=log)
-    from .plots import to_pil
+                   "nll_floor": testbed.nll(gmm, truth, ty), "config": asdict(cfg), "torch": torch.__version__,
+                   "threads": torch.get_num_threads()}
+    fig = samples_figure(cfg, res["knobs"][cfg.families[0]], log=log, stages=stages)
+    from comfy_nag.plots import to_pil
 
     to_pil(fig).save(out / "samples.png")
-    figs = [to_pil(f) for f in noise_shift_figure(res, cfg.families[0])]
-    _stack(figs).save(out / "noise_shift.png")
-    seconds = time.time() - t0
-    res["meta"]["seconds"] = seconds
+    res["meta"]["seconds"] = time.time() - t0
     atomic_write_bytes(out / "metrics.json", json.dumps(res, indent=1, default=float).encode())
-    atomic_write_bytes(out / "report.md", write_report(out, res, cfg, seconds).encode())
-    log(f"done in {seconds / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png, samples.png")
+    write_figures_and_report(out, res)
+    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png, samples.png")
     return res
+
+
+def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> None:
+    """noise_shift.png and report.md of a finished run (its metrics.json content)."""
+    from comfy_nag.plots import to_pil
+
+    cfg = Config(**res["meta"]["config"])
+    name = cfg.families[0]
+    figs = harness.shift_figures(res["plots"][name], name, "exact noise-level posterior")
+    harness.stack_images([to_pil(f) for f in figs]).save(out / "noise_shift.png")
+    report = write_report(out, res, cfg, res["meta"]["seconds"])
+    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "demo") if redrawn else report).encode())
+
+
+def redraw(out: str | Path) -> None:
+    """Rewrite ``out``'s noise_shift.png and report.md from its metrics.json (no sampling)."""
+    write_figures_and_report(Path(out), harness.load_metrics(out), redrawn=True)

@@ -1,0 +1,77 @@
+"""``python -m studies <command>`` - run from the repository root.
+
+Commands:
+  demo          the exact-testbed study (noise shift, NAG and its alternatives): metrics.json, report.md, plots
+  bench images  the small real-image study (8x8 digits, DiT + SiT through the trainer): metrics.json, report.md
+  bench cost    per-step wall time and peak memory of NAG-CF / NAG-CG vs CFG, as ratios
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+THREADS_HELP = ("torch CPU threads (default 1: the studies' models are tiny, and one thread per run is the fastest "
+                "on a small or shared machine)")
+
+
+REDRAW_HELP = "rewrite report.md and noise_shift.png from --out's metrics.json, without running anything"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m studies", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="run the exact testbed end to end on built-in defaults")
+    d.add_argument("--out", default="demo_out", help="output folder (created)")
+    d.add_argument("--quick", action="store_true", help="small version (CI-size)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    d.add_argument("--redraw", action="store_true", help=REDRAW_HELP)
+    b = sub.add_parser("bench", help="benchmarks: 'images' (digits study) or 'cost' (per-step time and memory)")
+    b.add_argument("what", choices=("images", "cost"))
+    b.add_argument("--out", default="bench_out", help="output folder (created)")
+    b.add_argument("--quick", action="store_true", help="images: small version (CI-size); cost: fewer repeats")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    b.add_argument("--redraw", action="store_true", help=REDRAW_HELP + " (images only)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .harness import StudyError, prepare_out
+
+    try:
+        if args.threads < 1:
+            raise StudyError(f"--threads must be >= 1, got {args.threads}")
+        if args.redraw and args.cmd == "bench" and args.what == "cost":
+            raise StudyError("--redraw applies to 'demo' and 'bench images' (cost.md is written from cost.json directly)")
+        out = prepare_out(args.out)
+        if args.cmd == "demo":
+            from . import demo
+
+            if args.redraw:
+                demo.redraw(out)
+            else:
+                demo.run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads)
+        elif args.what == "images":
+            from . import bench_images
+
+            if args.redraw:
+                bench_images.redraw(out)
+            else:
+                bench_images.run_bench(out, quick=args.quick, seed=args.seed, threads=args.threads)
+        else:
+            from .bench_cost import run_cost
+
+            run_cost(out, quick=args.quick, seed=args.seed, threads=args.threads)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are kept - run the same command again to continue", file=sys.stderr)
+        return 130
+    except (StudyError, OSError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

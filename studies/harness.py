@@ -1,0 +1,249 @@
+"""What the demo and the image benchmark share: one sampling run with its noise-shift readout,
+knob tuning, the noise-shift figures and the report's tables.
+
+Seeds (paired comparisons: every method of a study sees the same noise): initial noise
+``seed + 20``, SDE noise ``seed + 30``, the forward (reference) samples ``seed + 40``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from comfy_nag import samplers, shift
+from comfy_nag.schedules import Schedule
+
+from . import methods
+
+KDE_FRACTIONS = (0.55, 0.7, 0.85, 1.0)  # where in sampling the KDE panels look
+
+
+def sample_run(den, schedule: Schedule, sampler: str, steps: int, shape, y, seed: int, readouts: dict,
+               x_fwd: torch.Tensor, level_fn=None, record="late") -> dict:
+    """Sample once with ``den`` and read the noise shift with every readout.
+
+    ``record``: ``"late"`` (the last 20 % of steps, shift.py's ``noise_shift``), ``"all"``, or a list of
+    step indices.  Returns ``samples``, ``nfe_per_step`` and, per readout name, ``shift[name]``
+    (:func:`comfy_nag.shift.summarize` against forward samples of ``x_fwd``) and ``estimated[name]``
+    (per-step, per-sample readouts).
+    """
+    sig = schedule.sigmas(steps)
+    idx = list(range(steps)) if record == "all" else shift.late_steps(steps) if record == "late" else list(record)
+    traces = {k: shift.ShiftTrace(ro, schedule, only=set(idx)) for k, ro in readouts.items()}
+
+    def callback(info):
+        for t in traces.values():
+            t(info)
+
+    x = samplers.initial_noise(shape, schedule, torch.Generator().manual_seed(seed + 20))
+    run = samplers.get_sampler(sampler, schedule.space, torch.Generator().manual_seed(seed + 30))
+    out = run(den, x, sig, extra_args={"y": y}, callback=callback, level_fn=level_fn)
+    res = {"samples": out, "nfe_per_step": getattr(den, "evaluations", steps) / steps, "shift": {}, "estimated": {}}
+    for k, t in traces.items():
+        ref = shift.forward_readout(t.readout, x_fwd, sig[idx], schedule, torch.Generator().manual_seed(seed + 40))
+        res["shift"][k] = shift.summarize(t, ref, n_steps=steps)
+        res["estimated"][k] = t.estimated
+    return res
+
+
+def first_best(score, candidates):
+    """The first candidate with the lowest ``score(candidate)`` (every candidate is scored, in order)."""
+    best = None
+    for c in candidates:
+        q = score(c)
+        if best is None or q < best[0]:
+            best = (q, c)
+    return best[1]
+
+
+def kde_steps(steps: int) -> list[int]:
+    """Step indices of the KDE panels (:data:`KDE_FRACTIONS` of the way through sampling)."""
+    return sorted({int(round(f * (steps - 1))) for f in KDE_FRACTIONS})
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+
+def shift_figures(pdata: dict, name: str, readout: str) -> list:
+    """The noise-shift figure pair of one family: per-step readout curves and the KDE panels.
+
+    ``pdata``: ``{"sampler", "steps", "curves": {method: summarize()}, "kde": {"levels", "groups"},
+    "window_min_logsnr"}``; ``readout`` names what read the levels (for the titles).
+    """
+    from comfy_nag.plots import kde_figure, shift_figure
+
+    runs = [{"label": m, "nominal": c["nominal_logsnr"], "estimated_mean": c["estimated_mean"],
+             "estimated_std": c["estimated_std"], "reference_mean": c["reference_mean"]} for m, c in pdata["curves"].items()]
+    nominal = np.array(runs[0]["nominal"])
+    on = np.where(nominal >= pdata["window_min_logsnr"])[0]
+    window = (int(on.min()), int(on.max())) if on.size else None
+    f1 = shift_figure(runs, window, title=f"{name}: {readout} along {pdata['sampler']} ({pdata['steps']} steps)",
+                      colors=methods.COLORS)
+    kde = pdata["kde"]
+    groups = {k: [np.array(v) for v in vals] for k, vals in kde["groups"].items() if vals}
+    f2 = kde_figure(kde["levels"], groups, title=f"{name}: {readout} of states at four nominal levels (dashed)",
+                    colors=methods.COLORS)
+    return [f1, f2]
+
+
+def stack_images(images):
+    """PIL images stacked top to bottom on white."""
+    from PIL import Image
+
+    w = max(im.width for im in images)
+    out = Image.new("RGB", (w, sum(im.height for im in images)), "white")
+    y = 0
+    for im in images:
+        out.paste(im, (0, y))
+        y += im.height
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# report tables
+# ---------------------------------------------------------------------------------------------
+
+def fmt(v, nd=3) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.3g}"
+    return str(v)
+
+
+def md_table(rows, cols, heads=None) -> str:
+    """A Markdown table of ``rows`` (dicts) over ``cols`` (missing values blank)."""
+    heads = heads or cols
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def find_row(rows, **kw):
+    """The first row whose fields equal ``kw``, or None."""
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# command-line behaviour
+# ---------------------------------------------------------------------------------------------
+
+class StudyError(ValueError):
+    """A refusal meant for the user (one line: the problem and the fix)."""
+
+
+def prepare_out(out) -> Path:
+    """The output folder, created if missing; a clear error when ``out`` is a file or cannot be created."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file, not a folder; pass a folder path (it is created if missing)")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise StudyError(f"--out {out}: {parent} is a file, not a folder; pass a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StudyError(f"cannot create the output folder {out} ({e.strerror}); pass a writable --out") from None
+    return out
+
+
+def progress(total: int, desc: str, enabled: bool = True):
+    """A progress bar for a training phase: ``(bar, callback(step, loss))``; close the bar when done."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="step")
+
+    def callback(step, loss):
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    return bar, callback
+
+
+STAGE_FORMAT = "studies-stage/1"
+
+
+class Stages:
+    """Finished stages of a study (trained networks, tuning results) kept in ``folder`` and reused when
+    the same command runs again.  A stage is reused only when it was made with the same ``spec`` (the
+    configuration it depends on); otherwise it is made again and overwritten."""
+
+    def __init__(self, folder, log=print):
+        self.folder, self.log = Path(folder), log
+
+    def _fingerprint(self, spec: dict) -> str:
+        import json
+
+        return json.dumps({"format": STAGE_FORMAT, **spec}, sort_keys=True, default=str)
+
+    def modules(self, name: str, spec: dict, mods: dict, make) -> dict:
+        """Load the weights of ``mods`` ({prefix: module}) from stage ``name``, or run ``make()`` (trains them
+        in place and returns a JSON-able summary) and save them.  Returns the summary."""
+        import json
+
+        from comfy_nag.files import WeightFileError, load_weights, save_weights
+
+        path, fp = self.folder / f"{name}.safetensors", self._fingerprint(spec)
+        if path.is_file():
+            try:
+                tensors, meta = load_weights(path)
+            except WeightFileError:
+                tensors, meta = {}, {}
+            if meta.get("study.fingerprint") == fp:
+                for prefix, m in mods.items():
+                    m.load_state_dict({k[len(prefix) + 1:]: t for k, t in tensors.items() if k.startswith(prefix + ".")})
+                    m.eval()
+                self.log(f"reusing {path} (finished earlier with the same settings)")
+                return json.loads(meta["study.summary"])
+        summary = make()
+        tensors = {f"{prefix}.{k}": t for prefix, m in mods.items() for k, t in m.state_dict().items()}
+        save_weights(path, tensors, {"study.fingerprint": fp, "study.summary": json.dumps(summary)})
+        return summary
+
+    def value(self, name: str, spec: dict, make):
+        """A JSON-able result (e.g. tuned knobs) from stage ``name``, or ``make()``'s, saved."""
+        import json
+
+        from comfy_nag.files import atomic_write_bytes
+
+        path, fp = self.folder / f"{name}.json", self._fingerprint(spec)
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("fingerprint") == fp:
+                self.log(f"reusing {path} (finished earlier with the same settings)")
+                return saved["value"]
+        value = make()
+        atomic_write_bytes(path, json.dumps({"fingerprint": fp, "value": value}).encode())
+        return value
+
+
+def load_metrics(out) -> dict:
+    """The metrics.json of a finished run in ``out`` (a clear error when there is none)."""
+    import json
+
+    path = Path(out) / "metrics.json"
+    if not path.is_file():
+        raise StudyError(f"{path} not found: --redraw needs a finished run in --out (run the command without --redraw first)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise StudyError(f"{path} is not valid JSON ({e}); rerun the study to rewrite it") from None
+
+
+def mark_redrawn(report: str, command: str) -> str:
+    """``report`` with a note under its first paragraph that it was redrawn from metrics.json."""
+    head, sep, rest = report.partition("\n\n## ")
+    note = (f"\n\nThis report and `noise_shift.png` were redrawn from `metrics.json` by "
+            f"`python -m studies {command} --redraw` (no sampling; the numbers are the run's).")
+    return head.rstrip("\n") + note + sep + rest

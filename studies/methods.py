@@ -1,0 +1,53 @@
+"""The methods the studies compare, in one table: a method name plus knobs -> what the sampler runs.
+
+Knobs (a dict; missing ones take :data:`DEFAULT_KNOBS`):
+
+* ``cfg`` - CFG scale (ComfyUI convention, 1 = off);
+* ``nag_cf`` - classifier-free NAG scale alone; ``nag_cf_cfg`` - its scale on top of CFG
+  (default: ``nag_cf``);
+* ``window`` - the lowest log-SNR at which NAG-CF and NAG-CG act (they act from there to the end
+  of sampling; -99 = everywhere);
+* ``nag_cg`` - classifier-guided NAG scale; ``eps_scaling`` - epsilon-scaling factor;
+  ``time_shift`` - the time-shift sampler's clip, log-SNR units.
+"""
+from __future__ import annotations
+
+import torch
+
+from comfy_nag.guidance import Guidance, time_shift_level_fn
+from comfy_nag.schedules import Schedule
+
+METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", "eps_scaling", "time_shift")
+ABLATIONS = ("nag_cf_full",)  # NAG-CF over the whole noise range (no window)
+DEFAULT_KNOBS = {"cfg": 1.5, "nag_cf": 0.5, "window": 0.0, "nag_cg": 1.0, "eps_scaling": 1.005, "time_shift": 0.1}
+# One colour per method in every figure of every study (no two alike; grey is kept for forward states).
+COLORS = {"baseline": "#1f77b4", "nag_cf": "#d62728", "cfg": "#2ca02c", "nag_cf+cfg": "#9467bd",
+          "nag_cf+cfg_B": "#ff7f0e", "nag_cg": "#8c564b", "eps_scaling": "#e377c2", "time_shift": "#17becf",
+          "nag_cf_full": "#bcbd22"}
+
+
+def nag_window(schedule: Schedule, min_logsnr: float) -> tuple[float, float]:
+    """Sampling-sigma window ``(0, sigma(min_logsnr))``: from that log-SNR to the end of sampling."""
+    return 0.0, float(schedule.sigma_from_logsnr(torch.tensor(min_logsnr)))
+
+
+def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None = None):
+    """``(Guidance, level_fn)`` for ``method``; ``data_var`` (per-dimension data variance) for time_shift."""
+    k = {**DEFAULT_KNOBS, **knobs}
+    win = nag_window(schedule, k["window"])
+    w, w_cfg, c = k["nag_cf"], k.get("nag_cf_cfg", k["nag_cf"]), k["cfg"]
+    table = {
+        "baseline": lambda: Guidance(),
+        "cfg": lambda: Guidance(cfg_scale=c),
+        "nag_cf": lambda: Guidance(nag_scale=w, nag_window=win),
+        "nag_cf_full": lambda: Guidance(nag_scale=w),
+        "nag_cf+cfg": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win),
+        "nag_cf+cfg_B": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win, variant="B"),
+        "nag_cg": lambda: Guidance(cg_scale=k["nag_cg"], cg_window=win),
+        "eps_scaling": lambda: Guidance(eps_scale=k["eps_scaling"]),
+        "time_shift": lambda: Guidance(),
+    }
+    if method not in table:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS + ABLATIONS)}")
+    level_fn = time_shift_level_fn(schedule.space, data_var, k["time_shift"]) if method == "time_shift" else None
+    return table[method](), level_fn
