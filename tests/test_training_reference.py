@@ -122,8 +122,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, cache):
     assert logged == sorted(set(logged)) == [5, 10, 12]  # nothing logged twice, nothing missing
 
 
-def _cli(*args, **kw):
+def _cli(*args, hash_seed=None, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = hash_seed
     return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -168,35 +170,85 @@ def test_killed_process_resumes_with_nothing_lost(tmp_path, cache, sig):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_on_the_reference_model_saves_comfyui_keys(tmp_path, cache, base):
-    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__mode="lora", train__steps=15,
-                                   lora__rank=4, lora__alpha=8.0, lora__targets=[r"\.qkv$", r"blocks\.\d+\.mlp\."],
-                                   train__noise_condition_dropout_rate=0.3), **QUIET)
+LORA = dict(train__mode="lora", lora__rank=4, lora__alpha=8.0, lora__targets=[r"\.qkv$", r"blocks\.\d+\.mlp\."])
+STEMS = {"kohya": ["lora_unet_blocks_0_qkv", "lora_unet_blocks_0_mlp_0", "lora_unet_blocks_0_mlp_2"],
+         "comfyui": ["diffusion_model.blocks.0.qkv", "diffusion_model.blocks.0.mlp.0", "diffusion_model.blocks.0.mlp.2"]}
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "comfyui"])
+def test_lora_on_the_reference_model_saves_loader_keys(tmp_path, cache, base, fmt):
+    opts = small(tmp_path, cache, model__base=str(base), train__steps=15, train__noise_condition_dropout_rate=0.3,
+                 **LORA, **({"export__lora_format": fmt} if fmt != "kohya" else {}))  # kohya is the default
+    res = api.finetune(TINY, opts, **QUIET)
     sd = _tensors(res.path)
     meta = read_metadata(res.path)
     assert meta["nag.kind"] == "lora" and meta["nag.lora_rank"] == "4" and null_timestep(meta) == -1000.0
     stems = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in sd}
-    assert all(k.startswith("diffusion_model.blocks.0.") for k in sd)
-    assert stems == {"diffusion_model.blocks.0.qkv", "diffusion_model.blocks.0.mlp.0", "diffusion_model.blocks.0.mlp.2"}
+    assert stems == set(STEMS[fmt])
     for s in stems:
         assert sd[f"{s}.lora_up.weight"].shape[1] == 4 and sd[f"{s}.lora_down.weight"].shape[0] == 4
         assert float(sd[f"{s}.alpha"]) == 8.0 and sd[f"{s}.lora_up.weight"].abs().sum() > 0  # it trained
-    # merging the file with ComfyUI's formula reproduces the hooked model exactly
+    if fmt == "kohya":  # what kohya-reading tools show: rank, alpha, base model, spec
+        assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "8" and meta["ss_steps"] == "15"
+        assert meta["ss_network_module"] == "networks.lora" and meta["modelspec.sai_model_spec"] == "1.0.0"
+        assert meta["modelspec.architecture"] == "comfy-nag-dit/lora" and meta["modelspec.resolution"] == "8x8"
+        assert meta["modelspec.prediction_type"] == "epsilon"
+        shown = api.inspect(res.path)
+        assert "kohya key format" in shown and "ss_network_dim" in shown and "nag.null_timestep" in shown
+    else:
+        assert not any(k.startswith(("ss_", "modelspec.")) for k in meta)
+    # merging the file with the loaders' formula reproduces the hooked model exactly
     net, _ = load_reference_model(base)
     hooked, _ = load_reference_model(base)
     cfg = api.load_config(TINY, {"data.cache": str(cache), "model.base": str(base), "train.mode": "lora",
-                                 "lora.rank": 4, "lora.alpha": 8.0,
-                                 "lora.targets": [r"\.qkv$", r"blocks\.\d+\.mlp\."]})
+                                 "lora.rank": 4, "lora.alpha": 8.0, "lora.targets": LORA["lora__targets"]})
     task = FinetuneTask(cfg, **QUIET)
-    task.lora.load_state_dict({f"layers.{i}.{n}.weight": sd[f"diffusion_model.{p}.lora_{n}.weight"]
-                               for i, p in enumerate(task.lora.paths) for n in ("up", "down")})
+    task.lora.load_state_dict({f"layers.{i}.{n}.weight": sd[f"{STEMS[fmt][i]}.lora_{n}.weight"]
+                               for i in range(len(task.lora.paths)) for n in ("up", "down")})
     assert lora.merge(net, sd) == 3
     x, t, y, d = torch.randn(6, 1, 8, 8), torch.rand(6) * 999, torch.arange(6), torch.rand(6) < 0.5
     with torch.no_grad():
         assert torch.allclose(Bundle(task.adapter.module, task.lora)(x, t, y, d), net(x, t, y, d), atol=1e-5)
     with pytest.raises(KeyError, match="matches no"):
-        lora.merge(hooked, {"diffusion_model.nope.lora_up.weight": torch.zeros(1, 1),
-                            "diffusion_model.nope.lora_down.weight": torch.zeros(1, 1)})
+        lora.merge(hooked, {"lora_unet_nope.lora_up.weight": torch.zeros(1, 1),
+                            "lora_unet_nope.lora_down.weight": torch.zeros(1, 1)})
+
+
+def test_lora_ema_holds_only_the_lora(tmp_path, cache, base):
+    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__steps=4, train__ema_decay=0.5,
+                                   run__checkpoint_every=2, **LORA), **QUIET)
+    from training import state
+    ck = state.list_checkpoints(tmp_path)[-1][1]
+    ema, trained = _tensors(ck / "ema.safetensors"), _tensors(ck / "trainable.safetensors")
+    n_averaged = ema.pop("__n_averaged")
+    assert int(n_averaged) == 4 and set(ema) == set(trained) and len(ema) == 6  # up + down of 3 layers
+    assert all(k.startswith("layers.") and ema[k].shape == trained[k].shape for k in ema)
+    lora_size = sum(v.numel() for v in trained.values())
+    base_size = sum(v.numel() for v in load_file(str(base)).values())
+    assert sum(v.numel() for v in ema.values()) == lora_size < base_size / 10
+    # the exported LoRA is the EMA (export.use_ema), not the last weights
+    sd = _tensors(res.path)
+    assert torch.equal(sd[f"{STEMS['kohya'][0]}.lora_up.weight"], ema["layers.0.up.weight"])
+    assert not torch.equal(ema["layers.0.up.weight"], trained["layers.0.up.weight"])
+
+
+def test_same_seed_gives_bit_identical_files_whatever_out_is(tmp_path, cache, base):
+    """Across processes (different hash seeds, so differently ordered dicts) and out folders, and
+    in one process after other work has used the global RNG."""
+    full = small(tmp_path / "x", cache, train__steps=4, train__ema_decay=0.9, run__checkpoint_every=2)
+    files = []
+    for i, out in enumerate(["a", "a-much-longer-run-folder-name"]):
+        opts = dict(full, **{"run.out_dir": str(tmp_path / out), "export.name": "model.safetensors"})
+        proc = _cli("finetune", "-c", TINY, *_sets(opts), hash_seed=str(i + 1))
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        files.append(tmp_path / out / "model.safetensors")
+    assert files[0].read_bytes() == files[1].read_bytes()
+    opts = small(tmp_path / "l1", cache, model__base=str(base), train__steps=3, **LORA, **{"export.name": "l.safetensors"})
+    first = api.finetune(TINY, opts, **QUIET).path
+    torch.rand(1000)  # other work in the same process moves the global RNG
+    second = api.finetune(TINY, dict(opts, **{"run.out_dir": str(tmp_path / "l2-other")}), **QUIET).path
+    assert Path(first).read_bytes() == Path(second).read_bytes()
 
 
 @pytest.fixture(scope="module")

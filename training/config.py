@@ -141,6 +141,9 @@ class Export:
                       choices=("auto", "lora", "checkpoint", "diffusion_model", "reference_model"))
     dtype: str = opt("same", "dtype of exported weights: 'same' as the base file, or fp32/fp16/bf16",
                      choices=("same", "fp32", "fp16", "bf16"))
+    lora_format: str = opt("kohya", "LoRA key format: 'kohya' (lora_unet_*, ss_*/modelspec.* metadata; read by ComfyUI, "
+                                    "Forge/A1111 and diffusers) or 'comfyui' (diffusion_model.*)",
+                           choices=("kohya", "comfyui"))
     use_ema: bool = opt(True, "export the EMA weights when EMA is on")
     name: str = opt("", "file name of the export (default: derived from out_dir)")
 
