@@ -90,15 +90,33 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
     Byte-for-byte reproducible: the same tensors and metadata always give the same file.
     """
+    return save_weights_streamed(path, {k: (v.dtype, list(v.shape), lambda v=v: [v]) for k, v in tensors.items()},
+                                 metadata)
+
+
+def save_weights_streamed(path: str | os.PathLike, entries: dict, metadata: dict | None = None) -> Path:
+    """:func:`save_weights` for tensors that arrive in pieces: ``entries[name] = (dtype, shape, chunks)``
+    where ``chunks()`` yields the tensor's consecutive slices along its first dimension, so a file
+    larger than memory is written holding one slice at a time."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    names = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))  # aligned: widest dtypes first
-    head = safetensors_header([(k, tensors[k].dtype, list(tensors[k].shape)) for k in names], meta)
+    itemsize = {k: torch.empty((), dtype=e[0]).element_size() for k, e in entries.items()}
+    names = sorted(entries, key=lambda k: (-itemsize[k], k))  # aligned: widest dtypes first
+    head = safetensors_header([(k, entries[k][0], list(entries[k][1])) for k in names], meta)
 
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(head)
             for k in names:
-                f.write(tensor_bytes(tensors[k]))
+                dtype, shape, chunks = entries[k]
+                want, got = math.prod(shape) * itemsize[k], 0
+                for t in chunks():
+                    if t.dtype != dtype:
+                        raise WeightFileError(f"tensor {k}: a piece has dtype {t.dtype}, expected {dtype}")
+                    data = tensor_bytes(t)
+                    got += len(data)
+                    f.write(data)
+                if got != want:
+                    raise WeightFileError(f"tensor {k}: its pieces hold {got} bytes, its shape {list(shape)} needs {want}")
     return _atomic(path, write)
 
 

@@ -458,7 +458,7 @@ def test_null_timestep_reaches_the_network_in_network_units(caplog):
         # a LoRA on this network maps onto ComfyUI's key map with nothing left over
         net = lora.LoRANetwork(m.diffusion_model, 2, 2.0)
         caplog.clear()
-        patches = comfy.lora.load_lora(net.comfy_state_dict(), comfy.lora.model_lora_keys_unet(m, {}))
+        patches = comfy.lora.load_lora(net.file_state_dict("comfyui"), comfy.lora.model_lora_keys_unet(m, {}))
         assert len(patches) == len(net.paths) and key_warnings(caplog) == []
 
 

@@ -71,7 +71,7 @@ class Data:
     conditioning: str = opt("", "precomputed text conditioning: safetensors with cross_attn [K,L,D], optional "
                                 "pooled_output [K,P], and metadata 'captions' (JSON list of the K captions)")
     limit: int = opt(0, "use at most this many images (0: all)", lo=0)
-    encode_batch_size: int = opt(8, "images per VAE call in `prepare`", lo=1)
+    encode_batch_size: int = opt(8, "images `prepare` reads and encodes at a time (memory holds one batch)", lo=1)
 
 
 @dataclass
