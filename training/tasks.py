@@ -151,7 +151,8 @@ class FinetuneTask:
             if grid_due:
                 rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
                     a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
-                path = monitor.save_grid(rows_fn(), out / "samples" / f"step_{step:08d}.png")
+                path = monitor.save_grid(rows_fn(), out / "samples" / f"step_{step:08d}.png",
+                                         monitor.row_labels(cfg.sample))
                 out_metrics["samples"] = str(path)
                 if self._estimator is not None and monitor_due:
                     out_metrics.update(monitor.shift_readout(self._estimator, a, self.cache.latents(self.probe), rows_fn))
@@ -271,7 +272,8 @@ class EstimatorTask:
 
     def export(self, out: Path, step: int) -> Path:
         c, info = self.cfg, self.cache.info
-        name = c.export.name or f"{Path(c.run.out_dir).name}_estimator.safetensors"
+        run = Path(c.run.out_dir).name
+        name = c.export.name or (f"{run}.safetensors" if run.endswith("estimator") else f"{run}_estimator.safetensors")
         extra = {"nag.family": self.family, "nag.latent_space": info.latent_space,
                  "nag.resolution": f"[{info.height}, {info.width}]", "nag.trained_steps": str(step)}
         if self.latent_format is not None:
