@@ -170,6 +170,70 @@ def test_killed_process_resumes_with_nothing_lost(tmp_path, cache, sig):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _torchrun(opts: dict, nproc: int = 2):
+    """`python -m training finetune` in ``nproc`` CPU processes (torchrun; accelerate picks gloo)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "training", "finetune", "-c", TINY, *_sets(opts)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_two_processes_killed_and_resumed_equal_one_process(tmp_path, cache):
+    """2 processes x 1 micro-batch = 1 process x 2 accumulated micro-batches: same samples, same noise
+    (step_generator), gradients averaged in another order; killed and resumed in between."""
+    out = tmp_path / "ddp"
+    opts = small(out, cache, train__steps=100000, run__checkpoint_every=2, train__ema_decay=0.9, train__batch_size=16)
+    proc = _torchrun(opts)
+    _wait_for_checkpoint(out, proc, timeout=240)
+    time.sleep(0.5)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    for pid in workers + [proc.pid]:  # the workers (torchrun gives them their own sessions), then the launcher
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    for pid in workers:  # gone (or a zombie) before the checkpoints are read
+        while _alive(pid):
+            time.sleep(0.05)
+    from training import state
+    last, ck = state.list_checkpoints(out)[-1]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert (ck / "rng_rank0.safetensors").is_file() and (ck / "rng_rank1.safetensors").is_file()
+    target = dict(opts, **{"train.steps": last + 2})
+    proc = _torchrun(target)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"resumed from {ck}" in stdout and stdout.count("saved ") == 1  # one process reports and writes
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["ddp.safetensors"]
+    logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()
+              if "event" not in json.loads(ln)]
+    assert logged == sorted(set(logged))  # one writer: no line twice
+    one = api.finetune(TINY, dict(target, **{"run.out_dir": str(tmp_path / "one"),
+                                             "train.gradient_accumulation_steps": 2}), **QUIET)
+    a, b = _tensors(one.path), _tensors(out / "ddp.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # float summation order only
+
+
 LORA = dict(train__mode="lora", lora__rank=4, lora__alpha=8.0, lora__targets=[r"\.qkv$", r"blocks\.\d+\.mlp\."])
 STEMS = {"kohya": ["lora_unet_blocks_0_qkv", "lora_unet_blocks_0_mlp_0", "lora_unet_blocks_0_mlp_2"],
          "comfyui": ["diffusion_model.blocks.0.qkv", "diffusion_model.blocks.0.mlp.0", "diffusion_model.blocks.0.mlp.2"]}

@@ -81,8 +81,9 @@ def main(argv=None) -> int:
             api.bench(cfg)
         else:
             result = getattr(api, args.command)(cfg)
-            print(f"\nsaved {result.path}\n")
-            print(api.inspect(result.path))
+            if result.path is not None:  # the main process (the only one that writes the file)
+                print(f"\nsaved {result.path}\n")
+                print(api.inspect(result.path))
         return 0
     except KeyboardInterrupt:
         print("interrupted; resume with the same command", file=sys.stderr)

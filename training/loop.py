@@ -5,8 +5,9 @@ file adds what makes a run reproducible and resumable:
 
 * **Seeded, resumable randomness.**  The data order is a fixed permutation per epoch and every
   micro-batch draws its noise, levels and dropout from a generator seeded by
-  ``(seed, step, micro-batch, process)``; a run is a pure function of its seed, so a resumed run
-  continues exactly as if it had never stopped (bit-identical on CPU).
+  ``(seed, step, global micro-batch index)``; a run is a pure function of its seed, so a resumed run
+  continues exactly as if it had never stopped (bit-identical on CPU), and splitting a step's
+  micro-batches across processes changes nothing but float summation order.
 * **Checkpoints** of weights, EMA, optimizer, scheduler, scaler and RNG (``state.py``), every
   ``run.checkpoint_every`` steps and at the end; SIGINT/SIGTERM finish the current step, save,
   and stop.  A SIGKILL loses only the steps since the last checkpoint.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -74,9 +76,15 @@ class RunResult:
     metrics: list = field(default_factory=list)  # the metric lines written by this process
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The CPU generator of one micro-batch: a function of (seed, step, micro-batch, process) only."""
-    a, b = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The CPU generator of one micro-batch: a function of (seed, step, global micro-batch index) only.
+
+    The global index of process ``rank``'s micro-batch ``m`` is ``m * world + rank``, the same
+    numbering as the data order, so a run draws the same samples and the same noise whether its
+    micro-batches are split across processes or accumulated in one (2 processes x 1 micro-batch
+    equals 1 process x 2 accumulated micro-batches, up to float summation order).
+    """
+    a, b = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed((int(a) << 32) | int(b))
 
 
@@ -215,7 +223,9 @@ def train(task, s: LoopSettings, callbacks=(), log=print) -> RunResult:
     from accelerate import Accelerator
 
     _reset_accelerate()
-    acc = Accelerator(mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.accum,
+    # several processes without a GPU (torchrun / accelerate launch on CPU): accelerate's CPU mode, gloo
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(cpu=multi_cpu, mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.accum,
                       step_scheduler_with_optimizer=False)
     try:
         run = Run(task, s, acc, log)
@@ -282,8 +292,10 @@ class Run:
         self.module, self.opt = acc.prepare(task.module, opt)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt.optimizer, lr_lambda(s))
         self.order = DataOrder(task.dataset_size, s.seed)
+        # micro-batch size and micro-batches per step (processes x accumulation) shape the run; how the
+        # micro-batches are split between processes and accumulation does not (see step_generator)
         self.fingerprint = {**task.fingerprint(), "task": task.name, "seed": s.seed, "batch_size": s.batch_size,
-                            "gradient_accumulation_steps": s.accum, "ema": s.ema_decay > 0}
+                            "micro_batches_per_step": s.accum * self.world, "ema": s.ema_decay > 0}
         if resume_path is not None:
             self.restore(resume_path)
         if self.main:
@@ -340,10 +352,10 @@ class Run:
         step_loss = 0.0
         for micro in range(s.accum):
             with acc.accumulate(module):
-                first = ((step * s.accum + micro) * self.world + self.rank) * s.batch_size
-                idx = self.order.indices(first, s.batch_size)
+                index = micro * self.world + self.rank  # global micro-batch index within the step
+                idx = self.order.indices((step * s.accum * self.world + index) * s.batch_size, s.batch_size)
                 with acc.autocast():
-                    loss, stats = self.task.loss(module, idx, step_generator(s.seed, step, micro, self.rank), acc.device)
+                    loss, stats = self.task.loss(module, idx, step_generator(s.seed, step, index), acc.device)
                 if not acc.gather(torch.isfinite(loss.detach()).float()[None]).min() > 0:
                     raise TrainingDiverged(_diverged_message(step, loss, self.last_saved, self.out, s))
                 acc.backward(loss)
