@@ -248,6 +248,8 @@ class Run:
         self.task, self.s, self.acc, self.log = task, s, acc, log
         self.out = Path(s.out_dir)
         self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
+        if s.deterministic:  # cuBLAS needs a fixed workspace for deterministic matmuls (CUDA docs)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         set_seed(s.seed, deterministic=s.deterministic)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
