@@ -1,5 +1,4 @@
 """`prepare` on an image folder: batch by batch, resumable, unreadable images skipped and counted."""
-from pathlib import Path
 
 import numpy as np
 import pytest
