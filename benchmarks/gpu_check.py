@@ -169,8 +169,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_check.json", help="results file (JSON)")
     ap.add_argument("--toy", action="store_true", help="tiny models (default when there is no CUDA device)")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps per timing (default 10, toy 2)")
-    ap.add_argument("--repeats", type=int, default=None, help="timings per configuration (default 5, toy 1)")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps per timing (default 8, toy 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="timings per configuration (default 3, toy 1)")
     ap.add_argument("--train-steps", type=int, default=None, help="trainer steps (default 30, toy 3)")
     ap.add_argument("--skip", action="append", default=[], choices=("guidance", "bench_cost", "trainer"))
     args = ap.parse_args()
@@ -196,7 +196,8 @@ def main() -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if "guidance" not in args.skip:
-            results["guidance"] = guidance_cost(toy, device, args.steps or (2 if toy else 10), args.repeats or (1 if toy else 5))
+            steps, repeats = args.steps or (2 if toy else 8), args.repeats or (1 if toy else 3)
+            results["guidance"] = guidance_cost(toy, device, steps, repeats)
             save()
         if "bench_cost" not in args.skip:
             results["bench_cost"] = bench_cost(toy, Path(tmp))
