@@ -360,3 +360,20 @@ def test_bench_reports_the_dropout_cost(cache):
                          "model.hidden": 32, "model.depth": 1}, **QUIET)
     assert r["device"].startswith("cpu") and r["ratio"] > 0 and r["cpu_step_ms_dropout"] > 0 and r["dropout_rate"] == 0.1
     assert r["pairs"] == 4 and r["cpu_ratio_95"][0] <= r["cpu_ratio"] <= r["cpu_ratio_95"][1]
+
+
+def test_sample_grid_rows_are_labelled_with_their_nag_scale(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+    rows = [torch.ones(3, 1, 8, 8), torch.ones(3, 1, 8, 8)]  # white images on the white canvas: only text is dark
+    labels = monitor.row_labels(SimpleNamespace(nag_scale=1.5))
+    assert labels == ["NAG w=0", "NAG w=1.5"]
+    plain = np.asarray(Image.open(monitor.save_grid(rows, tmp_path / "a.png")))
+    labelled = np.asarray(Image.open(monitor.save_grid(rows, tmp_path / "b.png", labels)))
+    margin = labelled.shape[1] - plain.shape[1]
+    assert margin > 0 and (labelled[:, :margin] < 128).any() and (plain > 250).all()
+    assert np.array_equal(labelled[:, margin:], plain)  # the images themselves are unchanged
+    half = labelled.shape[0] // 2
+    assert (labelled[:half, :margin] < 128).any() and (labelled[half:, :margin] < 128).any()  # one label per row
