@@ -8,13 +8,15 @@ Metadata values are strings (safetensors' rule); structured values are stored as
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors import safe_open
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -53,11 +55,69 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def safetensors_header(entries: list[tuple[str, torch.dtype, list[int]]], metadata: dict[str, str]) -> bytes:
+    """The safetensors header (length prefix + JSON) of tensors laid out in the given order
+    (widest dtypes first keeps every tensor aligned, as the safetensors library does).
+
+    Keys and metadata are written sorted, so equal content always gives equal bytes (the
+    safetensors library writes metadata in hash order, which differs between runs).
+    """
+    head: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    offset = 0
+    for name, dtype, shape in entries:
+        if dtype not in _ST_DTYPES:
+            raise WeightFileError(f"tensor {name}: dtype {dtype} cannot be saved")
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        head[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
+    return memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
 def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
-    """Atomically save ``tensors`` as safetensors with string metadata (non-strings -> JSON)."""
+    """Atomically save ``tensors`` as safetensors with string metadata (non-strings -> JSON).
+
+    Byte-for-byte reproducible: the same tensors and metadata always give the same file.
+    """
+    return save_weights_streamed(path, {k: (v.dtype, list(v.shape), lambda v=v: [v]) for k, v in tensors.items()},
+                                 metadata)
+
+
+def save_weights_streamed(path: str | os.PathLike, entries: dict, metadata: dict | None = None) -> Path:
+    """:func:`save_weights` for tensors that arrive in pieces: ``entries[name] = (dtype, shape, chunks)``
+    where ``chunks()`` yields the tensor's consecutive slices along its first dimension, so a file
+    larger than memory is written holding one slice at a time."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    itemsize = {k: torch.empty((), dtype=e[0]).element_size() for k, e in entries.items()}
+    names = sorted(entries, key=lambda k: (-itemsize[k], k))  # aligned: widest dtypes first
+    head = safetensors_header([(k, entries[k][0], list(entries[k][1])) for k in names], meta)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(head)
+            for k in names:
+                dtype, shape, chunks = entries[k]
+                want, got = math.prod(shape) * itemsize[k], 0
+                for t in chunks():
+                    if t.dtype != dtype:
+                        raise WeightFileError(f"tensor {k}: a piece has dtype {t.dtype}, expected {dtype}")
+                    data = tensor_bytes(t)
+                    got += len(data)
+                    f.write(data)
+                if got != want:
+                    raise WeightFileError(f"tensor {k}: its pieces hold {got} bytes, its shape {list(shape)} needs {want}")
+    return _atomic(path, write)
 
 
 def _check_file(path: Path) -> None:

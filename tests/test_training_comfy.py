@@ -27,6 +27,7 @@ import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.sd  # noqa: E402
+import comfy.supported_models  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
@@ -228,9 +229,9 @@ def test_lora_loads_with_stock_loaders_and_gives_a_working_nag_branch(tmp_path, 
     control = finetuned(tmp_path / "control", sd3_cache, sd3_pretrained, 0.0, "lora")
     meta = read_metadata(path)
     assert meta["nag.kind"] == "lora" and null_timestep(meta) == -1000.0 and meta["nag.comfy_model_config"] == "SD3"
-    sd = load_file(str(path))
-    assert all(k.startswith("diffusion_model.") and k.endswith((".lora_up.weight", ".lora_down.weight", ".alpha"))
-               for k in sd)
+    sd = load_file(str(path))  # kohya keys (the default); SD3's own module paths
+    assert all(k.startswith("lora_unet_") and k.endswith((".lora_up.weight", ".lora_down.weight", ".alpha")) for k in sd)
+    assert meta["ss_network_dim"] == "8" and meta["ss_base_model_version"] == "sd3"
     # the same network as a bare diffusion model, through UNETLoader; the LoRA through LoraLoaderModelOnly
     dm = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / "pre_dm.safetensors"
     pre = load_file(str(sd3_pretrained))
@@ -336,6 +337,94 @@ def test_sd15_unet_lora_end_to_end(tmp_path, caplog, models_dir):
     (model,) = nodes.UNETLoader().load_unet("tiny_sd15.safetensors", "default")
     (patched,) = nodes.LoraLoaderModelOnly().load_lora_model_only(model, "sd15_lora.safetensors", 1.0)
     assert key_warnings(caplog) == [] and len(patched.patches) == len(load_file(str(res.path))) // 3
+    # kohya keys with diffusers module names, as community SD1.5 LoRAs have them; loads in diffusers too
+    sd = load_file(str(res.path))
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight" in sd
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["ss_network_dim"] == "4" and meta["modelspec.resolution"] == "64x64"
+    assert_loads_in_diffusers(res.path, DIFFUSERS_SD15, "sd15")
+
+
+# --- kohya LoRA files in diffusers (skips loudly without diffusers + peft) ----------------------
+
+DIFFUSERS_SD15 = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(320,),
+                      down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+                      mid_block_type=None, cross_attention_dim=768, attention_head_dim=8)
+SDXL_SHAPED = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
+               "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1, "context_dim": 64,
+               "use_linear_in_transformer": True, "use_spatial_transformer": True, "legacy": False,
+               "adm_in_channels": 2816, "num_classes": "sequential", "in_channels": 4, "out_channels": 4,
+               "image_size": 32, "num_heads": -1, "num_head_channels": 16, "use_temporal_attention": False,
+               "use_temporal_resblock": False}
+DIFFUSERS_SDXL = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(0, 1),
+                      attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
+                      addition_embed_type="text_time", addition_time_embed_dim=256,
+                      projection_class_embeddings_input_dim=2816, norm_num_groups=32)
+
+
+def assert_loads_in_diffusers(path, unet_config: dict, kind: str):
+    """diffusers' own ``load_lora_weights`` puts every layer of the file on the module it names."""
+    try:
+        import diffusers
+        import peft  # noqa: F401  (diffusers loads LoRAs through peft)
+    except ImportError as e:
+        warnings.warn(f"diffusers LoRA check SKIPPED: {e}")
+        pytest.skip(f"the diffusers LoRA check needs diffusers and peft: {e}")
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+    class Pipe(StableDiffusionXLLoraLoaderMixin if kind == "sdxl" else StableDiffusionLoraLoaderMixin):
+        hf_device_map = None  # the attributes of a DiffusionPipeline the loader reads
+
+        def __init__(self, unet):
+            self.unet, self.text_encoder, self.text_encoder_2 = unet, None, None
+            self.components = {"unet": unet}
+
+    unet = diffusers.UNet2DConditionModel(**unet_config)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda r: seen.append(r.getMessage()) if r.levelno >= logging.WARNING else None
+    diffusers.utils.logging.get_logger("diffusers").addHandler(handler)
+    try:
+        Pipe(unet).load_lora_weights(str(path), adapter_name="nag")
+    finally:
+        diffusers.utils.logging.get_logger("diffusers").removeHandler(handler)
+    unet_warnings = [m for m in seen if "text_encoder" not in m]  # the file has no text-encoder layers, by design
+    assert not [m for m in unet_warnings if any(w in m.lower() for w in ("unexpected", "missing", "not found",
+                                                                          "incompatible"))], seen
+    sd, meta = load_file(str(path)), read_metadata(path)
+    stems = sorted({k.rsplit(".", 2)[0] for k in sd if k.endswith(".lora_up.weight")})
+    modules = dict(unet.named_modules())
+    for stem in stems:
+        name = next(n for n in modules if "lora_unet_" + n.replace(".", "_") == stem and hasattr(modules[n], "lora_A"))
+        layer = modules[name]
+        assert torch.equal(layer.lora_A["nag"].weight.detach(), sd[f"{stem}.lora_down.weight"].float())
+        assert torch.equal(layer.lora_B["nag"].weight.detach(), sd[f"{stem}.lora_up.weight"].float())
+        assert layer.scaling["nag"] == pytest.approx(float(meta["ss_network_alpha"]) / int(meta["ss_network_dim"]))
+    assert sum(hasattr(m, "lora_A") for m in modules.values()) == len(stems)
+
+
+def test_sdxl_shaped_kohya_lora_loads_in_comfyui_and_diffusers(tmp_path, caplog):
+    """The exporter's kohya names on an SDXL-shaped UNet (SDXL's block layout, tiny widths; too small for
+    ComfyUI's file detection, so built from its config): no key ComfyUI or diffusers leaves unloaded."""
+    mc = comfy.supported_models.SDXL(dict(SDXL_SHAPED))
+    mc.set_inference_dtype(torch.float32, None)
+    m = mc.get_model({}, "")
+    net = lora.LoRANetwork(m.diffusion_model, 4, 2.0, ["transformer_blocks"], seed=0)
+    for layer in net.layers:
+        torch.nn.init.normal_(layer.up.weight, std=0.01)
+    sd = net.file_state_dict("kohya", comfyui.diffusers_names(m, net.paths))
+    assert "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in sd
+    assert "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2.alpha" in sd
+    meta = {**lora.kohya_metadata("sdxl", "eps", 4, 2.0, 1, (256, 256), "t"), "nag.kind": "lora"}
+    path = tmp_path / "sdxl_lora.safetensors"
+    from comfy_nag.files import save_weights
+    save_weights(path, sd, meta)
+    caplog.set_level(logging.INFO)
+    patches = comfy.lora.load_lora(load_file(str(path)), comfy.lora.model_lora_keys_unet(m, {}))
+    assert key_warnings(caplog) == [] and len(patches) == len(net.paths)
+    assert_loads_in_diffusers(path, DIFFUSERS_SDXL, "sdxl")
 
 
 def _capture_timesteps(net):
@@ -369,7 +458,7 @@ def test_null_timestep_reaches_the_network_in_network_units(caplog):
         # a LoRA on this network maps onto ComfyUI's key map with nothing left over
         net = lora.LoRANetwork(m.diffusion_model, 2, 2.0)
         caplog.clear()
-        patches = comfy.lora.load_lora(net.comfy_state_dict(), comfy.lora.model_lora_keys_unet(m, {}))
+        patches = comfy.lora.load_lora(net.file_state_dict("comfyui"), comfy.lora.model_lora_keys_unet(m, {}))
         assert len(patches) == len(net.paths) and key_warnings(caplog) == []
 
 

@@ -1,6 +1,7 @@
 """Bad input is refused with a message that says what is wrong and what to do; nothing is lost."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,27 @@ def test_cli_refuses_with_a_message_and_exit_code(tmp_path, model):
     assert r.returncode == 1 and "never loaded" in r.stderr
     r = run("inspect", str(model))
     assert r.returncode == 0 and "nag.null_timestep" in r.stdout and "-1000.0" in r.stdout
+
+
+def test_cli_shortcuts_help_and_file_names_as_a_new_user_meets_them(tmp_path, cache):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = lambda *a, cwd=ROOT: subprocess.run([sys.executable, "-m", "training", *a], cwd=cwd, env=env,  # noqa: E731
+                                              capture_output=True, text=True, timeout=300)
+    # a shortcut a command does not read is a usage error, not silently ignored
+    r = run("prepare", "-c", TINY, "--steps", "5")
+    assert r.returncode == 2 and "unrecognized arguments: --steps" in r.stderr
+    # --help-config works after the command too; every command has a description
+    r = run("estimator", "--help-config")
+    assert r.returncode == 0 and "[estimator]" in r.stdout
+    r = run("estimator", "--help")
+    assert r.returncode == 0 and "Train a noise-level estimator" in r.stdout and "--steps" in r.stdout
+    # `estimator --steps` sets estimator.steps; a run folder named *estimator is not named twice over
+    out = tmp_path / "tiny-estimator"
+    r = run("estimator", "-c", TINY, "--cache", str(cache), "--out", str(out), "--steps", "3",
+            "--set", "estimator.batch_size=16", "--set", "monitor.eval_size=16")
+    assert r.returncode == 0, r.stderr
+    assert (out / "tiny-estimator.safetensors").is_file() and re.search(r"nag\.trained_steps\s+3\n", r.stdout)
+    # inspect on the run folder shows the exported file's metadata
+    r = run("inspect", str(out))
+    assert r.returncode == 0 and "tiny-estimator.safetensors: noise-level estimator" in r.stdout
+    assert "nag.family" in r.stdout

@@ -122,8 +122,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, cache):
     assert logged == sorted(set(logged)) == [5, 10, 12]  # nothing logged twice, nothing missing
 
 
-def _cli(*args, **kw):
+def _cli(*args, hash_seed=None, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = hash_seed
     return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -168,35 +170,149 @@ def test_killed_process_resumes_with_nothing_lost(tmp_path, cache, sig):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_on_the_reference_model_saves_comfyui_keys(tmp_path, cache, base):
-    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__mode="lora", train__steps=15,
-                                   lora__rank=4, lora__alpha=8.0, lora__targets=[r"\.qkv$", r"blocks\.\d+\.mlp\."],
-                                   train__noise_condition_dropout_rate=0.3), **QUIET)
+def _torchrun(opts: dict, nproc: int = 2):
+    """`python -m training finetune` in ``nproc`` CPU processes (torchrun; accelerate picks gloo)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "training", "finetune", "-c", TINY, *_sets(opts)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_two_processes_killed_and_resumed_equal_one_process(tmp_path, cache):
+    """2 processes x 1 micro-batch = 1 process x 2 accumulated micro-batches: same samples, same noise
+    (step_generator), gradients averaged in another order; killed and resumed in between."""
+    out = tmp_path / "ddp"
+    opts = small(out, cache, train__steps=100000, run__checkpoint_every=2, train__ema_decay=0.9, train__batch_size=16)
+    proc = _torchrun(opts)
+    _wait_for_checkpoint(out, proc, timeout=240)
+    time.sleep(0.5)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    for pid in workers + [proc.pid]:  # the workers (torchrun gives them their own sessions), then the launcher
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    for pid in workers:  # gone (or a zombie) before the checkpoints are read
+        while _alive(pid):
+            time.sleep(0.05)
+    from training import state
+    last, ck = state.list_checkpoints(out)[-1]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert (ck / "rng_rank0.safetensors").is_file() and (ck / "rng_rank1.safetensors").is_file()
+    target = dict(opts, **{"train.steps": last + 2})
+    proc = _torchrun(target)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"resumed from {ck}" in stdout and stdout.count("saved ") == 1  # one process reports and writes
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["ddp.safetensors"]
+    logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()
+              if "event" not in json.loads(ln)]
+    assert logged == sorted(set(logged))  # one writer: no line twice
+    one = api.finetune(TINY, dict(target, **{"run.out_dir": str(tmp_path / "one"),
+                                             "train.gradient_accumulation_steps": 2}), **QUIET)
+    a, b = _tensors(one.path), _tensors(out / "ddp.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # float summation order only
+
+
+LORA = dict(train__mode="lora", lora__rank=4, lora__alpha=8.0, lora__targets=[r"\.qkv$", r"blocks\.\d+\.mlp\."])
+STEMS = {"kohya": ["lora_unet_blocks_0_qkv", "lora_unet_blocks_0_mlp_0", "lora_unet_blocks_0_mlp_2"],
+         "comfyui": ["diffusion_model.blocks.0.qkv", "diffusion_model.blocks.0.mlp.0", "diffusion_model.blocks.0.mlp.2"]}
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "comfyui"])
+def test_lora_on_the_reference_model_saves_loader_keys(tmp_path, cache, base, fmt):
+    opts = small(tmp_path, cache, model__base=str(base), train__steps=15, train__noise_condition_dropout_rate=0.3,
+                 **LORA, **({"export__lora_format": fmt} if fmt != "kohya" else {}))  # kohya is the default
+    res = api.finetune(TINY, opts, **QUIET)
     sd = _tensors(res.path)
     meta = read_metadata(res.path)
     assert meta["nag.kind"] == "lora" and meta["nag.lora_rank"] == "4" and null_timestep(meta) == -1000.0
     stems = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in sd}
-    assert all(k.startswith("diffusion_model.blocks.0.") for k in sd)
-    assert stems == {"diffusion_model.blocks.0.qkv", "diffusion_model.blocks.0.mlp.0", "diffusion_model.blocks.0.mlp.2"}
+    assert stems == set(STEMS[fmt])
     for s in stems:
         assert sd[f"{s}.lora_up.weight"].shape[1] == 4 and sd[f"{s}.lora_down.weight"].shape[0] == 4
         assert float(sd[f"{s}.alpha"]) == 8.0 and sd[f"{s}.lora_up.weight"].abs().sum() > 0  # it trained
-    # merging the file with ComfyUI's formula reproduces the hooked model exactly
+    if fmt == "kohya":  # what kohya-reading tools show: rank, alpha, base model, spec
+        assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "8" and meta["ss_steps"] == "15"
+        assert meta["ss_network_module"] == "networks.lora" and meta["modelspec.sai_model_spec"] == "1.0.0"
+        assert meta["modelspec.architecture"] == "comfy-nag-dit/lora" and meta["modelspec.resolution"] == "8x8"
+        assert meta["modelspec.prediction_type"] == "epsilon"
+        shown = api.inspect(res.path)
+        assert "kohya key format" in shown and "ss_network_dim" in shown and "nag.null_timestep" in shown
+    else:
+        assert not any(k.startswith(("ss_", "modelspec.")) for k in meta)
+    # merging the file with the loaders' formula reproduces the hooked model exactly
     net, _ = load_reference_model(base)
     hooked, _ = load_reference_model(base)
     cfg = api.load_config(TINY, {"data.cache": str(cache), "model.base": str(base), "train.mode": "lora",
-                                 "lora.rank": 4, "lora.alpha": 8.0,
-                                 "lora.targets": [r"\.qkv$", r"blocks\.\d+\.mlp\."]})
+                                 "lora.rank": 4, "lora.alpha": 8.0, "lora.targets": LORA["lora__targets"]})
     task = FinetuneTask(cfg, **QUIET)
-    task.lora.load_state_dict({f"layers.{i}.{n}.weight": sd[f"diffusion_model.{p}.lora_{n}.weight"]
-                               for i, p in enumerate(task.lora.paths) for n in ("up", "down")})
+    task.lora.load_state_dict({f"layers.{i}.{n}.weight": sd[f"{STEMS[fmt][i]}.lora_{n}.weight"]
+                               for i in range(len(task.lora.paths)) for n in ("up", "down")})
     assert lora.merge(net, sd) == 3
     x, t, y, d = torch.randn(6, 1, 8, 8), torch.rand(6) * 999, torch.arange(6), torch.rand(6) < 0.5
     with torch.no_grad():
         assert torch.allclose(Bundle(task.adapter.module, task.lora)(x, t, y, d), net(x, t, y, d), atol=1e-5)
     with pytest.raises(KeyError, match="matches no"):
-        lora.merge(hooked, {"diffusion_model.nope.lora_up.weight": torch.zeros(1, 1),
-                            "diffusion_model.nope.lora_down.weight": torch.zeros(1, 1)})
+        lora.merge(hooked, {"lora_unet_nope.lora_up.weight": torch.zeros(1, 1),
+                            "lora_unet_nope.lora_down.weight": torch.zeros(1, 1)})
+
+
+def test_lora_ema_holds_only_the_lora(tmp_path, cache, base):
+    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__steps=4, train__ema_decay=0.5,
+                                   run__checkpoint_every=2, **LORA), **QUIET)
+    from training import state
+    ck = state.list_checkpoints(tmp_path)[-1][1]
+    ema, trained = _tensors(ck / "ema.safetensors"), _tensors(ck / "trainable.safetensors")
+    n_averaged = ema.pop("__n_averaged")
+    assert int(n_averaged) == 4 and set(ema) == set(trained) and len(ema) == 6  # up + down of 3 layers
+    assert all(k.startswith("layers.") and ema[k].shape == trained[k].shape for k in ema)
+    lora_size = sum(v.numel() for v in trained.values())
+    base_size = sum(v.numel() for v in load_file(str(base)).values())
+    assert sum(v.numel() for v in ema.values()) == lora_size < base_size / 10
+    # the exported LoRA is the EMA (export.use_ema), not the last weights
+    sd = _tensors(res.path)
+    assert torch.equal(sd[f"{STEMS['kohya'][0]}.lora_up.weight"], ema["layers.0.up.weight"])
+    assert not torch.equal(ema["layers.0.up.weight"], trained["layers.0.up.weight"])
+
+
+def test_same_seed_gives_bit_identical_files_whatever_out_is(tmp_path, cache, base):
+    """Across processes (different hash seeds, so differently ordered dicts) and out folders, and
+    in one process after other work has used the global RNG."""
+    full = small(tmp_path / "x", cache, train__steps=4, train__ema_decay=0.9, run__checkpoint_every=2)
+    files = []
+    for i, out in enumerate(["a", "a-much-longer-run-folder-name"]):
+        opts = dict(full, **{"run.out_dir": str(tmp_path / out), "export.name": "model.safetensors"})
+        proc = _cli("finetune", "-c", TINY, *_sets(opts), hash_seed=str(i + 1))
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        files.append(tmp_path / out / "model.safetensors")
+    assert files[0].read_bytes() == files[1].read_bytes()
+    opts = small(tmp_path / "l1", cache, model__base=str(base), train__steps=3, **LORA, **{"export.name": "l.safetensors"})
+    first = api.finetune(TINY, opts, **QUIET).path
+    torch.rand(1000)  # other work in the same process moves the global RNG
+    second = api.finetune(TINY, dict(opts, **{"run.out_dir": str(tmp_path / "l2-other")}), **QUIET).path
+    assert Path(first).read_bytes() == Path(second).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +360,20 @@ def test_bench_reports_the_dropout_cost(cache):
                          "model.hidden": 32, "model.depth": 1}, **QUIET)
     assert r["device"].startswith("cpu") and r["ratio"] > 0 and r["cpu_step_ms_dropout"] > 0 and r["dropout_rate"] == 0.1
     assert r["pairs"] == 4 and r["cpu_ratio_95"][0] <= r["cpu_ratio"] <= r["cpu_ratio_95"][1]
+
+
+def test_sample_grid_rows_are_labelled_with_their_nag_scale(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+    rows = [torch.ones(3, 1, 8, 8), torch.ones(3, 1, 8, 8)]  # white images on the white canvas: only text is dark
+    labels = monitor.row_labels(SimpleNamespace(nag_scale=1.5))
+    assert labels == ["NAG w=0", "NAG w=1.5"]
+    plain = np.asarray(Image.open(monitor.save_grid(rows, tmp_path / "a.png")))
+    labelled = np.asarray(Image.open(monitor.save_grid(rows, tmp_path / "b.png", labels)))
+    margin = labelled.shape[1] - plain.shape[1]
+    assert margin > 0 and (labelled[:, :margin] < 128).any() and (plain > 250).all()
+    assert np.array_equal(labelled[:, margin:], plain)  # the images themselves are unchanged
+    half = labelled.shape[0] // 2
+    assert (labelled[:half, :margin] < 128).any() and (labelled[half:, :margin] < 128).any()  # one label per row

@@ -7,7 +7,7 @@ Modules (each short, named for what it holds):
 * ``data``        - ``prepare``: images + labels/captions -> a latent cache; reading caches
 * ``families``    - model adapters: reference DiT/SiT and ComfyUI families; native-format export
 * ``comfyui``     - ComfyUI as a library (import, loading through its detection, encoders)
-* ``lora``        - a plain LoRA in ComfyUI's key format
+* ``lora``        - a plain LoRA saved in the kohya key format (or ComfyUI's)
 * ``tasks``       - what is trained: noise-condition dropout fine-tuning, noise-level estimators
 * ``loop``        - the accelerate loop: accumulation, mixed precision, EMA, checkpoints, resume
 * ``state``       - checkpoint files (safetensors + JSON, atomic)

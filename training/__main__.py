@@ -2,34 +2,56 @@
 
 Commands: prepare, finetune, estimator, inspect, bench.  Every command but ``inspect`` takes a
 config file (``--config``, TOML or YAML) and overrides (``--set section.key=value``, repeatable,
-plus the shortcuts below).  ``--help-config`` lists every key.
+plus the command's own shortcuts below).  ``--help-config`` lists every key.  Exit codes: 0 done,
+1 refused with a message, 2 bad command line, 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-SHORTCUTS = {  # flag -> config key
-    "out": "run.out_dir", "seed": "run.seed", "steps": "train.steps", "cache": "data.cache", "base": "model.base",
-    "family": "model.family", "resume": "run.resume",
+RUN = {"out": "run.out_dir", "seed": "run.seed", "cache": "data.cache", "base": "model.base",
+       "family": "model.family", "resume": "run.resume"}
+SHORTCUTS = {  # command -> {flag: config key}; each command lists only the flags it reads
+    "prepare": {"cache": "data.cache", "path": "data.path", "resolution": "data.resolution"},
+    "finetune": {**RUN, "steps": "train.steps"},
+    "estimator": {**RUN, "steps": "estimator.steps"},
+    "bench": {"cache": "data.cache", "base": "model.base", "family": "model.family", "seed": "run.seed"},
+}
+COMMANDS = {
+    "prepare": ("images + labels/captions -> latent cache",
+                "Read an image folder (or scikit-learn's digits, or precomputed latents), encode it batch by batch "
+                "and write the latent cache data.cache; an interrupted run continues where it stopped."),
+    "finetune": ("fine-tune with noise-condition dropout",
+                 "Fine-tune a model (full or LoRA) with noise-condition dropout and export it with nag.* metadata; "
+                 "rerunning the same command resumes from the newest checkpoint."),
+    "estimator": ("train a noise-level estimator",
+                  "Train a noise-level estimator (categorical over log-SNR bins) on the cache for its family's "
+                  "schedule; resumable like finetune."),
+    "bench": ("step time with vs without noise-condition dropout",
+              "Time the trainer's step with and without noise-condition dropout, in random-order pairs, and print "
+              "the ratio with a 95 % interval."),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description="comfy-nag trainer: noise-condition dropout "
-                                "fine-tuning and noise-level estimators (Noise Awareness Guidance).")
+                                "fine-tuning and noise-level estimators (Noise Awareness Guidance).",
+                                epilog="Exit codes: 0 done, 1 refused (the message says why and how to fix it), "
+                                       "2 bad command line, 130 interrupted (resume with the same command).")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
     sub = p.add_subparsers(dest="command")
-    helps = {"prepare": "images + labels/captions -> latent cache", "finetune": "fine-tune with noise-condition dropout",
-             "estimator": "train a noise-level estimator", "bench": "step time with vs without noise-condition dropout"}
-    for name, h in helps.items():
-        s = sub.add_parser(name, help=h)
+    for name, (short, long) in COMMANDS.items():
+        s = sub.add_parser(name, help=short, description=long)
         s.add_argument("--config", "-c", help="TOML/YAML config file (see training/configs/)")
         s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value (TOML syntax; bare words are strings); repeatable")
-        for flag, key in SHORTCUTS.items():
+        for flag, key in SHORTCUTS[name].items():
             s.add_argument(f"--{flag}", help=f"shortcut for --set {key}=...")
-    s = sub.add_parser("inspect", help="what a saved file (or run folder) is, and its NAG metadata")
+        s.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
+    s = sub.add_parser("inspect", help="what a saved file (or run folder) is, and its NAG metadata",
+                       description="Describe a weight file, latent cache, checkpoint or run folder, with its nag.* "
+                                   "(and kohya ss_*/modelspec.*) metadata.")
     s.add_argument("path")
     return p
 
@@ -40,7 +62,7 @@ def main(argv=None) -> int:
     from .comfyui import ComfyUnavailable
     from .config import ConfigError, help_text
 
-    if args.help_config:
+    if getattr(args, "help_config", False):
         print(help_text())
         return 0
     if not args.command:
@@ -50,7 +72,7 @@ def main(argv=None) -> int:
         if args.command == "inspect":
             print(api.inspect(args.path))
             return 0
-        overrides = list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS.items()
+        overrides = list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS[args.command].items()
                                       if getattr(args, flag) is not None]
         cfg = api.load_config(args.config, overrides)
         if args.command == "prepare":
@@ -59,8 +81,9 @@ def main(argv=None) -> int:
             api.bench(cfg)
         else:
             result = getattr(api, args.command)(cfg)
-            print(f"\nsaved {result.path}\n")
-            print(api.inspect(result.path))
+            if result.path is not None:  # the main process (the only one that writes the file)
+                print(f"\nsaved {result.path}\n")
+                print(api.inspect(result.path))
         return 0
     except KeyboardInterrupt:
         print("interrupted; resume with the same command", file=sys.stderr)

@@ -76,7 +76,7 @@ def run(cfg: Config, log=print) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             w0, c0 = time.perf_counter(), time.process_time()
-            loss, _ = task.loss(module, idx, step_generator(cfg.run.seed, k, 0, 0), device, plain=plain)
+            loss, _ = task.loss(module, idx, step_generator(cfg.run.seed, k, 0), device, plain=plain)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -38,7 +38,8 @@ def comfy_root() -> Path | None:
 
 
 _MODULES = ("comfy.cli_args", "comfy.model_management", "comfy.model_detection", "comfy.model_base", "comfy.sd",
-            "comfy.utils", "comfy.lora", "comfy.conds", "comfy.model_sampling", "comfy.model_patcher")
+            "comfy.utils", "comfy.lora", "comfy.conds", "comfy.model_sampling", "comfy.model_patcher",
+            "comfy.latent_formats")
 
 
 def import_comfy():
@@ -253,3 +254,18 @@ def concat_cross_attn(conds: list[torch.Tensor]) -> torch.Tensor:
     comfy = import_comfy()
     first, *rest = [comfy.conds.CONDCrossAttn(c) for c in conds]
     return first.concat(rest) if rest else first.cond
+
+
+def latent_format(name: str):
+    """An instance of ComfyUI's latent format class ``name`` (e.g. ``"SD15"``, ``"SD3"``)."""
+    return getattr(import_comfy().latent_formats, name)()
+
+
+def diffusers_names(model, paths: list[str]) -> dict[str, str]:
+    """Diffusers module paths of network layer paths, for UNet families (ComfyUI's ``unet_to_diffusers``,
+    the mapping its LoRA loader reads kohya keys with); other families map to nothing (own paths)."""
+    comfy = import_comfy()
+    to_ldm = comfy.utils.unet_to_diffusers(model.model_config.unet_config)
+    inverse = {v[: -len(".weight")]: k[: -len(".weight")] for k, v in to_ldm.items()
+               if k.endswith(".weight") and v.endswith(".weight")}
+    return {p: inverse[p] for p in paths if p in inverse}

@@ -71,7 +71,7 @@ class Data:
     conditioning: str = opt("", "precomputed text conditioning: safetensors with cross_attn [K,L,D], optional "
                                 "pooled_output [K,P], and metadata 'captions' (JSON list of the K captions)")
     limit: int = opt(0, "use at most this many images (0: all)", lo=0)
-    encode_batch_size: int = opt(8, "images per VAE call in `prepare`", lo=1)
+    encode_batch_size: int = opt(8, "images `prepare` reads and encodes at a time (memory holds one batch)", lo=1)
 
 
 @dataclass
@@ -141,6 +141,9 @@ class Export:
                       choices=("auto", "lora", "checkpoint", "diffusion_model", "reference_model"))
     dtype: str = opt("same", "dtype of exported weights: 'same' as the base file, or fp32/fp16/bf16",
                      choices=("same", "fp32", "fp16", "bf16"))
+    lora_format: str = opt("kohya", "LoRA key format: 'kohya' (lora_unet_*, ss_*/modelspec.* metadata; read by ComfyUI, "
+                                    "Forge/A1111 and diffusers) or 'comfyui' (diffusion_model.*)",
+                           choices=("kohya", "comfyui"))
     use_ema: bool = opt(True, "export the EMA weights when EMA is on")
     name: str = opt("", "file name of the export (default: derived from out_dir)")
 

@@ -24,7 +24,9 @@ side and centre-cropped to a square (no aspect-ratio buckets).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from comfy_nag.files import WeightFileError, load_weights, read_metadata, save_weights
+from comfy_nag.files import WeightFileError, atomic_write_bytes, load_weights, read_metadata, save_weights, \
+    save_weights_streamed
 
 from .config import Config, ConfigError
 
@@ -79,19 +82,32 @@ class CacheInfo:
         return cls(**kw)
 
 
-def write_cache(path, latents: torch.Tensor, info: CacheInfo, labels=None, cond_index=None, cross_attn=None,
+@dataclass
+class Pieces:
+    """A tensor kept as consecutive slices along dim 0 (``chunks()`` yields them): how ``prepare``
+    streams latents into the cache without holding them all."""
+
+    shape: tuple
+    dtype: torch.dtype
+    chunks: object  # () -> iterable of tensors
+
+
+def write_cache(path, latents: torch.Tensor | Pieces, info: CacheInfo, labels=None, cond_index=None, cross_attn=None,
                 cond_offsets=None, pooled_output=None) -> Path:
-    """Validate and atomically write a cache file (also the programmatic entry for in-memory data)."""
-    if latents.dim() != 4:
+    """Validate and atomically write a cache file (also the programmatic entry for in-memory data).
+
+    ``latents`` is a tensor, or :class:`Pieces` already checked for NaN/Inf piece by piece."""
+    if len(latents.shape) != 4:
         raise CacheError(f"latents must be [N, C, H, W], got shape {list(latents.shape)}")
     n = latents.shape[0]
     if n == 0:
         raise CacheError("the dataset is empty: no images were found/encoded, nothing to cache")
-    if not torch.isfinite(latents.float()).all():
-        raise CacheError("latents contain NaN/Inf; the encoder (VAE) produced invalid values")
+    if isinstance(latents, torch.Tensor):
+        _check_finite(latents)
+        latents = Pieces(tuple(latents.shape), latents.dtype, lambda t=latents: [t])
     info.channels, info.height, info.width = (int(s) for s in latents.shape[1:])
     info.count = int(n)
-    tensors = {"latents": latents}
+    tensors = {}
     if info.conditioning == "class":
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.shape != (n,) or labels.min() < 0:
@@ -110,7 +126,14 @@ def write_cache(path, latents: torch.Tensor, info: CacheInfo, labels=None, cond_
             if pooled_output.shape[0] != k:
                 raise CacheError(f"pooled_output has {pooled_output.shape[0]} rows for {k} captions")
             tensors["pooled_output"] = pooled_output
-    return save_weights(path, tensors, info.metadata())
+    entries = {k: (v.dtype, list(v.shape), lambda v=v: [v]) for k, v in tensors.items()}
+    entries["latents"] = (latents.dtype, list(latents.shape), latents.chunks)
+    return save_weights_streamed(path, entries, info.metadata())
+
+
+def _check_finite(latents: torch.Tensor) -> None:
+    if not torch.isfinite(latents.float()).all():
+        raise CacheError("latents contain NaN/Inf; the encoder (VAE) produced invalid values")
 
 
 class Cache:
@@ -195,17 +218,21 @@ def _list_images(root: Path, labels: str, limit: int):
     return files
 
 
-def _read_images(files, resolution: int, mode: str) -> np.ndarray:
+def _read_batch(files, resolution: int, mode: str) -> tuple[np.ndarray | None, list[int], list[tuple]]:
+    """Decode, resize and crop one batch: ``(pixels [n, H, W, C] in 0..1, kept positions, [(file, reason)])``."""
     from PIL import Image
-    out = []
-    for p in files:
+    out, kept, bad = [], [], []
+    for i, p in enumerate(files):
         try:
             with Image.open(p) as im:
                 out.append(np.asarray(_square(im.convert(mode), resolution), dtype=np.float32) / 255.0)
-        except OSError as e:
-            raise CacheError(f"{p}: not a readable image ({e}); remove or replace it") from None
+            kept.append(i)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            bad.append((p, f"{type(e).__name__}: {e}"))
+    if not out:
+        return None, kept, bad
     arr = np.stack(out)
-    return arr[..., None] if arr.ndim == 3 else arr  # [N, H, W, C] in 0..1
+    return (arr[..., None] if arr.ndim == 3 else arr), kept, bad
 
 
 def _captions(files) -> list[str]:
@@ -269,31 +296,91 @@ def _precomputed_text(path: str, captions: list[str]) -> dict:
                        with_empty="" in lookup)
 
 
-def _comfy_encode(cfg: Config, pixels: np.ndarray, captions: list[str] | None):
-    """VAE latents (and text table) with ComfyUI's VAE and text encoders."""
+def _comfy_encoders(cfg: Config):
+    """``(encode(pixels [n,H,W,C] 0..1) -> fp16 latents, text_table(captions), vae family)`` through ComfyUI."""
     from . import comfyui
     d = cfg.data
     vae, clip, fam = comfyui.load_encoders(d.checkpoint, d.vae, d.text_encoders, d.clip_type)
-    img = torch.from_numpy(pixels)
-    if img.shape[-1] == 1:
-        img = img.expand(-1, -1, -1, 3)
-    lat = torch.cat([vae.encode(img[i: i + d.encode_batch_size]).float().cpu()
-                     for i in range(0, img.shape[0], d.encode_batch_size)])
-    table = None
-    if captions is not None:
+
+    def encode(pixels: np.ndarray) -> torch.Tensor:
+        img = torch.from_numpy(pixels)
+        if img.shape[-1] == 1:
+            img = img.expand(-1, -1, -1, 3)
+        return vae.encode(img).float().cpu().half()
+
+    def text_table(captions: list[str]) -> dict:
         if d.conditioning:
-            table = _precomputed_text(d.conditioning, captions)
-        else:
-            if clip is None:
-                raise CacheError("captions need text encoders, but data.checkpoint has none; set data.text_encoders "
-                                 "or data.conditioning")
+            return _precomputed_text(d.conditioning, captions)
+        if clip is None:
+            raise CacheError("captions need text encoders, but data.checkpoint has none; set data.text_encoders "
+                             "or data.conditioning")
 
-            def encode(text):
-                out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
-                return out["cond"].cpu(), (out.get("pooled_output").cpu() if out.get("pooled_output") is not None else None)
+        def encode_text(text):
+            out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
+            return out["cond"].cpu(), (out.get("pooled_output").cpu() if out.get("pooled_output") is not None else None)
 
-            table = _text_table(captions, encode)
-    return lat.half(), table, fam
+        return _text_table(captions, encode_text)
+    return encode, text_table, fam
+
+
+class Shards:
+    """``prepare``'s work in progress: one safetensors file per encoded batch in ``<cache>.partial/``.
+
+    A batch is encoded once: a rerun after an interruption skips the batches already on disk (the
+    folder is kept only while the file list and encoding settings are unchanged), and the final
+    cache is streamed from the shards, so memory holds one batch whatever the dataset's size.
+    """
+
+    def __init__(self, cache: Path, files: list[Path], settings: dict, log=print):
+        self.dir = cache.with_name(cache.name + ".partial")
+        listing = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        self.key = hashlib.sha256(json.dumps([settings, listing]).encode()).hexdigest()
+        manifest = self.dir / "manifest.json"
+        if self.dir.is_dir():
+            try:
+                same = json.loads(manifest.read_text()).get("key") == self.key
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:
+                log(f"discarding {self.dir}: it was made for other images or settings")
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(manifest, json.dumps({"key": self.key}).encode())
+
+    def path(self, k: int) -> Path:
+        return self.dir / f"batch_{k:06d}.safetensors"
+
+    def done(self, k: int) -> bool:
+        return self.path(k).is_file()
+
+    def write(self, k: int, latents: torch.Tensor | None, rows: list[int], skipped: list[str]) -> None:
+        tensors = {"rows": torch.tensor(rows, dtype=torch.long)}
+        if latents is not None:
+            tensors["latents"] = latents
+        save_weights(self.path(k), tensors, {"skipped": skipped})
+
+    def collect(self, batches: int) -> tuple[list[int], list[Path], list[str], tuple, torch.dtype]:
+        """Kept rows, shard files holding latents, skipped files, latent shape [C,H,W] and dtype."""
+        rows, parts, skipped, shape, dtype = [], [], [], None, None
+        for k in range(batches):
+            with safe_open(str(self.path(k)), "pt") as f:
+                skipped += json.loads(f.metadata().get("skipped", "[]"))
+                rows += f.get_tensor("rows").tolist()
+                if "latents" in f.keys():
+                    sl = f.get_slice("latents")
+                    shape, dtype = tuple(sl.get_shape()[1:]), sl.get_dtype()
+                    parts.append(self.path(k))
+        dtype = {"F16": torch.float16, "F32": torch.float32, "BF16": torch.bfloat16}.get(dtype, torch.float32)
+        return rows, parts, skipped, shape, dtype
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _shard_latents(parts: list[Path]):
+    for p in parts:
+        with safe_open(str(p), "pt") as f:
+            yield f.get_tensor("latents")
 
 
 def prepare(cfg: Config, log=print) -> Path:
@@ -309,30 +396,62 @@ def prepare(cfg: Config, log=print) -> Path:
     elif d.source == "precomputed":
         path = _prepare_precomputed(d.path, out, d.limit)
     else:
-        files = _list_images(Path(d.path), d.labels, d.limit)
-        log(f"reading {len(files)} images from {d.path} at {d.resolution}x{d.resolution}")
-        mode = "RGB" if d.encoder == "comfyui" or d.channels == 3 else "L"
-        pixels = _read_images(files, d.resolution, mode)
-        captions = _captions(files) if d.labels == "captions" else None
-        labels, names = None, []
-        if d.labels == "folders":
-            names = sorted({p.relative_to(d.path).parts[0] for p in files})
-            labels = torch.tensor([names.index(p.relative_to(d.path).parts[0]) for p in files])
-        cond = {"none": "none", "folders": "class", "captions": "text"}[d.labels]
-        if d.encoder == "comfyui":
-            lat, table, fam = _comfy_encode(cfg, pixels, captions)
-            info = CacheInfo("vae", 0, 0, 0, 0, cond, len(names), names, vae_family=fam, source=str(d.path))
-        else:
-            lat = torch.from_numpy(pixels).permute(0, 3, 1, 2) * 2 - 1
-            table = _precomputed_text(d.conditioning, captions) if captions is not None else None
-            info = CacheInfo("pixels", 0, 0, 0, 0, cond, len(names), names, source=str(d.path))
-        if table is not None:
-            info.captions, info.empty_cond = table.pop("captions"), table.pop("empty_cond")
-            path = write_cache(out, lat, info, **table)
-        else:
-            path = write_cache(out, lat, info, labels=labels)
-    c = Cache(path)
-    log(f"wrote {path}: {describe_cache(c.info)}")
+        path = _prepare_folder(cfg, log)
+    log(f"wrote {path}: {describe_cache(CacheInfo.from_metadata(read_metadata(path), path))}")
+    return path
+
+
+def _prepare_folder(cfg: Config, log=print) -> Path:
+    """Images -> cache, one batch at a time (see :class:`Shards`); unreadable images are skipped."""
+    from tqdm.auto import tqdm
+    d, out = cfg.data, Path(cfg.data.cache)
+    root = Path(d.path)
+    files = _list_images(root, d.labels, d.limit)
+    captions = _captions(files) if d.labels == "captions" else None
+    mode = "RGB" if d.encoder == "comfyui" or d.channels == 3 else "L"
+    settings = {"resolution": d.resolution, "mode": mode, "encoder": d.encoder, "checkpoint": d.checkpoint,
+                "vae": d.vae, "batch": d.encode_batch_size}
+    shards = Shards(out, files, settings, log)
+    bs = d.encode_batch_size
+    batches = -(-len(files) // bs)
+    todo = [k for k in range(batches) if not shards.done(k)]
+    log(f"reading {len(files)} images from {d.path} at {d.resolution}x{d.resolution}, {bs} per batch"
+        + (f" ({batches - len(todo)} of {batches} batches already encoded; continuing)" if len(todo) < batches else ""))
+    if d.encoder == "comfyui":
+        encode, text_table, fam = _comfy_encoders(cfg)
+    else:
+        encode, text_table, fam = (lambda px: torch.from_numpy(px).permute(0, 3, 1, 2) * 2 - 1), None, ""
+    for k in tqdm(todo, desc="prepare", unit="batch", dynamic_ncols=True):
+        batch = files[k * bs: (k + 1) * bs]
+        pixels, kept, bad = _read_batch(batch, d.resolution, mode)
+        for p, why in bad:
+            log(f"skipped {p}: not a readable image ({why})")
+        lat = None
+        if pixels is not None:
+            lat = encode(pixels).contiguous()
+            _check_finite(lat)
+        shards.write(k, lat, [k * bs + i for i in kept], [str(p) for p, _ in bad])
+    rows, parts, skipped, shape, dtype = shards.collect(batches)
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image(s) of {len(files)}; the cache holds the other {len(rows)}")
+    if not rows:
+        raise CacheError(f"the dataset is empty: none of the {len(files)} images in {root} could be read")
+    latents = Pieces((len(rows), *shape), dtype, lambda: _shard_latents(parts))
+    cond = {"none": "none", "folders": "class", "captions": "text"}[d.labels]
+    kept_files = [files[r] for r in rows]
+    names = sorted({p.relative_to(root).parts[0] for p in files}) if d.labels == "folders" else []
+    info = CacheInfo("vae" if d.encoder == "comfyui" else "pixels", 0, 0, 0, 0, cond, len(names), names,
+                     vae_family=fam, source=str(d.path))
+    if captions is not None:
+        kept_captions = [captions[r] for r in rows]
+        table = text_table(kept_captions) if text_table else _precomputed_text(d.conditioning, kept_captions)
+        info.captions, info.empty_cond = table.pop("captions"), table.pop("empty_cond")
+        path = write_cache(out, latents, info, **table)
+    else:
+        labels = (torch.tensor([names.index(p.relative_to(root).parts[0]) for p in kept_files])
+                  if d.labels == "folders" else None)
+        path = write_cache(out, latents, info, labels=labels)
+    shards.remove()
     return path
 
 

@@ -31,7 +31,6 @@ from comfy_nag.schedules import schedule_from_description
 
 from .config import Config, ConfigError
 from .data import Cache, CacheError
-from .lora import PREFIX, LoRANetwork
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -125,13 +124,16 @@ class ReferenceAdapter:
         """The diffusion network itself (LoRA and gradient checkpointing go here)."""
         return self.net
 
-    def export(self, path, cfg: Config, lora: LoRANetwork | None, extra: dict) -> Path:
-        rate = cfg.train.noise_condition_dropout_rate
-        if lora is not None:
-            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_timestep, rate,
-                                self.base_hash, **extra)
-            return save_weights(path, lora.comfy_state_dict(_dtype(cfg, torch.float32)), meta)
-        return save_reference_model(self.net, path, self.family, rate, self.base_hash, extra)
+    weights_dtype = torch.float32     # dtype of export.dtype = "same"
+    export_extra: dict = {}          # metadata every export of this adapter carries
+
+    def lora_names(self, paths: list[str]) -> dict[str, str]:
+        """Kohya names of LoRA layer paths: the network's own paths."""
+        return {}
+
+    def export(self, path, cfg: Config, extra: dict) -> Path:
+        return save_reference_model(self.net, path, self.family, cfg.train.noise_condition_dropout_rate,
+                                    self.base_hash, extra)
 
 
 # --- ComfyUI families -------------------------------------------------------------------------
@@ -180,6 +182,18 @@ class ComfyAdapter:
     @property
     def network(self) -> nn.Module:
         return self.loaded.model.diffusion_model
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return self.loaded.dtype
+
+    @property
+    def export_extra(self) -> dict:
+        return {"comfy_model_config": self.loaded.config_name, "latent_format": self.loaded.latent_format}
+
+    def lora_names(self, paths: list[str]) -> dict[str, str]:
+        """Kohya names of LoRA layer paths: diffusers module paths for UNet families (ComfyUI's mapping)."""
+        return self.comfyui.diffusers_names(self.loaded.model, paths)
 
     def check_cache(self, cache: Cache) -> None:
         info, L = cache.info, self.loaded
@@ -230,16 +244,12 @@ class ComfyAdapter:
                              "models), which the trainer does not support")
         return {k: _to(v.process_cond(batch_size=B, device=device, area=None).cond, device) for k, v in out.items()}
 
-    def export(self, path, cfg: Config, lora: LoRANetwork | None, extra: dict) -> Path:
+    def export(self, path, cfg: Config, extra: dict) -> Path:
         L, rate = self.loaded, cfg.train.noise_condition_dropout_rate
-        extra = {"comfy_model_config": L.config_name, "latent_format": L.latent_format, **extra}
+        extra = {**self.export_extra, **extra}
         fmt = cfg.export.format
-        if lora is not None:
-            meta = nag_metadata("lora", self.family, self.prediction, self.schedule, self.null_timestep, rate,
-                                self.base_hash, **extra)
-            return save_weights(path, lora.comfy_state_dict(_dtype(cfg, L.dtype), PREFIX), meta)
         kind = L.kind if fmt == "auto" else fmt
-        dtype = _dtype(cfg, L.dtype)
+        dtype = export_dtype(cfg, L.dtype)
         base_meta = _base_metadata(self.base_path)
         meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_timestep, rate,
                                             self.base_hash, **extra)}
@@ -260,7 +270,7 @@ def _to(v, device):
     return v.to(device) if isinstance(v, torch.Tensor) else v
 
 
-def _dtype(cfg: Config, same: torch.dtype) -> torch.dtype:
+def export_dtype(cfg: Config, same: torch.dtype) -> torch.dtype:
     return same if cfg.export.dtype == "same" else DTYPES[cfg.export.dtype]
 
 

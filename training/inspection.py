@@ -17,9 +17,11 @@ from .data import CACHE_FORMAT, CacheInfo, describe_cache
 def _layout(keys: list[str], meta: dict) -> str:
     ups = [k for k in keys if k.endswith(".lora_up.weight")]
     if ups:
-        plain = all(k.startswith("diffusion_model.") for k in ups)
-        return f"LoRA, {len(ups)} layers" + (" (ComfyUI key format: diffusion_model.<path>.lora_up/lora_down/alpha)"
-                                              if plain else "")
+        for prefix, fmt in (("lora_unet_", "kohya key format: lora_unet_<name>"),
+                            ("diffusion_model.", "ComfyUI key format: diffusion_model.<path>")):
+            if all(k.startswith(prefix) for k in ups):
+                return f"LoRA, {len(ups)} layers ({fmt}.lora_up/lora_down/alpha)"
+        return f"LoRA, {len(ups)} layers"
     if meta.get("nag.kind") == "noise_level_estimator":
         return "noise-level estimator"
     if any(k.startswith("model.diffusion_model.") for k in keys):
@@ -55,6 +57,7 @@ def inspect_path(path) -> str:
     lines = [f"{path}: {_layout(keys, meta)}",
              f"{len(keys)} tensors, {params:,} values ({', '.join(f'{d} {n / params:.0%}' for d, n in dtypes.most_common())}), "
              f"{size / 2**20:.1f} MiB", "", describe(meta)]
+    lines += [f"{k:34s} {meta[k]}" for k in sorted(meta) if k.startswith(("ss_", "modelspec."))]
     return "\n".join(lines)
 
 
@@ -71,6 +74,8 @@ def _inspect_dir(path: Path) -> str:
     if run.is_file():
         lines.append(f"task: {json.loads(run.read_text())['fingerprint'].get('task')}")
     lines.append("checkpoints: " + (", ".join(f"step {s}" for s, _ in cks) if cks else "none"))
-    exports = sorted(p.name for p in path.glob("*.safetensors"))
-    lines.append("exported: " + (", ".join(exports) if exports else "nothing yet"))
+    exports = sorted(path.glob("*.safetensors"))
+    lines.append("exported: " + (", ".join(p.name for p in exports) if exports else "nothing yet"))
+    for p in exports:
+        lines += ["", inspect_path(p)]
     return "\n".join(lines)

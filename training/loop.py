@@ -5,12 +5,13 @@ file adds what makes a run reproducible and resumable:
 
 * **Seeded, resumable randomness.**  The data order is a fixed permutation per epoch and every
   micro-batch draws its noise, levels and dropout from a generator seeded by
-  ``(seed, step, micro-batch, process)``; a run is a pure function of its seed, so a resumed run
-  continues exactly as if it had never stopped (bit-identical on CPU).
+  ``(seed, step, global micro-batch index)``; a run is a pure function of its seed, so a resumed run
+  continues exactly as if it had never stopped (bit-identical on CPU), and splitting a step's
+  micro-batches across processes changes nothing but float summation order.
 * **Checkpoints** of weights, EMA, optimizer, scheduler, scaler and RNG (``state.py``), every
   ``run.checkpoint_every`` steps and at the end; SIGINT/SIGTERM finish the current step, save,
   and stop.  A SIGKILL loses only the steps since the last checkpoint.
-* **EMA** with ``torch.optim.swa_utils.AveragedModel``.
+* **EMA** of the trainable parameters only (:class:`EMA`; a LoRA's EMA is the size of the LoRA).
 * **Refusal on divergence**: a non-finite loss stops the run before the optimizer step, keeps the
   last good checkpoint and says what to change.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from comfy_nag.files import atomic_write_bytes
@@ -75,9 +76,15 @@ class RunResult:
     metrics: list = field(default_factory=list)  # the metric lines written by this process
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The CPU generator of one micro-batch: a function of (seed, step, micro-batch, process) only."""
-    a, b = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The CPU generator of one micro-batch: a function of (seed, step, global micro-batch index) only.
+
+    The global index of process ``rank``'s micro-batch ``m`` is ``m * world + rank``, the same
+    numbering as the data order, so a run draws the same samples and the same noise whether its
+    micro-batches are split across processes or accumulated in one (2 processes x 1 micro-batch
+    equals 1 process x 2 accumulated micro-batches, up to float summation order).
+    """
+    a, b = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed((int(a) << 32) | int(b))
 
 
@@ -143,23 +150,59 @@ def _reset_accelerate():
     GradientState._reset_state()
 
 
-@contextlib.contextmanager
-def swapped_in(module: torch.nn.Module, ema: AveragedModel | None):
-    """Temporarily put the EMA weights into ``module`` (no-op without EMA)."""
-    if ema is None:
-        yield
-        return
-    params = [p for p in module.parameters()]
-    backup = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, q in zip(params, ema.module.parameters()):
-            p.copy_(q)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, b in zip(params, backup):
-                p.copy_(b)
+class EMA:
+    """Exponential moving average of the *trainable* parameters only.
+
+    For a LoRA run that is the LoRA layers, never the frozen base network (``AveragedModel`` would
+    deep-copy the whole module, base included).  The first update copies the weights; later ones
+    lerp by ``1 - decay``.  ``state_dict`` holds one tensor per trainable parameter (same names as
+    ``named_parameters``) plus ``__n_averaged``.
+    """
+
+    def __init__(self, named_params: list, decay: float):
+        self.names = [n for n, _ in named_params]
+        self.params = [p for _, p in named_params]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay, self.n_averaged = float(decay), 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.n_averaged == 0:
+            self._copy(self.shadow, self.params)
+        else:
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
+        self.n_averaged += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**dict(zip(self.names, self.shadow)), "__n_averaged": torch.tensor(self.n_averaged)}
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict) -> None:
+        missing = [n for n in self.names if n not in sd]
+        if missing or "__n_averaged" not in sd:
+            raise KeyError(f"EMA state lacks {(missing or ['__n_averaged'])[:3]}")
+        for n, t in zip(self.names, self.shadow):
+            t.copy_(sd[n])
+        self.n_averaged = int(sd["__n_averaged"])
+
+    @staticmethod
+    @torch.no_grad()
+    def _copy(dst: list, src: list) -> None:
+        for d, t in zip(dst, src):
+            d.copy_(t)
+
+    def copy_to_params(self) -> None:
+        self._copy(self.params, self.shadow)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Temporarily put the EMA weights into the model."""
+        backup = [p.detach().clone() for p in self.params]
+        self.copy_to_params()
+        try:
+            yield
+        finally:
+            self._copy(self.params, backup)
 
 
 def _append_metrics(path: Path, line: dict) -> None:
@@ -178,180 +221,227 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def train(task, s: LoopSettings, callbacks=(), log=print) -> RunResult:
     """Run (or resume) ``task`` to ``s.steps`` optimizer steps and export its result."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     _reset_accelerate()
-    acc = Accelerator(mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.accum,
+    # several processes without a GPU (torchrun / accelerate launch on CPU): accelerate's CPU mode, gloo
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(cpu=multi_cpu, mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.accum,
                       step_scheduler_with_optimizer=False)
     try:
-        return _train(task, s, acc, callbacks, log, set_seed)
+        run = Run(task, s, acc, log)
+        run.setup(run.resume_point())
+        run.fit(callbacks)
+        return run.finish()
     finally:
         acc.free_memory()
         _reset_accelerate()
 
 
-def _train(task, s: LoopSettings, acc, callbacks, log, set_seed) -> RunResult:
-    out = Path(s.out_dir)
-    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
-    set_seed(s.seed, deterministic=s.deterministic)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for p in ckpt.clean_partial(out):
-            log(f"removed an incomplete checkpoint left by an interrupted save: {p.name}")
-    acc.wait_for_everyone()
+class Run:
+    """One training run, in the steps DiT's ``train.py`` goes through: resume point, setup (model, EMA,
+    optimizer, restored state), the optimizer step, logging, periodic work (checkpoints, monitor,
+    signals) and the export.  Every process runs every step; only the main process writes files
+    other than its own RNG state."""
 
-    # where to start
-    resume_path = None
-    existing = ckpt.list_checkpoints(out)
-    if s.resume == "auto":
-        resume_path = existing[-1][1] if existing else None
-    elif s.resume == "never":
-        if existing:
-            raise ckpt.ResumeError(f"{out} already holds checkpoints (newest: step {existing[-1][0]}); set "
-                                   "run.resume='auto' to continue that run, or choose a new run.out_dir")
-    else:
-        resume_path = Path(s.resume)
-        if not (resume_path / "state.json").is_file():
+    def __init__(self, task, s: LoopSettings, acc, log=print):
+        from accelerate.utils import set_seed
+        self.task, self.s, self.acc, self.log = task, s, acc, log
+        self.out = Path(s.out_dir)
+        self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
+        if s.deterministic:  # cuBLAS needs a fixed workspace for deterministic matmuls (CUDA docs)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        set_seed(s.seed, deterministic=s.deterministic)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for p in ckpt.clean_partial(self.out):
+                log(f"removed an incomplete checkpoint left by an interrupted save: {p.name}")
+        acc.wait_for_everyone()
+        self.metrics: list = []
+        self.start = self.last_saved = 0
+
+    # --- resume point ------------------------------------------------------------------------
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint folder to continue from (``run.resume``), or None for a fresh run."""
+        s, out = self.s, self.out
+        existing = ckpt.list_checkpoints(out)
+        if s.resume == "auto":
+            return existing[-1][1] if existing else None
+        if s.resume == "never":
+            if existing:
+                raise ckpt.ResumeError(f"{out} already holds checkpoints (newest: step {existing[-1][0]}); set "
+                                       "run.resume='auto' to continue that run, or choose a new run.out_dir")
+            return None
+        path = Path(s.resume)
+        if not (path / "state.json").is_file():
             raise ckpt.ResumeError(f"run.resume={s.resume!r} is not a checkpoint folder (no state.json)")
+        return path
 
-    # model, EMA, optimizer
-    trainable = task.trainable
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: the model has no trainable parameters")
-    ema = None
-    if s.ema_decay > 0:
-        ema = AveragedModel(trainable, device=acc.device, multi_avg_fn=get_ema_multi_avg_fn(s.ema_decay))
-    if s.gradient_checkpointing:
-        n = task.enable_gradient_checkpointing()
-        log(f"gradient checkpointing on {n} blocks")
-    opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
-    module, opt = acc.prepare(task.module, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lr_lambda(s))
-    order = DataOrder(task.dataset_size, s.seed)
-    fingerprint = {**task.fingerprint(), "task": task.name, "seed": s.seed, "batch_size": s.batch_size,
-                   "gradient_accumulation_steps": s.accum, "ema": s.ema_decay > 0}
+    # --- setup ---------------------------------------------------------------------------------
 
-    start = 0
-    if resume_path is not None:
-        ck = ckpt.read(resume_path, rank)
-        ckpt.check_fingerprint(ck["state"].get("fingerprint", {}), fingerprint, resume_path)
+    def setup(self, resume_path: Path | None) -> None:
+        """Model, EMA, optimizer, scheduler, data order; then the saved state when resuming."""
+        task, s, acc = self.task, self.s, self.acc
+        self.trainable = task.trainable
+        self.named = [(n, p) for n, p in self.trainable.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise ValueError("nothing to train: the model has no trainable parameters")
+        self.params = [p for _, p in self.named]
+        self.ema = EMA(self.named, s.ema_decay) if s.ema_decay > 0 else None
+        if s.gradient_checkpointing:
+            self.log(f"gradient checkpointing on {task.enable_gradient_checkpointing()} blocks")
+        opt = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=s.weight_decay)
+        self.module, self.opt = acc.prepare(task.module, opt)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt.optimizer, lr_lambda(s))
+        self.order = DataOrder(task.dataset_size, s.seed)
+        # micro-batch size and micro-batches per step (processes x accumulation) shape the run; how the
+        # micro-batches are split between processes and accumulation does not (see step_generator)
+        self.fingerprint = {**task.fingerprint(), "task": task.name, "seed": s.seed, "batch_size": s.batch_size,
+                            "micro_batches_per_step": s.accum * self.world, "ema": s.ema_decay > 0}
+        if resume_path is not None:
+            self.restore(resume_path)
+        if self.main:
+            atomic_write_bytes(self.out / "run.json", json.dumps({"fingerprint": self.fingerprint,
+                                                                  "config": task.config_dict(),
+                                                                  "world_size": self.world}, indent=1).encode())
+
+    def restore(self, path: Path) -> None:
+        ck = ckpt.read(path, self.rank)
+        ckpt.check_fingerprint(ck["state"].get("fingerprint", {}), self.fingerprint, path)
         try:
-            trainable.load_state_dict(ck["trainable"])
-            if ema is not None:
-                n_avg = ck["ema"].pop("__n_averaged")
-                ema.module.load_state_dict(ck["ema"])
-                ema.n_averaged.copy_(n_avg)
-        except (RuntimeError, KeyError, AttributeError) as e:
-            raise ckpt.ResumeError(f"checkpoint {resume_path} does not match the model ({e})") from e
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["state"]["scheduler"])
-        if acc.scaler is not None and ck["state"].get("scaler"):
-            acc.scaler.load_state_dict(ck["state"]["scaler"])
+            self.trainable.load_state_dict(ck["trainable"])
+            if self.ema is not None:
+                self.ema.load_state_dict(ck["ema"])
+        except (RuntimeError, KeyError, AttributeError, TypeError) as e:
+            raise ckpt.ResumeError(f"checkpoint {path} does not match the model ({e})") from e
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["state"]["scheduler"])
+        if self.acc.scaler is not None and ck["state"].get("scaler"):
+            self.acc.scaler.load_state_dict(ck["state"]["scaler"])
         if ck["rng"] is not None:
             ckpt.set_rng_tensors(ck["rng"])
         ckpt.set_python_rng(ck["state"]["python_rng"])
-        start = ck["step"]
-        if main:
-            _truncate_metrics(out / "metrics.jsonl", start)
-            log(f"resumed from {resume_path} at step {start}")
-    if main:
-        atomic_write_bytes(out / "run.json", json.dumps({"fingerprint": fingerprint, "config": task.config_dict(),
-                                                         "world_size": world}, indent=1).encode())
+        self.start = self.last_saved = ck["step"]
+        if self.main:
+            _truncate_metrics(self.out / "metrics.jsonl", self.start)
+            self.log(f"resumed from {path} at step {self.start}")
 
-    def save(step):
-        st = {"fingerprint": fingerprint, "scheduler": sched.state_dict(),
-              "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-        ema_sd = None
-        if ema is not None:
-            ema_sd = {**ema.module.state_dict(), "__n_averaged": ema.n_averaged.detach().clone()}
-        return ckpt.write(out, step, trainable=trainable.state_dict(), ema=ema_sd, optimizer=opt.state_dict(),
-                          state=st, rank=rank, is_main=main, barrier=acc.wait_for_everyone, keep=s.keep_checkpoints)
+    # --- the loop --------------------------------------------------------------------------------
 
-    def ema_weights():
-        return swapped_in(trainable, ema)
+    def fit(self, callbacks=()) -> None:
+        s = self.s
+        self.window: dict[str, list] = {}
+        self.t_window, self.steps_window = time.perf_counter(), 0
+        self.bar = tqdm(total=s.steps, initial=self.start, desc=self.task.name, disable=not self.main,
+                        dynamic_ncols=True, unit="step")
+        self.module.train()
+        with _StopFlag() as stop:
+            for step in range(self.start, s.steps):
+                loss = self.step(step)
+                done = step + 1
+                self.bar.update(1)
+                for cb in callbacks:
+                    cb({"step": done, "loss": loss, "lr": self.sched.get_last_lr()[0]})
+                if done % s.log_every == 0 or done == s.steps:
+                    self.log_window(done)
+                if done < s.steps:
+                    self.periodic(done, stop.signal)
+        self.bar.close()
 
-    metrics = []
-    last_saved = start
-    window: dict[str, list] = {}
-    t_window, steps_window = time.perf_counter(), 0
-    per_step = s.batch_size * s.accum * world
-    bar = tqdm(total=s.steps, initial=start, desc=task.name, disable=not main, dynamic_ncols=True, unit="step")
-    module.train()
-    with _StopFlag() as stop:
-        for step in range(start, s.steps):
-            step_loss = 0.0
-            for micro in range(s.accum):
-                with acc.accumulate(module):
-                    first = ((step * s.accum + micro) * world + rank) * s.batch_size
-                    idx = order.indices(first, s.batch_size)
-                    with acc.autocast():
-                        loss, stats = task.loss(module, idx, step_generator(s.seed, step, micro, rank), acc.device)
-                    ok = acc.gather(torch.isfinite(loss.detach()).float()[None]).min() > 0
-                    if not ok:
-                        raise TrainingDiverged(_diverged_message(step, loss, last_saved, out, s))
-                    acc.backward(loss)
-                    if acc.sync_gradients and s.grad_clip > 0:
-                        acc.clip_grad_norm_(params, s.grad_clip)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                step_loss += float(loss.detach()) / s.accum
-                for k, (total, count) in stats.items():
-                    w = window.setdefault(k, [0.0, 0.0])
-                    w[0] += float(total)
-                    w[1] += float(count)
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(trainable)
-            done = step + 1
-            steps_window += 1
-            bar.update(1)
-            for cb in callbacks:
-                cb({"step": done, "loss": step_loss, "lr": sched.get_last_lr()[0]})
-            if done % s.log_every == 0 or done == s.steps:
-                dt = time.perf_counter() - t_window
-                line = {"step": done, "lr": sched.get_last_lr()[0], "samples_per_s": steps_window * per_step / max(dt, 1e-9)}
-                line.update({k: v[0] / v[1] for k, v in window.items() if v[1] > 0})
-                bar.set_postfix({k: f"{line[k]:.4g}" for k in ("loss", "loss_dropped", "samples_per_s") if k in line})
-                if main:
-                    _append_metrics(out / "metrics.jsonl", line)
-                metrics.append(line)
-                window, t_window, steps_window = {}, time.perf_counter(), 0
-            checkpoint_due = (s.checkpoint_every and done % s.checkpoint_every == 0) or stop.signal is not None
-            if checkpoint_due and done < s.steps:
-                save(done)
-                last_saved = done
-            monitor_due = (done % s.monitor_every == 0) if s.monitor_every else checkpoint_due
-            if main and done < s.steps:
-                extra = task.periodic(done, out, monitor_due=monitor_due, final=False, ema_weights=ema_weights)
-                if extra:
-                    _append_metrics(out / "metrics.jsonl", {"step": done, "event": "monitor", **extra})
-                    metrics.append({"step": done, "event": "monitor", **extra})
-                    _log_monitor(bar, done, extra)
-                    module.train()
-            if stop.signal is not None and done < s.steps:
-                bar.close()
-                log(f"stopped by signal {stop.signal} after step {done}; checkpoint saved, resume with the same command")
-                raise KeyboardInterrupt
-    bar.close()
+    def step(self, step: int) -> float:
+        """One optimizer step over ``s.accum`` micro-batches; returns its mean loss."""
+        s, acc, module = self.s, self.acc, self.module
+        step_loss = 0.0
+        for micro in range(s.accum):
+            with acc.accumulate(module):
+                index = micro * self.world + self.rank  # global micro-batch index within the step
+                idx = self.order.indices((step * s.accum * self.world + index) * s.batch_size, s.batch_size)
+                with acc.autocast():
+                    loss, stats = self.task.loss(module, idx, step_generator(s.seed, step, index), acc.device)
+                if not acc.gather(torch.isfinite(loss.detach()).float()[None]).min() > 0:
+                    raise TrainingDiverged(_diverged_message(step, loss, self.last_saved, self.out, s))
+                acc.backward(loss)
+                if acc.sync_gradients and s.grad_clip > 0:
+                    acc.clip_grad_norm_(self.params, s.grad_clip)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+            step_loss += float(loss.detach()) / s.accum
+            for k, (total, count) in stats.items():
+                w = self.window.setdefault(k, [0.0, 0.0])
+                w[0] += float(total)
+                w[1] += float(count)
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update()
+        self.steps_window += 1
+        return step_loss
 
-    final = s.steps
-    if last_saved != final:
-        save(final)
-    path = None
-    if main:
-        extra = task.periodic(final, out, monitor_due=True, final=True, ema_weights=ema_weights)
+    def log_window(self, done: int) -> None:
+        """Mean metrics since the last log line -> progress bar and ``metrics.jsonl``."""
+        dt = time.perf_counter() - self.t_window
+        per_step = self.s.batch_size * self.s.accum * self.world
+        line = {"step": done, "lr": self.sched.get_last_lr()[0],
+                "samples_per_s": self.steps_window * per_step / max(dt, 1e-9)}
+        line.update({k: v[0] / v[1] for k, v in self.window.items() if v[1] > 0})
+        self.bar.set_postfix({k: f"{line[k]:.4g}" for k in ("loss", "loss_dropped", "samples_per_s") if k in line})
+        self.record(line)
+        self.window, self.t_window, self.steps_window = {}, time.perf_counter(), 0
+
+    def record(self, line: dict) -> None:
+        if self.main:
+            _append_metrics(self.out / "metrics.jsonl", line)
+        self.metrics.append(line)
+
+    def periodic(self, done: int, signal_received) -> None:
+        """Checkpoint, monitor and sample grids when due; stop after a checkpoint on SIGINT/SIGTERM."""
+        s = self.s
+        checkpoint_due = bool(s.checkpoint_every and done % s.checkpoint_every == 0) or signal_received is not None
+        if checkpoint_due:
+            self.save(done)
+        monitor_due = (done % s.monitor_every == 0) if s.monitor_every else checkpoint_due
+        if self.main:
+            self.monitor(done, monitor_due, final=False)
+            self.module.train()
+        if signal_received is not None:
+            self.bar.close()
+            self.log(f"stopped by signal {signal_received} after step {done}; checkpoint saved, resume with the "
+                     "same command")
+            raise KeyboardInterrupt
+
+    def monitor(self, step: int, due: bool, final: bool) -> None:
+        extra = self.task.periodic(step, self.out, monitor_due=due, final=final, ema_weights=self.ema_weights)
         if extra:
-            _append_metrics(out / "metrics.jsonl", {"step": final, "event": "monitor", **extra})
-            metrics.append({"step": final, "event": "monitor", **extra})
-            _log_monitor(bar, final, extra)
-        if ema is not None and task.export_ema:
-            with torch.no_grad():
-                for p, q in zip(trainable.parameters(), ema.module.parameters()):
-                    p.copy_(q)
-        path = task.export(out, final)
-    acc.wait_for_everyone()
-    return RunResult(path=path, step=final, out_dir=out, resumed_from=start, metrics=metrics)
+            self.record({"step": step, "event": "monitor", **extra})
+            _log_monitor(self.bar, step, extra)
+
+    def ema_weights(self):
+        """Context manager: the EMA weights swapped into the model (no-op without EMA)."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+
+    def save(self, step: int) -> None:
+        acc = self.acc
+        st = {"fingerprint": self.fingerprint, "scheduler": self.sched.state_dict(),
+              "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
+        ckpt.write(self.out, step, trainable=self.trainable.state_dict(),
+                   ema=self.ema.state_dict() if self.ema is not None else None, optimizer=self.opt.state_dict(),
+                   state=st, rank=self.rank, is_main=self.main, barrier=acc.wait_for_everyone, keep=self.s.keep_checkpoints)
+        self.last_saved = step
+
+    # --- export ----------------------------------------------------------------------------------
+
+    def finish(self) -> RunResult:
+        """Final checkpoint, final monitor/grid, and the exported file (EMA weights when configured)."""
+        final = self.s.steps
+        if self.last_saved != final:
+            self.save(final)
+        path = None
+        if self.main:
+            self.monitor(final, True, final=True)
+            if self.ema is not None and self.task.export_ema:
+                self.ema.copy_to_params()
+            path = self.task.export(self.out, final)
+        self.acc.wait_for_everyone()
+        return RunResult(path=path, step=final, out_dir=self.out, resumed_from=self.start, metrics=self.metrics)
 
 
 _MONITOR_LABELS = (("probe_loss_cond", "loss cond"), ("probe_loss_null", "loss null-t"), ("branch_gap", "branch gap"),

@@ -1,17 +1,24 @@
-"""A plain LoRA that trains on any network and saves in ComfyUI's own LoRA key format.
+"""A plain LoRA that trains on any network and saves in the kohya key format (or ComfyUI's).
 
 Why not peft: peft rewrites the module tree (``base_layer``/``lora_A.default``), so its keys must be
 converted before ComfyUI can read them - the conversion step behind most "lora key not loaded"
 reports.  This LoRA leaves the network untouched: each targeted ``Linear``/``Conv2d`` gets a
-forward hook that adds ``up(down(x)) * alpha/rank``, and the file it writes uses exactly the keys
-ComfyUI's LoRA trainer/saver writes (``comfy_extras/nodes_train.py``)::
+forward hook that adds ``up(down(x)) * alpha/rank``.  Files hold, per layer::
 
-    diffusion_model.<module path>.lora_up.weight     [out, rank] (conv: [out, rank, 1, 1])
-    diffusion_model.<module path>.lora_down.weight   [rank, in]  (conv: [rank, in, kh, kw])
-    diffusion_model.<module path>.alpha              scalar; ComfyUI scales by alpha / rank
+    <stem>.lora_up.weight     [out, rank] (conv: [out, rank, 1, 1])
+    <stem>.lora_down.weight   [rank, in]  (conv: [rank, in, kh, kw])
+    <stem>.alpha              scalar; loaders scale by alpha / rank
 
-``<module path>`` is the layer's path inside the diffusion network as ComfyUI builds it, so the
-keys are ComfyUI's own with no conversion.  The hook form equals ComfyUI's weight patch
+with ``<stem>`` in one of two formats (``export.lora_format``):
+
+* ``kohya`` (default; what community LoRAs use and ComfyUI, Forge/A1111 and diffusers'
+  ``load_lora_weights`` read): ``lora_unet_<name>`` where ``<name>`` is the layer's *diffusers*
+  module path for UNet families (SD1/SD2/SDXL: ``down_blocks_0_attentions_0_...``, mapped with
+  ComfyUI's ``unet_to_diffusers``) and the network's own path elsewhere (SD3, Flux, reference
+  models), dots replaced by underscores; plus ``ss_*`` and ``modelspec.*`` metadata;
+* ``comfyui``: ``diffusion_model.<module path>``, exactly the keys ComfyUI's LoRA trainer writes.
+
+The hook form equals the loaders' weight patch
 ``W + alpha/rank * (up.flatten(1) @ down.flatten(1)).reshape(W.shape)`` (:func:`merge`).
 """
 from __future__ import annotations
@@ -22,11 +29,13 @@ import re
 import torch
 import torch.nn as nn
 
-PREFIX = "diffusion_model."
+PREFIX = "diffusion_model."   # ComfyUI format
+KOHYA_PREFIX = "lora_unet_"    # kohya format
+FORMATS = ("kohya", "comfyui")
 
 
 class LoRALayer(nn.Module):
-    def __init__(self, base: nn.Module, rank: int, alpha: float):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator | None = None):
         super().__init__()
         if isinstance(base, nn.Linear):
             self.down = nn.Linear(base.in_features, rank, bias=False)
@@ -38,7 +47,9 @@ class LoRALayer(nn.Module):
         else:
             raise TypeError(f"LoRA supports Linear and Conv2d layers, not {type(base).__name__}")
         self.rank, self.alpha = rank, float(alpha)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        with torch.no_grad():  # kaiming_uniform_(a=sqrt(5)) from the run's own generator (reproducible)
+            bound = 1.0 / math.sqrt(self.down.weight[0].numel())
+            self.down.weight.copy_(torch.rand(self.down.weight.shape, generator=generator) * (2 * bound) - bound)
         nn.init.zeros_(self.up.weight)  # starts as an exact no-op
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +63,7 @@ def _eligible(module: nn.Module) -> bool:
 class LoRANetwork(nn.Module):
     """LoRA layers for the matching layers of ``net``; :meth:`attach` hooks them in."""
 
-    def __init__(self, net: nn.Module, rank: int, alpha: float, targets: list[str] | tuple = ()):
+    def __init__(self, net: nn.Module, rank: int, alpha: float, targets: list[str] | tuple = (), seed: int = 0):
         super().__init__()
         patterns = [re.compile(t) for t in targets]
         self.paths = [name for name, m in net.named_modules()
@@ -62,7 +73,8 @@ class LoRANetwork(nn.Module):
             raise ValueError(f"lora.targets {list(targets)} matched no Linear/Conv2d layer of the network; layer paths "
                              f"look like: {', '.join(examples)}")
         modules = dict(net.named_modules())
-        self.layers = nn.ModuleList(LoRALayer(modules[p], rank, alpha) for p in self.paths)
+        g = torch.Generator().manual_seed(seed)
+        self.layers = nn.ModuleList(LoRALayer(modules[p], rank, alpha, g) for p in self.paths)
         self.rank, self.alpha = rank, float(alpha)
         self._net, self._handles = [net], []
 
@@ -79,23 +91,56 @@ class LoRANetwork(nn.Module):
             h.remove()
         self._handles.clear()
 
-    def comfy_state_dict(self, dtype: torch.dtype | None = None, prefix: str = PREFIX) -> dict[str, torch.Tensor]:
-        """The LoRA in ComfyUI's key format (see the module docstring)."""
+    def file_state_dict(self, fmt: str = "kohya", names: dict[str, str] | None = None,
+                        dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The LoRA's tensors in ``fmt`` (see the module docstring); ``names`` maps a layer path to its
+        kohya name (default: the path with dots replaced by underscores)."""
+        if fmt not in FORMATS:
+            raise ValueError(f"LoRA format {fmt!r} is not one of {', '.join(FORMATS)}")
+        names = names or {}
         out = {}
         for path, layer in zip(self.paths, self.layers):
+            stem = (KOHYA_PREFIX + names.get(path, path).replace(".", "_")) if fmt == "kohya" else PREFIX + path
             up, down = layer.up.weight.detach(), layer.down.weight.detach()
-            out[f"{prefix}{path}.lora_up.weight"] = up.to(dtype or up.dtype).cpu()
-            out[f"{prefix}{path}.lora_down.weight"] = down.to(dtype or down.dtype).cpu()
-            out[f"{prefix}{path}.alpha"] = torch.tensor(layer.alpha, dtype=dtype or torch.float32)
+            out[f"{stem}.lora_up.weight"] = up.to(dtype or up.dtype).cpu()
+            out[f"{stem}.lora_down.weight"] = down.to(dtype or down.dtype).cpu()
+            out[f"{stem}.alpha"] = torch.tensor(layer.alpha, dtype=dtype or torch.float32)
         return out
 
 
-def merge(net: nn.Module, lora_sd: dict[str, torch.Tensor], strength: float = 1.0, prefix: str = PREFIX) -> int:
-    """Add a ComfyUI-format LoRA into ``net``'s weights in place (ComfyUI's formula); returns layers merged.
+# family -> (ss_base_model_version, modelspec.architecture, modelspec.implementation)
+KOHYA_BASES = {
+    "sd1": ("sd_v1", "stable-diffusion-v1/lora", "diffusers"),
+    "sd2": ("sd_v2", "stable-diffusion-v2-512/lora", "diffusers"),
+    "sd2-v": ("sd_v2", "stable-diffusion-v2-768-v/lora", "diffusers"),
+    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "https://github.com/Stability-AI/generative-models"),
+    "sd3": ("sd3", "stable-diffusion-3-medium/lora", "https://github.com/Stability-AI/sd3.5"),
+    "flux": ("flux1", "flux-1-dev/lora", "https://github.com/black-forest-labs/flux"),
+    "flux-schnell": ("flux1", "flux-1-schnell/lora", "https://github.com/black-forest-labs/flux"),
+}
+PREDICTION_TYPES = {"eps": "epsilon", "v": "v", "velocity": "flow"}
+
+
+def kohya_metadata(family: str, prediction: str, rank: int, alpha: float, steps: int, resolution: tuple[int, int],
+                   title: str) -> dict[str, str]:
+    """The ``ss_*`` (kohya sd-scripts) and ``modelspec.*`` (SAI model spec 1.0) keys loaders and UIs show."""
+    version, arch, impl = KOHYA_BASES.get(family, (family, f"comfy-nag-{family}/lora", "comfy-nag"))
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}",
+            "ss_base_model_version": version, "ss_steps": str(steps),
+            "ss_training_comment": "comfy-nag: noise-condition dropout (Noise Awareness Guidance)",
+            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": arch, "modelspec.implementation": impl,
+            "modelspec.title": title, "modelspec.resolution": f"{resolution[1]}x{resolution[0]}",
+            "modelspec.prediction_type": PREDICTION_TYPES.get(prediction, prediction)}
+
+
+def merge(net: nn.Module, lora_sd: dict[str, torch.Tensor], strength: float = 1.0) -> int:
+    """Add a LoRA file's tensors (kohya keys of the network's own paths, or ComfyUI keys) into ``net``'s
+    weights in place, with the loaders' formula; returns layers merged.
 
     Raises on keys that match no layer, the analogue of ComfyUI's "lora key not loaded".
     """
-    modules = dict(net.named_modules())
+    modules = {n: m for n, m in net.named_modules() if n}
+    by_stem = {PREFIX + n: n for n in modules} | {KOHYA_PREFIX + n.replace(".", "_"): n for n in modules}
     stems = {k[: -len(".lora_up.weight")] for k in lora_sd if k.endswith(".lora_up.weight")}
     known = {f"{s}.{suffix}" for s in stems for suffix in ("lora_up.weight", "lora_down.weight", "alpha")}
     stray = sorted(set(lora_sd) - known)
@@ -103,8 +148,8 @@ def merge(net: nn.Module, lora_sd: dict[str, torch.Tensor], strength: float = 1.
         raise KeyError(f"LoRA keys not understood: {stray[:5]}")
     with torch.no_grad():
         for stem in sorted(stems):
-            path = stem[len(prefix):] if stem.startswith(prefix) else None
-            if path not in modules or not _eligible(modules[path]):
+            path = by_stem.get(stem)
+            if path is None or not _eligible(modules[path]):
                 raise KeyError(f"LoRA key {stem} matches no Linear/Conv2d layer of this network")
             w = modules[path].weight
             up, down = lora_sd[f"{stem}.lora_up.weight"].float(), lora_sd[f"{stem}.lora_down.weight"].float()

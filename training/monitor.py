@@ -68,22 +68,36 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(rows: list[torch.Tensor], path: Path, cell: int = 64) -> Path:
-    from PIL import Image
+def save_grid(rows: list[torch.Tensor], path: Path, labels: list[str] = (), cell: int = 64) -> Path:
+    """A PNG grid, one row per tensor, each row's label (e.g. its NAG scale) written at its left."""
+    from PIL import Image, ImageDraw
     imgs = [_to_uint8(r) for r in rows]
     h, w = imgs[0].shape[1:3]
     scale = max(1, cell // max(h, w))
-    pad = 2
-    H, W = len(imgs) * (h * scale + pad) + pad, imgs[0].shape[0] * (w * scale + pad) + pad
+    pad, margin = 2, (8 + 6 * max(map(len, labels)) if labels else 0)
+    H, W = len(imgs) * (h * scale + pad) + pad, margin + imgs[0].shape[0] * (w * scale + pad) + pad
     canvas = np.full((H, W, 3), 255, dtype=np.uint8)
     for r, row in enumerate(imgs):
         for c, im in enumerate(row):
             im = im.repeat(scale, 0).repeat(scale, 1)
-            y0, x0 = pad + r * (h * scale + pad), pad + c * (w * scale + pad)
+            y0, x0 = pad + r * (h * scale + pad), margin + pad + c * (w * scale + pad)
             canvas[y0: y0 + h * scale, x0: x0 + w * scale] = im
+    out = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(out)
+    for r, text in enumerate(labels):
+        draw.text((4, pad + r * (h * scale + pad) + h * scale // 2 - 5), text, fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
+    out.save(path)
     return path
+
+
+def nag_scales(sample_cfg) -> list[float]:
+    """The NAG scales of the grid's rows: 0 (plain sampling), then ``sample.nag_scale`` unless it is 0."""
+    return [0.0] + ([sample_cfg.nag_scale] if sample_cfg.nag_scale != 0 else [])
+
+
+def row_labels(sample_cfg) -> list[str]:
+    return [f"NAG w={w:g}" for w in nag_scales(sample_cfg)]
 
 
 @torch.no_grad()
@@ -93,7 +107,7 @@ def sample_rows(net, adapter, shape, count: int, sample_cfg, seed: int, device, 
     g = torch.Generator().manual_seed(seed)
     noise = initial_noise((count, *shape), sched, g).to(device)
     y = torch.arange(count, device=device) % adapter.num_classes if adapter.num_classes else None
-    scales = [0.0] + ([sample_cfg.nag_scale] if sample_cfg.nag_scale != 0 else [])
+    scales = nag_scales(sample_cfg)
     rows = []
     was_training = net.training
     net.eval()

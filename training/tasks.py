@@ -12,14 +12,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, noised
+from comfy_nag.files import save_weights
+from comfy_nag.metadata import nag_metadata
 from comfy_nag.losses import denoising_loss
 from comfy_nag.schedules import family as builtin_family
 
 from . import monitor
 from .config import Config, ConfigError
 from .data import Cache
-from .families import build_adapter
-from .lora import LoRANetwork
+from .families import build_adapter, export_dtype
+from .lora import LoRANetwork, kohya_metadata
 
 
 class Bundle(nn.Module):
@@ -87,7 +89,7 @@ class FinetuneTask:
         if cfg.train.mode == "lora":
             for p in a.module.parameters():
                 p.requires_grad_(False)
-            self.lora = LoRANetwork(a.network, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets).attach()
+            self.lora = LoRANetwork(a.network, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.run.seed).attach()
             log(f"LoRA rank {cfg.lora.rank} on {len(self.lora.paths)} layers")
         self.trainable = self.lora if self.lora is not None else a.module
         self.module = Bundle(a.module, self.lora)
@@ -149,7 +151,8 @@ class FinetuneTask:
             if grid_due:
                 rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
                     a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
-                path = monitor.save_grid(rows_fn(), out / "samples" / f"step_{step:08d}.png")
+                path = monitor.save_grid(rows_fn(), out / "samples" / f"step_{step:08d}.png",
+                                         monitor.row_labels(cfg.sample))
                 out_metrics["samples"] = str(path)
                 if self._estimator is not None and monitor_due:
                     out_metrics.update(monitor.shift_readout(self._estimator, a, self.cache.latents(self.probe), rows_fn))
@@ -160,9 +163,26 @@ class FinetuneTask:
         name = c.export.name or f"{Path(c.run.out_dir).name}.safetensors"
         extra = {"trained_steps": str(step), "ema": "1" if (c.export.use_ema and c.train.ema_decay > 0) else "0",
                  "train_mode": c.train.mode}
-        if self.lora is not None:
-            extra.update(lora_rank=str(c.lora.rank), lora_alpha=repr(c.lora.alpha))
-        return self.adapter.export(out / name, c, self.lora, extra)
+        if self.lora is None:
+            return self.adapter.export(out / name, c, extra)
+        extra.update(lora_rank=str(c.lora.rank), lora_alpha=repr(c.lora.alpha))
+        return self.export_lora(out / name, step, extra)
+
+    def export_lora(self, path: Path, step: int, extra: dict) -> Path:
+        """The LoRA in ``export.lora_format`` (kohya: + ``ss_*``/``modelspec.*`` metadata) with ``nag.*``."""
+        a, c = self.adapter, self.cfg
+        meta = nag_metadata("lora", a.family, a.prediction, a.schedule, a.null_timestep,
+                            c.train.noise_condition_dropout_rate, a.base_hash, **a.export_extra, **extra)
+        fmt, names = c.export.lora_format, {}
+        if fmt == "kohya":
+            _, h, w = self.cache.sample_shape
+            scale = 8 if self.cache.info.latent_space == "vae" else 1  # every supported VAE downsamples 8x
+            title = Path(c.export.name).stem if c.export.name else f"Noise Awareness Guidance LoRA ({a.family})"
+            meta.update(kohya_metadata(a.family, a.prediction, c.lora.rank, c.lora.alpha, step,
+                                       (h * scale, w * scale), title))
+            names = a.lora_names(self.lora.paths)
+        tensors = self.lora.file_state_dict(fmt, names, export_dtype(c, a.weights_dtype))
+        return save_weights(path, tensors, meta)
 
 
 # --- noise-level estimator ----------------------------------------------------------------------
@@ -210,9 +230,7 @@ class EstimatorTask:
             raise ConfigError(f"the cache holds VAE latents of family '{self.family or 'unknown'}'; set estimator.family "
                               f"to one of {', '.join(COMFY_LATENT_FORMATS)} or model.base to the model's file")
         from . import comfyui
-        comfy = comfyui.import_comfy()
-        import comfy.latent_formats as lf  # noqa: F401  (imported through the bridge above)
-        return getattr(comfy.latent_formats, COMFY_LATENT_FORMATS[self.family])()
+        return comfyui.latent_format(COMFY_LATENT_FORMATS[self.family])
 
     def config_dict(self) -> dict:
         return self.cfg.to_dict()
@@ -254,7 +272,8 @@ class EstimatorTask:
 
     def export(self, out: Path, step: int) -> Path:
         c, info = self.cfg, self.cache.info
-        name = c.export.name or f"{Path(c.run.out_dir).name}_estimator.safetensors"
+        run = Path(c.run.out_dir).name
+        name = c.export.name or (f"{run}.safetensors" if run.endswith("estimator") else f"{run}_estimator.safetensors")
         extra = {"nag.family": self.family, "nag.latent_space": info.latent_space,
                  "nag.resolution": f"[{info.height}, {info.width}]", "nag.trained_steps": str(step)}
         if self.latent_format is not None:
