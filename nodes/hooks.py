@@ -197,6 +197,9 @@ def patch_classifier_free(model, cfg: NagConfig):
     """Clone ``model`` with classifier-free NAG installed (composable hooks only)."""
     from comfy.patcher_extension import WrappersMP
 
+    if cfg.batched and not hasattr(WrappersMP, "PREDICT_NOISE"):
+        raise NoiseAwarenessError("batching the null branch needs ComfyUI 0.3.52 or newer (its PREDICT_NOISE wrapper): "
+                                  "update ComfyUI, or turn 'batched' off")
     m = with_null_timestep(model, cfg)
     state = NullBranches(cfg)
     if cfg.batched:
