@@ -16,6 +16,10 @@ NULL_SOURCES = ["auto", "metadata", "manual"]
 log = logging.getLogger("comfy-nag")
 
 
+def trained_model_input():
+    return model_input("a model fine-tuned with noise-condition dropout (load it with a Noise Awareness loader)")
+
+
 def _nag_inputs() -> list:
     return [
         io.Float.Input("scale", default=1.0, min=0.0, max=20.0, step=0.05,
@@ -52,7 +56,7 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
             description="Noise Awareness Guidance (Zhong et al. 2025), classifier-free form: mixes the ordinary output "
                         "with the output at a null timestep. Needs a model fine-tuned with noise-condition dropout. "
                         "Works with KSampler, SamplerCustom and SamplerCustomAdvanced, at cfg 1 and with CFG.",
-            inputs=[model_input("a model fine-tuned with noise-condition dropout (load it with a Noise Awareness loader)"),
+            inputs=[trained_model_input(),
                     *_nag_inputs(),
                     io.Boolean.Input("batched", default=True,
                                      tooltip="run the null branch in the same forward as cond/uncond; turn off if another "
@@ -106,7 +110,7 @@ class NoiseAwarenessCFGuider(io.ComfyNode):
             category=CATEGORY,
             description="A GUIDER for SamplerCustomAdvanced: CFG plus classifier-free Noise Awareness Guidance, "
                         "with explicit control of how the branches are batched.",
-            inputs=[model_input("a model fine-tuned with noise-condition dropout (load it with a Noise Awareness loader)"),
+            inputs=[trained_model_input(),
                     io.Conditioning.Input("positive", tooltip="what the image should show"),
                     io.Conditioning.Input("negative", tooltip="what it should not show (CFG's unconditional branch)"),
                     io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01,
@@ -138,7 +142,7 @@ class NoiseAwarenessKSampler(io.ComfyNode):
             category=CATEGORY,
             description="KSampler with classifier-free Noise Awareness Guidance built in: the same image as the "
                         "classifier-free node followed by a KSampler with the same settings; scale 0 is the plain KSampler.",
-            inputs=[model_input("a model fine-tuned with noise-condition dropout (load it with a Noise Awareness loader)"),
+            inputs=[trained_model_input(),
                     io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                                  tooltip="the random seed used to create the noise"),
                     io.Int.Input("steps", default=20, min=1, max=10000, tooltip="number of sampling steps"),

@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
-import pytest
+from comfy_support import skip_loudly
 
 VIEWPORT = {"width": 1600, "height": 1000}
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -36,10 +35,7 @@ def browser_or_skip() -> str:
         except ImportError:
             why = f"playwright is not installed in {sys.executable} (pip install playwright; its own browser is not needed)"
     if why:
-        msg = f"SKIPPING ComfyUI browser tests: {why}"
-        warnings.warn(msg)
-        print("\n" + msg, file=sys.stderr)
-        pytest.skip(msg, allow_module_level=True)
+        skip_loudly(f"SKIPPING ComfyUI browser tests: {why}")
     return exe
 
 

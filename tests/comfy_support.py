@@ -23,6 +23,13 @@ def comfy_root() -> Path:
     return Path(os.environ.get("COMFYUI_PATH", "~/comfy/ComfyUI")).expanduser()
 
 
+def skip_loudly(msg: str):
+    """Skip the calling module with a warning and a line on stderr (seen even without -rs)."""
+    warnings.warn(msg)
+    print("\n" + msg, file=sys.stderr)
+    pytest.skip(msg, allow_module_level=True)
+
+
 def comfy_or_skip() -> Path:
     """Put ComfyUI first on sys.path in CPU mode, or skip the module LOUDLY."""
     root = comfy_root()
@@ -36,10 +43,7 @@ def comfy_or_skip() -> Path:
         except Exception as e:  # noqa: BLE001 - any import failure means "not a ComfyUI environment"
             why = f"ComfyUI's dependencies are missing in {sys.executable} ({e}); run with ComfyUI's own Python"
     if why:
-        msg = f"SKIPPING ComfyUI integration tests: {why}"
-        warnings.warn(msg)
-        print("\n" + msg, file=sys.stderr)
-        pytest.skip(msg, allow_module_level=True)
+        skip_loudly(f"SKIPPING ComfyUI integration tests: {why}")
     if str(root) not in sys.path[:1]:
         sys.path.insert(0, str(root))
     if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(root)):

@@ -55,7 +55,8 @@ def test_no_machine_paths_in_tracked_files():
     hits = []
     for f in files:
         p = ROOT / f
-        if not f or p.suffix not in {".py", ".md", ".toml", ".sh", ".txt", ".yml", ".yaml", ".json"} or not p.is_file():
+        if not f or f == "tests/test_packaging.py" or p.suffix not in {".py", ".md", ".toml", ".sh", ".txt", ".yml", ".yaml", ".json"} \
+                or not p.is_file():
             continue
         for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
             if pattern.search(line):
