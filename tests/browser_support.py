@@ -83,8 +83,9 @@ class Frontend:
         self.page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
         self.page.wait_for_timeout(1500)
         self.close_dialogs()
-        # the minimap would cover part of the screenshots
+        # the minimap and the render-statistics overlay would cover part of the screenshots
         self.page.evaluate("() => window.app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
+        self.page.evaluate("() => { window.app.canvas.show_info = false; }")
 
     def close_dialogs(self):
         self.page.keyboard.press("Escape")
