@@ -7,6 +7,7 @@ Everything inside the pack is reached through relative imports.
 
 
 async def comfy_entrypoint():
-    from .nodes import NoiseAwarenessExtension
+    from .nodes import NoiseAwarenessExtension, register_folders
 
+    register_folders()
     return NoiseAwarenessExtension()

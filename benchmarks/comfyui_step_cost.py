@@ -2,9 +2,9 @@
 
 Runs the real ComfyUI sampler (``comfy.sample.sample``) on one model and times, interleaved in one
 run (round-robin over configurations, median of the repeats): plain CFG, NAG-CF batched, NAG-CF
-unbatched, NAG-CG (estimator gradient).  Prints seconds per step and the ratio to plain CFG.
+unbatched, NAG-CG (estimator gradient).  Prints seconds per step and the ratio to plain CFG.  Run it with ComfyUI's Python:
 
-    /work/comfy_venv/bin/python benchmarks/comfyui_step_cost.py [--model sd3|unet] [--size 32] [--steps 6] [--repeats 5]
+    python benchmarks/comfyui_step_cost.py [--model sd3|unet] [--size 32] [--steps 6] [--repeats 5]
 
 Uses the tiny seeded models of the integration tests (no downloads) unless ``--unet-file`` names a
 real diffusion model file.  ComfyUI is found via COMFYUI_PATH, else ~/comfy/ComfyUI.

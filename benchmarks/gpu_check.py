@@ -9,7 +9,7 @@ Three parts, each written into one JSON results file (``--out``) as soon as it f
    nodes' NAG-CF (batched/unbatched) and NAG-CG, as ratios to plain CFG
    (``benchmarks/comfyui_step_cost.measure``), on random-weight models in ComfyUI's real formats and
    sizes: SD1.5 (64² latents), SDXL (128²), Flux-dev (128², bf16).
-2. **bench_cost**: ``python -m comfy_nag bench cost`` (per-step time and peak memory of the guidance
+2. **bench_cost**: ``python -m studies bench cost`` (per-step time and peak memory of the guidance
    math on the reference models) on the same device.
 3. **trainer**: ``python -m training finetune`` (LoRA rank 32, bf16, gradient checkpointing,
    noise-condition dropout) on a random-weight SDXL diffusion-model file with 1024² images'
@@ -106,8 +106,7 @@ def guidance_cost(toy: bool, device, steps: int, repeats: int) -> dict:
 
 
 def bench_cost(toy: bool, work: Path) -> dict:
-    module = "studies" if importlib.util.find_spec("studies") else "comfy_nag"
-    cmd = [sys.executable, "-m", module, "bench", "cost", "--out", str(work / "cost"), "--threads", "1"]
+    cmd = [sys.executable, "-m", "studies", "bench", "cost", "--out", str(work / "cost"), "--threads", "1"]
     if toy:
         cmd.append("--quick")
     t0 = time.perf_counter()

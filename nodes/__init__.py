@@ -1,7 +1,9 @@
 """ComfyUI nodes of comfy-nag (Noise Awareness Guidance; not Normalized Attention Guidance).
 
-Thin V3 nodes over ``comfy_nag`` (the math) and ``hooks`` (the ComfyUI glue).  Importing this
-package registers the ``noise_estimators`` model folder.
+Thin V3 nodes over ``comfy_nag`` (the math) and ``hooks``/``guider`` (the ComfyUI glue).  The
+``noise_estimators`` model folder is registered by :func:`register_folders`, which the pack's
+entry point calls before it imports the nodes (ComfyUI 0.3.48-0.3.64 never calls
+``ComfyExtension.on_load``, so registering there would leave the folder unknown).
 """
 from __future__ import annotations
 
@@ -24,26 +26,18 @@ def register_folders() -> None:
         folder_paths.folder_names_and_paths[ESTIMATOR_FOLDER] = ([default], {".safetensors"})
 
 
-register_folders()
+def node_list() -> list[type[io.ComfyNode]]:
+    from .guidance_nodes import (NoiseAwarenessCFGuider, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided,
+                                 NoiseAwarenessKSampler)
+    from .loader_nodes import (NoiseAwarenessCheckpointLoader, NoiseAwarenessDiffusionModelLoader,
+                               NoiseAwarenessEstimatorLoader, NoiseAwarenessLoraLoader)
+    from .shift_nodes import NoiseAwarenessShiftPlot, NoiseAwarenessShiftRecorder
 
-from .guidance_nodes import NoiseAwarenessCFGuider, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided  # noqa: E402
-from .loader_nodes import (NoiseAwarenessCheckpointLoader, NoiseAwarenessDiffusionModelLoader,  # noqa: E402
-                           NoiseAwarenessEstimatorLoader, NoiseAwarenessLoraLoader)
-from .shift_nodes import NoiseAwarenessShiftPlot, NoiseAwarenessShiftRecorder  # noqa: E402
-
-NODES = [
-    NoiseAwarenessClassifierFree,
-    NoiseAwarenessClassifierGuided,
-    NoiseAwarenessCFGuider,
-    NoiseAwarenessEstimatorLoader,
-    NoiseAwarenessDiffusionModelLoader,
-    NoiseAwarenessCheckpointLoader,
-    NoiseAwarenessLoraLoader,
-    NoiseAwarenessShiftRecorder,
-    NoiseAwarenessShiftPlot,
-]
+    return [NoiseAwarenessKSampler, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided, NoiseAwarenessCFGuider,
+            NoiseAwarenessEstimatorLoader, NoiseAwarenessDiffusionModelLoader, NoiseAwarenessCheckpointLoader,
+            NoiseAwarenessLoraLoader, NoiseAwarenessShiftRecorder, NoiseAwarenessShiftPlot]
 
 
 class NoiseAwarenessExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+        return node_list()

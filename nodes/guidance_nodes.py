@@ -1,19 +1,23 @@
-"""Guidance nodes: classifier-free NAG patch, classifier-guided NAG patch, NAG guider."""
+"""Guidance nodes: classifier-free and classifier-guided patches, the guider, and the one-node sampler."""
 from __future__ import annotations
 
 import logging
-import math
 
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..comfy_nag import metadata as nag_metadata
-from ..comfy_nag import guidance, patching
+from ..comfy_nag import patching
 from . import hooks
-from .common import CATEGORY, Estimator, clear_errors, window_inputs
+from .common import CATEGORY, Estimator, clear_errors, model_input, window_inputs
+from .guider import BATCHING, NagGuider
 
 NULL_SOURCES = ["auto", "metadata", "manual"]
 log = logging.getLogger("comfy-nag")
+
+
+def trained_model_input():
+    return model_input("a model fine-tuned with noise-condition dropout (load it with a Noise Awareness loader)")
 
 
 def _nag_inputs() -> list:
@@ -39,9 +43,7 @@ def nag_config(model, scale, variant, window_unit, start, end, null_timestep_sou
         log.warning("Noise Awareness Guidance: the model carries no comfy-nag metadata; using the %s null timestep %g. "
                     "Classifier-free NAG needs a model fine-tuned with noise-condition dropout (load it with a "
                     "NoiseAwareness loader); on any other model use the classifier-guided node.", origin, null)
-    ms = model.get_model_object("model_sampling")
-    window = patching.sigma_window(start, end, window_unit, ms.percent_to_sigma)
-    return hooks.NagConfig(float(scale), variant, window, null, bool(batched))
+    return hooks.NagConfig(float(scale), variant, hooks.Window.of(model, window_unit, start, end), null, bool(batched))
 
 
 class NoiseAwarenessClassifierFree(io.ComfyNode):
@@ -54,7 +56,8 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
             description="Noise Awareness Guidance (Zhong et al. 2025), classifier-free form: mixes the ordinary output "
                         "with the output at a null timestep. Needs a model fine-tuned with noise-condition dropout. "
                         "Works with KSampler, SamplerCustom and SamplerCustomAdvanced, at cfg 1 and with CFG.",
-            inputs=[io.Model.Input("model"), *_nag_inputs(),
+            inputs=[trained_model_input(),
+                    *_nag_inputs(),
                     io.Boolean.Input("batched", default=True,
                                      tooltip="run the null branch in the same forward as cond/uncond; turn off if another "
                                              "pack's model wrapper breaks with extra batch entries")],
@@ -79,7 +82,8 @@ class NoiseAwarenessClassifierGuided(io.ComfyNode):
             category=CATEGORY,
             description="Noise Awareness Guidance with a noise-level estimator: adds scale * grad log g(t | x) to the "
                         "score, pulling the state to its nominal noise level. Works on unmodified checkpoints.",
-            inputs=[io.Model.Input("model"), Estimator.Input("estimator"),
+            inputs=[model_input("any model of the estimator's family; it needs no fine-tuning"),
+                    Estimator.Input("estimator", tooltip="from 'Load Noise-Level Estimator'; trained for this model's latent space"),
                     io.Float.Input("scale", default=0.5, min=0.0, max=20.0, step=0.05,
                                    tooltip="classifier guidance scale; 0 = off. Start with 0.5."),
                     *window_inputs()],
@@ -91,60 +95,10 @@ class NoiseAwarenessClassifierGuided(io.ComfyNode):
     def execute(cls, model, estimator, scale, window_unit, start, end):
         est, meta = estimator
         hooks.check_estimator(est, meta, model)
-        ms = model.get_model_object("model_sampling")
-        window = patching.sigma_window(start, end, window_unit, ms.percent_to_sigma)
+        window = hooks.Window.of(model, window_unit, start, end)
         if scale == 0:
             return io.NodeOutput(model)
         return io.NodeOutput(hooks.patch_classifier_guided(model, est, float(scale), window))
-
-
-BATCHING = ["one forward", "cond+uncond, then null", "each branch separately"]
-
-
-class NagGuider(comfy.samplers.CFGGuider):
-    """CFGGuider with classifier-free NAG and explicit branch batching (SamplerCustomAdvanced)."""
-
-    def __init__(self, model_patcher, cfg: hooks.NagConfig, batching: str):
-        from comfy.patcher_extension import WrappersMP
-
-        m = model_patcher.clone()
-        m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, hooks.KEY, hooks.null_apply_model)
-        m.set_attachments(hooks.ATTACH_CONFIG, {"window": cfg.window, "null_timestep": cfg.null_timestep})
-        super().__init__(m)
-        self.nag, self.batching = cfg, batching
-
-    def _run(self, conds, nulls, x, sigma, mo):
-        flagged = hooks._flagged(mo, range(len(conds), len(conds) + len(nulls)), self.nag.null_timestep)
-        nulls = [hooks._null_copy(c) for c in nulls]
-        if self.batching == "one forward":
-            return comfy.samplers.calc_cond_batch(self.inner_model, conds + nulls, x, sigma, flagged)
-        if self.batching == "cond+uncond, then null":
-            out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, sigma, mo)
-            if nulls:
-                out = out + comfy.samplers.calc_cond_batch(self.inner_model, nulls, x, sigma,
-                                                           hooks._flagged(mo, range(len(nulls)), self.nag.null_timestep))
-            return out
-        out = [comfy.samplers.calc_cond_batch(self.inner_model, [c], x, sigma, mo)[0] if c is not None else 0 * x for c in conds]
-        return out + [comfy.samplers.calc_cond_batch(self.inner_model, [n], x, sigma,
-                                                     hooks._flagged(mo, [0], self.nag.null_timestep))[0] for n in nulls]
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        pos, neg = self.conds.get("positive"), self.conds.get("negative")
-        uncond = None if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False) else neg
-        on = self.nag.scale != 0 and patching.in_window(timestep, self.nag.window)
-        nulls = ([pos] + ([uncond] if self.nag.variant == "B" and uncond is not None else [])) if on else []
-        out = self._run([pos, uncond], nulls, x, timestep, model_options)
-        main = out[:2]
-        for fn in model_options.get("sampler_pre_cfg_function", []):
-            main = fn({"conds": [pos, uncond], "conds_out": main, "cond_scale": self.cfg, "timestep": timestep, "input": x,
-                       "sigma": timestep, "model": self.inner_model, "model_options": model_options})
-        res = comfy.samplers.cfg_function(self.inner_model, main[0], main[1], self.cfg, x, timestep,
-                                          model_options=model_options, cond=pos, uncond=uncond)
-        if not on:
-            return res
-        null_u = out[3] if len(out) > 3 else None
-        return res + guidance.nag_correction(out[0], out[2], self.nag.scale, self.nag.variant, self.cfg,
-                                             out[1] if null_u is not None else None, null_u)
 
 
 class NoiseAwarenessCFGuider(io.ComfyNode):
@@ -152,12 +106,15 @@ class NoiseAwarenessCFGuider(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="NoiseAwarenessGuider",
-            display_name="Noise Awareness Guider (CFG + NAG)",
+            display_name="Noise Awareness Guider (with CFG)",
             category=CATEGORY,
             description="A GUIDER for SamplerCustomAdvanced: CFG plus classifier-free Noise Awareness Guidance, "
                         "with explicit control of how the branches are batched.",
-            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
-                    io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01),
+            inputs=[trained_model_input(),
+                    io.Conditioning.Input("positive", tooltip="what the image should show"),
+                    io.Conditioning.Input("negative", tooltip="what it should not show (CFG's unconditional branch)"),
+                    io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                                   tooltip="classifier-free guidance scale, as in KSampler; 1 = no CFG (NAG alone)"),
                     *_nag_inputs(),
                     io.Combo.Input("batching", options=BATCHING, default=BATCHING[0],
                                    tooltip="one forward: cond, uncond and null branches in one batch (fastest); "
@@ -174,3 +131,43 @@ class NoiseAwarenessCFGuider(io.ComfyNode):
         g.set_conds(positive, negative)
         g.set_cfg(cfg)
         return io.NodeOutput(g)
+
+
+class NoiseAwarenessKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NoiseAwarenessKSampler",
+            display_name="KSampler (Noise Awareness)",
+            category=CATEGORY,
+            description="KSampler with classifier-free Noise Awareness Guidance built in: the same image as the "
+                        "classifier-free node followed by a KSampler with the same settings; scale 0 is the plain KSampler.",
+            inputs=[trained_model_input(),
+                    io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                                 tooltip="the random seed used to create the noise"),
+                    io.Int.Input("steps", default=20, min=1, max=10000, tooltip="number of sampling steps"),
+                    io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                                   tooltip="classifier-free guidance scale; 1 = no CFG (NAG alone)"),
+                    io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="sampling algorithm"),
+                    io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="noise schedule over the steps"),
+                    io.Conditioning.Input("positive", tooltip="what the image should show"),
+                    io.Conditioning.Input("negative", tooltip="what it should not show (CFG's unconditional branch)"),
+                    io.Latent.Input("latent_image", tooltip="the latent to denoise (empty latent for txt2img)"),
+                    io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="how much to denoise; below 1 keeps the input's structure (img2img). "
+                                           "The guidance window still counts the steps actually sampled"),
+                    *_nag_inputs()],
+            outputs=[io.Latent.Output(tooltip="the denoised latent")],
+        )
+
+    @classmethod
+    @clear_errors
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                scale, variant, window_unit, start, end, null_timestep_source, null_timestep):
+        from nodes import common_ksampler  # ComfyUI's own KSampler body (its top-level nodes.py, not this pack's)
+
+        if scale != 0:
+            nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep)
+            model = hooks.patch_classifier_free(model, nag)
+        return io.NodeOutput(*common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                              latent_image, denoise=denoise))

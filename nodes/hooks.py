@@ -9,6 +9,10 @@
   falls back to an extra ``calc_cond_batch`` call when nothing was batched (unbatched toggle, or a
   custom guider that does its own batching).
 * ``SAMPLER_SAMPLE`` wrapper (recorder): wraps the step callback to read out the noise level.
+* :class:`NagGuider` (guider.py): a CFGGuider that batches the branches itself.
+
+Guidance windows (:class:`Window`) in percent are fractions of the steps the sampler call actually
+samples (``transformer_options["sample_sigmas"]``), so at denoise < 1 "0" is the first sampled step.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def file_metadata(model) -> dict:
     return model.get_attachment(ATTACH_META) or {}
 
 
-def _flagged(model_options: dict, labels, value: float) -> dict:
+def flagged(model_options: dict, labels, value: float) -> dict:
     mo = model_options.copy()
     to = dict(mo.get("transformer_options", {}))
     to[NULL_FLAG] = {"labels": frozenset(labels), "value": float(value)}
@@ -62,7 +66,7 @@ def _flagged(model_options: dict, labels, value: float) -> dict:
     return mo
 
 
-def _null_copy(cond):
+def null_copy(cond):
     """Copy of a converted cond list with fresh uuids (caches keyed on uuids must not mix branches)."""
     return [dict(c, uuid=uuid.uuid4()) if isinstance(c, dict) and "uuid" in c else c for c in cond]
 
@@ -94,11 +98,49 @@ def null_apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=No
             del ms.timestep
 
 
+def progress_sigma(sigmas: torch.Tensor, p: float) -> float:
+    """Sigma at sampling progress ``p`` in [0, 1] of a sampled schedule ``sigmas`` (N steps, N+1 values):
+    ``p*N`` indexes the schedule, linear between neighbours (0 = first step's sigma, 1 = the final one)."""
+    s = sigmas.detach().reshape(-1).float().cpu()
+    n = s.numel() - 1
+    if n <= 0:
+        return float(s[0])
+    pos = round(p * n, 9)
+    i = min(int(pos), n - 1)
+    return float(s[i] + (pos - i) * (s[i + 1] - s[i]))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where guidance is active.  ``unit="percent"``: ``start``/``end`` are fractions of the steps this
+    sampler call samples (0 = its first step); ``unit="sigma"``: ``start`` the high sigma, ``end`` the low.
+    ``full``: ``(sigma_lo, sigma_hi)`` over the model's whole range, used when the sampled sigmas are unknown."""
+    unit: str
+    start: float
+    end: float
+    full: tuple[float, float]
+
+    @classmethod
+    def of(cls, model, unit: str, start: float, end: float) -> "Window":
+        ms = model.get_model_object("model_sampling")
+        return cls(unit, float(start), float(end), patching.sigma_window(start, end, unit, ms.percent_to_sigma))
+
+    def bounds(self, sample_sigmas: torch.Tensor | None = None) -> tuple[float, float]:
+        """``(sigma_lo, sigma_hi)`` for a sampler call over ``sample_sigmas``."""
+        if self.unit != "percent" or sample_sigmas is None or sample_sigmas.numel() == 0:
+            return self.full
+        return progress_sigma(sample_sigmas, self.end), progress_sigma(sample_sigmas, self.start)
+
+    def active(self, sigma: torch.Tensor, model_options: dict) -> bool:
+        sampled = model_options.get("transformer_options", {}).get("sample_sigmas")
+        return patching.in_window(sigma, self.bounds(sampled))
+
+
 @dataclass
 class NagConfig:
     scale: float
     variant: str
-    window: tuple[float, float]
+    window: Window
     null_timestep: float
     batched: bool = True
 
@@ -110,7 +152,7 @@ class NullBranches:
         self.cfg, self.pending, self.stash = cfg, False, None
 
     def predict_noise(self, executor, x, timestep, model_options, seed):
-        self.pending = self.cfg.batched and patching.in_window(timestep, self.cfg.window)
+        self.pending = self.cfg.batched and self.cfg.window.active(timestep, model_options)
         self.stash = None
         try:
             return executor(x, timestep, model_options, seed)
@@ -121,10 +163,10 @@ class NullBranches:
         if not self.pending or len(conds) != 2 or conds[0] is None:
             return executor(model, conds, x_in, timestep, model_options)
         self.pending = False
-        extra = [_null_copy(conds[0])]
+        extra = [null_copy(conds[0])]
         if self.cfg.variant == "B" and conds[1] is not None:
-            extra.append(_null_copy(conds[1]))
-        mo = _flagged(model_options, range(2, 2 + len(extra)), self.cfg.null_timestep)
+            extra.append(null_copy(conds[1]))
+        mo = flagged(model_options, range(2, 2 + len(extra)), self.cfg.null_timestep)
         out = executor(model, list(conds) + extra, x_in, timestep, mo)
         self.stash = out[2:]
         return out[:2]
@@ -136,12 +178,12 @@ class NullBranches:
         conds = [args["cond"]]
         if self.cfg.variant == "B" and args["uncond"] is not None:
             conds.append(args["uncond"])
-        mo = _flagged(args["model_options"], range(len(conds)), self.cfg.null_timestep)
-        return comfy.samplers.calc_cond_batch(args["model"], [_null_copy(c) for c in conds], args["input"], args["sigma"], mo)
+        mo = flagged(args["model_options"], range(len(conds)), self.cfg.null_timestep)
+        return comfy.samplers.calc_cond_batch(args["model"], [null_copy(c) for c in conds], args["input"], args["sigma"], mo)
 
     def post_cfg(self, args):
         denoised = args["denoised"]
-        if not patching.in_window(args["sigma"], self.cfg.window):
+        if not self.cfg.window.active(args["sigma"], args["model_options"]):
             return denoised
         patching.check_finite(args["input"], "Noise Awareness Guidance")
         nulls = self.null_predictions(args)
@@ -155,13 +197,24 @@ def patch_classifier_free(model, cfg: NagConfig):
     """Clone ``model`` with classifier-free NAG installed (composable hooks only)."""
     from comfy.patcher_extension import WrappersMP
 
-    m = model.clone()
+    if cfg.batched and not hasattr(WrappersMP, "PREDICT_NOISE"):
+        raise NoiseAwarenessError("batching the null branch needs ComfyUI 0.3.52 or newer (its PREDICT_NOISE wrapper): "
+                                  "update ComfyUI, or turn 'batched' off")
+    m = with_null_timestep(model, cfg)
     state = NullBranches(cfg)
-    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, null_apply_model)
     if cfg.batched:
         m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, KEY, state.predict_noise)
         m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, KEY, state.calc_cond_batch)
     m.set_model_sampler_post_cfg_function(state.post_cfg)
+    return m
+
+
+def with_null_timestep(model, cfg: NagConfig):
+    """Clone of ``model`` whose flagged rows get the null timestep, carrying the window for the recorder."""
+    from comfy.patcher_extension import WrappersMP
+
+    m = model.clone()
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, null_apply_model)
     m.set_attachments(ATTACH_CONFIG, {"window": cfg.window, "null_timestep": cfg.null_timestep})
     return m
 
@@ -194,19 +247,19 @@ def check_estimator(estimator, meta: dict, model) -> None:
                                   f"is {kind.get(space, space)}; load the estimator trained for this model family")
 
 
-def patch_classifier_guided(model, estimator, scale: float, window: tuple[float, float]):
+def patch_classifier_guided(model, estimator, scale: float, window: Window):
     """Clone ``model`` with classifier-guided NAG (gradient of the estimator's log-likelihood)."""
     _, _, space = sampling_info(model)
     m = model.clone()
 
     def post_cfg(args):
         denoised, sigma, x = args["denoised"], args["sigma"], args["input"]
-        if not patching.in_window(sigma, window):
+        if not window.active(sigma, args["model_options"]):
             return denoised
         patching.check_finite(x, "Noise Awareness Guidance (classifier-guided)")
         ms = args["model"].model_sampling
         sig = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
-        est = _estimator_on(estimator, x.device)
+        est = estimator_on(estimator, x.device)
         return denoised + guidance.classifier_correction(est, x, sig, space, net_scale(ms, sig), scale)
 
     m.set_model_sampler_post_cfg_function(post_cfg)
@@ -214,7 +267,8 @@ def patch_classifier_guided(model, estimator, scale: float, window: tuple[float,
     return m
 
 
-def _estimator_on(estimator, device):
+def estimator_on(estimator, device):
+    """The estimator on ``device`` (moved once, outside inference mode so autograd can use it)."""
     if next(estimator.parameters()).device != torch.device(device):
         with torch.inference_mode(False):
             estimator.to(device)

@@ -1,4 +1,4 @@
-"""Loaders: noise-level estimators, and NAG-trained diffusion models/checkpoints with their metadata."""
+"""Loaders: noise-level estimators, and dropout-trained diffusion models/checkpoints/LoRAs with their metadata."""
 from __future__ import annotations
 
 import comfy.sd
@@ -11,7 +11,7 @@ from ..comfy_nag import metadata as nag_metadata
 from ..comfy_nag.estimators import NoiseLevelEstimator
 from ..comfy_nag.files import read_metadata
 from . import ESTIMATOR_FOLDER
-from .common import CATEGORY, Estimator, clear_errors
+from .common import LOADERS, Estimator, clear_errors, model_input
 from .hooks import ATTACH_META, NoiseAwarenessError
 
 
@@ -32,9 +32,10 @@ class NoiseAwarenessEstimatorLoader(io.ComfyNode):
         return io.Schema(
             node_id="NoiseAwarenessEstimatorLoader",
             display_name="Load Noise-Level Estimator",
-            category=CATEGORY,
+            category=LOADERS,
             description="Loads a comfy-nag noise-level estimator (.safetensors) from models/noise_estimators.",
-            inputs=[io.Combo.Input("estimator_name", options=folder_paths.get_filename_list(ESTIMATOR_FOLDER))],
+            inputs=[io.Combo.Input("estimator_name", options=folder_paths.get_filename_list(ESTIMATOR_FOLDER),
+                                   tooltip="a .safetensors estimator from models/noise_estimators (python -m training estimator)")],
             outputs=[Estimator.Output(display_name="estimator")],
         )
 
@@ -53,11 +54,12 @@ class NoiseAwarenessDiffusionModelLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="NoiseAwarenessDiffusionModelLoader",
-            display_name="Load NAG-trained Diffusion Model",
-            category=CATEGORY,
+            display_name="Load Diffusion Model (Noise Awareness)",
+            category=LOADERS,
             description="Like 'Load Diffusion Model', and attaches the file's comfy-nag metadata (null timestep) so the "
                         "classifier-free guidance node needs no manual value.",
-            inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"))],
+            inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
+                                   tooltip="a model fine-tuned by comfy-nag's trainer (it carries the null timestep)")],
             outputs=[io.Model.Output()],
         )
 
@@ -73,10 +75,11 @@ class NoiseAwarenessCheckpointLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="NoiseAwarenessCheckpointLoader",
-            display_name="Load NAG-trained Checkpoint",
-            category=CATEGORY,
+            display_name="Load Checkpoint (Noise Awareness)",
+            category=LOADERS,
             description="Like 'Load Checkpoint', and attaches the file's comfy-nag metadata (null timestep).",
-            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"))],
+            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                                   tooltip="a checkpoint fine-tuned by comfy-nag's trainer (it carries the null timestep)")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
@@ -94,14 +97,16 @@ class NoiseAwarenessLoraLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="NoiseAwarenessLoraLoader",
-            display_name="Load NAG-trained LoRA (model only)",
-            category=CATEGORY,
+            display_name="Load LoRA (Noise Awareness, model only)",
+            category=LOADERS,
             description="Like 'LoraLoaderModelOnly', and attaches the LoRA's comfy-nag metadata (null timestep) written "
                         "by the trainer, so the classifier-free guidance node needs no manual value.",
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras")),
-                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+                model_input("the base model the LoRA was trained on"),
+                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
+                               tooltip="a LoRA trained by comfy-nag's trainer (it carries the null timestep)"),
+                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
+                               tooltip="how strongly the LoRA modifies the model; 1 = as trained"),
             ],
             outputs=[io.Model.Output()],
         )

@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 from ..comfy_nag import plots
 from ..comfy_nag.shift_report import ShiftRecording, shift_report
 from . import hooks
-from .common import CATEGORY, Estimator, ShiftTrace, clear_errors
+from .common import CATEGORY, Estimator, ShiftTrace, clear_errors, model_input
 
 
 class Recorder:
@@ -25,12 +25,13 @@ class Recorder:
         if self.estimator is None:
             return None
         s = sigma.reshape(1).to(x).expand(x.shape[0])
-        est = hooks._estimator_on(self.estimator, x.device)
+        est = hooks.estimator_on(self.estimator, x.device)
         return est.mean(hooks.net_scale(model_sampling, s).reshape(-1, *([1] * (x.dim() - 1))) * x)
 
     def sampler_sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
         config = guider.model_patcher.get_attachment(hooks.ATTACH_CONFIG) or {}
-        rec = ShiftRecording(self.space, self.data_variance, window=config.get("window"),
+        window = config.get("window")
+        rec = ShiftRecording(self.space, self.data_variance, window=window.bounds(sigmas) if window else None,
                              readout="estimator" if self.estimator is not None else "variance")
         self.last = rec
         ms = guider.model_patcher.get_model_object("model_sampling")
@@ -53,7 +54,9 @@ class NoiseAwarenessShiftRecorder(io.ComfyNode):
             description="Records each sampler step's nominal noise level and the level estimated from the state "
                         "(learned estimator, or the training-free variance estimate). Put it right before the sampler; "
                         "feed the trace and the sampler's LATENT to 'Noise Shift Plot'.",
-            inputs=[io.Model.Input("model"), Estimator.Input("estimator", optional=True),
+            inputs=[model_input("the model the sampler uses (after any guidance patch)"),
+                    Estimator.Input("estimator", optional=True,
+                                    tooltip="learned noise-level estimator; without it the training-free variance estimate is used"),
                     io.Float.Input("data_variance", default=1.0, min=1e-4, max=100.0, step=0.01,
                                    tooltip="variance of clean latents (training-free estimate only); ~1 for SD/SDXL/SD3/Flux latents")],
             outputs=[io.Model.Output(), ShiftTrace.Output(display_name="trace")],
@@ -84,10 +87,12 @@ class NoiseAwarenessShiftPlot(io.ComfyNode):
             category=CATEGORY,
             description="Plots nominal vs estimated noise level per step (band: spread across the batch; shaded: guidance "
                         "window) for one or two recorded runs, and outputs the numbers as JSON.",
-            inputs=[ShiftTrace.Input("trace"), io.Latent.Input("latent", tooltip="the sampler's output (makes the plot rerun with it)"),
-                    io.String.Input("label", default="run A"),
-                    ShiftTrace.Input("trace_2", optional=True), io.Latent.Input("latent_2", optional=True),
-                    io.String.Input("label_2", default="run B", optional=True)],
+            inputs=[ShiftTrace.Input("trace", tooltip="the recorder's trace"),
+                    io.Latent.Input("latent", tooltip="the sampler's output (makes the plot rerun with it)"),
+                    io.String.Input("label", default="run A", tooltip="legend label of the first run"),
+                    ShiftTrace.Input("trace_2", optional=True, tooltip="a second recorder's trace, to compare"),
+                    io.Latent.Input("latent_2", optional=True, tooltip="the second sampler's output"),
+                    io.String.Input("label_2", default="run B", optional=True, tooltip="legend label of the second run")],
             outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="json")],
             is_output_node=True,
         )

@@ -2,8 +2,7 @@
 
 ComfyUI is found through ``COMFYUI_PATH``, else ``~/comfy/ComfyUI``.  Without it (or without its
 dependencies, e.g. in the CI venv) :func:`comfy_or_skip` skips the calling module with a visible
-reason and a warning.  Tiny models follow shared/research/comfyui_api.md section 9: seeded weights,
-made at test time, never committed.
+reason and a warning.  Tiny models: seeded weights, made at test time, never committed.
 """
 from __future__ import annotations
 
@@ -24,6 +23,13 @@ def comfy_root() -> Path:
     return Path(os.environ.get("COMFYUI_PATH", "~/comfy/ComfyUI")).expanduser()
 
 
+def skip_loudly(msg: str):
+    """Skip the calling module with a warning and a line on stderr (seen even without -rs)."""
+    warnings.warn(msg)
+    print("\n" + msg, file=sys.stderr)
+    pytest.skip(msg, allow_module_level=True)
+
+
 def comfy_or_skip() -> Path:
     """Put ComfyUI first on sys.path in CPU mode, or skip the module LOUDLY."""
     root = comfy_root()
@@ -35,12 +41,9 @@ def comfy_or_skip() -> Path:
             for mod in ("torchvision", "torchsde", "einops", "scipy", "aiohttp", "yaml", "transformers"):
                 importlib.import_module(mod)
         except Exception as e:  # noqa: BLE001 - any import failure means "not a ComfyUI environment"
-            why = f"ComfyUI's dependencies are missing in {sys.executable} ({e}); run with /work/comfy_venv/bin/python"
+            why = f"ComfyUI's dependencies are missing in {sys.executable} ({e}); run with ComfyUI's own Python"
     if why:
-        msg = f"SKIPPING ComfyUI integration tests: {why}"
-        warnings.warn(msg)
-        print("\n" + msg, file=sys.stderr)
-        pytest.skip(msg, allow_module_level=True)
+        skip_loudly(f"SKIPPING ComfyUI integration tests: {why}")
     if str(root) not in sys.path[:1]:
         sys.path.insert(0, str(root))
     if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(root)):
@@ -136,6 +139,18 @@ def tiny_unet_model(prediction: str = "eps", seed: int = 0):
     return m
 
 
+SD15_CONFIG = {"model_channels": 320, "context_dim": 768, "num_res_blocks": [1], "channel_mult": [1],
+               "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": -2,
+               "use_linear_in_transformer": False, "legacy": False, "adm_in_channels": None, "in_channels": 4,
+               "out_channels": 4, "use_spatial_transformer": True, "num_heads": 8, "num_head_channels": -1,
+               "use_temporal_attention": False, "use_temporal_resblock": False, "image_size": 32, "num_classes": None}
+
+
+def tiny_sd15_model(seed: int = 0):
+    """BaseModel of a one-level UNet that ComfyUI's file loaders detect as SD1.5 (EPS, discrete schedule)."""
+    return tiny_from_config(SD15_CONFIG, seed)
+
+
 def patcher(base_model):
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -183,7 +198,7 @@ def make_model_tree(root: Path) -> Path:
 
     from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
     from comfy_nag_pack_under_test.comfy_nag.metadata import nag_metadata
-    from comfy_nag_pack_under_test.comfy_nag.schedules import Flow
+    from comfy_nag_pack_under_test.comfy_nag.schedules import DiscreteVP, Flow
 
     m = root / "models"
     for d in ("diffusion_models", "checkpoints", "vae", "noise_estimators", "loras", "clip"):
@@ -196,6 +211,13 @@ def make_model_tree(root: Path) -> Path:
     comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3_nag.safetensors"), metadata=meta)
     comfy.utils.save_torch_file({k: v for k, v in sd.items() if k.startswith("model.")},
                                 str(m / "diffusion_models" / "tiny_sd3_nag.safetensors"), metadata=meta)
+    save_tiny_taesd(m / "vae" / "tiny_taesd_4ch.safetensors", channels=4)
+    sd15 = {f"model.diffusion_model.{k}": v.contiguous() for k, v in tiny_sd15_model(1).diffusion_model.state_dict().items()}
+    sd15.update({f"first_stage_model.{k}": v.contiguous()
+                 for k, v in comfy.utils.load_torch_file(str(m / "vae" / "tiny_taesd_4ch.safetensors")).items()})
+    comfy.utils.save_torch_file(sd15, str(m / "checkpoints" / "tiny_sd15_nag.safetensors"),
+                                metadata=nag_metadata("checkpoint", "sd1", "eps", DiscreteVP(), null_timestep=-1000.0, dropout_rate=0.1))
+    comfy.utils.save_torch_file(sd15, str(m / "checkpoints" / "tiny_sd15.safetensors"))
     g = torch.Generator().manual_seed(3)
     key = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
     lora = {f"{key}.lora_up.weight": torch.randn(384, 4, generator=g) * 0.01,
@@ -208,6 +230,8 @@ def make_model_tree(root: Path) -> Path:
         m / "noise_estimators" / "tiny_flow_estimator.safetensors", Flow(shift=3.0))
     NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
         m / "noise_estimators" / "tiny_4ch_estimator.safetensors", Flow(shift=3.0))
+    NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
+        m / "noise_estimators" / "tiny_sd15_estimator.safetensors", DiscreteVP())
     cn = root / "custom_nodes"
     cn.mkdir(exist_ok=True)
     (cn / "comfy-nag").symlink_to(PACK_ROOT)  # hyphenated folder name, like a git clone
@@ -222,7 +246,8 @@ def make_model_tree(root: Path) -> Path:
 class Server:
     """``python main.py`` of the ComfyUI under test, in CPU mode, on a free port."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, frontend: bool = False):
+        """``frontend``: serve ComfyUI's web frontend (its pip package) instead of an empty page."""
         import socket
         import subprocess
 
@@ -231,9 +256,10 @@ class Server:
             self.port = s.getsockname()[1]
         (root / "fe").mkdir(exist_ok=True)
         self.log = open(root / "server.log", "w")
+        fe = [] if frontend else ["--front-end-root", str(root / "fe")]
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
-             "--front-end-root", str(root / "fe"), "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
+             *fe, "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
              "--output-directory", str(root / "out"), "--temp-directory", str(root / "tmp"),
              "--database-url", f"sqlite:///{root}/db.sqlite", "--disable-all-custom-nodes",
              "--whitelist-custom-nodes", "comfy-nag", "nag-test-pack"],

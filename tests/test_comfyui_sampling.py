@@ -143,7 +143,9 @@ def test_stacks_with_pag_and_lora(models):
     lora = {f"{key}.lora_up.weight": torch.randn(w.shape[0], 2, generator=g),
             f"{key}.lora_down.weight": torch.randn(2, w.shape[1], generator=g)}
     lm, _ = comfy.sd.load_lora_for_models(m, None, lora, 1.0, 0.0)
-    stacked = cf(PerturbedAttentionGuidance.execute(lm, 2.0).result[0], 1.0)
+    pag_node = PerturbedAttentionGuidance  # a V3 node from ComfyUI 0.3.6x on, V1 before
+    pag = pag_node.execute(lm, 2.0).result[0] if hasattr(pag_node, "execute") else pag_node().patch(lm, 2.0)[0]
+    stacked = cf(pag, 1.0)
     with Spy(m) as spy:
         out = sample(stacked, "eps")
     assert torch.isfinite(out).all()
@@ -151,6 +153,73 @@ def test_stacks_with_pag_and_lora(models):
     assert null_rows(spy.calls, -1000.0).count(1.0) == STEPS
     assert not torch.allclose(out, sample(cf(lm, 1.0), "eps"))
     assert not torch.allclose(sample(cf(lm, 1.0), "eps"), sample(cf(m, 1.0), "eps"))
+
+
+def ksampler_node(model, scale, denoise=1.0, seed=0, cfg=3.0):
+    latent = {"samples": torch.zeros(SHAPES["eps"])}
+    with torch.inference_mode():
+        out = guidance_nodes.NoiseAwarenessKSampler.execute(
+            model, seed, STEPS, cfg, "euler", "simple", conditioning("unet", 1), conditioning("unet", 2), latent, denoise,
+            scale, "A", "percent", 0.0, 1.0, "auto", -1000.0).result[0]
+    return out["samples"]
+
+
+def plain_ksampler(model, denoise=1.0, seed=0, cfg=3.0):
+    from nodes import common_ksampler
+
+    with torch.inference_mode():
+        return common_ksampler(model, seed, STEPS, cfg, "euler", "simple", conditioning("unet", 1), conditioning("unet", 2),
+                               {"samples": torch.zeros(SHAPES["eps"])}, denoise=denoise)[0]["samples"]
+
+
+def test_ksampler_node_is_the_cf_patch_plus_ksampler(models):
+    m = models["eps"]
+    with Spy(m) as spy:
+        one = ksampler_node(m, 1.5)
+    assert null_rows(spy.calls, -1000.0) == [1.0] * STEPS
+    assert torch.equal(one, plain_ksampler(cf(m, 1.5)))
+    assert not torch.equal(one, plain_ksampler(m))
+    with Spy(m) as spy:
+        off = ksampler_node(m, 0.0)
+    assert torch.equal(off, plain_ksampler(m))  # scale 0: the plain KSampler, bit for bit, no extra rows
+    assert len(spy.calls) == STEPS and all(t.shape[0] == 2 for t, _ in spy.calls)
+
+
+def test_percent_window_counts_the_steps_actually_sampled(models):
+    """denoise 0.5 samples the low-noise half; '0 -> 0.25' is its first quarter (steps 0-1, ends inclusive)."""
+    m = models["eps"]
+    latent = torch.randn(SHAPES["eps"], generator=torch.Generator().manual_seed(3))
+    for start, end, want in [(0.0, 0.25, [3, 3, 2, 2]), (0.5, 1.0, [2, 2, 3, 3]), (0.0, 1.0, [3] * STEPS)]:
+        with Spy(m) as spy, torch.inference_mode():
+            comfy.sample.sample(cf(m, 1.0, start=start, end=end), comfy.sample.prepare_noise(latent, 0), STEPS, 3.0, "euler",
+                                "normal", conditioning("unet", 1), conditioning("unet", 2), latent, denoise=0.5, seed=0,
+                                disable_pbar=True)
+        assert [len(lab) for _, lab in spy.calls] == want, (start, end)
+
+
+def test_guider_runs_other_packs_calc_cond_batch_function(models):
+    """The guider honours ``sampler_calc_cond_batch_function`` for cond/uncond; null rows never go through it."""
+    import comfy.samplers
+
+    m = models["sd3"].clone()
+    seen = []
+
+    def hook(args):
+        seen.append(len(args["conds"]))
+        return comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"], args["model_options"])
+
+    m.model_options["sampler_calc_cond_batch_function"] = hook
+    pos, neg = conditioning("sd3", 1), conditioning("sd3", 2)
+    latent = torch.zeros(SHAPES["sd3"])
+    noise = comfy.sample.prepare_noise(latent, 0)
+    sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
+    g = guidance_nodes.NoiseAwarenessCFGuider.execute(m, pos, neg, 3.0, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0,
+                                                      guidance_nodes.BATCHING[0]).result[0]
+    with torch.inference_mode(), Spy(m) as spy:
+        out = g.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0, disable_pbar=True)
+    assert seen == [2] * STEPS
+    assert null_rows(spy.calls, -1000.0).count(1.0) == STEPS
+    assert torch.allclose(out, sample(cf(models["sd3"], 1.0), "sd3"), atol=1e-4)
 
 
 def test_guider_batching_modes_match_patch(models):
@@ -224,3 +293,36 @@ def test_patch_works_with_sampler_custom_and_cfg_guider(models):
         b = g.sample(noise, latent, sampler, sigmas, seed=0, disable_pbar=True)
     assert null_rows(spy.calls, -1000.0) == [1.0] * STEPS
     assert torch.allclose(a, b.cpu(), atol=1e-5) and torch.allclose(a, sample(patched, "v"), atol=1e-5)
+
+
+def test_controlnet_gives_null_rows_the_cond_rows_residuals(models):
+    """Decision (docs/comfyui.md): a ControlNet is content conditioning, like the prompt, so the null branch
+    keeps it unchanged: its residuals for the null rows are computed at the real timestep from the same
+    input and hint, equal to the cond rows'; only the UNet's own noise condition gets the null timestep."""
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    from comfy_support import seed_weights
+
+    net = ControlNet(image_size=32, in_channels=4, model_channels=32, hint_channels=3, num_res_blocks=[1, 1], channel_mult=[1, 2],
+                     transformer_depth=[1, 1], context_dim=64, use_spatial_transformer=True, use_linear_in_transformer=True,
+                     num_head_channels=16, legacy=False, transformer_depth_middle=1, operations=comfy.ops.disable_weight_init,
+                     dtype=torch.float32)
+    seed_weights(net, 4)
+    seen = []
+    net.register_forward_hook(lambda mod, args, kwargs, out: seen.append((kwargs["timesteps"].clone(), out)), with_kwargs=True)
+    control = comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device()).set_cond_hint(torch.rand(1, 3, 64, 64), 1.0)
+    m = models["eps"]
+    pos = [[conditioning("unet", 1)[0][0], {"control": control}]]
+    latent = torch.zeros(SHAPES["eps"])
+    with Spy(m) as spy, torch.inference_mode():
+        comfy.sample.sample(cf(m, 1.0), comfy.sample.prepare_noise(latent, 0), STEPS, 3.0, "euler", "simple", pos,
+                            conditioning("unet", 2), latent, seed=0, disable_pbar=True)
+    assert null_rows(spy.calls, -1000.0).count(1.0) == STEPS  # the UNet still gets the null timestep
+    assert len(seen) == STEPS
+    for t, out in seen:  # one ControlNet call per step for the cond row and its null copy (same control)
+        assert t.shape[0] == 2 and (t > 0).all() and t[0] == t[1]
+        residuals = [r for group in out.values() for r in group if r is not None]
+        assert residuals and all(torch.equal(r[0], r[1]) for r in residuals)

@@ -1,12 +1,15 @@
 """The pack inside a real ComfyUI server: import, /object_info, every shipped workflow via /prompt.
 
 Workflows are converted from the UI format with tests/workflow_tools.py; text encoders are replaced
-by a test-only conditioning node and model names/sizes by the tiny seeded models (comfy_support).
+by a test-only conditioning node and model names/sizes by the tiny seeded models (comfy_support):
+SD1.5-style workflows run on a UNet detected as SD1.5, flow workflows on a tiny SD3.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -17,23 +20,37 @@ comfy_or_skip()
 from comfy_support import Server, load_pack, make_model_tree  # noqa: E402
 from workflow_tools import to_api  # noqa: E402
 
-NODE_IDS = ["NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessGuidanceClassifierGuided", "NoiseAwarenessGuider",
-            "NoiseAwarenessEstimatorLoader", "NoiseAwarenessDiffusionModelLoader", "NoiseAwarenessCheckpointLoader",
-            "NoiseAwarenessLoraLoader",
-            "NoiseAwarenessShiftRecorder", "NoiseAwarenessShiftPlot"]
-WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
-TINY = {"ckpt_name": "tiny_sd3_nag.safetensors", "unet_name": "tiny_sd3_nag.safetensors",
-        "estimator_name": "tiny_flow_estimator.safetensors", "width": 64, "height": 64, "steps": 3}
+NODE_IDS = ["NoiseAwarenessKSampler", "NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessGuidanceClassifierGuided",
+            "NoiseAwarenessGuider", "NoiseAwarenessEstimatorLoader", "NoiseAwarenessDiffusionModelLoader",
+            "NoiseAwarenessCheckpointLoader", "NoiseAwarenessLoraLoader", "NoiseAwarenessShiftRecorder", "NoiseAwarenessShiftPlot"]
+WORKFLOWS = sorted((PACK_ROOT / "example_workflows").glob("*.json"))
+PACK_DIRS = ("comfy-nag", "nag-test-pack")  # the custom_nodes folders the test server loads
+# Tiny stand-ins: SD1.5-style workflows (4-channel latents) run on a UNet that ComfyUI detects as SD1.5,
+# flow workflows on the tiny SD3 MMDiT.
+TINY = {"sd15": {"ckpt_name": "tiny_sd15_nag.safetensors", "estimator_name": "tiny_sd15_estimator.safetensors", "dim": 768, "pooled_dim": 0},
+        "sd3": {"ckpt_name": "tiny_sd3_nag.safetensors", "unet_name": "tiny_sd3_nag.safetensors",
+                "estimator_name": "tiny_flow_estimator.safetensors", "dim": 64, "pooled_dim": 32}}
+SMALL = {"width": 64, "height": 64, "steps": 3}
 
 
-def tiny(node_type, inputs):
-    """Swap text encoders for test conditioning and shrink models/sizes/steps."""
-    if node_type == "CLIPTextEncode":
-        return "NoiseAwarenessTestConditioning", {"seed": len(inputs["text"]), "tokens": 8, "dim": 64, "pooled_dim": 32}
-    out = {k: TINY.get(k, v) if not isinstance(v, list) else v for k, v in inputs.items()}
-    if "batch_size" in out:
-        out["batch_size"] = min(out["batch_size"], 2)
-    return node_type, out
+def family(ui: dict) -> str:
+    return "sd3" if any(n["type"] == "EmptySD3LatentImage" for n in ui["nodes"]) else "sd15"
+
+
+def tiny(fam):
+    """Substitute text encoders by test conditioning, model files by tiny ones, and shrink sizes/steps."""
+    sub = {**TINY[fam], **SMALL}
+
+    def swap(node_type, inputs):
+        if node_type == "CLIPTextEncode":
+            return "NoiseAwarenessTestConditioning", {"seed": len(inputs["text"]), "tokens": 8, "dim": sub["dim"],
+                                                      "pooled_dim": sub["pooled_dim"]}
+        out = {k: sub.get(k, v) if not isinstance(v, list) else v for k, v in inputs.items()}
+        if "batch_size" in out:
+            out["batch_size"] = min(out["batch_size"], 2)
+        return node_type, out
+
+    return swap
 
 
 @pytest.fixture(scope="module")
@@ -53,21 +70,45 @@ def object_info(server):
 
 def test_pack_imports_and_nodes_listed(server, object_info):
     log = (server.root / "server.log").read_text()
-    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+    ours = [line for line in log.splitlines() if ("IMPORT FAILED" in line or "Cannot import" in line)
+            and any(d in line for d in PACK_DIRS)]
+    assert not ours, ours  # core nodes failing (e.g. audio without torchaudio) are not the pack's business
     for nid in NODE_IDS:
         assert nid in object_info, nid
         assert object_info[nid]["python_module"] == "custom_nodes.comfy-nag"
-        assert "Normalized" not in object_info[nid]["display_name"]
     assert object_info["NoiseAwarenessEstimatorLoader"]["input"]["required"]["estimator_name"][1]["options"] == [
-        "tiny_4ch_estimator.safetensors", "tiny_flow_estimator.safetensors"]
+        "tiny_4ch_estimator.safetensors", "tiny_flow_estimator.safetensors", "tiny_sd15_estimator.safetensors"]
     assert sorted(server.get("/api/workflow_templates")["comfy-nag"]) == sorted(p.stem for p in WORKFLOWS)
+
+
+def test_names_categories_and_tooltips(object_info):
+    """No bare 'NAG' (Normalized Attention Guidance's name) in what users search; loaders under loaders/; every input explained."""
+    for nid in NODE_IDS:
+        info = object_info[nid]
+        assert not re.search(r"\bNAG\b", info["display_name"]) and "Normalized" not in info["display_name"], info["display_name"]
+        assert info["category"].startswith("loaders/" if "Loader" in nid else "sampling/"), (nid, info["category"])
+        for group in ("required", "optional"):
+            for name, spec in info["input"].get(group, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{nid}.{name} has no tooltip"
+    assert object_info["NoiseAwarenessKSampler"]["display_name"] == "KSampler (Noise Awareness)"
+
+
+def test_requirements_never_touch_torch():
+    """``pip install -r requirements.txt`` into ComfyUI's environment installs nothing that replaces torch."""
+    req = PACK_ROOT / "requirements.txt"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet", "--report", "-",
+                           "-r", str(req)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"install the pack's requirements into this environment first: {proc.stderr[-2000:]}"
+    report = json.loads(proc.stdout)
+    names = [i["metadata"]["name"].lower() for i in report["install"]]
+    assert not [n for n in names if n.startswith(("torch", "nvidia", "triton"))], names
 
 
 @pytest.mark.parametrize("wf", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs(server, object_info, wf):
     ui = json.loads(wf.read_text())
     assert any(n["type"] == "Note" for n in ui["nodes"])
-    h = server.run(to_api(ui, object_info, tiny))
+    h = server.run(to_api(ui, object_info, tiny(family(ui))))
     assert h["status"]["status_str"] == "success", json.dumps(h["status"])[-3000:]
     images = [im for out in h["outputs"].values() for im in out.get("images", [])]
     assert images and all((server.root / ("out" if im["type"] == "output" else "tmp/temp") / im["subfolder"] / im["filename"]).exists()
@@ -118,3 +159,36 @@ def test_nag_lora_loader_hands_its_metadata_to_the_guidance_node(server):
               "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}}}
     h = server.run(prompt)
     assert h["status"]["status_str"] == "success", h["status"]  # 'metadata' source: fails unless the LoRA's was attached
+
+
+def _ksampler_prompt(sampler: dict, with_patch: bool, scale: float) -> dict:
+    p = {"1": {"class_type": "NoiseAwarenessCheckpointLoader", "inputs": {"ckpt_name": "tiny_sd15_nag.safetensors"}},
+         "2": {"class_type": "NoiseAwarenessTestConditioning", "inputs": {"seed": 1, "tokens": 8, "dim": 768, "pooled_dim": 0}},
+         "3": {"class_type": "NoiseAwarenessTestConditioning", "inputs": {"seed": 2, "tokens": 8, "dim": 768, "pooled_dim": 0}},
+         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"ks_{with_patch}_{scale}"}}}
+    nag = {"scale": scale, "variant": "A", "window_unit": "percent", "start": 0.0, "end": 1.0,
+           "null_timestep_source": "auto", "null_timestep": -1000.0}
+    common = {**sampler, "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}
+    if with_patch:
+        p["5"] = {"class_type": "NoiseAwarenessGuidanceClassifierFree", "inputs": {"model": ["1", 0], **nag, "batched": True}}
+        p["7"] = {"class_type": "KSampler", "inputs": {"model": ["5", 0] if scale else ["1", 0], **common}}
+    else:
+        p["7"] = {"class_type": "NoiseAwarenessKSampler", "inputs": {"model": ["1", 0], **common, **nag}}
+    return p
+
+
+def test_ksampler_node_matches_patch_plus_ksampler_over_the_server(server):
+    from safetensors.torch import load_file
+
+    sampler = {"seed": 7, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    latents = {}
+    for with_patch in (False, True):
+        for scale in (1.0, 0.0):
+            h = server.run(_ksampler_prompt(sampler, with_patch, scale))
+            assert h["status"]["status_str"] == "success", h["status"]
+            f = h["outputs"]["9"]["latents"][0]
+            latents[with_patch, scale] = load_file(str(server.root / "out" / f["subfolder"] / f["filename"]))["latent_tensor"]
+    assert latents[False, 1.0].equal(latents[True, 1.0])  # one node == classifier-free node + KSampler
+    assert latents[False, 0.0].equal(latents[True, 0.0])  # scale 0 == the plain KSampler
+    assert not latents[False, 1.0].equal(latents[False, 0.0])

@@ -1,6 +1,6 @@
 """The trainer on ComfyUI families, through ComfyUI's own model code and stock loaders.
 
-Run with ComfyUI importable (``COMFYUI_PATH=~/comfy/ComfyUI /work/comfy_venv/bin/python -m pytest
+Run with ComfyUI importable (``COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest
 tests/test_training_comfy.py``); elsewhere the whole module is skipped with a visible reason and a
 warning.  Models are tiny real-format ones built and initialised here (research notes §9.2):
 an SD3 MMDiT (detected by UNETLoader and CheckpointLoaderSimple), an SD1.5-detectable UNet, and an

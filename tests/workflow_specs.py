@@ -1,9 +1,13 @@
-"""The shipped workflows (``workflows/*.json``), as compact specs.
+"""The shipped workflows (``example_workflows/*.json``, the file name is the title the template browser
+shows), as compact specs laid out in columns.
 
-Regenerate the UI JSON after changing a node's inputs (starts a ComfyUI with the pack for its
-``/object_info``):  ``/work/comfy_venv/bin/python tests/workflow_specs.py``
+Regenerate them after changing a node's inputs, with ComfyUI's Python (it starts a ComfyUI with the
+pack for ``/object_info`` and its web frontend in Chromium to measure every node and to render the
+``.jpg`` thumbnails and the docs' screenshots):  ``python tests/workflow_specs.py``
 """
 from __future__ import annotations
+
+import re
 
 NOTE_CF = """Noise Awareness Guidance, classifier-free (needs a NAG-trained model: fine-tuned with noise-condition dropout by comfy-nag's trainer).
 The loader reads the null timestep from the file's metadata (null_timestep_source = auto).
@@ -20,78 +24,111 @@ NOTE_COMPARE = """Same seed, with vs without NAG. The Noise Shift Recorders meas
 Negative gap = states look noisier than their nominal level (the noise shift)."""
 
 
-def _txt2img(loader_type, latent_type, size, patch_nodes, model_src, note, cfg=6.0, steps=25, extra=()):
-    nodes = [
-        {"id": 1, "type": loader_type, "pos": [40, 200], "widgets": {"ckpt_name": "put_your_model_here.safetensors"}},
-        {"id": 2, "type": "CLIPTextEncode", "pos": [420, 40], "widgets": {"text": "a photo of a red fox in the snow, detailed"}, "links": {"clip": (1, 1)}},
-        {"id": 3, "type": "CLIPTextEncode", "pos": [420, 260], "widgets": {"text": "blurry, low quality"}, "links": {"clip": (1, 1)}},
-        {"id": 4, "type": latent_type, "pos": [420, 480], "widgets": {"width": size, "height": size, "batch_size": 1}},
-        *patch_nodes,
-        {"id": 7, "type": "KSampler", "pos": [1180, 200], "widgets": {"seed": 42, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal"},
-         "links": {"model": model_src, "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
-        {"id": 8, "type": "VAEDecode", "pos": [1540, 200], "links": {"samples": (7, 0), "vae": (1, 2)}},
-        {"id": 9, "type": "SaveImage", "pos": [1780, 200], "widgets": {"filename_prefix": "noise_awareness"}, "links": {"images": (8, 0)}},
-        {"id": 20, "type": "Note", "pos": [40, 520], "size": [360, 260], "text": note},
-        *extra,
-    ]
-    return nodes
+NOTE_KSAMPLER = """KSampler (Noise Awareness): the KSampler with classifier-free Noise Awareness Guidance built in. Needs a model fine-tuned with noise-condition dropout by comfy-nag's trainer; the loader reads its null timestep.
+Starting values: scale 1.0 (0.5-2), variant A, window 0 -> 1 (fractions of the steps actually sampled, also at denoise < 1), cfg as usual.
+Scale 0 = the plain KSampler, bit for bit."""
+
+LOADER = {"id": 1, "type": "NoiseAwarenessCheckpointLoader", "col": 0, "widgets": {"ckpt_name": "your_nag_trained_sd15.safetensors"}}
+PROMPTS = [
+    {"id": 2, "type": "CLIPTextEncode", "col": 1, "title": "Positive prompt", "size": [300, 110],
+     "widgets": {"text": "a photo of a red fox in the snow, detailed"}, "links": {"clip": (1, 1)}},
+    {"id": 3, "type": "CLIPTextEncode", "col": 1, "title": "Negative prompt", "size": [300, 110],
+     "widgets": {"text": "blurry, low quality"}, "links": {"clip": (1, 1)}},
+]
+
+
+def _note(text, col=0, height=300):
+    return {"id": 20, "type": "Note", "col": col, "size": [330, height], "text": text}
+
+
+def _latent(kind="EmptyLatentImage", size=512, batch=1):
+    return {"id": 4, "type": kind, "col": 1, "widgets": {"width": size, "height": size, "batch_size": batch}}
+
+
+def _decode_save(sampler_id, col, prefix):
+    return [{"id": 8, "type": "VAEDecode", "col": col, "links": {"samples": (sampler_id, 0), "vae": (1, 2)}},
+            {"id": 9, "type": "SaveImage", "col": col, "size": [260, 280], "widgets": {"filename_prefix": prefix}, "links": {"images": (8, 0)}}]
+
+
+def _ksampler(model_src, col, cfg=6.0, steps=25, nid=7, title=None):
+    n = {"id": nid, "type": "KSampler", "col": col, "widgets": {"seed": 42, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal"},
+         "links": {"model": model_src, "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}}
+    return {**n, "title": title} if title else n
 
 
 SPECS = {
-    "noise_awareness_cf_txt2img_sd15": ("NAG classifier-free txt2img (SD1.5/SDXL-style, NAG-trained model)", _txt2img(
-        "NoiseAwarenessCheckpointLoader", "EmptyLatentImage", 512,
-        [{"id": 5, "type": "NoiseAwarenessGuidanceClassifierFree", "pos": [800, 200], "links": {"model": (1, 0)}}],
-        (5, 0), NOTE_CF)),
-    "noise_awareness_cg_estimator_sdxl": ("NAG classifier-guided with an estimator (any SD1.5/SDXL checkpoint)", _txt2img(
-        "CheckpointLoaderSimple", "EmptyLatentImage", 1024,
-        [{"id": 5, "type": "NoiseAwarenessEstimatorLoader", "pos": [420, 640], "widgets": {"estimator_name": "sdxl_noise_estimator.safetensors"}},
-         {"id": 6, "type": "NoiseAwarenessGuidanceClassifierGuided", "pos": [800, 200], "widgets": {"scale": 0.5, "start": 0.3},
-          "links": {"model": (1, 0), "estimator": (5, 0)}}],
-        (6, 0), NOTE_CG)),
-    "noise_awareness_flow_sd3": ("NAG on a flow model (SD3/SD3.5-style)", _txt2img(
-        "NoiseAwarenessCheckpointLoader", "EmptySD3LatentImage", 1024,
-        [{"id": 5, "type": "ModelSamplingSD3", "pos": [800, 40], "widgets": {"shift": 3.0}, "links": {"model": (1, 0)}},
-         {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "pos": [800, 240], "links": {"model": (5, 0)}}],
-        (6, 0), NOTE_FLOW, cfg=4.5, steps=28)),
+    "KSampler (Noise Awareness) - txt2img": [
+        LOADER, _note(NOTE_KSAMPLER, height=230), *PROMPTS, _latent(),
+        {"id": 7, "type": "NoiseAwarenessKSampler", "col": 2,
+         "widgets": {"seed": 42, "steps": 25, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal"},
+         "links": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
+        *_decode_save(7, 3, "noise_awareness")],
+    "Classifier-free node with KSampler - SD1.5 or SDXL": [
+        LOADER, _note(NOTE_CF), *PROMPTS, _latent(),
+        {"id": 5, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2, "links": {"model": (1, 0)}},
+        _ksampler((5, 0), 2),
+        *_decode_save(7, 3, "noise_awareness")],
+    "Classifier-guided with an estimator - any SD1.5 or SDXL checkpoint": [
+        {"id": 1, "type": "CheckpointLoaderSimple", "col": 0, "widgets": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": "sdxl_noise_estimator.safetensors"}},
+        _note(NOTE_CG, height=220), *PROMPTS, _latent(size=1024),
+        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierGuided", "col": 2, "widgets": {"scale": 0.5, "start": 0.3},
+         "links": {"model": (1, 0), "estimator": (5, 0)}},
+        _ksampler((6, 0), 2),
+        *_decode_save(7, 3, "noise_awareness")],
+    "Flow model - SD3 or SD3.5": [
+        {**LOADER, "widgets": {"ckpt_name": "your_nag_trained_sd3.safetensors"}}, _note(NOTE_FLOW, height=160), *PROMPTS,
+        _latent("EmptySD3LatentImage", 1024),
+        {"id": 5, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 3.0}, "links": {"model": (1, 0)}},
+        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2, "links": {"model": (5, 0)}},
+        _ksampler((6, 0), 3, cfg=4.5, steps=28),
+        *_decode_save(7, 4, "noise_awareness")],
+    "Guider with SamplerCustomAdvanced": [
+        LOADER, _note(NOTE_GUIDER, height=200), *PROMPTS, _latent(),
+        {"id": 6, "type": "RandomNoise", "col": 1, "widgets": {"noise_seed": 42}},
+        {"id": 5, "type": "NoiseAwarenessGuider", "col": 2, "links": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0)}},
+        {"id": 10, "type": "KSamplerSelect", "col": 3, "widgets": {"sampler_name": "euler"}},
+        {"id": 11, "type": "BasicScheduler", "col": 3, "widgets": {"scheduler": "normal", "steps": 25, "denoise": 1.0}, "links": {"model": (1, 0)}},
+        {"id": 7, "type": "SamplerCustomAdvanced", "col": 3,
+         "links": {"noise": (6, 0), "guider": (5, 0), "sampler": (10, 0), "sigmas": (11, 0), "latent_image": (4, 0)}},
+        *_decode_save(7, 4, "noise_awareness_guider")],
+    "With vs without - noise shift plot": [
+        LOADER, _note(NOTE_COMPARE, height=260), *PROMPTS, _latent(batch=4),
+        {"id": 5, "type": "NoiseAwarenessShiftRecorder", "col": 2, "links": {"model": (1, 0)}, "title": "Recorder (without NAG)"},
+        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2, "links": {"model": (1, 0)}},
+        {"id": 10, "type": "NoiseAwarenessShiftRecorder", "col": 2, "links": {"model": (6, 0)}, "title": "Recorder (with NAG)"},
+        _ksampler((5, 0), 3, title="KSampler (without NAG)"),
+        _ksampler((10, 0), 3, nid=11, title="KSampler (with NAG)"),
+        {"id": 14, "type": "NoiseAwarenessShiftPlot", "col": 3, "size": [380, 300],
+         "widgets": {"label": "without NAG", "label_2": "with NAG"},
+         "links": {"trace": (5, 1), "latent": (7, 0), "trace_2": (10, 1), "latent_2": (11, 0)}},
+        {"id": 8, "type": "VAEDecode", "col": 4, "links": {"samples": (7, 0), "vae": (1, 2)}, "title": "VAE Decode (without)"},
+        {"id": 9, "type": "SaveImage", "col": 4, "size": [260, 250], "widgets": {"filename_prefix": "without_nag"}, "links": {"images": (8, 0)},
+         "title": "Save Image (without)"},
+        {"id": 12, "type": "VAEDecode", "col": 4, "links": {"samples": (11, 0), "vae": (1, 2)}, "title": "VAE Decode (with)"},
+        {"id": 13, "type": "SaveImage", "col": 4, "size": [260, 250], "widgets": {"filename_prefix": "with_nag"}, "links": {"images": (12, 0)},
+         "title": "Save Image (with)"}],
 }
+WORKFLOW_DIR = "example_workflows"
+SCREENSHOT_DIR = "docs/img/workflows"
 
-SPECS["noise_awareness_guider_custom_advanced"] = ("SamplerCustomAdvanced + Noise Awareness Guider", [
-    {"id": 1, "type": "NoiseAwarenessCheckpointLoader", "pos": [40, 200], "widgets": {"ckpt_name": "put_your_model_here.safetensors"}},
-    {"id": 2, "type": "CLIPTextEncode", "pos": [420, 40], "widgets": {"text": "a lighthouse on a cliff at dusk, oil painting"}, "links": {"clip": (1, 1)}},
-    {"id": 3, "type": "CLIPTextEncode", "pos": [420, 260], "widgets": {"text": "blurry, low quality"}, "links": {"clip": (1, 1)}},
-    {"id": 4, "type": "EmptyLatentImage", "pos": [420, 480], "widgets": {"width": 512, "height": 512, "batch_size": 1}},
-    {"id": 5, "type": "NoiseAwarenessGuider", "pos": [800, 100], "links": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0)}},
-    {"id": 6, "type": "RandomNoise", "pos": [800, 520], "widgets": {"noise_seed": 42}},
-    {"id": 10, "type": "KSamplerSelect", "pos": [800, 640], "widgets": {"sampler_name": "euler"}},
-    {"id": 11, "type": "BasicScheduler", "pos": [800, 760], "widgets": {"scheduler": "normal", "steps": 25, "denoise": 1.0}, "links": {"model": (1, 0)}},
-    {"id": 7, "type": "SamplerCustomAdvanced", "pos": [1180, 200],
-     "links": {"noise": (6, 0), "guider": (5, 0), "sampler": (10, 0), "sigmas": (11, 0), "latent_image": (4, 0)}},
-    {"id": 8, "type": "VAEDecode", "pos": [1540, 200], "links": {"samples": (7, 0), "vae": (1, 2)}},
-    {"id": 9, "type": "SaveImage", "pos": [1780, 200], "widgets": {"filename_prefix": "noise_awareness_guider"}, "links": {"images": (8, 0)}},
-    {"id": 20, "type": "Note", "pos": [40, 520], "size": [360, 220], "text": NOTE_GUIDER},
-])
 
-SPECS["noise_awareness_compare_noise_shift"] = ("With vs without NAG + noise-shift plot", [
-    {"id": 1, "type": "NoiseAwarenessCheckpointLoader", "pos": [40, 200], "widgets": {"ckpt_name": "put_your_model_here.safetensors"}},
-    {"id": 2, "type": "CLIPTextEncode", "pos": [420, 40], "widgets": {"text": "a bowl of ramen, studio photo"}, "links": {"clip": (1, 1)}},
-    {"id": 3, "type": "CLIPTextEncode", "pos": [420, 260], "widgets": {"text": "blurry, low quality"}, "links": {"clip": (1, 1)}},
-    {"id": 4, "type": "EmptyLatentImage", "pos": [420, 480], "widgets": {"width": 512, "height": 512, "batch_size": 4}},
-    {"id": 5, "type": "NoiseAwarenessShiftRecorder", "pos": [800, 0], "links": {"model": (1, 0)}, "title": "Recorder (without NAG)"},
-    {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "pos": [800, 300], "links": {"model": (1, 0)}},
-    {"id": 10, "type": "NoiseAwarenessShiftRecorder", "pos": [800, 640], "links": {"model": (6, 0)}, "title": "Recorder (with NAG)"},
-    {"id": 7, "type": "KSampler", "pos": [1180, 0], "widgets": {"seed": 42, "steps": 25, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal"},
-     "links": {"model": (5, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}, "title": "KSampler (without NAG)"},
-    {"id": 11, "type": "KSampler", "pos": [1180, 420], "widgets": {"seed": 42, "steps": 25, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal"},
-     "links": {"model": (10, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}, "title": "KSampler (with NAG)"},
-    {"id": 8, "type": "VAEDecode", "pos": [1540, 0], "links": {"samples": (7, 0), "vae": (1, 2)}},
-    {"id": 12, "type": "VAEDecode", "pos": [1540, 420], "links": {"samples": (11, 0), "vae": (1, 2)}},
-    {"id": 9, "type": "SaveImage", "pos": [1780, 0], "widgets": {"filename_prefix": "without_nag"}, "links": {"images": (8, 0)}},
-    {"id": 13, "type": "SaveImage", "pos": [1780, 420], "widgets": {"filename_prefix": "with_nag"}, "links": {"images": (12, 0)}},
-    {"id": 14, "type": "NoiseAwarenessShiftPlot", "pos": [1540, 800], "size": [700, 420],
-     "widgets": {"label": "without NAG", "label_2": "with NAG"},
-     "links": {"trace": (5, 1), "latent": (7, 0), "trace_2": (10, 1), "latent_2": (11, 0)}},
-    {"id": 20, "type": "Note", "pos": [40, 520], "size": [360, 260], "text": NOTE_COMPARE},
-])
+def slug(name: str) -> str:
+    """File-name-safe form of a workflow title (the docs' screenshot names)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def measure(front, spec, info, title):
+    """Node sizes: the frontend's minimum (computeSize, widened to show the whole title), or the spec's size where larger."""
+    from workflow_tools import build_ui
+
+    front.clear()
+    front.load(build_ui(spec, info, title))
+    front.summary()  # sets n.title_width_needed
+    least = front.page.evaluate("""() => Object.fromEntries(window.app.graph._nodes.map(n => {
+        const c = n.computeSize(); return [n.id, [Math.max(c[0], n.title_width_needed), c[1]]]; }))""")
+    want = {n["id"]: n.get("size", [0, 0]) for n in spec}
+    return {int(k): [max(float(v[0]), want[int(k)][0]), max(float(v[1]), want[int(k)][1])] for k, v in least.items()}
 
 
 def main():
@@ -101,23 +138,32 @@ def main():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
+    from browser_support import Frontend, browser_or_skip
     from comfy_support import PACK_ROOT, Server, comfy_or_skip, load_pack, make_model_tree
     from workflow_tools import build_ui
 
     comfy_or_skip()
+    exe = browser_or_skip()
     load_pack()
+    out, shots = PACK_ROOT / WORKFLOW_DIR, PACK_ROOT / SCREENSHOT_DIR
+    out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         make_model_tree(Path(d))
-        srv = Server(Path(d)).wait()
+        srv = Server(Path(d), frontend=True).wait()
         try:
             info = srv.get("/object_info")
+            front = Frontend(srv.url, exe)
+            for name, spec in SPECS.items():
+                ui = build_ui(spec, info, name, sizes=measure(front, spec, info, name))
+                (out / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+                front.clear()
+                front.load(ui)
+                front.fit()
+                front.screenshot(out / f"{name}.jpg", quality=85, graph_only=True)
+                print("wrote", out / f"{name}.json", "and its thumbnail")
+            front.close()
         finally:
             srv.stop()
-    out = PACK_ROOT / "workflows"
-    out.mkdir(exist_ok=True)
-    for name, (title, spec) in SPECS.items():
-        (out / f"{name}.json").write_text(json.dumps(build_ui(spec, info, title), indent=1) + "\n")
-        print("wrote", out / f"{name}.json")
 
 
 if __name__ == "__main__":

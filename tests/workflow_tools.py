@@ -26,9 +26,29 @@ def is_widget(kind: str) -> bool:
     return kind in WIDGET_TYPES
 
 
-def build_ui(spec: list[dict], object_info: dict, title: str = "") -> dict:
-    """``spec``: nodes ``{"id", "type", "pos", "widgets": {name: value}, "links": {input: (src_id, src_slot)},
-    "title"?, "text"? (notes)}``."""
+TITLE_H, GAP_X, GAP_Y = 30, 40, 20  # the frontend draws a node's title bar above its pos
+
+
+def layout(spec: list[dict], sizes: dict[int, list[float]]) -> dict[int, list[float]]:
+    """Positions for nodes stacked top-down in their ``col``; columns side by side, nothing overlapping."""
+    cols: dict[int, list[dict]] = {}
+    for n in spec:
+        cols.setdefault(n["col"], []).append(n)
+    pos, x = {}, 0.0
+    for c in sorted(cols):
+        y = 0.0
+        for n in cols[c]:
+            pos[n["id"]] = [x, y + TITLE_H]
+            y += TITLE_H + sizes[n["id"]][1] + GAP_Y
+        x += max(sizes[n["id"]][0] for n in cols[c]) + GAP_X
+    return pos
+
+
+def build_ui(spec: list[dict], object_info: dict, title: str = "", sizes: dict[int, list[float]] | None = None) -> dict:
+    """``spec``: nodes ``{"id", "type", "col", "widgets": {name: value}, "links": {input: (src_id, src_slot)},
+    "title"?, "size"?, "text"? (notes)}``; ``sizes``: measured node sizes (tests/workflow_specs.py)."""
+    sizes = {n["id"]: list((sizes or {}).get(n["id"]) or n.get("size", [320, 160])) for n in spec}
+    where = layout(spec, sizes)
     nodes, links, by_id = [], [], {n["id"]: n for n in spec}
     outs_links: dict[tuple[int, int], list[int]] = {}
     link_of: dict[tuple[int, str], list] = {}
@@ -40,7 +60,7 @@ def build_ui(spec: list[dict], object_info: dict, title: str = "") -> dict:
             link_of[(n["id"], inp)] = links[-1]
             outs_links.setdefault((src, slot), []).append(lid)
     for order, n in enumerate(spec):
-        node = {"id": n["id"], "type": n["type"], "pos": list(n["pos"]), "size": list(n.get("size", [320, 160])),
+        node = {"id": n["id"], "type": n["type"], "pos": where[n["id"]], "size": sizes[n["id"]],
                 "flags": {}, "order": order, "mode": 0, "properties": {"Node name for S&R": n["type"]}}
         if n.get("title"):
             node["title"] = n["title"]

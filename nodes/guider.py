@@ -1,0 +1,68 @@
+"""``NagGuider``: a CFGGuider that runs classifier-free NAG with explicit branch batching.
+
+For SamplerCustomAdvanced.  Same math as the model patch in hooks.py (``guidance.nag_correction``
+added to the CFG result); the null rows get the null timestep through the same APPLY_MODEL wrapper.
+Mirrors ``comfy.samplers.sampling_function``, so other packs' ``sampler_calc_cond_batch_function``
+(cond/uncond only: the null rows never go through it), pre-CFG and post-CFG functions still run.
+"""
+from __future__ import annotations
+
+import math
+
+import comfy.samplers
+import torch
+
+from ..comfy_nag import guidance, patching
+from .hooks import NagConfig, flagged, null_copy, with_null_timestep
+
+BATCHING = ["one forward", "cond+uncond, then null", "each branch separately"]
+
+
+class NagGuider(comfy.samplers.CFGGuider):
+    """CFGGuider with classifier-free NAG; ``batching`` is one of :data:`BATCHING`."""
+
+    def __init__(self, model_patcher, cfg: NagConfig, batching: str):
+        if batching not in BATCHING:
+            raise ValueError(f"unknown batching {batching!r}; expected one of {', '.join(BATCHING)}")
+        super().__init__(with_null_timestep(model_patcher, cfg))
+        self.nag, self.batching = cfg, batching
+
+    def _calc(self, conds, x, sigma, mo, null_from=None):
+        """``calc_cond_batch`` over ``conds``; chunks from index ``null_from`` on are null branches."""
+        if null_from is not None:
+            mo = flagged(mo, range(null_from, len(conds)), self.nag.null_timestep)
+        return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, sigma, mo)
+
+    def branches(self, conds, nulls, x, sigma, mo) -> tuple[list, list]:
+        """Predictions of ``[cond, uncond]`` and of the null branches, batched as configured."""
+        nulls = [null_copy(c) for c in nulls]
+        hook = mo.get("sampler_calc_cond_batch_function")
+        if hook is not None:
+            main = hook({"conds": conds, "input": x, "sigma": sigma, "model": self.inner_model, "model_options": mo})
+            return main, self._calc(nulls, x, sigma, mo, 0) if nulls else []
+        if self.batching == "one forward":
+            out = self._calc(conds + nulls, x, sigma, mo, len(conds) if nulls else None)
+            return out[:2], out[2:]
+        if self.batching == "cond+uncond, then null":
+            return self._calc(conds, x, sigma, mo), self._calc(nulls, x, sigma, mo, 0) if nulls else []
+        main = [self._calc([c], x, sigma, mo)[0] if c is not None else torch.zeros_like(x) for c in conds]
+        return main, [self._calc([n], x, sigma, mo, 0)[0] for n in nulls]
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        pos, neg = self.conds.get("positive"), self.conds.get("negative")
+        cfg1 = math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False)
+        uncond = None if cfg1 else neg
+        on = self.nag.scale != 0 and self.nag.window.active(timestep, model_options)
+        nulls = ([pos] + ([uncond] if self.nag.variant == "B" and uncond is not None else [])) if on else []
+        main, null_out = self.branches([pos, uncond], nulls, x, timestep, model_options)
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            main = fn({"conds": [pos, uncond], "conds_out": main, "cond_scale": self.cfg, "timestep": timestep, "input": x,
+                       "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        res = comfy.samplers.cfg_function(self.inner_model, main[0], main[1], self.cfg, x, timestep,
+                                          model_options=model_options, cond=pos, uncond=uncond)
+        if not on:
+            return res
+        patching.check_finite(x, "Noise Awareness Guider")
+        null_u = null_out[1] if len(null_out) > 1 else None
+        return res + guidance.nag_correction(main[0], null_out[0], self.nag.scale, self.nag.variant, self.cfg,
+                                             main[1] if null_u is not None else None, null_u)
