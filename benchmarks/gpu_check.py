@@ -22,7 +22,6 @@ numbers say nothing about real sizes.  Weights are random (N(0, 0.02)); nothing 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform

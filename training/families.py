@@ -27,7 +27,6 @@ from comfy_nag import models
 from comfy_nag.files import WeightFileError, load_weights, meta_json, save_weights
 from comfy_nag.metadata import file_sha256, nag_metadata
 from comfy_nag.schedules import family as builtin_family
-from comfy_nag.schedules import schedule_from_description
 
 from .config import Config, ConfigError
 from .data import Cache, CacheError
