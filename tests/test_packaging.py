@@ -51,7 +51,7 @@ def test_every_shipped_workflow_has_a_thumbnail_and_a_note():
 
 def test_no_machine_paths_in_tracked_files():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split("\n")
-    pattern = re.compile(r"(?<![\w.-])/work/|/root/|comfy_venv")  # this machine's worktrees, home folder, venv
+    pattern = re.compile(r"(?<![\w.<>-])/work/|/root/|comfy_venv")  # this machine's worktrees, home folder, venv
     hits = []
     for f in files:
         p = ROOT / f
