@@ -597,7 +597,7 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> Non
     """noise_shift.png and report.md of a finished run (its metrics.json content)."""
     figures(res).save(out / "noise_shift.png")
     report = write_report(res, Config(**res["meta"]["config"]), res["meta"]["seconds"])
-    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "bench images") if redrawn else report).encode())
+    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "bench images", harness.previous_report(out)) if redrawn else report).encode())
 
 
 def redraw(out) -> None:
