@@ -208,8 +208,9 @@ class Stages:
         save_weights(path, tensors, {"study.fingerprint": fp, "study.summary": json.dumps(summary)})
         return summary
 
-    def value(self, name: str, spec: dict, make):
-        """A JSON-able result (e.g. tuned knobs) from stage ``name``, or ``make()``'s, saved."""
+    def value(self, name: str, spec: dict, make, valid=None):
+        """A JSON-able result (e.g. tuned knobs) from stage ``name``, or ``make()``'s, saved.  ``valid(value)``:
+        whether a saved value still holds (e.g. the file it names is unchanged); if not, it is made again."""
         import json
 
         from comfy_nag.files import atomic_write_bytes
@@ -220,7 +221,7 @@ class Stages:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError):
                 saved = {}
-            if saved.get("fingerprint") == fp:
+            if saved.get("fingerprint") == fp and (valid is None or valid(saved["value"])):
                 self.log(f"reusing {path} (finished earlier with the same settings)")
                 return saved["value"]
         value = make()
