@@ -1,4 +1,5 @@
-"""Samplers for the standalone path, shaped like k-diffusion's: ``sample_x(model, x, sigmas, extra_args=None, callback=None, ...)``.
+"""Samplers for the standalone path, shaped like k-diffusion's:
+``sample_x(model, x, sigmas, extra_args=None, callback=None, ...)``.
 
 ``model(x, s, **extra_args)`` returns the x0 (denoised) prediction for the sampling-space state ``x``
 at sampling sigma ``s`` ([B] tensor); ``sigmas`` decrease to 0 (``Schedule.sigmas``).  Sampling spaces
@@ -89,7 +90,8 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, leve
         w = diffusion_norm * s
         drift = to_d(x, s, x0) + append_dims(w / 2 / s, x.dim()) * eps  # u - w/2 * score, score = -eps/s
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return x + drift * append_dims(s_next - s, x.dim()) + append_dims((w * (s - s_next)).clamp_min(0).sqrt(), x.dim()) * noise
+        std = (w * (s - s_next)).clamp_min(0).sqrt()
+        return x + drift * append_dims(s_next - s, x.dim()) + append_dims(std, x.dim()) * noise
 
     return _run(model, x, sigmas, extra_args, callback, level_fn, update)
 

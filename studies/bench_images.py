@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from comfy_nag import estimators, shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
+from comfy_nag.metadata import file_sha256
 from comfy_nag.schedules import family as get_family
 from training import api
 from training.state import ResumeError
@@ -199,7 +200,8 @@ def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
     optimizer settings, without noise-condition dropout, so "does dropout cost quality" is not confounded with
     "does any extra training move the model".
 
-    Runs live in ``work/<family>_<model>``; the trainer resumes (or returns at once) when a run is already there.
+    Runs live in ``work/<family>_<model>``; the trainer resumes an unfinished run.  A finished run whose export is
+    unchanged (same sha256) is reused as it is, without calling the trainer again.
     """
     cache = work / "digits.safetensors"
     base = {"run.seed": cfg.seed, "run.checkpoint_every": 0, "run.log_every": 100, "data.source": "digits",
@@ -215,16 +217,25 @@ def train_models(cfg: Config, fam: str, work: Path, log=print) -> dict:
             "continued": {**extra, "train.noise_condition_dropout_rate": 0.0},
             "ncd_finetune": {**extra, "train.noise_condition_dropout_rate": cfg.t_dropout},
             "ncd_scratch": {"train.steps": cfg.pretrain_steps, "train.noise_condition_dropout_rate": cfg.t_dropout}}
+    stages = harness.Stages(work, log)
     out = {}
     for name, ov in runs.items():
         ov = {**base, **ov, "run.out_dir": str(work / f"{fam}_{name}")}
         if name in ("continued", "ncd_finetune"):
             ov["model.base"] = str(out["pretrained"][2])
-        t0 = time.time()
-        res = api.finetune(api.load_config(None, ov), log=quiet)
-        net, _ = api.load_reference_model(res.path)
-        out[name] = (net.eval(), time.time() - t0, res.path, _last_probe(work / f"{fam}_{name}" / "metrics.jsonl"))
-        log(f"[{fam}] {name}: {ov['train.steps']} steps in {time.time() - t0:.0f}s")
+
+        def train(ov=ov):
+            t0 = time.time()
+            res = api.finetune(api.load_config(None, ov), log=quiet)
+            return {"file": str(res.path), "sha256": file_sha256(res.path), "seconds": time.time() - t0}
+
+        def unchanged(done):
+            return Path(done["file"]).is_file() and file_sha256(done["file"]) == done["sha256"]
+
+        done = stages.value(f"{fam}_{name}_run", {"stage": "trainer run", "overrides": ov}, train, valid=unchanged)
+        net, _ = api.load_reference_model(done["file"])
+        out[name] = (net.eval(), done["seconds"], Path(done["file"]), _last_probe(work / f"{fam}_{name}" / "metrics.jsonl"))
+        log(f"[{fam}] {name}: {ov['train.steps']} steps in {done['seconds']:.0f}s")
     return out
 
 
@@ -597,7 +608,7 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> Non
     """noise_shift.png and report.md of a finished run (its metrics.json content)."""
     figures(res).save(out / "noise_shift.png")
     report = write_report(res, Config(**res["meta"]["config"]), res["meta"]["seconds"])
-    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "bench images") if redrawn else report).encode())
+    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "bench images", harness.previous_report(out)) if redrawn else report).encode())
 
 
 def redraw(out) -> None:

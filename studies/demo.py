@@ -543,7 +543,7 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> Non
     figs = harness.shift_figures(res["plots"][name], name, "exact noise-level posterior")
     harness.stack_images([to_pil(f) for f in figs]).save(out / "noise_shift.png")
     report = write_report(out, res, cfg, res["meta"]["seconds"])
-    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "demo") if redrawn else report).encode())
+    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "demo", harness.previous_report(out)) if redrawn else report).encode())
 
 
 def redraw(out: str | Path) -> None:

@@ -73,3 +73,14 @@ def test_precision_recall_follow_the_knn_definition():
     # a collapsed generator: precise, no recall
     p, r = bi.precision_recall(real, real[:1].repeat(200, 1) + 1e-3 * same, 3)
     assert p == 1.0 and r < 0.1
+
+
+def test_rerun_in_the_same_folder_reuses_every_finished_stage(tmp_path):
+    """The same command again: models, classifier, estimator and tuning are reused; the rows come out the same."""
+    a = bi.run_bench(tmp_path, config=tiny_config(), log=lambda *a: None)
+    logged = []
+    b = bi.run_bench(tmp_path, config=tiny_config(), log=logged.append)
+    reused = [m for m in logged if m.startswith("reusing")]
+    # 4 trainer runs, the classifier, the estimator, the tuning
+    assert len(reused) == 7, logged
+    assert a["rows"] == b["rows"] and a["knobs"] == b["knobs"]
