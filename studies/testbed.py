@@ -154,13 +154,16 @@ def training_levels(schedule: Schedule, n: int = 250) -> torch.Tensor:
 
 
 def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, prediction: str, y=None,
-                  levels: torch.Tensor | None = None) -> torch.Tensor:
+                  levels: torch.Tensor | None = None, branch=None) -> torch.Tensor:
     """The ideal noise-*unconditional* branch, converted to x0 with the nominal level s.
 
     A network trained with noise-condition dropout learns, for dropped rows, the prediction that
     minimises the loss without knowing the level: E[target | x_net] under the training
     distribution of levels.  Here it is computed exactly (class-conditional, like the branch) and
     converted with the nominal coefficients, as NAG does.
+
+    ``branch(x_net, sigma_level) -> prediction`` replaces the exact conditional prediction at each
+    level (e.g. a network's own conditional branch); the level posterior stays exact.
     """
     s = torch.as_tensor(s, dtype=torch.float32).expand(x.shape[0])
     c, a_n, s_n = schedule.native(s)
@@ -170,7 +173,8 @@ def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, 
     for sl in levels:
         _, al, sgl = (v.double() for v in schedule.native(sl))
         ex0, ll = gmm.posterior_x0(xn, al, sgl, y)
-        preds.append(target(prediction, ex0, (xn - al * ex0) / sgl, al, sgl))
+        preds.append(target(prediction, ex0, (xn - al * ex0) / sgl, al, sgl) if branch is None
+                     else branch(xn.to(x.dtype), sl.reshape(1)).double())
         lls.append(ll)
     w = torch.softmax(torch.stack(lls, 1), 1)  # posterior over training levels (uniform prior)
     pred = (w[:, :, None] * torch.stack(preds, 1)).sum(1)
@@ -241,12 +245,15 @@ def nll(gmm: GaussianMixture, x: torch.Tensor, y: torch.Tensor | None = None) ->
 # --- imperfect denoisers -------------------------------------------------------------------------
 
 def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, steps: int, batch: int = 256,
-                   lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None):
-    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history."""
+                   lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None,
+                   null_target=None):
+    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history.
+
+    ``null_target``: the dropped rows' regression target (``comfy_nag.losses.denoising_loss``)."""
     g = torch.Generator().manual_seed(seed)
 
     def loss(step):
         x0, y = gmm.sample(batch, generator=g)
-        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g)[0]
+        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g, null_target)[0]
 
     return fit(net, loss, steps, lr, callback, what="denoiser loss")
