@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
-from comfy_nag.guidance import Guidance, level_gradient, score_to_x0_shift
+from comfy_nag.guidance import Guidance, level_gradient
 from comfy_nag.predictions import from_x0
 from comfy_nag.schedules import sigma_of_logsnr, space_alpha
 from comfy_nag.tensors import append_dims
@@ -83,26 +83,6 @@ def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
     return {"cos": float(F.cosine_similarity(learned, exact, dim=1).mean()), "norm_ratio": float(ratio.median())}
 
 
-def exact_level_gradient(gmm: testbed.GaussianMixture, x: torch.Tensor, s: torch.Tensor, schedule, bins) -> torch.Tensor:
-    """``grad_x log p(lam(s) | c(s) x)`` in sampling space: the exact counterpart of NAG-CG's term.
-
-    The posterior is over the estimator's log-SNR range with a uniform prior (as the estimator is
-    trained), on a grid 4x finer than its bins; ``c(s)`` maps to network space as the estimator sees it.
-    """
-    grid = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
-    c, a, sg = schedule.native(s)
-    with torch.enable_grad():
-        xg = x.detach().double().requires_grad_(True)
-        xn = append_dims(c.double(), x.dim()) * xg
-        lps = []
-        for lam in grid:
-            _, al, sl = schedule.native(schedule.sigma_from_logsnr(lam.reshape(1).float()))
-            lps.append(gmm.log_prob(xn, al, sl))
-        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(torch.stack(lps, 1), 1)
-        (grad,) = torch.autograd.grad(log_post.sum(), xg)
-    return grad.to(x.dtype)
-
-
 def conditional_branch(net, schedule, y):
     """``(x_net, sigma_level) -> prediction`` of ``net``'s noise-conditional branch for classes ``y``."""
     def branch(xn, sl):
@@ -110,11 +90,6 @@ def conditional_branch(net, schedule, y):
         with torch.no_grad():
             return net(xn, t, y, torch.zeros(xn.shape[0], dtype=torch.bool))
     return branch
-
-
-def exact_term(gmm, x, s, fam, y) -> torch.Tensor:
-    """``c* - n*`` (x0 space, nominal coefficients)."""
-    return gmm.denoise(x, s, fam.schedule.space, y) - testbed.exact_null_x0(gmm, x, s, fam.schedule, fam.prediction, y)
 
 
 def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS) -> list[dict]:
@@ -131,12 +106,12 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
             s = sigma_of_logsnr(space, torch.tensor(lam)).float().expand(n)
             with torch.no_grad():
                 br = den.branch_x0(x, s, y, ("cond", "null_cond"))
-            exact = exact_term(gmm, x, s, fam, y)
+            exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
             marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))
             learned = {"nag_cf": br["cond"] - br["null_cond"], "marginal_null": br["cond"] - marg,
                        "nag_cg": level_gradient(estimator, x, s, space, sch.native(s)[0])}
             for term in TERMS:
-                ref = exact_level_gradient(gmm, x, s, sch, bins) if term == "nag_cg" else exact
+                ref = testbed.exact_level_gradient(gmm, x, s, sch, bins) if term == "nag_cg" else exact
                 rows.append({"lam": lam, "offset": off, "term": term, **agreement(learned[term], ref)})
     return rows
 
@@ -201,49 +176,6 @@ def finetune(tr: demo.Trained, recipe: str, cfg: Config, progress: bool = True):
     return net, float(np.mean(hist[-50:]))
 
 
-# --- sampling with the exact term --------------------------------------------------------------
-
-class ExactTermNAG:
-    """Learned conditional branch plus the *exact* NAG term: ``c + w (c* - n*)`` inside the window.
-
-    The ceiling of NAG-CF on a given network (the mechanism ablation: only the difference term is
-    swapped).  A sampler model ``(x, s, y) -> x0``.
-    """
-
-    def __init__(self, tr: demo.Trained, net, w: float, window: tuple[float, float]):
-        self.tr, self.w, self.window = tr, w, window
-        self.den = Denoiser(net, tr.fam.schedule, tr.fam.prediction)
-        self.evaluations = 0
-
-    def __call__(self, x, s, y=None):
-        s = torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0])
-        c = self.den(x, s, y)
-        self.evaluations += 1
-        on = (s >= self.window[0]) & (s <= self.window[1])
-        if not bool(on.any()):
-            return c
-        return c + append_dims(self.w * on.to(x), x.dim()) * exact_term(self.tr.gmm, x, s, self.tr.fam, y).to(x)
-
-
-class ExactLevelGradient:
-    """Learned conditional branch plus the exact Bayes term in score space: ``w grad_x log p(lam|x)``."""
-
-    def __init__(self, tr: demo.Trained, net, w: float, window: tuple[float, float]):
-        self.tr, self.w, self.window = tr, w, window
-        self.den = Denoiser(net, tr.fam.schedule, tr.fam.prediction)
-        self.evaluations = 0
-
-    def __call__(self, x, s, y=None):
-        s = torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0])
-        c = self.den(x, s, y)
-        self.evaluations += 1
-        on = (s >= self.window[0]) & (s <= self.window[1])
-        if not bool(on.any()):
-            return c
-        grad = exact_level_gradient(self.tr.gmm, x, s, self.tr.fam.schedule, self.tr.bins)
-        return c + score_to_x0_shift(grad * append_dims(self.w * on.to(x), x.dim()), x, s, self.tr.fam.schedule.space)
-
-
 def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: demo.Eval) -> list[dict]:
     """Late shift and quality of baseline, NAG-CF and the exact term on ``net`` (same noise, same classes)."""
     win = tr.window(dcfg.nag_min_logsnr)
@@ -252,9 +184,10 @@ def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: de
         for steps in cfg.steps:
             for method in METHODS:
                 g = Guidance(nag_scale=cfg.nag_scale, nag_window=win) if method == "nag_cf" else Guidance()
-                exact = {"nag_exact_term": ExactTermNAG, "nag_exact_score": ExactLevelGradient}.get(method)
-                model = exact(tr, net, cfg.nag_scale, win) if exact else None
-                den = model or Denoiser(net, tr.fam.schedule, tr.fam.prediction, g)
+                den = Denoiser(net, tr.fam.schedule, tr.fam.prediction, g)
+                exact = {"nag_exact_term": testbed.ExactTermNAG, "nag_exact_score": testbed.ExactScoreNAG}.get(method)
+                if exact:
+                    den = exact(den, tr.gmm, tr.fam, cfg.nag_scale, win, tr.bins)
                 res = demo.run_one(tr, ev, g, None, sampler, steps, denoiser=den)
                 rows.append({"method": method, "sampler": sampler, "steps": steps,
                              "noise_shift": res["shift"]["exact"]["noise_shift"],

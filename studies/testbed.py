@@ -14,6 +14,7 @@ import math
 import torch
 
 from comfy_nag.estimators import LevelBins
+from comfy_nag.guidance import score_to_x0_shift
 from comfy_nag.losses import denoising_loss, fit
 from comfy_nag.predictions import target, to_x0
 from comfy_nag.schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
@@ -186,6 +187,69 @@ def exact_denoiser(gmm: GaussianMixture, space: str):
     def model(x, s, y=None):
         return gmm.denoise(x, s, space, y)
     return model
+
+
+# --- the exact noise-awareness term ------------------------------------------------------------
+
+def exact_term(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, prediction: str, y=None) -> torch.Tensor:
+    """``c* - n*``: the Bayes-optimal classifier-free NAG difference (x0 space, nominal coefficients)."""
+    return gmm.denoise(x, s, schedule.space, y) - exact_null_x0(gmm, x, s, schedule, prediction, y)
+
+
+def exact_level_gradient(gmm: GaussianMixture, x: torch.Tensor, s: torch.Tensor, schedule: Schedule,
+                         bins: LevelBins) -> torch.Tensor:
+    """``grad_x log p(lambda(s) | c(s) x)`` in sampling space: the exact counterpart of NAG-CG's term.
+
+    The posterior is over the estimator's log-SNR range with a uniform prior (as the estimator is
+    trained), on a grid 4x finer than its bins; ``c(s)`` maps to network space as the estimator sees it.
+    """
+    grid = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
+    c, a, sg = schedule.native(s)
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().double().requires_grad_(True)
+        xn = append_dims(c.double(), x.dim()) * xg
+        lps = []
+        for lam in grid:
+            _, al, sl = schedule.native(schedule.sigma_from_logsnr(lam.reshape(1).float()))
+            lps.append(gmm.log_prob(xn, al, sl))
+        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(torch.stack(lps, 1), 1)
+        (grad,) = torch.autograd.grad(log_post.sum(), xg)
+    return grad.to(x.dtype)
+
+
+class ExactTermNAG:
+    """A sampler model plus the *exact* NAG term inside the window: ``base + w (c* - n*)``.
+
+    With ``base`` a network's plain denoiser this is the ceiling of classifier-free NAG on that network
+    (the mechanism ablation: only the difference term is swapped, the conditional branch is kept);
+    with :func:`exact_denoiser` it is NAG on the Bayes-optimal model.  ``window``: sampling sigmas.
+    """
+
+    def __init__(self, base, gmm: GaussianMixture, fam, w: float, window: tuple[float, float], bins=None):
+        self.base, self.gmm, self.fam, self.w, self.window, self.bins = base, gmm, fam, w, window, bins
+
+    @property
+    def evaluations(self):
+        return getattr(self.base, "evaluations", 0)
+
+    def term(self, x, s, y):
+        return exact_term(self.gmm, x, s, self.fam.schedule, self.fam.prediction, y)
+
+    def __call__(self, x, s, y=None):
+        s = torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0])
+        out = self.base(x, s, y)
+        on = (s >= self.window[0]) & (s <= self.window[1])
+        if self.w == 0 or not bool(on.any()):
+            return out
+        return out + append_dims(self.w * on.to(x), x.dim()) * self.term(x, s, y).to(x)
+
+
+class ExactScoreNAG(ExactTermNAG):
+    """``base`` plus the exact Bayes term in score space, ``w grad_x log p(lambda|x)`` (needs ``bins``)."""
+
+    def term(self, x, s, y):
+        grad = exact_level_gradient(self.gmm, x, s, self.fam.schedule, self.bins)
+        return score_to_x0_shift(grad, x, s, self.fam.schedule.space)
 
 
 # --- quality metrics ---------------------------------------------------------------------------

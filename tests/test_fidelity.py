@@ -26,7 +26,7 @@ def test_exact_level_gradient_matches_finite_differences():
     bins = estimators.LevelBins(-6.0, 8.0, 14)
     s = sch.sigma_from_logsnr(torch.full((3,), 1.5))
     x = gmm.sample(3, generator=torch.Generator().manual_seed(0))[0] + s[:, None] * torch.randn(3, 4)
-    grad = fidelity.exact_level_gradient(gmm, x.double(), s, sch, bins)
+    grad = testbed.exact_level_gradient(gmm, x.double(), s, sch, bins)
     grid = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
 
     def log_post(z):
@@ -81,16 +81,18 @@ def test_null_target_replaces_only_the_dropped_rows_targets():
     assert torch.allclose(per, pred.pow(2).mean(1).detach(), atol=1e-6)
 
 
-def test_exact_term_at_scale_zero_is_the_plain_network():
+def test_exact_term_nag_adds_the_exact_difference_inside_its_window_only():
     gmm, fam = _gmm(), family("sd1")
     net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep).eval()
-    tr = type("T", (), {"gmm": gmm, "fam": fam})()
     x = torch.randn(8, 4) * 3
     s = torch.full((8,), 2.0)
     y = torch.randint(0, 2, (8,))
     with torch.no_grad():
-        plain = Denoiser(net, fam.schedule, fam.prediction)(x, s, y)
-        guided = fidelity.ExactTermNAG(tr, net, 0.0, (0.0, 10.0))(x, s, y)
-        moved = fidelity.ExactTermNAG(tr, net, 1.0, (0.0, 10.0))(x, s, y)
-    assert torch.equal(plain, guided)
-    assert not torch.allclose(plain, moved)
+        den = Denoiser(net, fam.schedule, fam.prediction)
+        plain = den(x, s, y)
+        guided = testbed.ExactTermNAG(den, gmm, fam, 0.0, (0.0, 10.0))(x, s, y)
+        moved = testbed.ExactTermNAG(den, gmm, fam, 1.0, (0.0, 10.0))(x, s, y)
+        outside = testbed.ExactTermNAG(den, gmm, fam, 1.0, (0.0, 1.0))(x, s, y)
+    assert torch.equal(plain, guided) and torch.equal(plain, outside)  # scale 0, or outside the window
+    exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
+    assert torch.allclose(moved - plain, exact.float(), atol=1e-5)
