@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    f.add_argument("--families", nargs="+", choices=("sit", "sd1"), help="only these families (default: both)")
     b = sub.add_parser("bench", help="benchmarks: 'images' (digits study) or 'cost' (per-step time and memory)")
     b.add_argument("what", choices=("images", "cost"))
     b.add_argument("--out", default="bench_out", help="output folder (created)")
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
         elif args.cmd == "fidelity":
             from . import fidelity
 
-            fidelity.run(out, quick=args.quick, seed=args.seed, threads=args.threads)
+            fidelity.run(out, quick=args.quick, seed=args.seed, threads=args.threads,
+                         families=tuple(args.families) if args.families else None)
         elif args.what == "images":
             from . import bench_images
 

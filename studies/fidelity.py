@@ -197,11 +197,12 @@ def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: de
 
 # --- the study ----------------------------------------------------------------------------------
 
-def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None) -> dict:
+def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None,
+          families: tuple | None = None) -> dict:
     dcfg = demo.Config.make(cfg.quick, cfg.seed)
     gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=dcfg.seed)
     out = {"fidelity": [], "sampling": [], "finetune_loss": {}}
-    for name in dcfg.families:
+    for name in families or dcfg.families:
         tr = demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
         ev = demo.make_eval(tr, dcfg, cfg.seed)
         ev = demo.Eval(ev.readout, ev.ref_x, ev.ref_y, ev.y[:cfg.n_samples], ev.x0_fwd[:cfg.n_samples], ev.seed)
@@ -311,15 +312,18 @@ def write_report(out: Path, res: dict) -> str:
     return "\n".join(L)
 
 
-def run(out, quick: bool = False, seed: int = 0, threads: int | None = None) -> dict:
-    """Run the study into ``out``: fidelity.json, report.md, fidelity.png (trained stages reused from out/work)."""
+def run(out, quick: bool = False, seed: int = 0, threads: int | None = None, families: tuple | None = None) -> dict:
+    """Run the study into ``out``: fidelity.json, report.md, fidelity.png (trained stages reused from out/work).
+
+    ``families``: a subset of the demo's (default: all).  Two commands with different families can share
+    one ``out`` at the same time: each family's trained stages are reused by the other."""
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     cfg = Config.make(quick, seed)
     t0 = time.time()
     log = lambda msg: tqdm.write(msg)  # noqa: E731
-    res = study(cfg, log=log, stages=harness.Stages(out / "work", log))
+    res = study(cfg, log=log, stages=harness.Stages(out / "work", log), families=families)
     res["meta"] = {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
     atomic_write_bytes(out / "fidelity.json", json.dumps(res, indent=1, default=float).encode())
     write_figures_and_report(out, res)
