@@ -10,12 +10,19 @@ import torch
 
 from .predictions import target
 from .schedules import Schedule
+from .tensors import append_dims
 
 
 def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Schedule, prediction: str,
-                   t_dropout: float = 0.0, y_dropout: float = 0.0, generator: torch.Generator | None = None):
+                   t_dropout: float = 0.0, y_dropout: float = 0.0, generator: torch.Generator | None = None,
+                   null_target=None):
     """Mean-squared error in the ``prediction`` parameterisation.
 
+    ``null_target(x_net, sigma, y) -> prediction``: the regression target of the dropped rows
+    (default: the ordinary target, as in the paper).  Its minimiser is the same noise-unconditional
+    branch whenever the target's mean given the state is the level-marginal prediction (e.g. the
+    network's own conditional branch averaged over the level posterior: a self-distilled target
+    with far less variance than the raw noise).
     Returns ``(loss, per_sample, drop_t)`` so callers can track the dropped rows' loss.
     """
     B = x0.shape[0]
@@ -29,8 +36,12 @@ def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Sche
             raise ValueError("this model is class-conditional; pass class labels y")
         drop_y = torch.rand(B, generator=generator).to(x0.device) < y_dropout
         y = torch.where(drop_y, torch.full_like(y, num_classes), y)
+    tgt = target(prediction, x0, eps, a_n, s_n)
+    if null_target is not None and bool(drop_t.any()):
+        with torch.no_grad():
+            tgt = torch.where(append_dims(drop_t, x.dim()), null_target(x, s, y).to(tgt), tgt)
     pred = net(x, schedule.net_time(s).to(x0.device), y, drop_t)
-    per = (pred - target(prediction, x0, eps, a_n, s_n)).pow(2).flatten(1).mean(1)
+    per = (pred - tgt).pow(2).flatten(1).mean(1)
     return per.mean(), per.detach(), drop_t
 
 

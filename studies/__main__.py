@@ -3,6 +3,7 @@
 Commands:
   demo          the exact-testbed study (noise shift, NAG and its alternatives): metrics.json, report.md, plots
   bench images  the small real-image study (8x8 digits, DiT + SiT through the trainer): metrics.json, report.md
+  fidelity      how much of the exact NAG term the learned branches carry; null-branch recipes
   bench cost    per-step wall time and peak memory of NAG-CF / NAG-CG vs CFG, as ratios
 """
 from __future__ import annotations
@@ -26,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     d.add_argument("--redraw", action="store_true", help=REDRAW_HELP)
+    f = sub.add_parser("fidelity", help="how much of the exact NAG term the learned null branch and estimator carry; "
+                                        "null-branch recipes against the exact ceiling")
+    f.add_argument("--out", default="fidelity_out", help="output folder (created)")
+    f.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    f.add_argument("--families", nargs="+", choices=("sit", "sd1"), help="only these families (default: both)")
     b = sub.add_parser("bench", help="benchmarks: 'images' (digits study) or 'cost' (per-step time and memory)")
     b.add_argument("what", choices=("images", "cost"))
     b.add_argument("--out", default="bench_out", help="output folder (created)")
@@ -43,7 +51,7 @@ def main(argv=None) -> int:
     try:
         if args.threads < 1:
             raise StudyError(f"--threads must be >= 1, got {args.threads}")
-        if args.redraw and args.cmd == "bench" and args.what == "cost":
+        if getattr(args, "redraw", False) and args.cmd == "bench" and args.what == "cost":
             raise StudyError("--redraw applies to 'demo' and 'bench images' (cost.md is written from cost.json directly)")
         out = prepare_out(args.out)
         if args.cmd == "demo":
@@ -53,6 +61,11 @@ def main(argv=None) -> int:
                 demo.redraw(out)
             else:
                 demo.run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads)
+        elif args.cmd == "fidelity":
+            from . import fidelity
+
+            fidelity.run(out, quick=args.quick, seed=args.seed, threads=args.threads,
+                         families=tuple(args.families) if args.families else None)
         elif args.what == "images":
             from . import bench_images
 

@@ -14,6 +14,7 @@ import math
 import torch
 
 from comfy_nag.estimators import LevelBins
+from comfy_nag.guidance import score_to_x0_shift
 from comfy_nag.losses import denoising_loss, fit
 from comfy_nag.predictions import target, to_x0
 from comfy_nag.schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
@@ -154,13 +155,16 @@ def training_levels(schedule: Schedule, n: int = 250) -> torch.Tensor:
 
 
 def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, prediction: str, y=None,
-                  levels: torch.Tensor | None = None) -> torch.Tensor:
+                  levels: torch.Tensor | None = None, branch=None) -> torch.Tensor:
     """The ideal noise-*unconditional* branch, converted to x0 with the nominal level s.
 
     A network trained with noise-condition dropout learns, for dropped rows, the prediction that
     minimises the loss without knowing the level: E[target | x_net] under the training
     distribution of levels.  Here it is computed exactly (class-conditional, like the branch) and
     converted with the nominal coefficients, as NAG does.
+
+    ``branch(x_net, sigma_level) -> prediction`` replaces the exact conditional prediction at each
+    level (e.g. a network's own conditional branch); the level posterior stays exact.
     """
     s = torch.as_tensor(s, dtype=torch.float32).expand(x.shape[0])
     c, a_n, s_n = schedule.native(s)
@@ -170,7 +174,8 @@ def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, 
     for sl in levels:
         _, al, sgl = (v.double() for v in schedule.native(sl))
         ex0, ll = gmm.posterior_x0(xn, al, sgl, y)
-        preds.append(target(prediction, ex0, (xn - al * ex0) / sgl, al, sgl))
+        preds.append(target(prediction, ex0, (xn - al * ex0) / sgl, al, sgl) if branch is None
+                     else branch(xn.to(x.dtype), sl.reshape(1)).double())
         lls.append(ll)
     w = torch.softmax(torch.stack(lls, 1), 1)  # posterior over training levels (uniform prior)
     pred = (w[:, :, None] * torch.stack(preds, 1)).sum(1)
@@ -182,6 +187,69 @@ def exact_denoiser(gmm: GaussianMixture, space: str):
     def model(x, s, y=None):
         return gmm.denoise(x, s, space, y)
     return model
+
+
+# --- the exact noise-awareness term ------------------------------------------------------------
+
+def exact_term(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, prediction: str, y=None) -> torch.Tensor:
+    """``c* - n*``: the Bayes-optimal classifier-free NAG difference (x0 space, nominal coefficients)."""
+    return gmm.denoise(x, s, schedule.space, y) - exact_null_x0(gmm, x, s, schedule, prediction, y)
+
+
+def exact_level_gradient(gmm: GaussianMixture, x: torch.Tensor, s: torch.Tensor, schedule: Schedule,
+                         bins: LevelBins) -> torch.Tensor:
+    """``grad_x log p(lambda(s) | c(s) x)`` in sampling space: the exact counterpart of NAG-CG's term.
+
+    The posterior is over the estimator's log-SNR range with a uniform prior (as the estimator is
+    trained), on a grid 4x finer than its bins; ``c(s)`` maps to network space as the estimator sees it.
+    """
+    grid = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
+    c, a, sg = schedule.native(s)
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().double().requires_grad_(True)
+        xn = append_dims(c.double(), x.dim()) * xg
+        lps = []
+        for lam in grid:
+            _, al, sl = schedule.native(schedule.sigma_from_logsnr(lam.reshape(1).float()))
+            lps.append(gmm.log_prob(xn, al, sl))
+        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(torch.stack(lps, 1), 1)
+        (grad,) = torch.autograd.grad(log_post.sum(), xg)
+    return grad.to(x.dtype)
+
+
+class ExactTermNAG:
+    """A sampler model plus the *exact* NAG term inside the window: ``base + w (c* - n*)``.
+
+    With ``base`` a network's plain denoiser this is the ceiling of classifier-free NAG on that network
+    (the mechanism ablation: only the difference term is swapped, the conditional branch is kept);
+    with :func:`exact_denoiser` it is NAG on the Bayes-optimal model.  ``window``: sampling sigmas.
+    """
+
+    def __init__(self, base, gmm: GaussianMixture, fam, w: float, window: tuple[float, float], bins=None):
+        self.base, self.gmm, self.fam, self.w, self.window, self.bins = base, gmm, fam, w, window, bins
+
+    @property
+    def evaluations(self):
+        return getattr(self.base, "evaluations", 0)
+
+    def term(self, x, s, y):
+        return exact_term(self.gmm, x, s, self.fam.schedule, self.fam.prediction, y)
+
+    def __call__(self, x, s, y=None):
+        s = torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0])
+        out = self.base(x, s, y)
+        on = (s >= self.window[0]) & (s <= self.window[1])
+        if self.w == 0 or not bool(on.any()):
+            return out
+        return out + append_dims(self.w * on.to(x), x.dim()) * self.term(x, s, y).to(x)
+
+
+class ExactScoreNAG(ExactTermNAG):
+    """``base`` plus the exact Bayes term in score space, ``w grad_x log p(lambda|x)`` (needs ``bins``)."""
+
+    def term(self, x, s, y):
+        grad = exact_level_gradient(self.gmm, x, s, self.fam.schedule, self.bins)
+        return score_to_x0_shift(grad, x, s, self.fam.schedule.space)
 
 
 # --- quality metrics ---------------------------------------------------------------------------
@@ -241,12 +309,15 @@ def nll(gmm: GaussianMixture, x: torch.Tensor, y: torch.Tensor | None = None) ->
 # --- imperfect denoisers -------------------------------------------------------------------------
 
 def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, steps: int, batch: int = 256,
-                   lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None):
-    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history."""
+                   lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None,
+                   null_target=None):
+    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history.
+
+    ``null_target``: the dropped rows' regression target (``comfy_nag.losses.denoising_loss``)."""
     g = torch.Generator().manual_seed(seed)
 
     def loss(step):
         x0, y = gmm.sample(batch, generator=g)
-        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g)[0]
+        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g, null_target)[0]
 
     return fit(net, loss, steps, lr, callback, what="denoiser loss")

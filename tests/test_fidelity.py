@@ -1,0 +1,98 @@
+"""The fidelity study's measurements (studies/fidelity.py) against known answers."""
+import torch
+
+from comfy_nag import estimators, models
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.losses import denoising_loss
+from comfy_nag.predictions import target
+from comfy_nag.schedules import family
+from studies import fidelity, testbed
+
+
+def _gmm():
+    return testbed.GaussianMixture.make(dim=4, num_classes=2, per_class=2, rank=2, seed=3)
+
+
+def test_agreement_reads_direction_and_size():
+    v = torch.randn(64, 5)
+    same = fidelity.agreement(2 * v, v)
+    assert abs(same["cos"] - 1) < 1e-9 and abs(same["norm_ratio"] - 2) < 1e-9
+    assert abs(fidelity.agreement(-v, v)["cos"] + 1) < 1e-9
+
+
+def test_exact_level_gradient_matches_finite_differences():
+    gmm, fam = _gmm(), family("sd1")
+    sch = fam.schedule
+    bins = estimators.LevelBins(-6.0, 8.0, 14)
+    s = sch.sigma_from_logsnr(torch.full((3,), 1.5))
+    x = gmm.sample(3, generator=torch.Generator().manual_seed(0))[0] + s[:, None] * torch.randn(3, 4)
+    grad = testbed.exact_level_gradient(gmm, x.double(), s, sch, bins)
+    grid = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
+
+    def log_post(z):
+        c, a, sg = sch.native(s)
+        zn = c.double()[:, None] * z
+        lps = [gmm.log_prob(zn, *sch.native(sch.sigma_from_logsnr(lam.reshape(1).float()))[1:]) for lam in grid]
+        return gmm.log_prob(zn, a, sg) - torch.logsumexp(torch.stack(lps, 1), 1)
+
+    h, num = 1e-5, torch.zeros(3, 4, dtype=torch.float64)
+    for d in range(4):
+        e = torch.zeros(4, dtype=torch.float64)
+        e[d] = h
+        num[:, d] = (log_post(x.double() + e) - log_post(x.double() - e)) / (2 * h)
+    assert torch.allclose(grad, num, rtol=1e-4, atol=1e-6)
+
+
+def test_marginal_of_the_exact_conditional_branch_is_the_exact_null_branch():
+    """``exact_null_x0`` with ``branch`` = the exact conditional prediction equals its own default."""
+    gmm, fam = _gmm(), family("sit")
+    sch = fam.schedule
+    x0, y = gmm.sample(16, generator=torch.Generator().manual_seed(1))
+    s = torch.full((16,), 0.4)
+    x = (1 - s[:, None]) * x0 + s[:, None] * torch.randn(16, 4)
+
+    def exact_branch(xn, sl):
+        _, a, sg = (v.double() for v in sch.native(sl))
+        ex0 = gmm.posterior_x0(xn, a, sg, y)[0]
+        return target(fam.prediction, ex0, (xn.double() - a * ex0) / sg, a, sg)
+
+    levels = testbed.training_levels(sch, 32)
+    ref = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, levels=levels)
+    got = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, levels=levels, branch=exact_branch)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_null_target_replaces_only_the_dropped_rows_targets():
+    fam, gmm = family("sit"), _gmm()
+    net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep)
+    x0, y = gmm.sample(32, generator=torch.Generator().manual_seed(2))
+    zero = lambda xn, s, yy: torch.zeros_like(xn)  # noqa: E731
+    kept = denoising_loss(net, x0, y, fam.schedule, fam.prediction, 0.0, 0.0, torch.Generator().manual_seed(5))[0]
+    same = denoising_loss(net, x0, y, fam.schedule, fam.prediction, 0.0, 0.0, torch.Generator().manual_seed(5), zero)[0]
+    assert torch.equal(kept, same)  # no dropped row: the target is untouched
+    loss, per, drop = denoising_loss(net, x0, y, fam.schedule, fam.prediction, 1.0, 0.0,
+                                     torch.Generator().manual_seed(5), zero)
+    assert bool(drop.all())
+    g = torch.Generator().manual_seed(5)  # replay the same draws to get the network's output
+    s = fam.schedule.training_sigmas(32, g)
+    eps = torch.randn(x0.shape, generator=g)
+    xn = fam.schedule.noised(x0, s, eps)[0]
+    pred = net(xn, fam.schedule.net_time(s), y, torch.ones(32, dtype=torch.bool))
+    assert torch.allclose(per, pred.pow(2).mean(1).detach(), atol=1e-6)
+
+
+def test_exact_term_nag_adds_the_exact_difference_inside_its_window_only():
+    gmm, fam = _gmm(), family("sd1")
+    net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep).eval()
+    x = torch.randn(8, 4) * 3
+    s = torch.full((8,), 2.0)
+    y = torch.randint(0, 2, (8,))
+    with torch.no_grad():
+        den = Denoiser(net, fam.schedule, fam.prediction)
+        plain = den(x, s, y)
+        guided = testbed.ExactTermNAG(den, gmm, fam, 0.0, (0.0, 10.0))(x, s, y)
+        moved = testbed.ExactTermNAG(den, gmm, fam, 1.0, (0.0, 10.0))(x, s, y)
+        outside = testbed.ExactTermNAG(den, gmm, fam, 1.0, (0.0, 1.0))(x, s, y)
+    assert torch.equal(plain, guided) and torch.equal(plain, outside)  # scale 0, or outside the window
+    exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
+    assert torch.allclose(moved - plain, exact.float(), atol=1e-5)
