@@ -31,7 +31,7 @@ def test_requirements_match_dependencies_and_leave_torch_alone():
 
 def test_registry_archive_leaves_out_tests_and_studies():
     ignored = [line.strip() for line in (ROOT / ".comfyignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
-    for folder in ("tests/", "benchmarks/", "docs/bench/", "docs/demo/"):
+    for folder in ("tests/", "benchmarks/", "studies/", "docs/bench/", "docs/demo/", "docs/fidelity/"):
         assert folder in ignored
     for kept in ("nodes/", "comfy_nag/", "example_workflows/", "__init__.py"):
         assert not any(kept.startswith(i) for i in ignored), kept
