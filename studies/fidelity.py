@@ -141,10 +141,10 @@ def distilled_target(teacher, fam, posterior: str, gmm=None, estimator=None, sam
         c, a_n, s_n = sch.native(s)
         x = xn / append_dims(c, xn.dim())
         out = torch.empty_like(xn)
-        for rows, yy in ((y < nc, y), (y >= nc, None)):  # class-dropped rows: class-marginal posterior
+        for rows, conditional in ((y < nc, True), (y >= nc, False)):  # class-dropped rows: class-marginal posterior
             if bool(rows.any()):
                 yr = y[rows]
-                x0 = testbed.exact_null_x0(gmm, x[rows], s[rows], sch, fam.prediction, None if yy is None else yr,
+                x0 = testbed.exact_null_x0(gmm, x[rows], s[rows], sch, fam.prediction, yr if conditional else None,
                                            levels=testbed.training_levels(sch, 64),
                                            branch=conditional_branch(teacher, sch, yr))
                 out[rows] = from_x0(x0, fam.prediction, xn[rows], append_dims(a_n[rows], xn.dim()),
@@ -156,9 +156,10 @@ def distilled_target(teacher, fam, posterior: str, gmm=None, estimator=None, sam
     return from_estimator if posterior == "estimator" else from_exact
 
 
-def finetune(tr: demo.Trained, recipe: str, cfg: Config, progress: bool = True):
-    """A copy of ``tr.net`` fine-tuned with noise-condition dropout and ``recipe``'s null target."""
-    net, teacher = copy.deepcopy(tr.net), copy.deepcopy(tr.net).eval()
+def finetune(tr: demo.Trained, net, recipe: str, cfg: Config, progress: bool = True) -> float:
+    """Fine-tune ``net`` (a copy of ``tr.net``) in place with noise-condition dropout and ``recipe``'s null
+    target; the frozen teacher is ``tr.net``.  Returns the mean loss of the last 50 steps."""
+    teacher = copy.deepcopy(tr.net).eval()
     g = torch.Generator().manual_seed(cfg.seed + 7)
     target = None
     if recipe == "distilled_estimator":
@@ -173,7 +174,7 @@ def finetune(tr: demo.Trained, recipe: str, cfg: Config, progress: bool = True):
                                   lr=cfg.finetune_lr, t_dropout=cfg.finetune_dropout, seed=cfg.seed + 7, callback=cb,
                                   null_target=target)
     bar.close()
-    return net, float(np.mean(hist[-50:]))
+    return float(np.mean(hist[-50:]))
 
 
 def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: demo.Eval) -> list[dict]:
@@ -213,9 +214,7 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
                     "demo": asdict(dcfg)}
 
             def make(recipe=recipe, net=net):
-                tuned, loss = finetune(tr, recipe, cfg, progress)
-                net.load_state_dict(tuned.state_dict())
-                return {"loss": loss}
+                return {"loss": finetune(tr, net, recipe, cfg, progress)}
 
             done = stages.modules(f"{name}_{recipe}", spec, {"net": net}, make) if stages else make()
             net.eval()
