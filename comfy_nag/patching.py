@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .schedules import default_null_timestep
+from .schedules import default_null_timestep, sigma_of_logsnr
 
 
 def choose_null_timestep(metadata_value: float | None, kind: str, multiplier: float = 1000.0,
@@ -39,23 +39,30 @@ def choose_null_timestep(metadata_value: float | None, kind: str, multiplier: fl
     return default_null_timestep(kind, multiplier), f"default for {kind}"
 
 
-def sigma_window(start: float, end: float, unit: str, percent_to_sigma=None) -> tuple[float, float]:
+def sigma_window(start: float, end: float, unit: str, percent_to_sigma=None, space: str | None = None) -> tuple[float, float]:
     """Guidance window as ``(sigma_lo, sigma_hi)``.
 
+    ``unit="signal"``: ``start``/``end`` are signal shares ``SNR / (1 + SNR)`` in [0, 1] (0 = pure noise,
+    0.5 = signal power equals noise power, i.e. log-SNR 0; 1 = clean), mapped with the sampling ``space``
+    (``"ve"`` or ``"flow"``): the same window means the same noise level on every model family.
     ``unit="percent"``: ``start``/``end`` are fractions of sampling progress in [0, 1] (ComfyUI's
     start/end percent; 0 = first step), mapped with the host's ``percent_to_sigma``.
     ``unit="sigma"``: ``start`` is the high sigma, ``end`` the low one.
     """
-    if unit == "percent":
+    if unit in ("signal", "percent"):
         if not (0.0 <= start <= end <= 1.0):
-            raise ValueError(f"guidance window start={start}, end={end}: percents need 0 <= start <= end <= 1")
-        hi, lo = float(percent_to_sigma(start)), float(percent_to_sigma(end))
+            raise ValueError(f"guidance window start={start}, end={end}: {unit} windows need 0 <= start <= end <= 1")
+        if unit == "percent":
+            hi, lo = float(percent_to_sigma(start)), float(percent_to_sigma(end))
+        else:
+            lam = torch.logit(torch.tensor([start, end], dtype=torch.float64))
+            hi, lo = (float(v) for v in sigma_of_logsnr(space, lam))
     elif unit == "sigma":
         hi, lo = float(start), float(end)
         if not (hi >= lo >= 0.0):
             raise ValueError(f"guidance window start={start}, end={end}: sigmas need start >= end >= 0 (start is the noisier end)")
     else:
-        raise ValueError(f"unknown window unit {unit!r}; expected 'percent' or 'sigma'")
+        raise ValueError(f"unknown window unit {unit!r}; expected 'signal', 'percent' or 'sigma'")
     return lo, hi
 
 

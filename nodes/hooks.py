@@ -112,7 +112,8 @@ def progress_sigma(sigmas: torch.Tensor, p: float) -> float:
 
 @dataclass(frozen=True)
 class Window:
-    """Where guidance is active.  ``unit="percent"``: ``start``/``end`` are fractions of the steps this
+    """Where guidance is active.  ``unit="signal"``: ``start``/``end`` are signal shares SNR/(1+SNR) (0.5 =
+    log-SNR 0, the same noise level on every family); ``unit="percent"``: fractions of the steps this
     sampler call samples (0 = its first step); ``unit="sigma"``: ``start`` the high sigma, ``end`` the low.
     ``full``: ``(sigma_lo, sigma_hi)`` over the model's whole range, used when the sampled sigmas are unknown."""
     unit: str
@@ -123,7 +124,8 @@ class Window:
     @classmethod
     def of(cls, model, unit: str, start: float, end: float) -> "Window":
         ms = model.get_model_object("model_sampling")
-        return cls(unit, float(start), float(end), patching.sigma_window(start, end, unit, ms.percent_to_sigma))
+        return cls(unit, float(start), float(end),
+                   patching.sigma_window(start, end, unit, ms.percent_to_sigma, sampling_info(model)[2]))
 
     def bounds(self, sample_sigmas: torch.Tensor | None = None) -> tuple[float, float]:
         """``(sigma_lo, sigma_hi)`` for a sampler call over ``sample_sigmas``."""

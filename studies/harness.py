@@ -260,3 +260,8 @@ def previous_report(out) -> str | None:
     """The report.md a run wrote in ``out`` (None if there is none)."""
     path = Path(out) / "report.md"
     return path.read_text() if path.is_file() else None
+
+
+SMOKE_TEST = ("> **Quick mode: a smoke test, not findings.** This run checks that the pipeline works end to end on "
+              "a shrunken grid; its numbers are noisy and must not be read as results. The full mode's report is the "
+              "one the README cites.\n")

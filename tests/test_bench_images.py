@@ -38,6 +38,7 @@ def test_bench_images_writes_report_and_rows(tmp_path):
     nfe = {(r["model"], r["method"]): r["nfe_per_step"] for r in rows if r["sampler"] == "euler"}
     assert nfe[("pretrained", "baseline")] == 1 and nfe[("ncd_finetune", "cfg")] == 2 and nfe[("ncd_finetune", "nag_cg")] == 1
     report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
     for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step"):
         assert q in report
     assert bi.headline(res) in report and "nag_cf vs baseline" in bi.headline(res)

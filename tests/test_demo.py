@@ -40,6 +40,7 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     assert 1 < nfe[("euler", "nag_cf")] < 2
     report = (tmp_path / "report.md").read_text()
     assert "noise_shift" in report and "last 20%" in report
+    assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
     assert "| sit | euler | nag_cf |" in report
 
 

@@ -52,7 +52,13 @@ def test_sigma_window():
     p2s = lambda p: 10.0 * (1 - p)  # noqa: E731
     assert patching.sigma_window(0.25, 0.75, "percent", p2s) == (2.5, 7.5)
     assert patching.sigma_window(5.0, 0.5, "sigma") == (0.5, 5.0)
-    for bad in [(0.8, 0.2, "percent"), (0.5, 2.0, "sigma"), (0, 1, "steps")]:
+    # signal share SNR/(1+SNR): 0.5 is log-SNR 0 (ve sigma 1, flow sigma 0.5); 1 is clean (sigma 0)
+    assert patching.sigma_window(0.5, 1.0, "signal", space="ve") == pytest.approx((0.0, 1.0))
+    assert patching.sigma_window(0.5, 1.0, "signal", space="flow") == pytest.approx((0.0, 0.5))
+    assert patching.sigma_window(0.2, 0.8, "signal", space="ve") == pytest.approx((0.5, 2.0))
+    assert patching.sigma_window(0.2, 0.8, "signal", space="flow") == pytest.approx((1 / 3, 2 / 3))
+    assert patching.sigma_window(0.0, 1.0, "signal", space="flow") == (0.0, 1.0)
+    for bad in [(0.8, 0.2, "percent"), (0.5, 2.0, "sigma"), (0, 1, "steps"), (0.5, 1.5, "signal")]:
         with pytest.raises(ValueError):
             patching.sigma_window(*bad, percent_to_sigma=p2s)
     assert patching.in_window(torch.tensor([3.0]), (2.5, 7.5)) and not patching.in_window(torch.tensor([8.0]), (2.5, 7.5))

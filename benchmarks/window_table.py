@@ -1,0 +1,57 @@
+"""Where the default guidance window (signal 0.5 -> 1, i.e. log-SNR >= 0) falls on each model family,
+in that family's own sigma and in percent of a ComfyUI sampler's steps.  Regenerates the table in
+docs/comfyui.md.  Run it with ComfyUI's Python (found via COMFYUI_PATH, else ~/comfy/ComfyUI):
+
+    python benchmarks/window_table.py [--steps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    comfy = Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI"))
+    if not (comfy / "comfy").is_dir():
+        sys.exit(f"ComfyUI not found at {comfy}; set COMFYUI_PATH to a ComfyUI checkout")
+    sys.path[:0] = [str(comfy), str(ROOT)]
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True  # sigma tables only; no device needed
+    import comfy.model_sampling as cms
+    import comfy.samplers
+    from comfy_nag.patching import sigma_window
+
+    class Config:
+        def __init__(self, **settings):
+            self.sampling_settings, self.latent_format = settings, None
+
+    def sampling(base, kind, **settings):
+        return type("Sampling", (base, kind), {})(Config(**settings))
+
+    families = [("SD1.x / SD2.x / SDXL (eps, discrete)", "ve", sampling(cms.ModelSamplingDiscrete, cms.EPS), ("karras", "normal")),
+                ("SD3 / SD3.5 (flow, shift 3)", "flow", sampling(cms.ModelSamplingDiscreteFlow, cms.CONST, shift=3.0), ("simple",)),
+                ("Flux-style flow, shift 1 (unshifted)", "flow", sampling(cms.ModelSamplingFlux, cms.CONST, shift=0.0), ("simple",)),
+                ("Flux-style flow, shift 3", "flow", sampling(cms.ModelSamplingFlux, cms.CONST, shift=math.log(3.0)), ("simple",))]
+    print(f"| model family | sigma at signal 0.5 | window in sigma | percent of {args.steps} steps (scheduler) |")
+    print("|---|---|---|---|")
+    for name, space, ms, schedulers in families:
+        lo, hi = sigma_window(0.5, 1.0, "signal", space=space)
+        cells = []
+        for sch in schedulers:
+            sig = comfy.samplers.calculate_sigmas(ms, sch, args.steps)[:-1]  # the sigmas the steps run at
+            first = next(i for i, s in enumerate(sig.tolist()) if s <= hi)
+            cells.append(f"{first / args.steps:.2f} → 1 ({sch})")
+        print(f"| {name} | {hi:g} | {hi:g} → {lo:g} | {', '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()
