@@ -145,9 +145,15 @@ class NoiseLevelEstimator(nn.Module):
         self.check_input(x)
         return self.head(self.backbone(x))
 
-    def log_prob(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """log g(lam | x) [B] (density in log-SNR units)."""
-        return interp_log_prob(F.log_softmax(self(x), 1), lam.to(x.dtype).expand(x.shape[0]), self.bins)
+    def log_prob(self, x: torch.Tensor, lam: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """log g(lam | x) [B] (density in log-SNR units).
+
+        The estimator is trained with lambda uniform over its bins; ``log_prior`` [k] (log weights per bin,
+        e.g. :func:`training_log_prior`) turns it into the posterior under another prior over levels."""
+        logits = self(x)
+        if log_prior is not None:
+            logits = logits + log_prior.to(logits)
+        return interp_log_prob(F.log_softmax(logits, 1), lam.to(x.dtype).expand(x.shape[0]), self.bins)
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +189,16 @@ class NoiseLevelEstimator(nn.Module):
             raise WeightFileError(f"{path}: estimator weights do not match its metadata (missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]}); the file is damaged or from another version")
         return est, meta
+
+
+def training_log_prior(schedule: Schedule, bins: LevelBins, n: int = 200_000, seed: int = 0) -> torch.Tensor:
+    """log weight per bin [k] of the levels a diffusion network is trained on (``schedule.training_sigmas``),
+    relative to the estimator's uniform prior.  With it the estimator's gradient is the same vector as the
+    classifier-free term ``c - n`` (whose null branch averages over the training levels), not a differently
+    weighted one.  Levels outside the bins count in the edge bins."""
+    lam = schedule.logsnr(schedule.training_sigmas(n, torch.Generator().manual_seed(seed)).double())
+    counts = torch.bincount(bins.index(lam.clamp(-1e6, 1e6).float()), minlength=bins.k).double()
+    return torch.log((counts + 1.0) / (counts.sum() + bins.k)).float()
 
 
 def noised(x0: torch.Tensor, lam: torch.Tensor, schedule: Schedule, generator=None) -> torch.Tensor:

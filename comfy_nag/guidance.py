@@ -128,20 +128,22 @@ def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str
     return torch.where(append_dims(ok, x.dim()), new, x0)
 
 
-def level_gradient(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor) -> torch.Tensor:
+def level_gradient(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+                   log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """``grad_x log g(lambda(sigma) | net_scale*x)``: the classifier-guided NAG score term, sampling space.
 
     ``estimator``: a noise-level estimator on network-space states (``net_scale`` = ``Schedule.native``'s
     ``c``).  Works under any autograd mode, ``torch.inference_mode`` included (ComfyUI runs nodes there):
     the state is cloned out of inference mode and only the estimator is differentiated; its parameters
-    must not be inference tensors (load it under ``torch.inference_mode(False)``).
+    must not be inference tensors (load it under ``torch.inference_mode(False)``).  ``log_prior``: see
+    ``NoiseLevelEstimator.log_prob`` (default: the estimator's own uniform prior).
     """
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().float().requires_grad_(True)
         s = sigma.detach().clone().float().reshape(-1).expand(x.shape[0])
         lam = logsnr_of(space, s)
         c = net_scale.detach().clone().float().reshape(-1).expand(x.shape[0])
-        lp = estimator.log_prob(append_dims(c, xg.dim()) * xg, lam).sum()
+        lp = estimator.log_prob(append_dims(c, xg.dim()) * xg, lam, log_prior).sum()
         (g,) = torch.autograd.grad(lp, xg)
     return g.detach().to(x.dtype)
 
@@ -178,3 +180,27 @@ def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_
         return sigma_of_logsnr(space, lam_new).to(s)
 
     return level_fn
+
+
+def agreement(learned: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cosine and norm ratio ``|learned| / |reference|`` of two batches of vectors [B, ...]."""
+    a, b = learned.flatten(1).double(), reference.flatten(1).double()
+    return torch.nn.functional.cosine_similarity(a, b, dim=1), a.norm(dim=1) / b.norm(dim=1).clamp_min(1e-12)
+
+
+def null_branch_readout(x0_cond: torch.Tensor, x0_null: torch.Tensor, estimator, x: torch.Tensor,
+                        sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+                        log_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well a network's classifier-free NAG term agrees with an independent estimator's, per sample.
+
+    By Bayes, ``score(x | lambda) - score(x) = grad_x log p(lambda | x)``: the classifier-free term
+    ``x0_cond - x0_null`` (the null branch's x0 change) and the classifier-guided one (the estimator's
+    gradient as an x0 change, :func:`score_to_x0_shift`) estimate the same vector.  Neither is exact, so
+    agreement is a lower bound on how faithful each is; it rises as the null branch trains.  The two are the
+    same vector only under the same prior over levels: pass the training levels' ``log_prior``
+    (``estimators.training_log_prior``), since the null branch averages over those.  Returns
+    ``(cosine, norm ratio |cf| / |cg|)`` per sample [B].  ``x``: sampling-space states at ``sigma``.
+    """
+    s = sigma.detach().float().reshape(-1).expand(x.shape[0])
+    cg = score_to_x0_shift(level_gradient(estimator, x, s, space, net_scale, log_prior), x, s.to(x.dtype), space)
+    return agreement(x0_cond - x0_null, cg)

@@ -15,14 +15,16 @@ from .tensors import append_dims
 
 def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Schedule, prediction: str,
                    t_dropout: float = 0.0, y_dropout: float = 0.0, generator: torch.Generator | None = None,
-                   null_target=None):
+                   null_target=None, null_weight: float = 1.0, cond_target=None):
     """Mean-squared error in the ``prediction`` parameterisation.
 
     ``null_target(x_net, sigma, y) -> prediction``: the regression target of the dropped rows
     (default: the ordinary target, as in the paper).  Its minimiser is the same noise-unconditional
     branch whenever the target's mean given the state is the level-marginal prediction (e.g. the
     network's own conditional branch averaged over the level posterior: a self-distilled target
-    with far less variance than the raw noise).
+    with far less variance than the raw noise).  ``cond_target``: the same for the kept rows (e.g. a
+    frozen teacher's prediction, which anchors the conditional branch while the null branch learns).
+    ``null_weight``: loss weight of the dropped rows relative to the kept ones (the mean is weighted).
     Returns ``(loss, per_sample, drop_t)`` so callers can track the dropped rows' loss.
     """
     B = x0.shape[0]
@@ -37,12 +39,16 @@ def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Sche
         drop_y = torch.rand(B, generator=generator).to(x0.device) < y_dropout
         y = torch.where(drop_y, torch.full_like(y, num_classes), y)
     tgt = target(prediction, x0, eps, a_n, s_n)
-    if null_target is not None and bool(drop_t.any()):
-        with torch.no_grad():
-            tgt = torch.where(append_dims(drop_t, x.dim()), null_target(x, s, y).to(tgt), tgt)
+    for rows, fn in ((~drop_t, cond_target), (drop_t, null_target)):
+        if fn is not None and bool(rows.any()):
+            with torch.no_grad():
+                tgt = torch.where(append_dims(rows, x.dim()), fn(x, s, y).to(tgt), tgt)
     pred = net(x, schedule.net_time(s).to(x0.device), y, drop_t)
     per = (pred - tgt).pow(2).flatten(1).mean(1)
-    return per.mean(), per.detach(), drop_t
+    if null_weight == 1.0:
+        return per.mean(), per.detach(), drop_t
+    w = torch.where(drop_t, torch.full_like(per, float(null_weight)), torch.ones_like(per))
+    return (per * w).sum() / w.sum(), per.detach(), drop_t
 
 
 def fit(module: torch.nn.Module, loss_fn, steps: int, lr: float, callback=None, what: str = "loss") -> list[float]:

@@ -4,6 +4,7 @@ Commands:
   demo          the exact-testbed study (noise shift, NAG and its alternatives): metrics.json, report.md, plots
   bench images  the small real-image study (8x8 digits, DiT + SiT through the trainer): metrics.json, report.md
   fidelity      how much of the exact NAG term the learned branches carry; null-branch recipes
+  last-step     where a sampler's late shift comes from, step by step (Heun's last step)
   bench cost    per-step wall time and peak memory of NAG-CF / NAG-CG vs CFG, as ratios
 """
 from __future__ import annotations
@@ -31,9 +32,15 @@ def _parser() -> argparse.ArgumentParser:
                                         "null-branch recipes against the exact ceiling")
     f.add_argument("--out", default="fidelity_out", help="output folder (created)")
     f.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (the second replicates the first; quick: first only)")
     f.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    f.add_argument("--families", nargs="+", choices=("sit", "sd1"), help="only these families (default: both)")
+    f.add_argument("--families", nargs="+", choices=("sit", "sd1"),
+                   help="only these families (writes fidelity_<families>.json; run one process per family, then --merge)")
+    f.add_argument("--merge", action="store_true", help="join the fidelity_<family>.json files in --out into the report")
+    ls = sub.add_parser("last-step", help="where a sampler's late shift comes from, step by step (exact readout)")
+    ls.add_argument("--out", default="last_step_out", help="output folder (created)")
+    ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     b = sub.add_parser("bench", help="benchmarks: 'images' (digits study) or 'cost' (per-step time and memory)")
     b.add_argument("what", choices=("images", "cost"))
     b.add_argument("--out", default="bench_out", help="output folder (created)")
@@ -64,8 +71,15 @@ def main(argv=None) -> int:
         elif args.cmd == "fidelity":
             from . import fidelity
 
-            fidelity.run(out, quick=args.quick, seed=args.seed, threads=args.threads,
-                         families=tuple(args.families) if args.families else None)
+            if args.merge:
+                fidelity.merge(out)
+            else:
+                fidelity.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
+                             families=tuple(args.families) if args.families else None)
+        elif args.cmd == "last-step":
+            from . import last_step
+
+            last_step.run(out, seed=args.seed, threads=args.threads)
         elif args.what == "images":
             from . import bench_images
 

@@ -1,29 +1,29 @@
-"""How much of the exact noise-awareness term the learned guidance terms carry (exact testbed).
+"""Null-branch recipes and how much of the exact noise-awareness term the learned terms carry (exact testbed).
 
-``python -m studies fidelity --out DIR [--quick]``.  For forward states drawn at log-SNR
-``lam - offset`` and evaluated at the nominal ``lam`` (offset 0: on-schedule states; offset 0.5:
-half a log-SNR noisier, like a shifted sampler's), it compares
+``python -m studies fidelity --out DIR [--quick] [--seeds 0 1] [--families sit sd1]``.
 
-* ``nag_cf``: the network's difference of branches ``c - n`` with the exact ``c* - n*``
-  (Bayes-optimal conditional and noise-unconditional predictions, :func:`testbed.exact_null_x0`);
-* ``marginal_null``: ``c - sum_l p(l|x) c(x, l)``, the network's own conditional branch averaged over
-  the *exact* level posterior: what a null branch distilled from the conditional one converges to;
+Each family's network is pretrained *without* noise-condition dropout (like a community checkpoint),
+then fine-tuned with each :data:`RECIPES` entry (one factor changed from :data:`BASE`).  For forward
+states drawn at log-SNR ``lam - offset`` and evaluated at the nominal ``lam`` (offset 0: on-schedule;
+0.5: half a log-SNR noisier, like a shifted sampler's) it compares
+
+* ``nag_cf``: the network's ``c - n`` with the exact ``c* - n*`` (:func:`testbed.exact_term`);
+* ``readout``: the network's ``c - n`` with the estimator's gradient (what a user can measure on a real
+  model, ``comfy_nag.guidance.null_branch_readout``), validated here against ``nag_cf``;
+* ``marginal_null``: ``c - sum_l p(l|x) c(x, l)``, the network's own conditional branch averaged over the
+  exact level posterior: the ceiling of a perfectly trained null branch of this network;
 * ``nag_cg``: the estimator's ``grad_x log g(lam|x)`` with the exact ``grad_x log p(lam|x)``.
 
-Differences are compared in x0 space with the nominal coefficients.  Every parameterisation (eps,
-velocity, score) is an affine map of the prediction with a per-sample scalar on it, so cosine and norm
-ratio are the same in all of them.  ``cos``: mean over states; ``norm_ratio``: median of
-``|learned| / |exact|`` (1 = right size).
-
-It also fine-tunes each family's network with three null-branch recipes from the same start (same
-steps, rate, learning rate; one factor changed): the paper's target (the noise) and two self-distilled
-targets (the frozen network's conditional branch averaged over the learned estimator's or the exact
-level posterior), and samples each with NAG-CF next to the exact term on the same network
-(``nag_exact_term`` = learned ``c`` + ``w (c* - n*)``, the ceiling).
+Differences are compared in x0 space with the nominal coefficients; every parameterisation is an affine
+map of the prediction with a per-sample scalar, so cosine and norm ratio are the same in all of them.
+``cos``: mean over states; ``norm_ratio``: median ``|learned| / |exact|``.  Each recipe is also sampled
+with NAG-CF next to the exact term on the same network (``nag_exact_term`` = learned ``c`` +
+``w (c* - n*)``, the ceiling), for the late shift and quality.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from comfy_nag.denoiser import Denoiser
+from comfy_nag.estimators import training_log_prior
 from comfy_nag.files import atomic_write_bytes
+from comfy_nag import guidance
 from comfy_nag.guidance import Guidance, level_gradient
 from comfy_nag.predictions import from_x0
 from comfy_nag.schedules import sigma_of_logsnr, space_alpha
@@ -46,41 +47,84 @@ from .harness import md_table
 
 LAMS = (-2.0, 0.0, 2.0, 4.0, 6.0)
 OFFSETS = (0.0, 0.5)
-TERMS = ("nag_cf", "marginal_null", "nag_cg")
-RECIPES = ("noise_target", "distilled_estimator", "distilled_exact")
-METHODS = ("baseline", "nag_cf", "nag_exact_term", "nag_exact_score")
+TERMS = ("nag_cf", "readout", "marginal_null", "nag_cg")
+METHODS = ("baseline", "nag_cf", "nag_exact_term")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to fine-tune the null branch into a network pretrained without noise-condition dropout.
+
+    ``length``: fine-tune steps as a fraction of the pretraining steps; ``null_weight``: loss weight of the
+    dropped rows; ``null_mode``: ``sentinel`` (the null timestep through the timestep embedding) or
+    ``learned`` (a learned null embedding); ``ema``: decay of the evaluated weight average (0: the last
+    weights); ``target``: ``noise`` (the paper's: the noise / velocity for every row) or ``distilled``
+    (kept rows regress the frozen pretrained network's prediction, dropped rows its conditional branch
+    averaged over levels drawn from the estimator's posterior: a target with far less variance).
+    """
+
+    name: str
+    dropout: float = 0.2
+    length: float = 0.1
+    null_weight: float = 1.0
+    null_mode: str = "sentinel"
+    ema: float = 0.0
+    target: str = "noise"
+
+    def factor(self) -> str:
+        """The one setting this recipe changes from :data:`BASE` ("" for the base itself)."""
+        diff = [f"{k}={v}" for k, v in asdict(self).items() if k != "name" and v != getattr(BASE, k)]
+        return ", ".join(diff)
+
+
+BASE = Recipe("base")
+RECIPES = (BASE, Recipe("control", dropout=0.0), Recipe("dropout_0.1", dropout=0.1), Recipe("dropout_0.3", dropout=0.3),
+           Recipe("length_3%", length=0.03), Recipe("length_30%", length=0.3), Recipe("null_weight_3", null_weight=3.0),
+           Recipe("learned_null", null_mode="learned"), Recipe("ema_0.995", ema=0.995), Recipe("distilled", target="distilled"))
+TRACKED = "length_30%"  # the readout is validated at checkpoints along this fine-tune
 
 
 @dataclass
 class Config:
-    """The fidelity study's settings; the networks are the demo's (``demo.Config``)."""
+    """The fidelity study's settings.  Each family's network is the demo's MLP pretrained for
+    ``pretrain_steps`` *without* noise-condition dropout (like a community checkpoint), with the demo's
+    estimator; every recipe fine-tunes a copy of it."""
 
     quick: bool = False
-    seed: int = 0
-    finetune_steps: int = 1000   # per recipe, from the demo's trained network (50 % of its pretraining)
-    finetune_dropout: float = 0.5
+    seeds: tuple = (0, 1)
+    pretrain_steps: int = 8000
     finetune_lr: float = 1e-3
-    posterior_samples: int = 4   # levels drawn from the estimator's posterior per null row
+    posterior_samples: int = 4   # levels drawn from the estimator's posterior per distilled null row
     n_states: int = 512
     nag_scale: float = 0.5       # the demo's default NAG-CF scale, window log-SNR >= 0
     samplers: tuple = ("euler", "heun")
     steps: tuple = (25,)
     n_samples: int = 1000
+    track: tuple = (0.0, 0.01, 0.03, 0.1, 0.3)  # checkpoints of the tracked fine-tune (fractions of pretraining)
+    recipes: tuple = tuple(r.name for r in RECIPES)
+    replicate: tuple = ("base", "control", "dropout_0.3", "length_30%", "distilled")  # recipes run on the later seeds
+    lams: tuple = LAMS           # nominal log-SNRs of the fidelity measurement
 
     @classmethod
-    def make(cls, quick: bool, seed: int = 0) -> "Config":
+    def make(cls, quick: bool, seeds: tuple = (0, 1)) -> "Config":
         if not quick:
-            return cls(seed=seed)
-        return cls(quick=True, seed=seed, finetune_steps=150, n_states=128, samplers=("euler",), n_samples=300)
+            return cls(seeds=tuple(seeds))
+        return cls(quick=True, seeds=tuple(seeds)[:1], pretrain_steps=800, n_states=128, samplers=("euler",),
+                   n_samples=300, track=(0.0, 0.1, 0.3), recipes=("base", "control", "length_30%", "distilled"))
+
+    def recipe_list(self, seed: int) -> list[Recipe]:
+        """The full grid on the first seed; the ``replicate`` subset on later seeds."""
+        names = self.recipes if seed == self.seeds[0] else [n for n in self.recipes if n in self.replicate]
+        known = {r.name: r for r in RECIPES}
+        return [known[n] for n in names]
 
 
 # --- measurement -------------------------------------------------------------------------------
 
 def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
     """Mean cosine and median norm ratio ``|learned| / |exact|`` of per-state vectors [B, ...]."""
-    learned, exact = learned.flatten(1).double(), exact.flatten(1).double()
-    ratio = learned.norm(dim=1) / exact.norm(dim=1).clamp_min(1e-12)
-    return {"cos": float(F.cosine_similarity(learned, exact, dim=1).mean()), "norm_ratio": float(ratio.median())}
+    cos, ratio = guidance.agreement(learned, exact)
+    return {"cos": float(cos.mean()), "norm_ratio": float(ratio.median())}
 
 
 def conditional_branch(net, schedule, y):
@@ -92,10 +136,15 @@ def conditional_branch(net, schedule, y):
     return branch
 
 
-def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS) -> list[dict]:
-    """Rows ``{lam, offset, term, cos, norm_ratio}`` for each term of :data:`TERMS`."""
+def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS,
+            terms=TERMS) -> list[dict]:
+    """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`).
+
+    ``readout`` is what a user sees without an exact term: the network's ``c - n`` against the estimator's
+    gradient under the training levels' prior (``comfy_nag.guidance.null_branch_readout``)."""
     sch, space = fam.schedule, fam.schedule.space
     den = Denoiser(net, sch, fam.prediction)
+    log_prior = training_log_prior(sch, bins)
     g = torch.Generator().manual_seed(seed + 99)
     rows = []
     for lam in lams:
@@ -104,15 +153,25 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
             s_true = sigma_of_logsnr(space, torch.tensor(lam - off)).float()
             x = space_alpha(space, s_true) * x0 + s_true * torch.randn(x0.shape, generator=g)
             s = sigma_of_logsnr(space, torch.tensor(lam)).float().expand(n)
+            c = sch.native(s)[0]
             with torch.no_grad():
                 br = den.branch_x0(x, s, y, ("cond", "null_cond"))
             exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
-            marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))
-            learned = {"nag_cf": br["cond"] - br["null_cond"], "marginal_null": br["cond"] - marg,
-                       "nag_cg": level_gradient(estimator, x, s, space, sch.native(s)[0])}
-            for term in TERMS:
-                ref = testbed.exact_level_gradient(gmm, x, s, sch, bins) if term == "nag_cg" else exact
-                rows.append({"lam": lam, "offset": off, "term": term, **agreement(learned[term], ref)})
+            for term in terms:
+                if term == "nag_cf":
+                    r = agreement(br["cond"] - br["null_cond"], exact)
+                elif term == "readout":
+                    cos, ratio = guidance.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
+                                                              log_prior)
+                    r = {"cos": float(cos.mean()), "norm_ratio": float(ratio.median())}
+                elif term == "marginal_null":
+                    marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))
+                    r = agreement(br["cond"] - marg, exact)
+                elif term == "nag_cg":
+                    r = agreement(level_gradient(estimator, x, s, space, c), testbed.exact_level_gradient(gmm, x, s, sch, bins))
+                else:
+                    raise ValueError(f"unknown term {term!r}; expected one of {', '.join(TERMS)}")
+                rows.append({"lam": lam, "offset": off, "term": term, **r})
     return rows
 
 
@@ -156,25 +215,52 @@ def distilled_target(teacher, fam, posterior: str, gmm=None, estimator=None, sam
     return from_estimator if posterior == "estimator" else from_exact
 
 
-def finetune(tr: demo.Trained, net, recipe: str, cfg: Config, progress: bool = True) -> float:
-    """Fine-tune ``net`` (a copy of ``tr.net``) in place with noise-condition dropout and ``recipe``'s null
-    target; the frozen teacher is ``tr.net``.  Returns the mean loss of the last 50 steps."""
+def recipe_net(pretrained, recipe: Recipe):
+    """A copy of the pretrained network set up for ``recipe`` (a learned null embedding starts at zero)."""
+    if recipe.null_mode == "sentinel":
+        return copy.deepcopy(pretrained)
+    net = type(pretrained)(**{**pretrained.kwargs, "null_mode": recipe.null_mode})
+    missing, unexpected = net.load_state_dict(pretrained.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith("null_emb") for k in missing), (missing, unexpected)
+    return net
+
+
+def finetune(tr: demo.Trained, net, recipe: Recipe, cfg: Config, seed: int, on_step=None, progress: bool = True) -> dict:
+    """Fine-tune ``net`` in place with ``recipe`` from the frozen pretrained ``tr.net``; with ``recipe.ema``
+    the EMA weights are copied into ``net`` at the end.  ``on_step(step, net)`` runs before each step and
+    after the last.  Returns ``{"loss": mean of the last 50 steps, "steps": n}``."""
+    steps = max(1, round(recipe.length * cfg.pretrain_steps))
     teacher = copy.deepcopy(tr.net).eval()
-    g = torch.Generator().manual_seed(cfg.seed + 7)
-    target = None
-    if recipe == "distilled_estimator":
-        target = distilled_target(teacher, tr.fam, "estimator", estimator=tr.estimator, samples=cfg.posterior_samples,
-                                  generator=g)
-    elif recipe == "distilled_exact":
-        target = distilled_target(teacher, tr.fam, "exact", gmm=tr.gmm)
-    elif recipe != "noise_target":
-        raise ValueError(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
-    bar, cb = harness.progress(cfg.finetune_steps, f"{tr.fam.name}: {recipe}", progress)
-    hist = testbed.train_denoiser(net, tr.gmm, tr.fam.schedule, tr.fam.prediction, cfg.finetune_steps,
-                                  lr=cfg.finetune_lr, t_dropout=cfg.finetune_dropout, seed=cfg.seed + 7, callback=cb,
-                                  null_target=target)
+    g = torch.Generator().manual_seed(seed + 7)
+    opts = {"null_weight": recipe.null_weight}
+    if recipe.target == "distilled":
+        opts["null_target"] = distilled_target(teacher, tr.fam, "estimator", estimator=tr.estimator,
+                                               samples=cfg.posterior_samples, generator=g)
+        opts["cond_target"] = lambda xn, s, y: teacher(xn, tr.fam.schedule.net_time(s), y,
+                                                       torch.zeros(xn.shape[0], dtype=torch.bool))
+    elif recipe.target != "noise":
+        raise ValueError(f"unknown recipe target {recipe.target!r}; expected 'noise' or 'distilled'")
+    ema = copy.deepcopy(net).requires_grad_(False) if recipe.ema else None
+    bar, cb = harness.progress(steps, f"{tr.fam.name}: {recipe.name}", progress)
+    if on_step:
+        on_step(0, net)
+
+    def callback(step, loss):
+        if ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.lerp_(p, 1 - recipe.ema)
+        cb(step, loss)
+        if on_step:
+            on_step(step + 1, ema if ema is not None else net)
+
+    hist = testbed.train_denoiser(net, tr.gmm, tr.fam.schedule, tr.fam.prediction, steps, lr=cfg.finetune_lr,
+                                  t_dropout=recipe.dropout, seed=seed + 7, callback=callback, **opts)
     bar.close()
-    return float(np.mean(hist[-50:]))
+    if ema is not None:
+        net.load_state_dict(ema.state_dict())
+    net.eval()
+    return {"loss": float(np.mean(hist[-50:])), "steps": steps}
 
 
 def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: demo.Eval) -> list[dict]:
@@ -186,9 +272,8 @@ def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: de
             for method in METHODS:
                 g = Guidance(nag_scale=cfg.nag_scale, nag_window=win) if method == "nag_cf" else Guidance()
                 den = Denoiser(net, tr.fam.schedule, tr.fam.prediction, g)
-                exact = {"nag_exact_term": testbed.ExactTermNAG, "nag_exact_score": testbed.ExactScoreNAG}.get(method)
-                if exact:
-                    den = exact(den, tr.gmm, tr.fam, cfg.nag_scale, win, tr.bins)
+                if method == "nag_exact_term":
+                    den = testbed.ExactTermNAG(den, tr.gmm, tr.fam, cfg.nag_scale, win, tr.bins)
                 res = demo.run_one(tr, ev, g, None, sampler, steps, denoiser=den)
                 rows.append({"method": method, "sampler": sampler, "steps": steps,
                              "noise_shift": res["shift"]["exact"]["noise_shift"],
@@ -198,120 +283,219 @@ def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: de
 
 # --- the study ----------------------------------------------------------------------------------
 
+def pretrained_family(name: str, seed: int, cfg: Config, log, stages, progress) -> tuple[demo.Trained, demo.Config]:
+    """The demo's network and estimator for ``name``, pretrained for ``cfg.pretrain_steps`` without dropout."""
+    dcfg = dataclasses.replace(demo.Config.make(cfg.quick, seed), train_steps=cfg.pretrain_steps, t_dropout=0.0)
+    gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=dcfg.seed)
+    return demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress), dcfg
+
+
 def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None,
           families: tuple | None = None) -> dict:
-    dcfg = demo.Config.make(cfg.quick, cfg.seed)
-    gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=dcfg.seed)
-    out = {"fidelity": [], "sampling": [], "finetune_loss": {}}
-    for name in families or dcfg.families:
-        tr = demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
-        ev = demo.make_eval(tr, dcfg, cfg.seed)
-        ev = demo.Eval(ev.readout, ev.ref_x, ev.ref_y, ev.y[:cfg.n_samples], ev.x0_fwd[:cfg.n_samples], ev.seed)
-        nets = {"demo": tr.net}
-        for recipe in RECIPES:
-            net = copy.deepcopy(tr.net)
-            spec = {"stage": "fidelity recipe", "family": name, "recipe": recipe, "config": asdict(cfg),
-                    "demo": asdict(dcfg)}
+    out = {"fidelity": [], "sampling": [], "finetune": {}, "track": []}
+    for seed in cfg.seeds:
+        for name in families or demo.Config().families:
+            tr, dcfg = pretrained_family(name, seed, cfg, log, stages, progress)
+            ev = demo.make_eval(tr, dcfg, seed)
+            ev = demo.Eval(ev.readout, ev.ref_x, ev.ref_y, ev.y[:cfg.n_samples], ev.x0_fwd[:cfg.n_samples], ev.seed)
+            tag = {"seed": seed, "family": name}
+            for recipe in cfg.recipe_list(seed):
+                net = recipe_net(tr.net, recipe)
+                spec = {"stage": "fidelity recipe", **tag, "recipe": asdict(recipe), "demo": asdict(dcfg),
+                        "config": {k: v for k, v in asdict(cfg).items() if k not in ("quick", "seeds", "recipes", "replicate")}}
 
-            def make(recipe=recipe, net=net):
-                return {"loss": finetune(tr, net, recipe, cfg, progress)}
+                def make(recipe=recipe, net=net):
+                    track = []
+                    checks = {round(f * cfg.pretrain_steps) for f in cfg.track} if recipe.name == TRACKED else set()
 
-            done = stages.modules(f"{name}_{recipe}", spec, {"net": net}, make) if stages else make()
-            net.eval()
-            nets[recipe], out["finetune_loss"][f"{name}/{recipe}"] = net, done["loss"]
-        for recipe, net in tqdm(nets.items(), desc=f"{name}: fidelity + sampling", disable=not progress):
-            for r in measure(net, tr.estimator, gmm, tr.fam, tr.bins, cfg.n_states, cfg.seed):
-                out["fidelity"].append({"family": name, "recipe": recipe, **r})
-            for r in sample_methods(tr, net, dcfg, cfg, ev):
-                out["sampling"].append({"family": name, "recipe": recipe, **r})
+                    def on_step(step, current):
+                        if step in checks:  # fidelity and readout along the fine-tune (the readout's validation)
+                            for r in measure(current.eval(), tr.estimator, tr.gmm, tr.fam, tr.bins, cfg.n_states, seed,
+                                             cfg.lams, offsets=(0.0,), terms=("nag_cf", "readout")):
+                                track.append({"step": step, **r})
+                            current.train()
+
+                    done = finetune(tr, net, recipe, cfg, seed, on_step, progress)
+                    terms = TERMS if recipe is BASE else ("nag_cf", "readout")  # the ceiling and NAG-CG: once per network family
+                    return {**done, "track": track,  # measured inside the stage, so a finished recipe is reused whole
+                            "fidelity": measure(net, tr.estimator, tr.gmm, tr.fam, tr.bins, cfg.n_states, seed, cfg.lams,
+                                                terms=terms),
+                            "sampling": sample_methods(tr, net, dcfg, cfg, ev)}
+
+                done = stages.modules(f"s{seed}_{name}_{recipe.name}", spec, {"net": net}, make) if stages else make()
+                net.eval()
+                out["finetune"][f"{seed}/{name}/{recipe.name}"] = {"loss": done["loss"], "steps": done["steps"]}
+                for key in ("track", "fidelity", "sampling"):
+                    out[key] += [{**tag, **({} if key == "track" else {"recipe": recipe.name}), **r} for r in done[key]]
+                log(f"[seed {seed} {name}] {recipe.name}: done")
     return out
 
 
+def _get(rows, **key):
+    return [r for r in rows if all(r.get(k) == v for k, v in key.items())]
+
+
 def share_of_exact(rows: list[dict]) -> list[dict]:
-    """Per family/recipe/sampler/steps: NAG-CF's late-shift reduction as a share of the exact term's."""
+    """Per seed/family/recipe/sampler/steps: NAG-CF's late-shift reduction as a share of the exact term's."""
     out = []
-    keys = sorted({(r["family"], r["recipe"], r["sampler"], r["steps"]) for r in rows})
-    for fam, recipe, sampler, steps in keys:
-        get = {r["method"]: r for r in rows if (r["family"], r["recipe"], r["sampler"], r["steps"]) == (fam, recipe, sampler, steps)}
-        base, cf, ex, sc = get["baseline"], get["nag_cf"], get["nag_exact_term"], get["nag_exact_score"]
+    keys = sorted({(r["seed"], r["family"], r["recipe"], r["sampler"], r["steps"]) for r in rows},
+                  key=lambda k: (k[0], k[1], [x.name for x in RECIPES].index(k[2]) if k[2] in [x.name for x in RECIPES] else 99, k[3], k[4]))
+    for seed, fam, recipe, sampler, steps in keys:
+        get = {r["method"]: r for r in _get(rows, seed=seed, family=fam, recipe=recipe, sampler=sampler, steps=steps)}
+        base, cf, ex = get["baseline"], get["nag_cf"], get["nag_exact_term"]
         gain_ex = base["noise_shift"] - ex["noise_shift"]
-        out.append({"family": fam, "recipe": recipe, "sampler": sampler, "steps": steps,
+        out.append({"seed": seed, "family": fam, "recipe": recipe, "sampler": sampler, "steps": steps,
                     "shift_baseline": base["noise_shift"], "shift_nag_cf": cf["noise_shift"],
-                    "shift_exact_term": ex["noise_shift"], "shift_exact_score": sc["noise_shift"],
+                    "shift_exact_term": ex["noise_shift"],
                     "share_of_exact": (base["noise_shift"] - cf["noise_shift"]) / gain_ex if gain_ex > 0 else float("nan"),
                     "quality_baseline": base["quality"], "quality_nag_cf": cf["quality"],
-                    "quality_exact_term": ex["quality"], "quality_exact_score": sc["quality"]})
+                    "quality_exact_term": ex["quality"]})
+    return out
+
+
+def late_cos(rows: list[dict], term: str = "nag_cf", offset: float = 0.0) -> float:
+    """Mean cosine over the nominal log-SNRs >= 0 (where NAG acts) for one seed/family/recipe's rows."""
+    vals = [r["cos"] for r in rows if r["term"] == term and r["offset"] == offset and r["lam"] >= 0]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def summary(res: dict) -> list[dict]:
+    """One row per seed, family and recipe: fidelity, readout, share of the exact term, quality."""
+    shares = share_of_exact(res["sampling"])
+    out = []
+    for sh in shares:
+        if sh["sampler"] != "euler":
+            continue
+        key = {"seed": sh["seed"], "family": sh["family"], "recipe": sh["recipe"]}
+        fid = _get(res["fidelity"], **key)
+        heun = _get(shares, sampler="heun", steps=sh["steps"], **key)
+        ctrl = _get(res["sampling"], method="baseline", sampler="euler", steps=sh["steps"], seed=sh["seed"],
+                    family=sh["family"], recipe="control")
+        out.append({**key, "finetune_steps": res["finetune"][f"{sh['seed']}/{sh['family']}/{sh['recipe']}"]["steps"],
+                    "cos_late": late_cos(fid), "cos_late_noisier": late_cos(fid, offset=0.5),
+                    "readout_late": late_cos(fid, "readout"), "ceiling_late": late_cos(fid, "marginal_null"),
+                    "share_euler": sh["share_of_exact"], "share_heun": heun[0]["share_of_exact"] if heun else float("nan"),
+                    "quality_w0": sh["quality_baseline"], "quality_w0_vs_control":
+                        sh["quality_baseline"] / ctrl[0]["quality"] - 1 if ctrl else float("nan"),
+                    "quality_nag_cf": sh["quality_nag_cf"]})
+    return out
+
+
+def readout_validation(res: dict) -> list[dict]:
+    """Per seed and family: Pearson correlation of the readout's cosine with the exact fidelity cosine over
+    the tracked checkpoints x nominal log-SNRs >= 0, and the values at the first and last checkpoint."""
+    out = []
+    for seed, fam in sorted({(r["seed"], r["family"]) for r in res["track"]}):
+        rows = [r for r in _get(res["track"], seed=seed, family=fam) if r["lam"] >= 0]
+        pairs = {}
+        for r in rows:
+            pairs.setdefault((r["step"], r["lam"]), {})[r["term"]] = r["cos"]
+        ex, ro = zip(*[(v["nag_cf"], v["readout"]) for v in pairs.values() if len(v) == 2])
+        steps = sorted({k[0] for k in pairs})
+        at = lambda st, t: float(np.mean([v[t] for k, v in pairs.items() if k[0] == st]))  # noqa: E731
+        out.append({"seed": seed, "family": fam, "checkpoints": len(steps), "pearson": float(np.corrcoef(ex, ro)[0, 1]),
+                    "exact_first": at(steps[0], "nag_cf"), "exact_last": at(steps[-1], "nag_cf"),
+                    "readout_first": at(steps[0], "readout"), "readout_last": at(steps[-1], "readout")})
     return out
 
 
 def figure(res: dict):
-    """Cosine with the exact term against log-SNR: one panel per family and offset."""
+    """Per family: NAG-CF's cosine with the exact term against log-SNR for each recipe (first seed), and the
+    readout against the exact fidelity along the tracked fine-tune (every seed)."""
     import matplotlib.pyplot as plt
 
+    seed0 = min(r["seed"] for r in res["fidelity"])
     fams = sorted({r["family"] for r in res["fidelity"]})
-    fig, axes = plt.subplots(len(fams), len(OFFSETS), figsize=(5.2 * len(OFFSETS), 3.6 * len(fams)), squeeze=False)
-    styles = {"nag_cf": "-", "marginal_null": "--", "nag_cg": ":"}
-    colors = dict(zip(("demo",) + RECIPES, ("#1f77b4", "#7f7f7f", "#d62728", "#2ca02c")))
+    recipes = [r.name for r in RECIPES if any(x["recipe"] == r.name for x in res["fidelity"])]
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(len(fams), 3, figsize=(15, 3.8 * len(fams)), squeeze=False)
     for i, fam in enumerate(fams):
         for j, off in enumerate(OFFSETS):
             ax = axes[i][j]
-            for recipe in ("demo",) + RECIPES:
-                for term in TERMS:
-                    if term == "nag_cg" and recipe != "demo":
-                        continue  # the estimator does not change with the recipe
-                    pts = [(r["lam"], r["cos"]) for r in res["fidelity"]
-                           if (r["family"], r["recipe"], r["term"], r["offset"]) == (fam, recipe, term, off)]
-                    if pts:
-                        xs, ys = zip(*pts)
-                        label = "NAG-CG estimator" if term == "nag_cg" else f"{recipe}: {term}"
-                        ax.plot(xs, ys, styles[term], marker="o", ms=3, color="#8c564b" if term == "nag_cg" else colors[recipe],
-                                label=label)
+            for k, recipe in enumerate(recipes):
+                rows = _get(res["fidelity"], seed=seed0, family=fam, recipe=recipe, term="nag_cf", offset=off)
+                ax.plot([r["lam"] for r in rows], [r["cos"] for r in rows], "-o", ms=3, color=cmap(k % 10), label=recipe,
+                        lw=2 if recipe == "base" else 1)
+            ceil = _get(res["fidelity"], seed=seed0, family=fam, recipe="base", term="marginal_null", offset=off)
+            ax.plot([r["lam"] for r in ceil], [r["cos"] for r in ceil], "k--", lw=1, label="ceiling: net's own c averaged")
             ax.axhline(0.8, color="k", lw=0.6, alpha=0.4)
-            ax.set_ylim(-0.2, 1.02)
-            ax.set_title(f"{fam}: states {off:g} log-SNR noisier than nominal" if off else f"{fam}: on-schedule states",
+            ax.set_ylim(-0.3, 1.02)
+            ax.set_title(f"{fam}: NAG-CF vs exact term, " + (f"states {off:g} log-SNR noisier" if off else "on-schedule states"),
                          fontsize=9)
             ax.set_xlabel("nominal log-SNR")
-            ax.set_ylabel("cosine with the exact term")
-    axes[0][-1].legend(fontsize=6, loc="lower left")
+            ax.set_ylabel("cosine")
+        ax = axes[i][2]
+        for seed in sorted({r["seed"] for r in res["track"]}):
+            rows = [r for r in _get(res["track"], seed=seed, family=fam) if r["lam"] >= 0]
+            pairs = {}
+            for r in rows:
+                pairs.setdefault((r["step"], r["lam"]), {})[r["term"]] = r["cos"]
+            pts = [(v["nag_cf"], v["readout"], k[0]) for k, v in pairs.items() if len(v) == 2]
+            if pts:
+                sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[np.log1p(p[2]) for p in pts], cmap="viridis",
+                                marker="o" if seed == seed0 else "^", s=18, label=f"seed {seed}")
+        ax.set_xlabel("exact fidelity cosine (NAG-CF vs exact term)")
+        ax.set_ylabel("readout cosine (NAG-CF vs estimator)")
+        ax.set_title(f"{fam}: readout along the {TRACKED} fine-tune (colour: log step)", fontsize=9)
+        if res["track"]:
+            ax.legend(fontsize=7)
+    axes[0][1].legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return fig
 
 
 def write_report(out: Path, res: dict) -> str:
-    cfg = Config(**res["meta"]["config"])
-    L = [f"# Fidelity of the learned NAG terms ({'quick' if cfg.quick else 'full'})", "", *([harness.SMOKE_TEST] if cfg.quick else []),
-         f"Generated by `python -m studies fidelity --out {out.name}{' --quick' if cfg.quick else ''}` in "
-         f"{res['meta']['seconds'] / 60:.1f} min (seed {cfg.seed})" + (f"; {res['meta']['note']}." if res["meta"].get("note") else "."), "",
-         "Networks: the demo's MLP denoisers (dropout 0.1 from scratch, row `demo`), then each fine-tuned from that "
-         f"network for {cfg.finetune_steps} steps with noise-condition dropout {cfg.finetune_dropout}, learning rate "
-         f"{cfg.finetune_lr}, and one null-row target: `noise_target` (the paper's: the noise / velocity), "
-         f"`distilled_estimator` (the frozen network's conditional branch averaged over {cfg.posterior_samples} levels "
-         "drawn from the learned estimator's posterior) or `distilled_exact` (over the exact level posterior).", "",
-         "## Agreement with the exact term", "",
-         "`cos` (mean) and `norm_ratio` (median |learned| / |exact|) per nominal log-SNR, on forward states at the "
-         "nominal level and 0.5 log-SNR noisier. `marginal_null` = the network's conditional branch averaged over "
-         "the exact level posterior (what a distilled null branch converges to); `nag_cg` = the estimator's gradient "
-         "against the exact grad log p(lambda|x).", ""]
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["meta"]["config"].items()})
+    seeds = " ".join(map(str, cfg.seeds))
+    L = [f"# Null-branch recipes and the fidelity of the learned NAG terms ({'quick' if cfg.quick else 'full'})", "",
+         *([harness.SMOKE_TEST] if cfg.quick else []),
+         f"Generated by `python -m studies fidelity --out {out.name}{' --quick' if cfg.quick else ''} --seeds {seeds}` in "
+         f"{res['meta']['seconds'] / 60:.1f} min" + (f"; {res['meta']['note']}" if res["meta"].get("note") else "") + ".", "",
+         f"Each family's network is the demo's MLP pretrained for {cfg.pretrain_steps} steps **without** noise-condition "
+         "dropout (like a community checkpoint); each recipe fine-tunes a copy of it, changing one setting of `base` "
+         f"({', '.join(f'{k}={v}' for k, v in asdict(BASE).items() if k != 'name')}; length = fine-tune steps / "
+         f"pretraining steps; learning rate {cfg.finetune_lr}, cosine decay). `control` is the same fine-tune without "
+         "dropout (its null branch is untrained). Seeds change the mixture, the networks and every draw.", "",
+         "## Summary", "",
+         "`cos_late`: NAG-CF's term `c - n` against the exact term `c* - n*`, mean cosine over nominal log-SNR 0, 2, 4, 6 "
+         "(where NAG acts), on-schedule states; `cos_late_noisier`: states 0.5 log-SNR noisier; `ceiling_late`: the same "
+         "with the network's own conditional branch averaged over the exact level posterior as the null branch (base rows; what a "
+         "perfectly trained null branch of this network gives); `readout_late`: the agreement a user can see without an "
+         "exact term (`c - n` against the estimator's gradient). `share_*`: NAG-CF's late-shift reduction / the exact "
+         f"term's on the same network (NAG scale {cfg.nag_scale}, window log-SNR >= 0, {cfg.steps[0]} steps, "
+         f"{cfg.n_samples} samples; 1 = the ceiling). `quality_*`: class Fréchet distance (lower is better) at scale 0 "
+         "and with NAG-CF; `quality_w0_vs_control`: the fine-tune's cost at scale 0 against `control`.", "",
+         md_table(summary(res), ["seed", "family", "recipe", "finetune_steps", "cos_late", "cos_late_noisier", "ceiling_late",
+                                 "readout_late", "share_euler", "share_heun", "quality_w0", "quality_w0_vs_control",
+                                 "quality_nag_cf"]), "",
+         "## The readout against the exact fidelity", "",
+         f"Along the `{TRACKED}` fine-tune, at steps {', '.join(str(round(f * cfg.pretrain_steps)) for f in cfg.track)}: "
+         "the readout's cosine against the exact fidelity cosine (NAG-CF vs exact term), over nominal log-SNR >= 0. "
+         "`pearson` over checkpoints x log-SNRs.", "",
+         md_table(readout_validation(res), ["seed", "family", "checkpoints", "pearson", "exact_first", "exact_last",
+                                            "readout_first", "readout_last"]) if res["track"] else "(no tracked recipe)", "",
+         "## Late noise shift: NAG-CF against the exact term on the same network", "",
+         md_table(share_of_exact(res["sampling"]), ["seed", "family", "recipe", "sampler", "steps", "shift_baseline",
+                                                    "shift_nag_cf", "shift_exact_term", "share_of_exact", "quality_baseline",
+                                                    "quality_nag_cf", "quality_exact_term"]), "",
+         "## Agreement with the exact term, per log-SNR", "",
+         "`cos` (mean) / `norm_ratio` (median |learned| / |exact|). `nag_cg`: the estimator's gradient against the exact "
+         "grad log p(lambda|x) (uniform prior, as it is trained; base row only: it does not depend on the recipe).", ""]
     lams = sorted({r["lam"] for r in res["fidelity"]})
     table = []
-    for key in sorted({(r["family"], r["recipe"], r["term"], r["offset"]) for r in res["fidelity"]}):
-        get = {r["lam"]: r for r in res["fidelity"] if (r["family"], r["recipe"], r["term"], r["offset"]) == key}
-        table.append(dict(zip(("family", "recipe", "term", "offset"), key),
+    keys = sorted({(r["seed"], r["family"], r["recipe"], r["term"], r["offset"]) for r in res["fidelity"]},
+                  key=lambda k: (k[0], k[1], [x.name for x in RECIPES].index(k[2]), TERMS.index(k[3]), k[4]))
+    for key in keys:
+        get = {r["lam"]: r for r in _get(res["fidelity"], **dict(zip(("seed", "family", "recipe", "term", "offset"), key)))}
+        table.append(dict(zip(("seed", "family", "recipe", "term", "offset"), key),
                           **{f"{lam:+g}": f"{get[lam]['cos']:.2f} / {get[lam]['norm_ratio']:.2f}" for lam in lams}))
-    L += [md_table(table, ["family", "recipe", "term", "offset"] + [f"{lam:+g}" for lam in lams]), "",
-          "## Late noise shift: NAG-CF against the exact term on the same network", "",
-          f"NAG scale {cfg.nag_scale}, window log-SNR >= 0, {cfg.n_samples} samples; `share_of_exact` = NAG-CF's "
-          "late-shift reduction / the exact term's (1 = the ceiling). `exact_term`: learned c + w (c* - n*); "
-          "`exact_score`: learned c + w grad log p(lambda|x) (the Bayes term itself, score space).", "",
-          md_table(share_of_exact(res["sampling"]), ["family", "recipe", "sampler", "steps", "shift_baseline",
-                                                     "shift_nag_cf", "shift_exact_term", "shift_exact_score", "share_of_exact",
-                                                     "quality_baseline", "quality_nag_cf", "quality_exact_term",
-                                                     "quality_exact_score"]), "",
-          "Fine-tune losses (last 50 steps): " + ", ".join(f"{k} {v:.4f}" for k, v in res["finetune_loss"].items()), ""]
+    L += [md_table(table, ["seed", "family", "recipe", "term", "offset"] + [f"{lam:+g}" for lam in lams]), "",
+          "Fine-tunes (steps, mean loss of the last 50): " + ", ".join(
+              f"{k} {v['steps']} / {v['loss']:.4f}" for k, v in res["finetune"].items()), ""]
     return "\n".join(L)
 
 
-def run(out, quick: bool = False, seed: int = 0, threads: int | None = None, families: tuple | None = None) -> dict:
+def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = None, families: tuple | None = None) -> dict:
     """Run the study into ``out``: fidelity.json, report.md, fidelity.png (trained stages reused from out/work).
 
     ``families``: a subset of the demo's (default: all).  Two commands with different families can share
@@ -319,14 +503,35 @@ def run(out, quick: bool = False, seed: int = 0, threads: int | None = None, fam
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
-    cfg = Config.make(quick, seed)
+    cfg = Config.make(quick, seeds)
     t0 = time.time()
     log = lambda msg: tqdm.write(msg)  # noqa: E731
     res = study(cfg, log=log, stages=harness.Stages(out / "work", log), families=families)
     res["meta"] = {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
+    name = "fidelity.json" if not families else f"fidelity_{'_'.join(families)}.json"
+    atomic_write_bytes(out / name, json.dumps(res, indent=1, default=float).encode())
+    if not families:
+        write_figures_and_report(out, res)
+    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
+    return res
+
+
+def merge(out, note: str = "") -> dict:
+    """Join the per-family files of parallel ``--families`` runs in ``out`` into fidelity.json + report."""
+    out = Path(out)
+    parts = [json.loads(p.read_text()) for p in sorted(out.glob("fidelity_*.json"))]
+    if not parts:
+        raise harness.StudyError(f"no fidelity_<family>.json files in {out}; run with --families first")
+    res = {k: [] for k in ("fidelity", "sampling", "track")}
+    res["finetune"] = {}
+    for p in parts:
+        for k in ("fidelity", "sampling", "track"):
+            res[k] += p[k]
+        res["finetune"].update(p["finetune"])
+    res["meta"] = {**parts[0]["meta"], "seconds": max(p["meta"]["seconds"] for p in parts),
+                   "note": note or f"run as {len(parts)} --families processes in parallel; wall time of the slowest"}
     atomic_write_bytes(out / "fidelity.json", json.dumps(res, indent=1, default=float).encode())
     write_figures_and_report(out, res)
-    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/fidelity.json, report.md, fidelity.png")
     return res
 
 

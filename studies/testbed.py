@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from comfy_nag.estimators import LevelBins
+from comfy_nag.estimators import LevelBins, training_log_prior
 from comfy_nag.guidance import score_to_x0_shift
 from comfy_nag.losses import denoising_loss, fit
 from comfy_nag.predictions import target, to_x0
@@ -197,11 +197,13 @@ def exact_term(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, pre
 
 
 def exact_level_gradient(gmm: GaussianMixture, x: torch.Tensor, s: torch.Tensor, schedule: Schedule,
-                         bins: LevelBins) -> torch.Tensor:
+                         bins: LevelBins, prior: str = "uniform") -> torch.Tensor:
     """``grad_x log p(lambda(s) | c(s) x)`` in sampling space: the exact counterpart of NAG-CG's term.
 
     The posterior is over the estimator's log-SNR range with a uniform prior (as the estimator is
     trained), on a grid 4x finer than its bins; ``c(s)`` maps to network space as the estimator sees it.
+    ``prior="training"``: the levels weighted like the network's training levels
+    (``estimators.training_log_prior``), the prior under which it equals the exact ``c* - n*`` as a score.
     """
     grid = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
     c, a, sg = schedule.native(s)
@@ -209,10 +211,12 @@ def exact_level_gradient(gmm: GaussianMixture, x: torch.Tensor, s: torch.Tensor,
         xg = x.detach().clone().double().requires_grad_(True)
         xn = append_dims(c.double(), x.dim()) * xg
         lps = []
+        logw = (training_log_prior(schedule, bins)[bins.index(grid.float())].double() if prior == "training"
+                else torch.zeros(len(grid), dtype=torch.float64))
         for lam in grid:
             _, al, sl = schedule.native(schedule.sigma_from_logsnr(lam.reshape(1).float()))
             lps.append(gmm.log_prob(xn, al, sl))
-        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(torch.stack(lps, 1), 1)
+        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(torch.stack(lps, 1) + logw, 1)
         (grad,) = torch.autograd.grad(log_post.sum(), xg)
     return grad.to(x.dtype)
 
@@ -310,14 +314,14 @@ def nll(gmm: GaussianMixture, x: torch.Tensor, y: torch.Tensor | None = None) ->
 
 def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, steps: int, batch: int = 256,
                    lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None,
-                   null_target=None):
+                   **loss_options):
     """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history.
 
-    ``null_target``: the dropped rows' regression target (``comfy_nag.losses.denoising_loss``)."""
+    ``loss_options``: ``null_target``, ``cond_target``, ``null_weight`` of ``comfy_nag.losses.denoising_loss``."""
     g = torch.Generator().manual_seed(seed)
 
     def loss(step):
         x0, y = gmm.sample(batch, generator=g)
-        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g, null_target)[0]
+        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g, **loss_options)[0]
 
     return fit(net, loss, steps, lr, callback, what="denoiser loss")

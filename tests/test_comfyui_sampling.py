@@ -197,6 +197,25 @@ def test_percent_window_counts_the_steps_actually_sampled(models):
         assert [len(lab) for _, lab in spy.calls] == want, (start, end)
 
 
+def test_default_signal_window_is_one_noise_level_on_every_family(models):
+    """The nodes' default window, signal 0.5 -> 1, is log-SNR >= 0: sigma <= 1 on eps/v models, <= 0.5 on flow
+    models; NAG's null rows appear at exactly those steps of a 12-step schedule."""
+    import comfy.samplers
+
+    steps = 12
+    for fam, edge in (("eps", 1.0), ("v", 1.0), ("sd3", 0.5)):
+        m = models[fam]
+        sig = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", steps)[:-1]
+        want = [3 if float(s) <= edge else 2 for s in sig]
+        assert 0 < want.count(3) < steps, fam  # the window starts inside the schedule
+        with Spy(m) as spy:
+            sample(cf(m, 1.0, start=0.5, end=1.0, unit="signal"), fam, steps=steps)
+        assert [len(lab) for _, lab in spy.calls] == want, fam
+    defaults = {i.id: i.default for i in guidance_nodes.NoiseAwarenessClassifierFree.define_schema().inputs
+                if i.id in ("window_unit", "start", "end")}
+    assert defaults == {"window_unit": "signal", "start": 0.5, "end": 1.0}
+
+
 def test_guider_runs_other_packs_calc_cond_batch_function(models):
     """The guider honours ``sampler_calc_cond_batch_function`` for cond/uncond; null rows never go through it."""
     import comfy.samplers

@@ -80,3 +80,19 @@ def test_file_round_trip_and_bad_files(tmp_path):
         estimators.NoiseLevelEstimator.load(tmp_path / "cut.safetensors")
     with pytest.raises(WeightFileError, match="not found"):
         estimators.NoiseLevelEstimator.load(tmp_path / "missing.safetensors")
+
+
+def test_training_log_prior_reweights_the_posterior_to_the_training_levels():
+    sch = schedules.family("sd1").schedule
+    prior = estimators.training_log_prior(sch, BINS)
+    assert prior.shape == (BINS.k,) and torch.isclose(prior.exp().sum(), torch.tensor(1.0), atol=1e-4)
+    # the discrete VP schedule trains most levels at low log-SNR: the prior is far from uniform
+    assert float(prior.max() - prior.min()) > 1.0
+    # log_prob under the prior = the uniform-prior posterior times the prior, renormalised over the bins
+    est = estimators.NoiseLevelEstimator((8,), BINS, width=16, depth=1)
+    x = torch.randn(5, 8)
+    lam = BINS.centers()[3].expand(5)
+    with torch.no_grad():
+        post = torch.softmax(est(x) + prior, 1)[:, 3]
+        got = est.log_prob(x, lam, prior).exp() * BINS.width  # density at the bin centre x bin width = bin mass
+    assert torch.allclose(got, post, rtol=1e-4)

@@ -6,6 +6,8 @@ from comfy_nag.denoiser import Denoiser
 from comfy_nag.losses import denoising_loss
 from comfy_nag.predictions import target
 from comfy_nag.schedules import family
+from dataclasses import asdict as dataclasses_asdict
+
 from studies import fidelity, testbed
 
 
@@ -96,3 +98,60 @@ def test_exact_term_nag_adds_the_exact_difference_inside_its_window_only():
     assert torch.equal(plain, guided) and torch.equal(plain, outside)  # scale 0, or outside the window
     exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
     assert torch.allclose(moved - plain, exact.float(), atol=1e-5)
+
+
+def test_cond_target_and_null_weight_act_on_their_own_rows():
+    fam, gmm = family("sit"), _gmm()
+    net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep)
+    x0, y = gmm.sample(64, generator=torch.Generator().manual_seed(2))
+    zero = lambda xn, s, yy: torch.zeros_like(xn)  # noqa: E731
+    args = (net, x0, y, fam.schedule, fam.prediction, 0.5, 0.0)
+    plain, per, drop = denoising_loss(*args, torch.Generator().manual_seed(5))
+    assert 0 < int(drop.sum()) < 64
+    # a cond target changes only the kept rows' losses, a null target only the dropped rows'
+    _, per_c, _ = denoising_loss(*args, torch.Generator().manual_seed(5), cond_target=zero)
+    _, per_n, _ = denoising_loss(*args, torch.Generator().manual_seed(5), null_target=zero)
+    assert torch.equal(per_c[drop], per[drop]) and not torch.equal(per_c[~drop], per[~drop])
+    assert torch.equal(per_n[~drop], per[~drop]) and not torch.equal(per_n[drop], per[drop])
+    # null_weight is a weighted mean over rows
+    w3, per3, _ = denoising_loss(*args, torch.Generator().manual_seed(5), null_weight=3.0)
+    want = (per[~drop].sum() + 3 * per[drop].sum()) / (int((~drop).sum()) + 3 * int(drop.sum()))
+    assert torch.equal(per3, per) and torch.isclose(w3, want, rtol=1e-6)
+
+
+def test_recipes_change_one_factor_each():
+    names = [r.name for r in fidelity.RECIPES]
+    assert len(set(names)) == len(names) and names[0] == "base"
+    for r in fidelity.RECIPES[1:]:
+        assert r.factor() and "," not in r.factor(), r  # exactly one setting differs from the base
+    learned = fidelity.recipe_net(models.MLPDenoiser(4, 2, 16, 1), fidelity.Recipe("x", null_mode="learned"))
+    assert learned.cond.null_emb is not None and float(learned.cond.null_emb.abs().sum()) == 0.0
+
+
+def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
+    cfg = fidelity.Config(quick=True, seeds=(0,), pretrain_steps=40, n_states=16, samplers=("euler",), steps=(4,),
+                          n_samples=40, track=(0.0, 0.3), recipes=("base", "control", "length_30%"), lams=(0.0, 4.0))
+    import studies.demo as demo
+
+    small = lambda quick, seed: demo.Config(quick=True, seed=seed, dim=4, families=("sit",), estimator_steps=20,  # noqa: E731
+                                            n_samples=40, n_reference=40, bins=8, hidden=16, depth=1)
+    from studies import harness
+    orig = demo.Config.make
+    demo.Config.make = staticmethod(small)
+    try:
+        res = fidelity.study(cfg, log=lambda *a: None, progress=False, stages=harness.Stages(tmp_path, lambda *a: None),
+                             families=("sit",))
+        again = fidelity.study(cfg, log=lambda *a: None, progress=False, stages=harness.Stages(tmp_path, lambda *a: None),
+                               families=("sit",))
+    finally:
+        demo.Config.make = orig
+    assert res["fidelity"] == again["fidelity"] and res["sampling"] == again["sampling"]  # reused, not re-run
+    assert {r["recipe"] for r in res["fidelity"]} == {"base", "control", "length_30%"}
+    assert {r["term"] for r in res["fidelity"] if r["recipe"] == "base"} == set(fidelity.TERMS)
+    assert {r["step"] for r in res["track"]} == {0, 12}
+    rows = fidelity.summary(res)
+    assert len(rows) == 3 and all(-1 <= r["cos_late"] <= 1 for r in rows)
+    assert [r["quality_w0_vs_control"] for r in rows if r["recipe"] == "control"] == [0.0]
+    res["meta"] = {"config": dataclasses_asdict(cfg), "seconds": 1.0}
+    report = fidelity.write_report(tmp_path, res)
+    assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sit | length_30% |" in report

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from comfy_nag import models, schedules
+from comfy_nag import guidance, models, schedules
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.guidance import Guidance, branches, combine, eps_scaled_x0
 
@@ -94,3 +94,22 @@ def test_bad_inputs_raise_clear_errors():
         Denoiser(net, sch, "velocity", Guidance(cg_scale=1.0))
     with pytest.raises(ValueError, match="unknown parameterisation"):
         Denoiser(net, sch, "flow")
+
+
+def test_null_branch_readout_is_the_bayes_identity_for_an_exact_pair():
+    """Where the classifier-free term *is* the estimator's gradient as an x0 change, the readout reads
+    cosine 1 and ratio 1; a random term reads about 0; a doubled one ratio 2."""
+    from comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+
+    torch.manual_seed(0)
+    est = NoiseLevelEstimator((6,), LevelBins(-6.0, 6.0, 12), width=16, depth=1)
+    x, s = torch.randn(64, 6), torch.full((64,), 0.7)
+    c = torch.ones(64)
+    cg = guidance.score_to_x0_shift(guidance.level_gradient(est, x, s, "ve", c), x, s, "ve")
+    x0c = torch.randn(64, 6)
+    cos, ratio = guidance.null_branch_readout(x0c, x0c - cg, est, x, s, "ve", c)
+    assert torch.allclose(cos, torch.ones(64, dtype=torch.float64), atol=1e-5) and torch.allclose(ratio, torch.ones(64, dtype=torch.float64), atol=1e-5)
+    cos2, ratio2 = guidance.null_branch_readout(x0c, x0c - 2 * cg, est, x, s, "ve", c)
+    assert torch.allclose(ratio2, 2 * torch.ones(64, dtype=torch.float64), atol=1e-5)
+    cos3, _ = guidance.null_branch_readout(x0c, torch.randn(64, 6), est, x, s, "ve", c)
+    assert abs(float(cos3.mean())) < 0.2

@@ -51,3 +51,13 @@ def test_description_round_trip_and_unknown_family():
         S.family("sd9")
     with pytest.raises(ValueError, match="unknown schedule type"):
         S.schedule_from_description({"type": "cosine"})
+
+
+def test_last_step_jump_is_largest_for_dit_schedules():
+    """The cause of DiT's Heun late-shift readout (studies/last_step.py, docs/bench.md): uniform-timestep
+    discrete VP schedules end with a large log-SNR jump to the table's minimum sigma; flow schedules do not."""
+    from studies.last_step import jumps
+
+    j = {r["family"]: r for r in jumps(10)}
+    assert j["dit"]["jump"] > j["sd1"]["jump"] > 3 * j["sit"]["jump"] > 0
+    assert j["dit"]["last"] > 9 and j["dit"]["second_last"] < 2.5

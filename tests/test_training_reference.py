@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfy_nag.estimators import NoiseLevelEstimator
+from comfy_nag.estimators import NoiseLevelEstimator, training_log_prior
 from comfy_nag.files import read_metadata
 from comfy_nag.metadata import file_sha256, null_timestep
 from training import api, lora, monitor
@@ -49,11 +49,14 @@ def base(tmp_path_factory, cache):
     return api.finetune(TINY, small(out, cache, train__steps=150, train__noise_condition_dropout_rate=0.0), **QUIET).path
 
 
-def probe(path, cache):
-    """Branch check of a saved model on the fixed probe set."""
+def probe(path, cache, estimator=None):
+    """Branch check of a saved model on the fixed probe set (with the null-branch readout given an estimator)."""
     cfg = api.load_config(TINY, {"data.cache": str(cache), "model.base": str(path), "monitor.eval_size": 256})
     task = FinetuneTask(cfg, **QUIET)
-    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 128, torch.device("cpu"))
+    prior = training_log_prior(task.adapter.schedule, estimator.bins) if estimator is not None else None
+    # batch 32 = small()'s train.batch_size: the probe's states are then the ones a run's monitor draws
+    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 32, torch.device("cpu"),
+                                estimator=estimator, log_prior=prior)
 
 
 def test_finetune_teaches_the_noise_unconditional_branch(tmp_path, cache, base):
@@ -343,6 +346,21 @@ def test_noise_shift_readout_during_training(tmp_path, cache, base, estimator_fi
     with pytest.raises(api.ConfigError, match="trained for family 'dit'"):
         api.finetune(str(ROOT / "training/configs/tiny_sit.toml"),
                      small(tmp_path / "s", cache, monitor__estimator=str(estimator_file.path)), **QUIET)
+
+
+def test_null_branch_readout_tracks_the_null_branch(tmp_path, cache, base, estimator_file):
+    """The readout a user watches: before the dropout fine-tune the null branch is untrained and its term is
+    many times the estimator's; training pulls it towards it, and the run logs the readout it ends with."""
+    est, _ = NoiseLevelEstimator.load(estimator_file.path)
+    before = probe(base, cache, est)
+    res = api.finetune(TINY, small(tmp_path, cache, model__base=str(base), train__steps=100,
+                                   train__noise_condition_dropout_rate=0.25, train__learning_rate=1e-3,
+                                   monitor__estimator=str(estimator_file.path)), **QUIET)
+    logged = [m for m in res.metrics if "null_readout_cos" in m]
+    after = probe(res.path, cache, est)
+    assert before["null_readout_norm_ratio"] > 5 and after["null_readout_norm_ratio"] < 0.85 * before["null_readout_norm_ratio"]
+    assert -1 <= after["null_readout_cos"] <= 1
+    assert logged and logged[-1]["null_readout_cos"] == pytest.approx(after["null_readout_cos"], abs=1e-4)
 
 
 def test_mixed_precision_accumulation_and_checkpointing_run(tmp_path, cache):

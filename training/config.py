@@ -131,7 +131,9 @@ class Sample:
 class Monitor:
     every: int = opt(0, "steps between noise-shift checks (0: at checkpoints)", lo=0)
     eval_size: int = opt(64, "held-out cache rows used by the check", lo=1)
-    estimator: str = opt("", "noise-level estimator file: adds comfy_nag.shift's noise-shift readout of sampler runs")
+    estimator: str = opt("", "noise-level estimator file (trained on this cache with `python -m training estimator`): adds "
+                                "the null-branch readout (agreement of the classifier-free term with the estimator's) and, "
+                                "for reference models, the noise-shift readout of sampler runs")
 
 
 @dataclass

@@ -445,6 +445,7 @@ class Run:
 
 
 _MONITOR_LABELS = (("probe_loss_cond", "loss cond"), ("probe_loss_null", "loss null-t"), ("branch_gap", "branch gap"),
+                   ("null_readout_cos", "null-branch readout cos"),
                    ("noise_shift_nag0", "late shift w=0"), ("noise_shift_nag", "late shift NAG"),
                    ("probe_logsnr_mae", "log-SNR MAE"), ("samples", "samples"))
 

@@ -4,7 +4,12 @@
   time) the loss of the noise-conditional branch, the loss of the noise-unconditional branch
   (null timestep) and their gap ``mean (pred_cond - pred_null)^2 / mean pred_cond^2``.  Dropout
   training shows as a falling null-branch loss while the conditional loss holds; the gap is the
-  size of the correction classifier-free NAG applies.
+  size of the correction classifier-free NAG applies.  With an estimator file (``monitor.estimator``)
+  it adds the **null-branch readout**: the cosine between the network's classifier-free term and the
+  estimator's gradient under the training levels' prior, both as x0 changes
+  (comfy_nag.guidance.null_branch_readout), over probe states
+  with log-SNR >= 0 (where NAG acts by default).  It rises as the null branch learns the noise-
+  awareness term; docs/training.md says how to read it.
 * :func:`sample_grid` (reference models): a PNG grid from comfy_nag's own samplers, one row per
   NAG scale (0 and ``sample.nag_scale``) from the same noise, so NAG's effect is visible.
 * :func:`shift_readout` (reference models, with an estimator file): comfy_nag.shift's noise-shift
@@ -18,19 +23,22 @@ import numpy as np
 import torch
 
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.guidance import Guidance
-from comfy_nag.predictions import target
+from comfy_nag.guidance import Guidance, null_branch_readout
+from comfy_nag.predictions import target, to_x0
 from comfy_nag.samplers import get_sampler, initial_noise
+from comfy_nag.tensors import append_dims
 from comfy_nag.shift import ShiftTrace, estimator_readout, forward_readout, summarize
 
 
 @torch.no_grad()
-def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, seed: int = 1234) -> dict:
+def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, seed: int = 1234,
+                 estimator=None, log_prior: torch.Tensor | None = None) -> dict:
     """Conditional vs noise-unconditional branch on a fixed probe set (see the module docstring)."""
     g = torch.Generator().manual_seed(seed)
     sched, pred = adapter.schedule, adapter.prediction
     sums = {"cond": 0.0, "null": 0.0, "diff": 0.0, "norm": 0.0, "diff_lo": 0.0, "norm_lo": 0.0}
     n = 0
+    cos, ratio = [], []
     was_training = module.training
     module.eval()
     for chunk in idx.split(batch):
@@ -53,10 +61,23 @@ def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, 
         sums["diff_lo"] += float(d2[low].sum())
         sums["norm_lo"] += float(c2[low].sum())
         n += len(chunk)
+        if estimator is not None:
+            late = sched.logsnr(s) >= 0
+            if bool(late.any()):
+                c, a_n, s_n = (v.to(device) for v in sched.native(s))
+                x0c, x0n = (to_x0(p, pred, x, append_dims(a_n, x.dim()), append_dims(s_n, x.dim())) for p in (pc, pn))
+                xs = x / append_dims(c, x.dim())
+                k, r = null_branch_readout(x0c[late], x0n[late], estimator, xs[late], s[late].to(device),
+                                           sched.space, c[late], log_prior)
+                cos.append(k.cpu()), ratio.append(r.cpu())
     module.train(was_training)
-    return {"probe_loss_cond": sums["cond"] / n, "probe_loss_null": sums["null"] / n,
-            "branch_gap": sums["diff"] / max(sums["norm"], 1e-12),
-            "branch_gap_low_noise": sums["diff_lo"] / max(sums["norm_lo"], 1e-12)}
+    out = {"probe_loss_cond": sums["cond"] / n, "probe_loss_null": sums["null"] / n,
+           "branch_gap": sums["diff"] / max(sums["norm"], 1e-12),
+           "branch_gap_low_noise": sums["diff_lo"] / max(sums["norm_lo"], 1e-12)}
+    if cos:
+        out["null_readout_cos"] = float(torch.cat(cos).mean())
+        out["null_readout_norm_ratio"] = float(torch.cat(ratio).median())
+    return out
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, noised
+from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, noised, training_log_prior
 from comfy_nag.files import save_weights
 from comfy_nag.metadata import nag_metadata
 from comfy_nag.losses import denoising_loss
@@ -98,11 +98,9 @@ class FinetuneTask:
         self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
         self._estimator = None
         if cfg.monitor.estimator:
-            if not cfg.is_reference:
-                raise ConfigError("monitor.estimator: the noise-shift readout samples with comfy_nag's samplers, which "
-                                  "run reference models only; ComfyUI runs get the branch check")
             self._estimator, meta = NoiseLevelEstimator.load(cfg.monitor.estimator)
             self._estimator.check_input(torch.zeros(1, *self.cache.sample_shape))
+            self._log_prior = training_log_prior(a.schedule, self._estimator.bins)
             if meta.get("nag.family") != a.family:
                 raise ConfigError(f"monitor.estimator {cfg.monitor.estimator} was trained for family "
                                   f"'{meta.get('nag.family')}', this run trains '{a.family}'; train one with "
@@ -147,7 +145,9 @@ class FinetuneTask:
             return {}
         with ema_weights():
             if monitor_due:
-                out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device))
+                out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device,
+                                                         estimator=self._estimator and self._estimator.to(device),
+                                                         log_prior=getattr(self, '_log_prior', None)))
             if grid_due:
                 rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
                     a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
