@@ -604,10 +604,43 @@ def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = N
     return res
 
 
+def cf_vs_cg(rows: list[dict], cost: list[dict]) -> list[dict]:
+    """NAG-CF and NAG-CG side by side on the dropout-fine-tuned models: late-shift reduction (baseline minus
+    method; negative = the shift grew) and the extra wall time of one guided step over an unguided one,
+    from ``bench cost``'s results (same reference models, ``cost.json``)."""
+    extra = {c["family"]: {m: c["seconds_per_step"][k] / c["seconds_per_step"]["baseline"] - 1
+                           for m, k in (("nag_cf", "nag_cf_batched"), ("nag_cg", "nag_cg"))} for c in cost}
+    out = []
+    for (fam, sampler, steps) in sorted({(r["family"], r["sampler"], r["steps"]) for r in rows if r["model"] == "ncd_finetune"}):
+        get = {r["method"]: r for r in rows if (r["family"], r["sampler"], r["steps"], r["model"]) == (fam, sampler, steps, "ncd_finetune")}
+        if not {"baseline", "nag_cf", "nag_cg"} <= set(get) or fam not in extra:
+            continue
+        row = {"family": fam, "sampler": sampler, "steps": steps, "shift_baseline": get["baseline"]["noise_shift"]}
+        for m in ("nag_cf", "nag_cg"):
+            red = get["baseline"]["noise_shift"] - get[m]["noise_shift"]
+            row.update({f"{m}_reduction": red, f"{m}_extra_step_time": extra[fam][m],
+                        f"{m}_reduction_per_step_time": red / extra[fam][m], f"{m}_fd": get[m]["quality"]})
+        out.append(row)
+    return out
+
+
 def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> None:
-    """noise_shift.png and report.md of a finished run (its metrics.json content)."""
+    """noise_shift.png and report.md of a finished run (its metrics.json content).  With ``out/cost/cost.json``
+    (``python -m studies bench cost --out <out>/cost``) the report adds NAG-CF vs NAG-CG per unit of step time."""
     figures(res).save(out / "noise_shift.png")
     report = write_report(res, Config(**res["meta"]["config"]), res["meta"]["seconds"])
+    cost_file = out / "cost" / "cost.json"
+    if cost_file.is_file():
+        table = cf_vs_cg(res["rows"], json.loads(cost_file.read_text())["results"])
+        report += "\n".join(["", "## NAG-CF and NAG-CG per unit of step time\n",
+                             "Late-shift reduction on the dropout-fine-tuned model (baseline minus method; negative: the "
+                             "shift grew) and the extra wall time of one guided step over an unguided step "
+                             "(`cost/cost.json`, batch 256, CPU; NAG-CF batched, inside its window). NAG-CG needs no "
+                             "fine-tune; NAG-CF's null branch runs only inside its window (about a quarter of the steps here).\n",
+                             md_table(table, ["family", "sampler", "steps", "shift_baseline", "nag_cf_reduction",
+                                              "nag_cf_extra_step_time", "nag_cf_reduction_per_step_time", "nag_cf_fd",
+                                              "nag_cg_reduction", "nag_cg_extra_step_time",
+                                              "nag_cg_reduction_per_step_time", "nag_cg_fd"]), ""])
     atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "bench images", harness.previous_report(out)) if redrawn else report).encode())
 
 
