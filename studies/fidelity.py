@@ -102,7 +102,7 @@ class Config:
     n_samples: int = 1000
     track: tuple = (0.0, 0.01, 0.03, 0.1, 0.3)  # checkpoints of the tracked fine-tune (fractions of pretraining)
     recipes: tuple = tuple(r.name for r in RECIPES)
-    replicate: tuple = ("base", "control", "dropout_0.3", "length_30%", "distilled")  # recipes run on the later seeds
+    replicate: tuple = ("base", "control", "dropout_0.1", "dropout_0.3", "length_30%", "distilled")  # on later seeds
     lams: tuple = LAMS           # nominal log-SNRs of the fidelity measurement
 
     @classmethod
@@ -287,6 +287,7 @@ def pretrained_family(name: str, seed: int, cfg: Config, log, stages, progress) 
     """The demo's network and estimator for ``name``, pretrained for ``cfg.pretrain_steps`` without dropout."""
     dcfg = dataclasses.replace(demo.Config.make(cfg.quick, seed), train_steps=cfg.pretrain_steps, t_dropout=0.0)
     gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=dcfg.seed)
+    stages = stages and harness.Stages(stages.folder / f"seed{seed}", stages.log)  # one pretrained network per seed
     return demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress), dcfg
 
 
