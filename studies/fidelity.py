@@ -382,6 +382,35 @@ def summary(res: dict) -> list[dict]:
     return out
 
 
+def headline(res: dict) -> str:
+    """The README's table: per recipe, NAG-CF's cosine with the exact term (log-SNR >= 0, on-schedule /
+    0.5 log-SNR noisier) per family and seed, and its share of the exact term's late-shift cut (Euler-25)."""
+    rows = {(r["seed"], r["family"], r["recipe"]): r for r in summary(res)}
+    seeds = sorted({k[0] for k in rows})
+    fams = sorted({k[1] for k in rows})
+    head = ["recipe"] + [f"{f} cos (seed {sd})" for f in fams for sd in seeds] + [f"{f} share of exact cut (seed {sd})"
+                                                                               for f in fams for sd in seeds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for recipe in [r.name for r in RECIPES]:
+        if not any(k[2] == recipe for k in rows):
+            continue
+        cells = [f"`{recipe}`" + (f" ({RECIPES[[r.name for r in RECIPES].index(recipe)].factor()})" if recipe != "base" else "")]
+        for f in fams:
+            for sd in seeds:
+                r = rows.get((sd, f, recipe))
+                cells.append(f"{r['cos_late']:.2f} / {r['cos_late_noisier']:.2f}" if r else "–")
+        for f in fams:
+            for sd in seeds:
+                r = rows.get((sd, f, recipe))
+                cells.append(f"{r['share_euler']:.2f}" if r else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    ceil = [f"{f} {rows[(seeds[0], f, 'base')]['ceiling_late']:.2f}" for f in fams if (seeds[0], f, "base") in rows]
+    lines.append("")
+    lines.append(f"Ceiling (the base network's own conditional branch averaged over the exact level posterior, seed "
+                 f"{seeds[0]}): {', '.join(ceil)}.")
+    return "\n".join(lines)
+
+
 def readout_validation(res: dict) -> list[dict]:
     """Per seed and family: Pearson correlation of the readout's cosine with the exact fidelity cosine over
     the tracked checkpoints x nominal log-SNRs >= 0, and the values at the first and last checkpoint."""

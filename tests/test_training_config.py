@@ -15,7 +15,7 @@ def test_example_configs_load_and_overrides_apply():
     assert cfg.train.steps == 7 and cfg.run.out_dir == "runs/x y" and cfg.lora.targets == ["qkv", "proj"]
     assert cfg.train.mixed_precision == "bf16" and cfg.run.deterministic is True
     assert config.load(TINY, {"train.learning_rate": 3}).train.learning_rate == 3.0  # ints widen to floats
-    assert cfg.model.family == "dit" and cfg.is_reference and cfg.train.noise_condition_dropout_rate == 0.1
+    assert cfg.model.family == "dit" and cfg.is_reference and cfg.train.noise_condition_dropout_rate == 0.2
 
 
 @pytest.mark.parametrize("override, words", [

@@ -376,7 +376,7 @@ def test_mixed_precision_accumulation_and_checkpointing_run(tmp_path, cache):
 def test_bench_reports_the_dropout_cost(cache):
     r = api.bench(TINY, {"data.cache": str(cache), "bench.steps": 2, "bench.repeats": 2, "bench.warmup": 1,
                          "model.hidden": 32, "model.depth": 1}, **QUIET)
-    assert r["device"].startswith("cpu") and r["ratio"] > 0 and r["cpu_step_ms_dropout"] > 0 and r["dropout_rate"] == 0.1
+    assert r["device"].startswith("cpu") and r["ratio"] > 0 and r["cpu_step_ms_dropout"] > 0 and r["dropout_rate"] == 0.2
     assert r["pairs"] == 4 and r["cpu_ratio_95"][0] <= r["cpu_ratio"] <= r["cpu_ratio_95"][1]
 
 

@@ -100,7 +100,7 @@ class Train:
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)", lo=0.0)
     mixed_precision: str = opt("no", "accelerate mixed precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = opt(False, "recompute block activations in the backward pass to save memory")
-    noise_condition_dropout_rate: float = opt(0.1, "probability that a sample's noise condition (timestep) is replaced "
+    noise_condition_dropout_rate: float = opt(0.2, "probability that a sample's noise condition (timestep) is replaced "
                                                    "by the null timestep (NAG's noise-condition dropout)", lo=0.0, hi=1.0)
     class_dropout_rate: float = opt(0.1, "probability of the null class (class-conditional reference models, for CFG)",
                                     lo=0.0, hi=1.0)
