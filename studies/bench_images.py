@@ -556,6 +556,8 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
                "forward+backward; wall-time and memory ratios: `python -m studies bench cost`.\n")
     L.append("## Headline (copied into the README)\n")
     L.append(headline(res) + "\n")
+    L.append("## Every setting: proxy FD change and late |shift| (before -> after)\n")
+    L.append(percent_table(rows) + "\n")
     L.append("## Comparisons at equal steps (paired)\n")
     L.append(md_table(cmp, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "fd_before", "fd_after",
                           "precision_before", "precision_after", "recall_before", "recall_after", "acc_before", "acc_after"]))
@@ -602,6 +604,33 @@ def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = N
     write_figures_and_report(out, res)
     log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png")
     return res
+
+
+PERCENT_COMPARISONS = (
+    ("NCD fine-tune vs its control (same extra steps, no dropout), scale 0", ("continued", "baseline"), ("ncd_finetune", "baseline")),
+    ("NAG-CF vs baseline (fine-tuned model)", ("ncd_finetune", "baseline"), ("ncd_finetune", "nag_cf")),
+    ("recipe end to end: fine-tune + NAG-CF vs pretrained", ("pretrained", "baseline"), ("ncd_finetune", "nag_cf")),
+    ("NAG-CF + tuned CFG (A) vs tuned CFG", ("ncd_finetune", "cfg"), ("ncd_finetune", "nag_cf+cfg")),
+    ("NAG-CG vs baseline (fine-tuned model)", ("ncd_finetune", "baseline"), ("ncd_finetune", "nag_cg")),
+    ("time-shift sampler vs baseline", ("ncd_finetune", "baseline"), ("ncd_finetune", "time_shift")),
+    ("epsilon scaling vs baseline", ("ncd_finetune", "baseline"), ("ncd_finetune", "eps_scaling")))
+
+
+def percent_table(rows: list[dict]) -> str:
+    """Every setting's proxy-FD change in percent and late |shift| before -> after, per comparison."""
+    settings = sorted({(r["family"], r["sampler"], r["steps"]) for r in rows}, key=lambda k: (k[0] != "sit", k[1] == "sde"
+                                                                                              or k[1] in ("ddpm", "euler_maruyama"), k[1], k[2]))
+    get = {(r["family"], r["model"], r["method"], r["sampler"], r["steps"]): r for r in rows}
+    head = ["comparison"] + [f"{f} {s}-{n}" for f, s, n in settings]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, a, b in PERCENT_COMPARISONS:
+        cells = []
+        for f, s, n in settings:
+            x, y = get.get((f, *a, s, n)), get.get((f, *b, s, n))
+            cells.append(f"{100 * (y['quality'] / x['quality'] - 1):+.0f} % / {x['noise_shift']:.2f}→{y['noise_shift']:.2f}"
+                         if x and y else "–")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def cf_vs_cg(rows: list[dict], cost: list[dict]) -> list[dict]:
