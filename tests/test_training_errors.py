@@ -134,7 +134,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_resume_refuses_a_changed_run(tmp_path, cache):
     o = small(tmp_path / "run", cache, train__steps=2, run__checkpoint_every=1)
     api.finetune(TINY, o, **QUIET)
-    with pytest.raises(state.ResumeError, match="noise_condition_dropout_rate was 0.1 there but is 0.3 now"):
+    with pytest.raises(state.ResumeError, match="noise_condition_dropout_rate was 0.2 there but is 0.3 now"):
         api.finetune(TINY, dict(o, **{"train.noise_condition_dropout_rate": 0.3, "train.steps": 3}), **QUIET)
     with pytest.raises(state.ResumeError, match="already holds checkpoints"):
         api.finetune(TINY, dict(o, **{"run.resume": "never"}), **QUIET)
