@@ -506,3 +506,14 @@ def test_estimator_for_sd3_latents(tmp_path, sd3_cache):
     est, meta = NoiseLevelEstimator.load(res.path)
     assert meta["nag.family"] == "sd3" and meta["nag.latent_format"] == "SD3" and meta["nag.latent_channels"] == "16"
     assert '"type": "flow"' in meta["nag.schedule"] and est.shape == (16, 8, 8)
+
+
+def test_null_branch_readout_runs_on_a_comfyui_family(tmp_path, sd3_cache, sd3_files):
+    """``monitor.estimator`` is no longer reference-only: an SD3 fine-tune logs the null-branch readout."""
+    est = api.estimator(None, {"run.out_dir": str(tmp_path / "est"), "data.cache": str(sd3_cache), "estimator.steps": 5,
+                               "estimator.batch_size": 16, "estimator.bins": 8, "estimator.width": 16,
+                               "estimator.depth": 2, "monitor.eval_size": 16}, **QUIET)
+    res = api.finetune(None, sd3_opts(tmp_path / "ft", sd3_cache, sd3_files[0], train__steps=2,
+                                      monitor__estimator=str(est.path)), **QUIET)
+    final = [m for m in res.metrics if m.get("event") == "monitor"][-1]
+    assert -1 <= final["null_readout_cos"] <= 1 and final["null_readout_norm_ratio"] > 0
