@@ -8,26 +8,26 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    comfy = Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI"))
-    if not (comfy / "comfy").is_dir():
-        sys.exit(f"ComfyUI not found at {comfy}; set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path[:0] = [str(comfy), str(ROOT)]
-    from comfy.cli_args import args as comfy_args
+    import comfy_support as cs
 
-    comfy_args.cpu = True  # sigma tables only; no device needed
+    try:
+        cs.comfy_or_skip()  # ComfyUI first on sys.path, CPU mode (sigma tables only)
+    except BaseException as e:  # pytest.skip raises outside pytest too
+        sys.exit(str(e))
     import comfy.model_sampling as cms
     import comfy.samplers
+
     from comfy_nag.patching import sigma_window
 
     class Config:

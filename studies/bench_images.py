@@ -618,8 +618,9 @@ PERCENT_COMPARISONS = (
 
 def percent_table(rows: list[dict]) -> str:
     """Every setting's proxy-FD change in percent and late |shift| before -> after, per comparison."""
-    settings = sorted({(r["family"], r["sampler"], r["steps"]) for r in rows}, key=lambda k: (k[0] != "sit", k[1] == "sde"
-                                                                                              or k[1] in ("ddpm", "euler_maruyama"), k[1], k[2]))
+    sde = ("ddpm", "euler_maruyama")  # the rows name each family's SDE sampler; listed after the ODE ones
+    settings = sorted({(r["family"], r["sampler"], r["steps"]) for r in rows},
+                      key=lambda k: (k[0] != "sit", k[1] in sde, k[1], k[2]))
     get = {(r["family"], r["model"], r["method"], r["sampler"], r["steps"]): r for r in rows}
     head = ["comparison"] + [f"{f} {s}-{n}" for f, s, n in settings]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -81,6 +81,8 @@ BASE = Recipe("base")
 RECIPES = (BASE, Recipe("control", dropout=0.0), Recipe("dropout_0.1", dropout=0.1), Recipe("dropout_0.3", dropout=0.3),
            Recipe("length_3%", length=0.03), Recipe("length_30%", length=0.3), Recipe("null_weight_3", null_weight=3.0),
            Recipe("learned_null", null_mode="learned"), Recipe("ema_0.995", ema=0.995), Recipe("distilled", target="distilled"))
+RECIPE_BY_NAME = {r.name: r for r in RECIPES}
+RECIPE_ORDER = {r.name: i for i, r in enumerate(RECIPES)}
 TRACKED = "length_30%"  # the readout is validated at checkpoints along this fine-tune
 
 
@@ -115,15 +117,18 @@ class Config:
     def recipe_list(self, seed: int) -> list[Recipe]:
         """The full grid on the first seed; the ``replicate`` subset on later seeds."""
         names = self.recipes if seed == self.seeds[0] else [n for n in self.recipes if n in self.replicate]
-        known = {r.name: r for r in RECIPES}
-        return [known[n] for n in names]
+        return [RECIPE_BY_NAME[n] for n in names]
 
 
 # --- measurement -------------------------------------------------------------------------------
 
 def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
     """Mean cosine and median norm ratio ``|learned| / |exact|`` of per-state vectors [B, ...]."""
-    cos, ratio = guidance.agreement(learned, exact)
+    return summarize(*guidance.agreement(learned, exact))
+
+
+def summarize(cos: torch.Tensor, ratio: torch.Tensor) -> dict:
+    """Per-state cosines and norm ratios -> ``{"cos": mean, "norm_ratio": median}``."""
     return {"cos": float(cos.mean()), "norm_ratio": float(ratio.median())}
 
 
@@ -161,9 +166,8 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
                 if term == "nag_cf":
                     r = agreement(br["cond"] - br["null_cond"], exact)
                 elif term == "readout":
-                    cos, ratio = guidance.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
-                                                              log_prior)
-                    r = {"cos": float(cos.mean()), "norm_ratio": float(ratio.median())}
+                    r = summarize(*guidance.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
+                                                                log_prior))
                 elif term == "marginal_null":
                     marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))
                     r = agreement(br["cond"] - marg, exact)
@@ -340,7 +344,7 @@ def share_of_exact(rows: list[dict]) -> list[dict]:
     """Per seed/family/recipe/sampler/steps: NAG-CF's late-shift reduction as a share of the exact term's."""
     out = []
     keys = sorted({(r["seed"], r["family"], r["recipe"], r["sampler"], r["steps"]) for r in rows},
-                  key=lambda k: (k[0], k[1], [x.name for x in RECIPES].index(k[2]) if k[2] in [x.name for x in RECIPES] else 99, k[3], k[4]))
+                  key=lambda k: (k[0], k[1], RECIPE_ORDER.get(k[2], len(RECIPES)), k[3], k[4]))
     for seed, fam, recipe, sampler, steps in keys:
         get = {r["method"]: r for r in _get(rows, seed=seed, family=fam, recipe=recipe, sampler=sampler, steps=steps)}
         base, cf, ex = get["baseline"], get["nag_cf"], get["nag_exact_term"]
@@ -391,10 +395,10 @@ def headline(res: dict) -> str:
     head = ["recipe"] + [f"{f} cos (seed {sd})" for f in fams for sd in seeds] + [f"{f} share of exact cut (seed {sd})"
                                                                                for f in fams for sd in seeds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for recipe in [r.name for r in RECIPES]:
+    for recipe in RECIPE_ORDER:
         if not any(k[2] == recipe for k in rows):
             continue
-        cells = [f"`{recipe}`" + (f" ({RECIPES[[r.name for r in RECIPES].index(recipe)].factor()})" if recipe != "base" else "")]
+        cells = [f"`{recipe}`" + (f" ({RECIPE_BY_NAME[recipe].factor()})" if recipe != "base" else "")]
         for f in fams:
             for sd in seeds:
                 r = rows.get((sd, f, recipe))
@@ -411,16 +415,23 @@ def headline(res: dict) -> str:
     return "\n".join(lines)
 
 
+def track_pairs(res: dict, seed: int, fam: str) -> dict:
+    """``{(step, lam): {"nag_cf": exact-fidelity cos, "readout": readout cos}}`` of one tracked fine-tune,
+    nominal log-SNRs >= 0 only."""
+    pairs = {}
+    for r in _get(res["track"], seed=seed, family=fam):
+        if r["lam"] >= 0:
+            pairs.setdefault((r["step"], r["lam"]), {})[r["term"]] = r["cos"]
+    return {k: v for k, v in pairs.items() if len(v) == 2}
+
+
 def readout_validation(res: dict) -> list[dict]:
     """Per seed and family: Pearson correlation of the readout's cosine with the exact fidelity cosine over
     the tracked checkpoints x nominal log-SNRs >= 0, and the values at the first and last checkpoint."""
     out = []
     for seed, fam in sorted({(r["seed"], r["family"]) for r in res["track"]}):
-        rows = [r for r in _get(res["track"], seed=seed, family=fam) if r["lam"] >= 0]
-        pairs = {}
-        for r in rows:
-            pairs.setdefault((r["step"], r["lam"]), {})[r["term"]] = r["cos"]
-        ex, ro = zip(*[(v["nag_cf"], v["readout"]) for v in pairs.values() if len(v) == 2])
+        pairs = track_pairs(res, seed, fam)
+        ex, ro = zip(*[(v["nag_cf"], v["readout"]) for v in pairs.values()])
         steps = sorted({k[0] for k in pairs})
         at = lambda st, t: float(np.mean([v[t] for k, v in pairs.items() if k[0] == st]))  # noqa: E731
         out.append({"seed": seed, "family": fam, "checkpoints": len(steps), "pearson": float(np.corrcoef(ex, ro)[0, 1]),
@@ -436,7 +447,7 @@ def figure(res: dict):
 
     seed0 = min(r["seed"] for r in res["fidelity"])
     fams = sorted({r["family"] for r in res["fidelity"]})
-    recipes = [r.name for r in RECIPES if any(x["recipe"] == r.name for x in res["fidelity"])]
+    recipes = [name for name in RECIPE_ORDER if any(x["recipe"] == name for x in res["fidelity"])]
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(len(fams), 3, figsize=(15, 3.8 * len(fams)), squeeze=False)
     for i, fam in enumerate(fams):
@@ -456,11 +467,7 @@ def figure(res: dict):
             ax.set_ylabel("cosine")
         ax = axes[i][2]
         for seed in sorted({r["seed"] for r in res["track"]}):
-            rows = [r for r in _get(res["track"], seed=seed, family=fam) if r["lam"] >= 0]
-            pairs = {}
-            for r in rows:
-                pairs.setdefault((r["step"], r["lam"]), {})[r["term"]] = r["cos"]
-            pts = [(v["nag_cf"], v["readout"], k[0]) for k, v in pairs.items() if len(v) == 2]
+            pts = [(v["nag_cf"], v["readout"], k[0]) for k, v in track_pairs(res, seed, fam).items()]
             if pts:
                 sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[np.log1p(p[2]) for p in pts], cmap="viridis",
                                 marker="o" if seed == seed0 else "^", s=18, label=f"seed {seed}")
@@ -514,7 +521,7 @@ def write_report(out: Path, res: dict) -> str:
     lams = sorted({r["lam"] for r in res["fidelity"]})
     table = []
     keys = sorted({(r["seed"], r["family"], r["recipe"], r["term"], r["offset"]) for r in res["fidelity"]},
-                  key=lambda k: (k[0], k[1], [x.name for x in RECIPES].index(k[2]), TERMS.index(k[3]), k[4]))
+                  key=lambda k: (k[0], k[1], RECIPE_ORDER[k[2]], TERMS.index(k[3]), k[4]))
     for key in keys:
         get = {r["lam"]: r for r in _get(res["fidelity"], **dict(zip(("seed", "family", "recipe", "term", "offset"), key)))}
         table.append(dict(zip(("seed", "family", "recipe", "term", "offset"), key),

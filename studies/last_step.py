@@ -32,8 +32,7 @@ def study(out: Path, seed: int = 0, n: int = 500, log=print) -> list[dict]:
     tr = demo.train_family("sd1", gmm, dcfg, log=log, stages=harness.Stages(out / "work", log))
     ev = demo.make_eval(tr, dcfg, seed)
     sch = tr.fam.schedule
-    exact = testbed.exact_denoiser(gmm, sch.space)
-    models = {"network": Denoiser(tr.net, sch, tr.fam.prediction), "exact denoiser": lambda x, s, y=None: exact(x, s, y)}
+    models = {"network": Denoiser(tr.net, sch, tr.fam.prediction), "exact denoiser": testbed.exact_denoiser(gmm, sch.space)}
     rows = []
     for who, den in models.items():
         for sampler in ("euler", "heun"):

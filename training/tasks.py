@@ -96,7 +96,7 @@ class FinetuneTask:
         self.dataset_size = len(self.cache)
         self.export_ema = cfg.export.use_ema
         self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
-        self._estimator = None
+        self._estimator, self._log_prior = None, None
         if cfg.monitor.estimator:
             self._estimator, meta = NoiseLevelEstimator.load(cfg.monitor.estimator)
             self._estimator.check_input(torch.zeros(1, *self.cache.sample_shape))
@@ -147,7 +147,7 @@ class FinetuneTask:
             if monitor_due:
                 out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device,
                                                          estimator=self._estimator and self._estimator.to(device),
-                                                         log_prior=getattr(self, '_log_prior', None)))
+                                                         log_prior=self._log_prior))
             if grid_due:
                 rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
                     a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
