@@ -12,7 +12,7 @@ import torch
 
 from .guidance import Guidance, branches, classifier_correction, combine, eps_scaled_x0, window_mask
 from .predictions import check_kind, to_x0
-from .schedules import Schedule
+from .schedules import Schedule, logsnr_of
 from .tensors import append_dims
 
 
@@ -82,7 +82,10 @@ class Denoiser:
         nag_on = window_mask(s, g.nag_window) if g.nag_scale != 0 else torch.zeros_like(s, dtype=torch.bool)
         names = branches(g.cfg_scale, g.nag_scale if bool(nag_on.any()) else 0.0, g.variant)
         outs = self.branch_x0(x, s, y, names)
-        x0 = combine(outs, g.cfg_scale, g.nag_scale * nag_on.to(x), g.variant)
+        scale = g.nag_scale * nag_on.to(x)
+        if g.nag_profile is not None and "null_cond" in names:
+            scale = scale * g.nag_profile(logsnr_of(space, s)).to(x)
+        x0 = combine(outs, g.cfg_scale, scale, g.variant)
         if g.cg_scale != 0:
             on = window_mask(s, g.cg_window)
             if bool(on.any()):

@@ -208,16 +208,25 @@ def noised(x0: torch.Tensor, lam: torch.Tensor, schedule: Schedule, generator=No
 
 
 def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: int, batch: int = 256,
-                    lr: float = 2e-3, generator: torch.Generator | None = None, callback=None) -> list[float]:
+                    lr: float = 2e-3, generator: torch.Generator | None = None, callback=None,
+                    target_width: float = 0.0) -> list[float]:
     """Train ``est`` by cross-entropy on forward samples with lambda uniform over its bins.
 
-    ``data(n, generator) -> x0`` draws clean samples (network space x0 units).  Returns the
-    loss history.  ``callback(step, loss)`` may report progress.
+    ``data(n, generator) -> x0`` draws clean samples (network space x0 units).  ``target_width`` > 0
+    (log-SNR units) trains on soft targets, a Gaussian of that width over the bin centres around the
+    true level, instead of the one-hot bin.  Returns the loss history.  ``callback(step, loss)`` may
+    report progress.
     """
+    centers = est.bins.centers()
+
     def loss(step):
         x0 = data(batch, generator)
         lam = est.bins.sample(batch, generator)
-        return F.cross_entropy(est(noised(x0, lam, schedule, generator)), est.bins.index(lam))
+        logits = est(noised(x0, lam, schedule, generator))
+        if target_width > 0:
+            target = F.softmax(-(centers.to(lam)[None] - lam[:, None]) ** 2 / (2 * target_width ** 2), 1)
+            return F.cross_entropy(logits, target)
+        return F.cross_entropy(logits, est.bins.index(lam))
 
     return fit(est, loss, steps, lr, callback, what="estimator loss")
 

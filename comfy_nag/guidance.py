@@ -28,6 +28,48 @@ MIN_ALPHA = 1e-4
 
 
 @dataclass(frozen=True)
+class ScaleProfile:
+    """A per-level multiplier of the NAG scale: piecewise linear in log-SNR through the knots
+    ``(logsnr[i], value[i])`` (increasing log-SNR), flat beyond the first and last knot.
+
+    :func:`least_squares_scale` per level gives the multiplier that makes a learned term deliver a
+    reference term (the estimator's, or on the testbed the exact one) in the least-squares sense.
+    """
+
+    logsnr: tuple[float, ...]
+    value: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.logsnr) != len(self.value) or not self.logsnr:
+            raise ValueError(f"a scale profile needs as many values as knots (>= 1), got {len(self.logsnr)} knots "
+                             f"and {len(self.value)} values")
+        if any(b <= a for a, b in zip(self.logsnr, self.logsnr[1:])):
+            raise ValueError(f"scale-profile knots must increase in log-SNR, got {list(self.logsnr)}")
+        if not all(v == v and abs(v) != float("inf") for v in self.value):
+            raise ValueError(f"scale-profile values must be finite, got {list(self.value)}")
+
+    def __call__(self, lam: torch.Tensor) -> torch.Tensor:
+        """Multiplier at log-SNR ``lam`` (float32, same shape; +-inf take the end values)."""
+        k = torch.tensor(self.logsnr, dtype=torch.float64, device=lam.device)
+        v = torch.tensor(self.value, dtype=torch.float64, device=lam.device)
+        x = lam.double().clamp(self.logsnr[0], self.logsnr[-1])
+        if len(k) == 1:
+            return v.expand(x.shape).float()
+        i = torch.searchsorted(k, x.contiguous(), right=True).clamp(1, len(k) - 1)
+        return torch.lerp(v[i - 1], v[i], (x - k[i - 1]) / (k[i] - k[i - 1])).float()
+
+
+def least_squares_scale(learned: torch.Tensor, reference: torch.Tensor) -> float:
+    """The scalar ``a`` minimising ``sum |a*learned - reference|^2`` over a batch [B, ...]: how much of
+    ``learned`` best reproduces ``reference`` (``cos * |reference| / |learned|`` for one vector)."""
+    a, b = learned.flatten().double(), reference.flatten().double()
+    den = float(a @ a)
+    if den == 0.0:
+        raise ValueError("the learned term is zero on every sample: nothing to scale (is the null branch trained?)")
+    return float(a @ b) / den
+
+
+@dataclass(frozen=True)
 class Guidance:
     """What to apply at each evaluation.  Windows are (sigma_lo, sigma_hi) in sampling sigma."""
 
@@ -38,6 +80,7 @@ class Guidance:
     cg_scale: float = 0.0
     cg_window: tuple[float, float] | None = None
     eps_scale: float = 1.0  # epsilon scaling factor (Ning et al.); 1 = off
+    nag_profile: ScaleProfile | None = None  # per-level multiplier of nag_scale (None = 1 everywhere)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -201,6 +244,12 @@ def null_branch_readout(x0_cond: torch.Tensor, x0_null: torch.Tensor, estimator,
     (``estimators.training_log_prior``), since the null branch averages over those.  Returns
     ``(cosine, norm ratio |cf| / |cg|)`` per sample [B].  ``x``: sampling-space states at ``sigma``.
     """
+    return agreement(x0_cond - x0_null, estimator_x0_term(estimator, x, sigma, space, net_scale, log_prior))
+
+
+def estimator_x0_term(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+                      log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """The estimator's NAG term as an x0 change (classifier-guided NAG at scale 1): what the
+    classifier-free term ``x0_cond - x0_null`` estimates too.  Arguments as :func:`level_gradient`."""
     s = sigma.detach().float().reshape(-1).expand(x.shape[0])
-    cg = score_to_x0_shift(level_gradient(estimator, x, s, space, net_scale, log_prior), x, s.to(x.dtype), space)
-    return agreement(x0_cond - x0_null, cg)
+    return score_to_x0_shift(level_gradient(estimator, x, s, space, net_scale, log_prior), x, s.to(x.dtype), space)

@@ -4,6 +4,7 @@ Commands:
   demo          the exact-testbed study (noise shift, NAG and its alternatives): metrics.json, report.md, plots
   bench images  the small real-image study (8x8 digits, DiT + SiT through the trainer): metrics.json, report.md
   fidelity      how much of the exact NAG term the learned branches carry; null-branch recipes
+  estimator     which noise-level estimator gives classifier-guided NAG the most of the exact term
   last-step     where a sampler's late shift comes from, step by step (Heun's last step)
   bench cost    per-step wall time and peak memory of NAG-CF / NAG-CG vs CFG, as ratios
 """
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     d.add_argument("--redraw", action="store_true", help=REDRAW_HELP)
+    d.add_argument("--families", nargs="+", choices=("sit", "sd1"),
+                   help="only these families (writes metrics_<families>.json; run one process per family, then --merge)")
+    d.add_argument("--merge", action="store_true", help="join the metrics_<family>.json files in --out into the report")
     f = sub.add_parser("fidelity", help="how much of the exact NAG term the learned null branch and estimator carry; "
                                         "null-branch recipes against the exact ceiling")
     f.add_argument("--out", default="fidelity_out", help="output folder (created)")
@@ -37,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--families", nargs="+", choices=("sit", "sd1"),
                    help="only these families (writes fidelity_<families>.json; run one process per family, then --merge)")
     f.add_argument("--merge", action="store_true", help="join the fidelity_<family>.json files in --out into the report")
+    e = sub.add_parser("estimator", help="noise-level estimator recipes for classifier-guided NAG, against the exact term")
+    e.add_argument("--out", default="estimator_out", help="output folder (created)")
+    e.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
+    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (quick: first only)")
+    e.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ls = sub.add_parser("last-step", help="where a sampler's late shift comes from, step by step (exact readout)")
     ls.add_argument("--out", default="last_step_out", help="output folder (created)")
     ls.add_argument("--seed", type=int, default=0)
@@ -66,8 +75,11 @@ def main(argv=None) -> int:
 
             if args.redraw:
                 demo.redraw(out)
+            elif args.merge:
+                demo.merge(out)
             else:
-                demo.run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads)
+                demo.run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads,
+                              families=tuple(args.families) if args.families else None)
         elif args.cmd == "fidelity":
             from . import fidelity
 
@@ -76,6 +88,10 @@ def main(argv=None) -> int:
             else:
                 fidelity.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
                              families=tuple(args.families) if args.families else None)
+        elif args.cmd == "estimator":
+            from . import cg_estimator
+
+            cg_estimator.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads)
         elif args.cmd == "last-step":
             from . import last_step
 

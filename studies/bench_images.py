@@ -586,13 +586,9 @@ def figures(res: dict):
 
 def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = None, threads: int | None = None, log=print) -> dict:
     """Run the study; write metrics.json, report.md, noise_shift.png into ``out`` (models under ``out/work``)."""
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, t0, _ = harness.begin(out, threads)
     cfg = config or Config.make(quick, seed)
     torch.manual_seed(cfg.seed)
-    t0 = time.time()
     try:
         res = study(cfg, out / "work", log)
     except ResumeError as e:
@@ -600,7 +596,7 @@ def run_bench(out, quick: bool = False, seed: int = 0, config: Config | None = N
                          f"other flags): {e}; delete that folder or pass another --out") from None
     res["meta"].update(seconds=time.time() - t0, config=asdict(cfg), torch=torch.__version__,
                        threads=torch.get_num_threads())
-    atomic_write_bytes(out / "metrics.json", json.dumps(res, indent=1, default=float).encode())
+    harness.save_json(out / "metrics.json", res)
     write_figures_and_report(out, res)
     log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png")
     return res

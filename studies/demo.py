@@ -20,14 +20,16 @@ from tqdm.auto import tqdm
 from comfy_nag import estimators, models, samplers, shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
-from comfy_nag.guidance import Guidance
+from comfy_nag.guidance import Guidance, ScaleProfile, estimator_x0_term, least_squares_scale
+from comfy_nag.schedules import sigma_of_logsnr, space_alpha
 from comfy_nag.schedules import Family, family
 
 from . import harness, methods, testbed
 from .harness import md_table
 
-# every method, plus the learned conditional branch with the exact NAG term (the testbed's ceiling for nag_cf)
-METHODS = methods.METHODS + ("nag_exact_term",)
+# every method; NAG-CF with the per-level scale calibrated to the estimator (calibrate()); and the learned
+# conditional branch with the exact NAG term (the testbed's ceiling for nag_cf)
+METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term")
 QUALITY_METRIC = "class_frechet_distance"
 TUNED = {"nag_cf": "nag_scale", "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window"}
 
@@ -195,7 +197,9 @@ def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict
          "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["shift"]["exact"]["noise_shift"],
          "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
          "energy_distance": res["energy_distance"], "nll": res["nll"], "diverged": res["diverged"]}
-    if method in TUNED or method.startswith("nag_cf"):
+    if method == "nag_cf_cal":
+        r["knob"] = {"nag_scale": 1.0, "profile": "calibrated to the estimator (calibrate())"}
+    elif method in TUNED or method.startswith("nag_cf"):
         key = "nag_cf" if method.startswith("nag_cf") else method
         r["knob"] = {TUNED[key]: knobs[key]}
     if "learned" in res["shift"]:
@@ -206,6 +210,40 @@ def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict
 # ---------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------
+
+def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict:
+    """The per-level NAG-CF scale that makes the learned term ``c - n`` deliver the estimator's term
+    (least squares over forward states at each knot, clipped at 0): what ``nag_cf_cal`` runs at scale 1.
+
+    Knots every ``step`` log-SNR over the NAG window (up to the estimator's range).  The estimator's term
+    uses the training levels' prior (``comfy_nag.guidance.null_branch_readout``'s convention), so this
+    needs no exact quantity and works the same on a real model.  ``exact`` is the same least-squares
+    scale against the exact term ``c* - n*`` (the testbed's answer; reported, not used)."""
+    sch, space = tr.fam.schedule, tr.space
+    den = Denoiser(tr.net, sch, tr.fam.prediction)
+    log_prior = estimators.training_log_prior(sch, tr.bins)
+    knots = np.arange(cfg.nag_min_logsnr, min(tr.bins.hi, 10.0) + 1e-9, step)
+    g = torch.Generator().manual_seed(cfg.seed + 77)
+    out = {"logsnr": [], "estimator": [], "exact": []}
+    for lam in knots:
+        x0, y = tr.gmm.sample(n, generator=g)
+        s = sigma_of_logsnr(space, torch.tensor(float(lam))).float().expand(n)
+        x = space_alpha(space, s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            br = den.branch_x0(x, s, y, ("cond", "null_cond"))
+        learned = br["cond"] - br["null_cond"]
+        ref = estimator_x0_term(tr.estimator, x, s, space, sch.native(s)[0], log_prior)
+        exact = testbed.exact_term(tr.gmm, x, s, sch, tr.fam.prediction, y)
+        out["logsnr"].append(float(lam))
+        out["estimator"].append(least_squares_scale(learned, ref))
+        out["exact"].append(least_squares_scale(learned, exact))
+    return out
+
+
+def profile_of(cal: dict) -> ScaleProfile:
+    """``nag_cf_cal``'s scale profile: the estimator-calibrated scale, negative values clipped to 0."""
+    return ScaleProfile(tuple(cal["logsnr"]), tuple(max(v, 0.0) for v in cal["estimator"]))
+
 
 def tune(tr: Trained, cfg: Config, log=print) -> tuple[dict, list]:
     """Pick each method's one knob on a held-out seed (euler, ``tune_steps``), lowest quality metric."""
@@ -228,7 +266,8 @@ def tune(tr: Trained, cfg: Config, log=print) -> tuple[dict, list]:
 def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     gmm = testbed.GaussianMixture.make(dim=cfg.dim, seed=cfg.seed)
-    out = {"rows": [], "tuning": {}, "knobs": {}, "training": {}, "plots": {}, "ablations": {}, "estimator_check": {}}
+    out = {"rows": [], "tuning": {}, "knobs": {}, "calibration": {}, "training": {}, "plots": {}, "ablations": {},
+           "estimator_check": {}}
     for name in cfg.families:
         tr = train_family(name, gmm, cfg, log=log, stages=stages, progress=progress)
         out["training"][name] = {"denoiser_loss": tr.train_loss, "estimator_loss": tr.estimator_loss,
@@ -238,10 +277,12 @@ def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None =
         knobs, table = (stages.value(f"{name}_tuning", spec, lambda: tune(tr, cfg, log)) if stages
                         else tune(tr, cfg, log))
         out["knobs"][name], out["tuning"][name] = knobs, table
+        out["calibration"][name] = cal = calibrate(tr, cfg)
+        run_knobs = {**knobs, "nag_profile": profile_of(cal)}
         ev = make_eval(tr, cfg, cfg.seed)
         jobs = [(s, n, m) for s in cfg.samplers for n in cfg.steps for m in METHODS]
         for sampler, steps, method in tqdm(jobs, desc=f"{name}: sampling", disable=not progress):
-            g, lf = method_setup(method, tr, cfg, knobs)
+            g, lf = method_setup(method, tr, cfg, run_knobs)
             # nag_exact_term: same scale and window as nag_cf, the exact difference term
             den = exact_nag(tr, cfg, knobs["nag_cf"]) if method == "nag_exact_term" else None
             extra = {"learned": shift.estimator_readout(tr.estimator, tr.fam.schedule)} if steps == cfg.plot_steps else None
@@ -385,13 +426,13 @@ def samples_figure(cfg: Config, knobs: dict, log=print, stages: harness.Stages |
 # ---------------------------------------------------------------------------------------------
 
 def nag_effect(rows: list[dict]) -> list[dict]:
-    """Per (family, sampler, steps): NAG-CF vs baseline and NAG-CF+CFG vs CFG."""
+    """Per (family, sampler, steps): NAG-CF (tuned and calibrated) vs baseline and NAG-CF+CFG vs CFG."""
     idx = {(r["family"], r["sampler"], r["steps"], r["method"]): r for r in rows}
     out = []
     for (fam, smp, n, m), r in idx.items():
         if m != "baseline":
             continue
-        for new, old in (("nag_cf", "baseline"), ("nag_cf+cfg", "cfg")):
+        for new, old in (("nag_cf", "baseline"), ("nag_cf_cal", "baseline"), ("nag_cf+cfg", "cfg")):
             a, b = idx.get((fam, smp, n, old)), idx.get((fam, smp, n, new))
             if a is None or b is None:
                 continue
@@ -403,13 +444,81 @@ def nag_effect(rows: list[dict]) -> list[dict]:
     return out
 
 
+LEARNED_NAG = ("nag_cf", "nag_cf_cal")
+SHARE_TARGET = 0.6  # issue target: learned NAG-CF delivers >= 60 % of the exact term's late-shift cut
+TARGET_SETTINGS = {("euler", 25), ("euler", 50), ("heun", 25), ("heun", 50)}
+
+
+def exact_share(rows: list[dict]) -> list[dict]:
+    """Per (family, sampler, steps) and learned NAG-CF: its late-shift cut as a share of the exact term's on
+    the same network (``nag_exact_term``, same scale and window as ``nag_cf``), and its quality vs baseline.
+    The share is undefined (NaN) where the exact term does not cut the shift."""
+    idx = {(r["family"], r["sampler"], r["steps"], r["method"]): r for r in rows}
+    out = []
+    for (fam, smp, n, m), b in idx.items():
+        e = idx.get((fam, smp, n, "nag_exact_term"))
+        if m != "baseline" or e is None:
+            continue
+        for method in LEARNED_NAG:
+            r = idx.get((fam, smp, n, method))
+            if r is None:
+                continue
+            cut = b["noise_shift"] - e["noise_shift"]
+            out.append({"family": fam, "sampler": smp, "steps": n, "method": method,
+                        "shift_baseline": b["noise_shift"], "shift_exact_term": e["noise_shift"], "shift": r["noise_shift"],
+                        "share_of_exact_cut": (b["noise_shift"] - r["noise_shift"]) / cut if cut > 0 else float("nan"),
+                        "quality_baseline": b["quality"], "quality": r["quality"], "quality_exact_term": e["quality"]})
+    return out
+
+
+def criterion(rows: list[dict]) -> list[dict]:
+    """Per family and learned NAG-CF: in how many settings it reaches :data:`SHARE_TARGET` of the exact cut,
+    beats the baseline's quality, and both; over every setting and over Euler/Heun at 25 and 50 steps."""
+    out = []
+    share = exact_share(rows)
+    for fam in dict.fromkeys(r["family"] for r in share):
+        for method in LEARNED_NAG:
+            for scope, keep in (("all", lambda r: True), ("euler/heun 25/50", lambda r: (r["sampler"], r["steps"]) in TARGET_SETTINGS)):
+                sel = [r for r in share if r["family"] == fam and r["method"] == method and keep(r)]
+                if not sel:
+                    continue
+                reach = [r["share_of_exact_cut"] >= SHARE_TARGET for r in sel]  # NaN compares False
+                better = [r["quality"] < r["quality_baseline"] for r in sel]
+                out.append({"family": fam, "method": method, "settings": scope, "n": len(sel),
+                            "share_reached": sum(reach), "quality_better": sum(better),
+                            "both": sum(a and b for a, b in zip(reach, better)),
+                            "median_share": float(np.nanmedian([r["share_of_exact_cut"] for r in sel]))})
+    return out
+
+
+def headline(res: dict) -> str:
+    """The README's demo tables (also in report.md): the methods at Euler-50, and the exact-term criterion."""
+    cfg = res["meta"]["config"]
+    n = cfg["plot_steps"] if cfg["plot_steps"] in cfg["steps"] else cfg["steps"][-1]
+    names = {"baseline": "baseline", "nag_cf": "NAG-CF (tuned w)", "nag_cf_cal": "NAG-CF, calibrated scale",
+             "nag_exact_term": "learned c + exact term (ceiling)", "nag_cg": "NAG-CG", "cfg": "CFG",
+             "nag_cf+cfg": "NAG-CF + CFG (A)", "eps_scaling": "epsilon scaling", "time_shift": "time-shift sampler"}
+    sel = [{**r, "name": names[r["method"]], "w": r.get("knob", {}).get("nag_scale", r.get("knob", {}).get("cg_scale", ""))}
+           for r in res["rows"] if r["sampler"] == "euler" and r["steps"] == n and r["method"] in names]
+    sel.sort(key=lambda r: (cfg["families"].index(r["family"]), list(names).index(r["method"])))
+    t1 = md_table(sel, ["family", "name", "w", "nfe_per_step", "signed_shift", "quality", "nll"],
+                  ["family", "method", "w", "NFE/step", f"late shift (signed), Euler-{n}", "quality (FD)", "NLL"])
+    t2 = md_table(criterion(res["rows"]), ["family", "method", "settings", "n", "share_reached", "quality_better", "both",
+                                           "median_share"],
+                  ["family", "method", "settings", "n", f">= {SHARE_TARGET:.0%} of exact cut", "quality better", "both",
+                   "median share"])
+    return t1 + "\n\n" + t2
+
+
 def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
     rows = res["rows"]
     eff = nag_effect(rows)
     meta = res["meta"]
     flag = f" --threads {meta['threads']}" if "threads" in meta else ""
+    if "note" in meta:  # parallel --families processes, then --merge
+        flag += "` per family (`--families " + "`, `--families ".join(cfg.families) + "`), then `--merge"
     cores = f", {meta['threads']} CPU threads" if "threads" in meta else ""
-    L = [f"# comfy-nag exact-testbed report\n", *([harness.SMOKE_TEST] if cfg.quick else []),
+    L = ["# comfy-nag exact-testbed report\n", *([harness.SMOKE_TEST] if cfg.quick else []),
          f"Generated by `python -m studies demo{' --quick' if cfg.quick else ''} --seed {cfg.seed}{flag}` in "
          f"{seconds / 60:.1f} min (torch {meta.get('torch', torch.__version__)}{cores}). Every number below is in `metrics.json`.\n",
          "## Setup\n",
@@ -455,7 +564,31 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
         halved = sum(c >= 50 for c in cuts)
         L.append(f"* `{fam}`: NAG-CF cut the late shift by {np.median(cuts):.0f}% (median over {len(e)} settings; >= 50% in {halved}), "
                  f"improved `quality` in {better_q}/{len(e)} and NLL in {better_nll}/{len(e)} settings at equal steps.")
+    for c in criterion(rows):
+        if c["settings"] == "all":
+            L.append(f"* `{c['family']}`: `{c['method']}` delivered >= {SHARE_TARGET:.0%} of the exact term's late-shift cut "
+                     f"(same network, same scale and window) in {c['share_reached']}/{c['n']} settings and beat the baseline's "
+                     f"quality in {c['quality_better']}/{c['n']} (both: {c['both']}; median share {c['median_share']:.2f}).")
     L.append("* Per-setting details: the tables below. The ablations explain *why* NAG-CF works where it does.\n")
+    if res.get("calibration"):
+        L.append("## Calibrated NAG-CF scale\n")
+        L.append("`nag_cf_cal` runs NAG-CF at scale 1 times a per-level profile: at each knot, the least-squares scale "
+                 "that makes the learned term `c - n` deliver the noise-level estimator's term (its gradient as an x0 change, "
+                 "under the training levels' prior) on forward states, clipped at 0 (`calibrate()`). It needs no exact "
+                 "quantity and no tuning on samples. `exact` is the same least-squares scale against the exact term `c* - n*` "
+                 "(the testbed's answer, not used).\n")
+        cal_rows = [{"family": f, "logsnr": l, "estimator": e, "exact": x} for f, c in res["calibration"].items()
+                    for l, e, x in zip(c["logsnr"], c["estimator"], c["exact"])]
+        L.append(md_table(cal_rows, ["family", "logsnr", "estimator", "exact"],
+                          ["family", "log-SNR", "scale (from the estimator)", "scale (from the exact term)"]))
+        L.append("")
+    if any(r["method"] == "nag_exact_term" for r in rows):
+        L.append("## Learned NAG-CF against the exact term on the same network\n")
+        L.append(headline(res))
+        L.append("\n<details><summary>per setting</summary>\n")
+        L.append(md_table(exact_share(rows), ["family", "sampler", "steps", "method", "shift_baseline", "shift_exact_term", "shift",
+                                              "share_of_exact_cut", "quality_baseline", "quality", "quality_exact_term"]))
+        L.append("\n</details>\n")
     # summary table per family at plot_steps
     L.append(f"## Methods at {cfg.plot_steps if cfg.plot_steps in cfg.steps else cfg.steps[-1]} steps\n")
     n_show = cfg.plot_steps if cfg.plot_steps in cfg.steps else cfg.steps[-1]
@@ -506,19 +639,21 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None,
-             config: Config | None = None) -> dict:
+             config: Config | None = None, families: tuple | None = None) -> dict:
     """Run the study and write metrics.json, report.md, noise_shift.png, samples.png into ``out``.
 
     ``config`` replaces the built-in defaults (``quick`` and ``seed`` are then ignored).  Trained
     networks and tuning results are kept in ``out/work`` and reused by the same command.
+    ``families``: only these (writes ``metrics_<families>.json``; run one process per family in the
+    same ``out`` at the same time, then :func:`merge`).
     """
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, t0, log = harness.begin(out, threads)
     cfg = config or Config.make(quick, seed)
-    t0 = time.time()
-    log = lambda msg: tqdm.write(msg)  # noqa: E731
+    if families:
+        unknown = set(families) - set(cfg.families)
+        if unknown:
+            raise harness.StudyError(f"unknown families {sorted(unknown)}; the demo has {list(cfg.families)}")
+        cfg = Config(**{**asdict(cfg), "families": tuple(f for f in cfg.families if f in families)})
     log(f"comfy-nag demo ({'quick' if cfg.quick else 'full'}): writing to {out}/")
     stages = harness.Stages(out / "work", log)
     res = study(cfg, log=log, stages=stages)
@@ -527,14 +662,39 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int |
     res["meta"] = {"classes": gmm.num_classes, "quality_floor": testbed.class_frechet_distance(gmm, truth, ty),
                    "nll_floor": testbed.nll(gmm, truth, ty), "config": asdict(cfg), "torch": torch.__version__,
                    "threads": torch.get_num_threads()}
-    fig = samples_figure(cfg, res["knobs"][cfg.families[0]], log=log, stages=stages)
-    from comfy_nag.plots import to_pil
+    if not families or Config.families[0] in families:  # the 2-D figure: the first family's knobs
+        fig = samples_figure(cfg, res["knobs"][Config.families[0]], log=log, stages=stages)
+        from comfy_nag.plots import to_pil
 
-    to_pil(fig).save(out / "samples.png")
+        to_pil(fig).save(out / "samples.png")
     res["meta"]["seconds"] = time.time() - t0
-    atomic_write_bytes(out / "metrics.json", json.dumps(res, indent=1, default=float).encode())
+    name = harness.part_name("metrics", families and cfg.families)
+    harness.save_json(out / name, res)
+    if not families:
+        write_figures_and_report(out, res)
+    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
+    return res
+
+
+def merge(out: str | Path) -> dict:
+    """Join the ``metrics_<family>.json`` files of parallel ``--families`` runs in ``out`` into
+    metrics.json, report.md and noise_shift.png (samples.png comes from the first family's run)."""
+    out = Path(out)
+    parts = [json.loads(p.read_text()) for p in sorted(out.glob("metrics_*.json"))]
+    if not parts:
+        raise harness.StudyError(f"no metrics_<family>.json files in {out}; run with --families first")
+    order = list(Config.families)
+    parts.sort(key=lambda p: order.index(p["meta"]["config"]["families"][0]))
+    res = {"rows": sum((p["rows"] for p in parts), [])}
+    for key in parts[0]:
+        if key not in ("rows", "meta"):
+            res[key] = {k: v for p in parts for k, v in p[key].items()}
+    fams = [f for p in parts for f in p["meta"]["config"]["families"]]
+    res["meta"] = {**parts[0]["meta"], "config": {**parts[0]["meta"]["config"], "families": fams},
+                   "seconds": max(p["meta"]["seconds"] for p in parts),
+                   "note": f"run as {len(parts)} --families processes in parallel; wall time of the slowest"}
+    harness.save_json(out / "metrics.json", res)
     write_figures_and_report(out, res)
-    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/metrics.json, report.md, noise_shift.png, samples.png")
     return res
 
 

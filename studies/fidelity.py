@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.estimators import training_log_prior
@@ -469,7 +468,7 @@ def figure(res: dict):
         for seed in sorted({r["seed"] for r in res["track"]}):
             pts = [(v["nag_cf"], v["readout"], k[0]) for k, v in track_pairs(res, seed, fam).items()]
             if pts:
-                sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[np.log1p(p[2]) for p in pts], cmap="viridis",
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[np.log1p(p[2]) for p in pts], cmap="viridis",
                                 marker="o" if seed == seed0 else "^", s=18, label=f"seed {seed}")
         ax.set_xlabel("exact fidelity cosine (NAG-CF vs exact term)")
         ax.set_ylabel("readout cosine (NAG-CF vs estimator)")
@@ -537,16 +536,12 @@ def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = N
 
     ``families``: a subset of the demo's (default: all).  Two commands with different families can share
     one ``out`` at the same time: each family's trained stages are reused by the other."""
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
+    out, t0, log = harness.begin(out, threads)
     cfg = Config.make(quick, seeds)
-    t0 = time.time()
-    log = lambda msg: tqdm.write(msg)  # noqa: E731
     res = study(cfg, log=log, stages=harness.Stages(out / "work", log), families=families)
     res["meta"] = {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
-    name = "fidelity.json" if not families else f"fidelity_{'_'.join(families)}.json"
-    atomic_write_bytes(out / name, json.dumps(res, indent=1, default=float).encode())
+    name = harness.part_name("fidelity", families)
+    harness.save_json(out / name, res)
     if not families:
         write_figures_and_report(out, res)
     log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
@@ -567,7 +562,7 @@ def merge(out, note: str = "") -> dict:
         res["finetune"].update(p["finetune"])
     res["meta"] = {**parts[0]["meta"], "seconds": max(p["meta"]["seconds"] for p in parts),
                    "note": note or f"run as {len(parts)} --families processes in parallel; wall time of the slowest"}
-    atomic_write_bytes(out / "fidelity.json", json.dumps(res, indent=1, default=float).encode())
+    harness.save_json(out / "fidelity.json", res)
     write_figures_and_report(out, res)
     return res
 

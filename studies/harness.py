@@ -135,6 +135,34 @@ def find_row(rows, **kw):
 # command-line behaviour
 # ---------------------------------------------------------------------------------------------
 
+def begin(out, threads: int | None = None):
+    """Start of every study command: torch CPU threads, the output folder (created), the start time
+    and a logger that keeps progress bars intact.  Returns ``(out, t0, log)``."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, time.time(), (lambda msg: tqdm.write(msg))
+
+
+def save_json(path, res: dict) -> None:
+    """Write a study's results atomically (an interrupted write leaves the old file)."""
+    import json
+
+    from comfy_nag.files import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), json.dumps(res, indent=1, default=float).encode())
+
+
+def part_name(stem: str, families) -> str:
+    """``stem.json``, or ``stem_<families>.json`` for one process of a run split by ``--families``."""
+    return f"{stem}.json" if not families else f"{stem}_{'_'.join(families)}.json"
+
+
 class StudyError(ValueError):
     """A refusal meant for the user (one line: the problem and the fix)."""
 

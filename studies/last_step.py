@@ -62,10 +62,7 @@ def jumps(steps: int = 10) -> list[dict]:
 
 
 def run(out, seed: int = 0, threads: int | None = None) -> list[dict]:
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    t0 = time.time()
+    out, t0, _ = harness.begin(out, threads)
     rows = study(out, seed)
     cols = ["model", "sampler", "steps", "late_abs_shift"] + [f"-{k}" for k in range(LAST, 0, -1)]
     text = "\n".join([

@@ -51,16 +51,12 @@ def test_bench_images_is_reproducible(tmp_path):
     assert a["rows"] == b["rows"] and a["knobs"] == b["knobs"]
 
 
-def test_readme_results_table_matches_the_committed_benchmark_run():
+def test_readme_results_table_matches_the_committed_benchmark_run(readme_block):
     """The README's image-scale table is regenerated from docs/bench/metrics.json, not typed by hand."""
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    start, end = "<!-- bench-images:start -->", "<!-- bench-images:end -->"
-    assert start in readme and end in readme, "README lost its generated image-benchmark table markers"
-    block = readme.split(start)[1].split(end)[0].strip()
-    committed = json.loads((root / "docs/bench/metrics.json").read_text())
-    assert block == bi.headline(committed), ("README table differs from docs/bench/metrics.json; paste "
-                                             "studies.bench_images.headline(metrics) (it is also in docs/bench/report.md)")
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/bench/metrics.json").read_text())
+    assert readme_block("bench-images") == bi.headline(committed), (
+        "README table differs from docs/bench/metrics.json; paste studies.bench_images.headline(metrics) "
+        "(it is also in docs/bench/report.md)")
 
 
 def test_precision_recall_follow_the_knn_definition():

@@ -59,3 +59,39 @@ def test_rerun_reuses_finished_stages_and_redraw_rewrites_the_outputs(tmp_path, 
     demo.redraw(tmp_path)
     assert (tmp_path / "report.md").read_text() == harness.mark_redrawn(report, "demo")
     assert (tmp_path / "noise_shift.png").stat().st_size > 0
+
+
+def test_one_process_per_family_then_merge_gives_one_report(tmp_path):
+    """The full study runs as parallel --families processes; --merge joins them into the usual outputs."""
+    cfg = demo.Config(**{**tiny_config().__dict__, "families": ("sit", "sd1"), "samplers": ("euler",)})
+    with pytest.raises(harness.StudyError, match="unknown families"):
+        demo.run_demo(tmp_path, config=cfg, families=("sd3",))
+    with pytest.raises(harness.StudyError, match="--families first"):
+        demo.merge(tmp_path)
+    demo.run_demo(tmp_path, config=cfg, families=("sd1",))
+    assert not (tmp_path / "samples.png").exists()  # the 2-D figure belongs to the first family's process
+    demo.run_demo(tmp_path, config=cfg, families=("sit",))
+    res = demo.merge(tmp_path)
+    assert [r["family"] for r in res["rows"]] == ["sit"] * len(demo.METHODS) + ["sd1"] * len(demo.METHODS)
+    assert set(res["knobs"]) == set(res["calibration"]) == set(res["plots"]) == {"sit", "sd1"}
+    assert res["meta"]["config"]["families"] == ["sit", "sd1"]
+    report = (tmp_path / "report.md").read_text()
+    assert "then `--merge`" in report and "| sd1 | euler | nag_cf_cal |" in report
+    for name in ("samples.png", "noise_shift.png", "metrics.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    # the calibrated scale: knots over the NAG window, a tuned-free scale of 1 times the profile
+    cal = res["calibration"]["sd1"]
+    assert cal["logsnr"][0] == cfg.nag_min_logsnr and len(cal["logsnr"]) == len(cal["estimator"]) == len(cal["exact"]) > 3
+    row = next(r for r in res["rows"] if r["method"] == "nag_cf_cal")
+    assert row["knob"]["nag_scale"] == 1.0 and 1 < row["nfe_per_step"] < 2
+    crit = demo.criterion(res["rows"])
+    assert {(c["family"], c["method"]) for c in crit} == {(f, m) for f in ("sit", "sd1") for m in demo.LEARNED_NAG}
+
+
+def test_readme_demo_tables_match_the_committed_run(readme_block):
+    """The README's demo tables are regenerated from docs/demo/metrics.json, not typed by hand."""
+    from pathlib import Path
+
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/demo/metrics.json").read_text())
+    assert readme_block("demo") == demo.headline(committed), ("README demo tables differ from docs/demo/metrics.json; "
+                                                               "paste studies.demo.headline(...) of it")

@@ -157,16 +157,11 @@ def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sit | length_30% |" in report
 
 
-def test_readme_recipe_table_matches_the_committed_fidelity_run():
+def test_readme_recipe_table_matches_the_committed_fidelity_run(readme_block):
     """The README's recipe table is regenerated from docs/fidelity/fidelity.json, not typed by hand."""
     import json
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    start, end = "<!-- fidelity:start -->", "<!-- fidelity:end -->"
-    assert start in readme and end in readme, "README lost its generated fidelity table markers"
-    block = readme.split(start)[1].split(end)[0].strip()
-    committed = json.loads((root / "docs/fidelity/fidelity.json").read_text())
-    assert block == fidelity.headline(committed), ("README table differs from docs/fidelity/fidelity.json; paste "
-                                                   "studies.fidelity.headline(...) of it")
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/fidelity/fidelity.json").read_text())
+    assert readme_block("fidelity") == fidelity.headline(committed), ("README table differs from docs/fidelity/fidelity.json; "
+                                                                       "paste studies.fidelity.headline(...) of it")

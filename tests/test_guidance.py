@@ -113,3 +113,43 @@ def test_null_branch_readout_is_the_bayes_identity_for_an_exact_pair():
     assert torch.allclose(ratio2, 2 * torch.ones(64, dtype=torch.float64), atol=1e-5)
     cos3, _ = guidance.null_branch_readout(x0c, torch.randn(64, 6), est, x, s, "ve", c)
     assert abs(float(cos3.mean())) < 0.2
+
+
+def test_scale_profile_interpolates_in_logsnr_and_is_flat_beyond_its_knots():
+    p = guidance.ScaleProfile((0.0, 1.0, 3.0), (1.0, 0.5, 2.0))
+    lam = torch.tensor([-5.0, 0.0, 0.5, 1.0, 2.0, 3.0, float("inf"), -float("inf")])
+    assert p(lam).tolist() == pytest.approx([1.0, 1.0, 0.75, 0.5, 1.25, 2.0, 2.0, 1.0])
+    assert guidance.ScaleProfile((2.0,), (0.3,))(torch.tensor([0.0, 9.0])).tolist() == pytest.approx([0.3, 0.3])
+    for knots, values, what in (((0.0, 1.0), (1.0,), "as many values"), ((1.0, 0.0), (1.0, 1.0), "increase"),
+                                ((0.0, 1.0), (1.0, float("nan")), "finite")):
+        with pytest.raises(ValueError, match=what):
+            guidance.ScaleProfile(knots, values)
+
+
+def test_least_squares_scale_recovers_the_projection():
+    a = torch.randn(16, 5)
+    other = torch.randn(16, 5)
+    other = other - (other * a).sum() / (a * a).sum() * a  # orthogonal to a over the batch
+    assert guidance.least_squares_scale(a, 0.4 * a + other) == pytest.approx(0.4, rel=1e-6)
+    with pytest.raises(ValueError, match="zero"):
+        guidance.least_squares_scale(torch.zeros(3, 2), torch.ones(3, 2))
+
+
+def test_a_scale_profile_multiplies_the_nag_scale_per_level():
+    """A profile of value v equals the plain scale times v, follows each sample's own level, and at
+    scale 0 changes nothing and costs nothing."""
+    net, sch = _net()
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
+    s = torch.tensor([0.2, 0.2, 0.6, 0.6])
+    lam = schedules.logsnr_of(sch.space, s)
+    flat = guidance.ScaleProfile((0.0,), (0.5,))
+    a = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=flat))(x, s, y)
+    b = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.5))(x, s, y)
+    assert torch.allclose(a, b, atol=1e-6)
+    step = guidance.ScaleProfile((float(lam[2]), float(lam[0])), (0.0, 2.0))  # 0 at s=0.6, 2 at s=0.2
+    out = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=step))(x, s, y)
+    two = Denoiser(net, sch, "velocity", Guidance(nag_scale=2.0))(x, s, y)
+    plain = Denoiser(net, sch, "velocity")(x, s, y)
+    assert torch.allclose(out[:2], two[:2], atol=1e-6) and torch.allclose(out[2:], plain[2:], atol=1e-6)
+    zero = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.0, nag_profile=step))
+    assert torch.equal(zero(x, s, y), plain) and zero.evaluations == 1

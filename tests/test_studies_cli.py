@@ -45,3 +45,8 @@ def test_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
 def test_entry_point_runs_from_the_repository_root():
     r = subprocess.run([sys.executable, "-m", "studies", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "demo" in r.stdout and "bench" in r.stdout
+
+
+def test_demo_merge_without_family_runs_is_one_line(tmp_path, capsys):
+    err = _one_line_error(capsys, ["demo", "--out", str(tmp_path), "--merge"])
+    assert "no metrics_<family>.json" in err and "--families first" in err
