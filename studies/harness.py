@@ -236,9 +236,10 @@ class Stages:
         save_weights(path, tensors, {"study.fingerprint": fp, "study.summary": json.dumps(summary)})
         return summary
 
-    def value(self, name: str, spec: dict, make, valid=None):
+    def value(self, name: str, spec: dict, make, valid=None, quiet: bool = False):
         """A JSON-able result (e.g. tuned knobs) from stage ``name``, or ``make()``'s, saved.  ``valid(value)``:
-        whether a saved value still holds (e.g. the file it names is unchanged); if not, it is made again."""
+        whether a saved value still holds (e.g. the file it names is unchanged); if not, it is made again.
+        ``quiet``: reuse without a log line (stages made by the hundred, like the demo's rows)."""
         import json
 
         from comfy_nag.files import atomic_write_bytes
@@ -250,9 +251,11 @@ class Stages:
             except (OSError, ValueError):
                 saved = {}
             if saved.get("fingerprint") == fp and (valid is None or valid(saved["value"])):
-                self.log(f"reusing {path} (finished earlier with the same settings)")
+                if not quiet:
+                    self.log(f"reusing {path} (finished earlier with the same settings)")
                 return saved["value"]
         value = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps({"fingerprint": fp, "value": value}).encode())
         return value
 

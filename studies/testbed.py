@@ -73,6 +73,21 @@ class GaussianMixture:
         return mu, cov
 
     # --- densities -----------------------------------------------------------------------
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """x in each component's eigenbasis: [B, K, D] (float64)."""
+        return torch.einsum("kdj,bd->bkj", self.evecs, x.double())
+
+    def _levels_logpdf(self, proj: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """log N(x; a_l mu_k, a_l^2 C_k + s_l^2 I) at every level l (``a``, ``s`` [L]) from ``proj`` =
+        :meth:`_project` (x): [B, L, K] (float64).  The quadratic form is expanded so that x is projected
+        once for all levels (what makes the exact posterior over hundreds of levels cheap)."""
+        a, s = a.double(), s.double()
+        am = a[:, None, None] * self.qmu[None]  # [L, K, D]
+        iv = 1.0 / (a[:, None, None] ** 2 * self.evals[None] + (s ** 2)[:, None, None])
+        quad = (torch.einsum("bkj,lkj->blk", proj * proj, iv) - 2 * torch.einsum("bkj,lkj->blk", proj, am * iv)
+                + (am * am * iv).sum(-1)[None])
+        return -0.5 * (quad - iv.log().sum(-1)[None] + self.dim * math.log(2 * math.pi))
+
     def _comp_logpdf(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """log N(x; a*mu_k, a^2 C_k + s^2 I) for x [B, D], a, s [B] -> [B, K] (float64)."""
         x, a, s = x.double(), a.double(), s.double()
@@ -123,13 +138,11 @@ class GaussianMixture:
     # --- the exact noise-level posterior -----------------------------------------------------
     def level_loglik(self, x: torch.Tensor, space: str, lams: torch.Tensor) -> torch.Tensor:
         """log p(x | lambda) marginal over classes, for each of L log-SNR values -> [B, L]."""
-        B, out = x.shape[0], []
-        lw = self.weights.log()[None]
-        for lam in lams.double():
-            s = sigma_of_logsnr(space, lam)
-            a = space_alpha(space, s)
-            out.append(torch.logsumexp(lw + self._comp_logpdf(x, a.expand(B), s.expand(B)), 1))
-        return torch.stack(out, 1)
+        proj, lw, out = self._project(x), self.weights.log()[None, None], []
+        for chunk in lams.double().split(64):  # bounds the [B, L, K] intermediate
+            s = sigma_of_logsnr(space, chunk)
+            out.append(torch.logsumexp(lw + self._levels_logpdf(proj, space_alpha(space, s), s), 2))
+        return torch.cat(out, 1)
 
     def level_posterior(self, x: torch.Tensor, space: str, bins: LevelBins, sub: int = 8) -> torch.Tensor:
         """Exact posterior over the estimator's bins under its uniform prior: [B, k] (float32)."""
@@ -170,16 +183,36 @@ def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, 
     c, a_n, s_n = schedule.native(s)
     xn = (append_dims(c, x.dim()) * x).double()
     levels = training_levels(schedule) if levels is None else levels
+    if branch is None:
+        return to_x0(_exact_level_average(gmm, xn, levels, schedule, prediction, y), prediction, xn, a_n.double(),
+                     s_n.double()).to(x.dtype)
     preds, lls = [], []
     for sl in levels:
         _, al, sgl = (v.double() for v in schedule.native(sl))
-        ex0, ll = gmm.posterior_x0(xn, al, sgl, y)
-        preds.append(target(prediction, ex0, (xn - al * ex0) / sgl, al, sgl) if branch is None
-                     else branch(xn.to(x.dtype), sl.reshape(1)).double())
+        _, ll = gmm.posterior_x0(xn, al, sgl, y)
+        preds.append(branch(xn.to(x.dtype), sl.reshape(1)).double())
         lls.append(ll)
     w = torch.softmax(torch.stack(lls, 1), 1)  # posterior over training levels (uniform prior)
     pred = (w[:, :, None] * torch.stack(preds, 1)).sum(1)
     return to_x0(pred, prediction, xn, a_n.double(), s_n.double()).to(x.dtype)
+
+
+def _exact_level_average(gmm: GaussianMixture, xn: torch.Tensor, levels: torch.Tensor, schedule: Schedule,
+                         prediction: str, y=None) -> torch.Tensor:
+    """``sum_l p(l | xn) target_l(E[x0 | xn, l])`` over the network-space ``levels`` (uniform prior), all
+    levels at once.  The target is linear in (xn, x0) with per-level coefficients, so the average is
+    accumulated in each component's eigenbasis and mapped back once.  float64 [B, D]."""
+    _, al, sl = (v.double() for v in schedule.native(levels))
+    A = target(prediction, torch.zeros_like(al), 1.0 / sl, al, sl)  # coefficient of xn
+    Bc = target(prediction, torch.ones_like(al), -al / sl, al, sl)   # coefficient of E[x0 | xn, l]
+    proj = gmm._project(xn)
+    logj = gmm._levels_logpdf(proj, al, sl) + gmm._log_weights(y, xn.shape[0])[:, None, :]  # [B, L, K]
+    w = torch.softmax(torch.logsumexp(logj, 2), 1)  # level posterior [B, L]
+    coef = (w * Bc[None])[:, :, None] * torch.softmax(logj, 2)  # [B, L, K]
+    gain = al[:, None, None] * gmm.evals[None] / (al[:, None, None] ** 2 * gmm.evals[None] + (sl ** 2)[:, None, None])
+    acc = proj * torch.einsum("blk,lkj->bkj", coef, gain) - gmm.qmu[None] * torch.einsum("blk,lkj->bkj", coef, al[:, None, None] * gain)
+    x0_part = coef.sum(1) @ gmm.means + torch.einsum("kdj,bkj->bd", gmm.evecs, acc)
+    return (w @ A)[:, None] * xn + x0_part
 
 
 def exact_denoiser(gmm: GaussianMixture, space: str):
