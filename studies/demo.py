@@ -267,7 +267,7 @@ def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None =
     torch.manual_seed(cfg.seed)
     gmm = testbed.GaussianMixture.make(dim=cfg.dim, seed=cfg.seed)
     out = {"rows": [], "tuning": {}, "knobs": {}, "calibration": {}, "training": {}, "plots": {}, "ablations": {},
-           "estimator_check": {}}
+           "estimator_check": {}, "fidelity": {}}
     for name in cfg.families:
         tr = train_family(name, gmm, cfg, log=log, stages=stages, progress=progress)
         out["training"][name] = {"denoiser_loss": tr.train_loss, "estimator_loss": tr.estimator_loss,
@@ -296,6 +296,7 @@ def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None =
                                else make())
         out["plots"][name] = plot_data(tr, cfg, ev, knobs)
         out["estimator_check"][name] = estimator_check(tr, cfg, ev, knobs)
+        out["fidelity"][name] = fidelity_rows(tr, cfg)
         if cfg.ablations:
             out["ablations"][name] = ablations(tr, cfg, ev, knobs, log, stages)
     return out
@@ -322,6 +323,44 @@ def plot_data(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
         kde["groups"][method] = np.stack(res["estimated"]["exact"]).tolist()
     return {"sampler": sampler, "steps": cfg.plot_steps, "curves": curves, "kde": kde,
             "window_min_logsnr": cfg.nag_min_logsnr}
+
+
+def fidelity_rows(tr: Trained, cfg: Config) -> list[dict]:
+    """How much of the exact NAG term this network's learned terms carry (``studies.fidelity.measure``):
+    NAG-CF's ``c - n`` and NAG-CG's gradient against their exact counterparts, plus the readout, on
+    on-schedule states and states 0.5 log-SNR noisier."""
+    from . import fidelity
+
+    return fidelity.measure(tr.net, tr.estimator, tr.gmm, tr.fam, tr.bins, n=128 if cfg.quick else 512, seed=cfg.seed,
+                            terms=("nag_cf", "readout", "nag_cg"))
+
+
+def fidelity_figure(res: dict):
+    """Per family: cosine with the exact term against nominal log-SNR, for NAG-CF (on-schedule and noisier
+    states), the readout and NAG-CG."""
+    from matplotlib.figure import Figure
+
+    fams = list(res["fidelity"])
+    fig = Figure(figsize=(5.2 * len(fams), 3.6))
+    axes = fig.subplots(1, len(fams), squeeze=False)[0]
+    styles = {("nag_cf", 0.0): ("NAG-CF c - n, on-schedule", "-o", "#d62728"),
+              ("nag_cf", 0.5): ("NAG-CF c - n, 0.5 log-SNR noisier", "--o", "#d62728"),
+              ("readout", 0.0): ("readout (c - n vs estimator), on-schedule", ":s", "#7f3b08"),
+              ("nag_cg", 0.0): ("NAG-CG gradient, on-schedule", "-^", "#8c564b"),
+              ("nag_cg", 0.5): ("NAG-CG gradient, 0.5 log-SNR noisier", "--^", "#8c564b")}
+    for ax, fam in zip(axes, fams):
+        for (term, off), (label, style, color) in styles.items():
+            pts = [r for r in res["fidelity"][fam] if r["term"] == term and r["offset"] == off]
+            ax.plot([r["lam"] for r in pts], [r["cos"] for r in pts], style, color=color, ms=4, label=label)
+        ax.axhline(0.8, color="k", lw=0.6, alpha=0.4)
+        ax.axvline(res["meta"]["config"]["nag_min_logsnr"], color="k", lw=0.6, alpha=0.3)
+        ax.set_ylim(-0.3, 1.02)
+        ax.set_xlabel("nominal log-SNR (NAG acts right of the vertical line)")
+        ax.set_ylabel("cosine with the exact term")
+        ax.set_title(f"{fam}: how much of the exact NAG term the learned terms carry", fontsize=9)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
 
 
 def estimator_check(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
@@ -626,6 +665,16 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
             L.append(f"\n### `{fam}`: null condition — sentinel timestep vs learned null embedding\n")
             L.append(md_table(ab["null_mode"], ["null_mode", "sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
             L.append("")
+    if res.get("fidelity"):
+        L.append("\n## Fidelity: how much of the exact NAG term the learned terms carry\n")
+        L.append("Cosine and median norm ratio |learned| / |exact| on forward states at each nominal log-SNR "
+                 "(`offset` 0: on-schedule; 0.5: states 0.5 log-SNR noisier, as a shifted sampler meets them). "
+                 "`nag_cf`: the network's `c - n` against the exact `c* - n*`; `nag_cg`: the estimator's gradient "
+                 "against the exact `grad_x log p(lambda|x)`; `readout`: `c - n` against the estimator's term "
+                 "(what a real model shows). Plot: `fidelity.png`; recipes that change it: the fidelity study "
+                 "(docs/fidelity/report.md).\n")
+        L.append(md_table([{"family": f, **r} for f, rs in res["fidelity"].items() for r in rs],
+                          ["family", "term", "offset", "lam", "cos", "norm_ratio"]))
     L.append("\n## Learned noise-level estimator vs the exact posterior (forward samples over the whole range)\n")
     L.append(md_table([{"family": k, **v} for k, v in res["estimator_check"].items()],
                     ["family", "mean_abs_posterior_mean_gap", "corr_posterior_means", "mean_kl_exact_to_learned",
@@ -713,6 +762,8 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> Non
     name = cfg.families[0]
     figs = harness.shift_figures(res["plots"][name], name, "exact noise-level posterior")
     harness.stack_images([to_pil(f) for f in figs]).save(out / "noise_shift.png")
+    if res.get("fidelity"):
+        to_pil(fidelity_figure(res)).save(out / "fidelity.png")
     report = write_report(out, res, cfg, res["meta"]["seconds"])
     atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "demo", harness.previous_report(out)) if redrawn else report).encode())
 

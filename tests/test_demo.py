@@ -19,9 +19,12 @@ def tiny_config():
 
 def test_demo_writes_the_promised_files_and_rows(tmp_path):
     res = demo.run_demo(tmp_path, config=tiny_config())
-    for name in ("metrics.json", "report.md", "noise_shift.png", "samples.png"):
+    for name in ("metrics.json", "report.md", "noise_shift.png", "samples.png", "fidelity.png"):
         assert (tmp_path / name).stat().st_size > 0
-    for name in ("noise_shift.png", "samples.png"):
+    fid = res["fidelity"]["sit"]
+    assert {(r["term"], r["offset"]) for r in fid} == {(t, o) for t in ("nag_cf", "readout", "nag_cg") for o in (0.0, 0.5)}
+    assert all(-1 <= r["cos"] <= 1 and r["norm_ratio"] > 0 for r in fid)
+    for name in ("noise_shift.png", "samples.png", "fidelity.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 200 and im.size[1] > 100
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
