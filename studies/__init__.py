@@ -1,11 +1,14 @@
 """Studies of Noise Awareness Guidance: the exact testbed, the demo and the benchmarks.
 
-Run from the repository root (``python -m studies demo | bench images | bench cost``); they use the
-method library ``comfy_nag`` and, for the image benchmark, the standalone trainer ``training``.
+Run from the repository root (``python -m studies demo | fidelity | estimator | last-step | bench images |
+bench cost``); they use the method library ``comfy_nag`` and, for the image benchmark, the standalone
+trainer ``training``.
 
 * ``testbed``      - class-conditional Gaussian mixtures where every density is closed form.
 * ``methods``      - the methods compared, as one table (name + knobs -> guidance).
 * ``harness``      - one sampling run with its noise-shift readout, tuning, figures, report tables.
 * ``demo``         - the exact-testbed study;  ``bench_images`` - the 8x8-digits study;
   ``bench_cost``   - per-step time and memory of each guidance mode.
+* ``fidelity``     - null-branch recipes against the exact NAG term;  ``cg_estimator`` - estimator
+  recipes for classifier-guided NAG;  ``last_step`` - where a sampler's late shift comes from.
 """
