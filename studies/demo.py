@@ -8,7 +8,6 @@ posterior and sample quality against the exact data distribution, and writes
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -736,19 +735,9 @@ def merge(out: str | Path, note: str = "") -> dict:
     """Join the ``metrics_<family>.json`` files of parallel ``--families`` runs in ``out`` into
     metrics.json, report.md and noise_shift.png (samples.png comes from the first family's run)."""
     out = Path(out)
-    parts = [json.loads(p.read_text()) for p in sorted(out.glob("metrics_*.json"))]
-    if not parts:
-        raise harness.StudyError(f"no metrics_<family>.json files in {out}; run with --families first")
     order = list(Config.families)
-    parts.sort(key=lambda p: order.index(p["meta"]["config"]["families"][0]))
-    res = {"rows": sum((p["rows"] for p in parts), [])}
-    for key in parts[0]:
-        if key not in ("rows", "meta"):
-            res[key] = {k: v for p in parts for k, v in p[key].items()}
-    fams = [f for p in parts for f in p["meta"]["config"]["families"]]
-    res["meta"] = {**parts[0]["meta"], "config": {**parts[0]["meta"]["config"], "families": fams},
-                   "seconds": max(p["meta"]["seconds"] for p in parts),
-                   "note": note or f"run as {len(parts)} --families processes in parallel; wall time of the slowest"}
+    res = harness.merge_parts(out, "metrics", order=lambda p: order.index(p["meta"]["config"]["families"][0]), note=note)
+    res["meta"]["config"] = {**res["meta"]["config"], "families": [f for f in order if f in res["knobs"]]}
     harness.save_json(out / "metrics.json", res)
     write_figures_and_report(out, res)
     return res

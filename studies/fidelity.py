@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -551,17 +550,7 @@ def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = N
 def merge(out, note: str = "") -> dict:
     """Join the per-family files of parallel ``--families`` runs in ``out`` into fidelity.json + report."""
     out = Path(out)
-    parts = [json.loads(p.read_text()) for p in sorted(out.glob("fidelity_*.json"))]
-    if not parts:
-        raise harness.StudyError(f"no fidelity_<family>.json files in {out}; run with --families first")
-    res = {k: [] for k in ("fidelity", "sampling", "track")}
-    res["finetune"] = {}
-    for p in parts:
-        for k in ("fidelity", "sampling", "track"):
-            res[k] += p[k]
-        res["finetune"].update(p["finetune"])
-    res["meta"] = {**parts[0]["meta"], "seconds": max(p["meta"]["seconds"] for p in parts),
-                   "note": note or f"run as {len(parts)} --families processes in parallel; wall time of the slowest"}
+    res = harness.merge_parts(out, "fidelity", note=note)
     harness.save_json(out / "fidelity.json", res)
     write_figures_and_report(out, res)
     return res

@@ -163,6 +163,27 @@ def part_name(stem: str, families) -> str:
     return f"{stem}.json" if not families else f"{stem}_{'_'.join(families)}.json"
 
 
+def merge_parts(out: Path, stem: str, order=None, note: str = "") -> dict:
+    """Join the ``<stem>_<families>.json`` files that parallel ``--families`` processes wrote in ``out``:
+    lists are concatenated and dicts united (in ``order``, a sort key over the parts; default: file name);
+    ``meta`` is the first part's, with the slowest part's wall time and ``note``."""
+    import json
+
+    parts = [json.loads(p.read_text()) for p in sorted(Path(out).glob(f"{stem}_*.json"))]
+    if not parts:
+        raise StudyError(f"no {stem}_<family>.json files in {out}; run with --families first")
+    if order is not None:
+        parts.sort(key=order)
+    res = {}
+    for key in parts[0]:
+        if key != "meta":
+            vals = [p[key] for p in parts]
+            res[key] = sum(vals, []) if isinstance(vals[0], list) else {k: v for d in vals for k, v in d.items()}
+    res["meta"] = {**parts[0]["meta"], "seconds": max(p["meta"]["seconds"] for p in parts),
+                   "note": note or f"run as {len(parts)} --families processes in parallel; wall time of the slowest"}
+    return res
+
+
 class StudyError(ValueError):
     """A refusal meant for the user (one line: the problem and the fix)."""
 

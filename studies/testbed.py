@@ -186,15 +186,18 @@ def exact_null_x0(gmm: GaussianMixture, x: torch.Tensor, s, schedule: Schedule, 
     if branch is None:
         return to_x0(_exact_level_average(gmm, xn, levels, schedule, prediction, y), prediction, xn, a_n.double(),
                      s_n.double()).to(x.dtype)
-    preds, lls = [], []
-    for sl in levels:
-        _, al, sgl = (v.double() for v in schedule.native(sl))
-        _, ll = gmm.posterior_x0(xn, al, sgl, y)
-        preds.append(branch(xn.to(x.dtype), sl.reshape(1)).double())
-        lls.append(ll)
-    w = torch.softmax(torch.stack(lls, 1), 1)  # posterior over training levels (uniform prior)
-    pred = (w[:, :, None] * torch.stack(preds, 1)).sum(1)
-    return to_x0(pred, prediction, xn, a_n.double(), s_n.double()).to(x.dtype)
+    logj, *_ = _level_log_joint(gmm, xn, levels, schedule, y)
+    w = torch.softmax(torch.logsumexp(logj, 2), 1)  # posterior over training levels (uniform prior)
+    preds = torch.stack([branch(xn.to(x.dtype), sl.reshape(1)).double() for sl in levels], 1)
+    return to_x0((w[:, :, None] * preds).sum(1), prediction, xn, a_n.double(), s_n.double()).to(x.dtype)
+
+
+def _level_log_joint(gmm: GaussianMixture, xn: torch.Tensor, levels: torch.Tensor, schedule: Schedule, y=None):
+    """``log p(xn, component k | level l)`` [B, L, K] for network-space ``xn`` (class-conditional if ``y``),
+    with the levels' network-space ``alpha``, ``sigma`` [L] and ``xn``'s eigenbasis projection."""
+    _, al, sl = (v.double() for v in schedule.native(levels))
+    proj = gmm._project(xn)
+    return gmm._levels_logpdf(proj, al, sl) + gmm._log_weights(y, xn.shape[0])[:, None, :], al, sl, proj
 
 
 def _exact_level_average(gmm: GaussianMixture, xn: torch.Tensor, levels: torch.Tensor, schedule: Schedule,
@@ -202,11 +205,9 @@ def _exact_level_average(gmm: GaussianMixture, xn: torch.Tensor, levels: torch.T
     """``sum_l p(l | xn) target_l(E[x0 | xn, l])`` over the network-space ``levels`` (uniform prior), all
     levels at once.  The target is linear in (xn, x0) with per-level coefficients, so the average is
     accumulated in each component's eigenbasis and mapped back once.  float64 [B, D]."""
-    _, al, sl = (v.double() for v in schedule.native(levels))
+    logj, al, sl, proj = _level_log_joint(gmm, xn, levels, schedule, y)
     A = target(prediction, torch.zeros_like(al), 1.0 / sl, al, sl)  # coefficient of xn
     Bc = target(prediction, torch.ones_like(al), -al / sl, al, sl)   # coefficient of E[x0 | xn, l]
-    proj = gmm._project(xn)
-    logj = gmm._levels_logpdf(proj, al, sl) + gmm._log_weights(y, xn.shape[0])[:, None, :]  # [B, L, K]
     w = torch.softmax(torch.logsumexp(logj, 2), 1)  # level posterior [B, L]
     coef = (w * Bc[None])[:, :, None] * torch.softmax(logj, 2)  # [B, L, K]
     gain = al[:, None, None] * gmm.evals[None] / (al[:, None, None] ** 2 * gmm.evals[None] + (sl ** 2)[:, None, None])
@@ -243,13 +244,10 @@ def exact_level_gradient(gmm: GaussianMixture, x: torch.Tensor, s: torch.Tensor,
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().double().requires_grad_(True)
         xn = append_dims(c.double(), x.dim()) * xg
-        lps = []
         logw = (training_log_prior(schedule, bins)[bins.index(grid.float())].double() if prior == "training"
                 else torch.zeros(len(grid), dtype=torch.float64))
-        for lam in grid:
-            _, al, sl = schedule.native(schedule.sigma_from_logsnr(lam.reshape(1).float()))
-            lps.append(gmm.log_prob(xn, al, sl))
-        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(torch.stack(lps, 1) + logw, 1)
+        lps = torch.logsumexp(_level_log_joint(gmm, xn, schedule.sigma_from_logsnr(grid.float()), schedule)[0], 2)
+        log_post = gmm.log_prob(xn, a, sg) - torch.logsumexp(lps + logw, 1)
         (grad,) = torch.autograd.grad(log_post.sum(), xg)
     return grad.to(x.dtype)
 
