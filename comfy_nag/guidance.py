@@ -32,8 +32,8 @@ class ScaleProfile:
     """A per-level multiplier of the NAG scale: piecewise linear in log-SNR through the knots
     ``(logsnr[i], value[i])`` (increasing log-SNR), flat beyond the first and last knot.
 
-    :func:`least_squares_scale` per level gives the multiplier that makes a learned term deliver a
-    reference term (the estimator's, or on the testbed the exact one) in the least-squares sense.
+    :class:`ScaleFit` fits one: per level, the multiplier that makes a learned term deliver a reference
+    term (the estimator's, or on the testbed the exact one) in the least-squares sense.
     """
 
     logsnr: tuple[float, ...]
@@ -59,14 +59,63 @@ class ScaleProfile:
         return torch.lerp(v[i - 1], v[i], (x - k[i - 1]) / (k[i] - k[i - 1])).float()
 
 
-def least_squares_scale(learned: torch.Tensor, reference: torch.Tensor) -> float:
-    """The scalar ``a`` minimising ``sum |a*learned - reference|^2`` over a batch [B, ...]: how much of
-    ``learned`` best reproduces ``reference`` (``cos * |reference| / |learned|`` for one vector)."""
-    a, b = learned.flatten().double(), reference.flatten().double()
-    den = float(a @ a)
-    if den == 0.0:
-        raise ValueError("the learned term is zero on every sample: nothing to scale (is the null branch trained?)")
-    return float(a @ b) / den
+    def to_json(self) -> dict:
+        """``{"logsnr": [...], "value": [...]}`` (what ``nag.scale_profile`` metadata holds)."""
+        return {"logsnr": list(self.logsnr), "value": list(self.value)}
+
+    @classmethod
+    def from_json(cls, d) -> "ScaleProfile":
+        """Inverse of :meth:`to_json`; ``ValueError`` naming the problem for anything else."""
+        if not isinstance(d, dict) or not isinstance(d.get("logsnr"), list) or not isinstance(d.get("value"), list):
+            raise ValueError(f"a scale profile is {{'logsnr': [...], 'value': [...]}}, got {str(d)[:80]!r}")
+        try:
+            return cls(tuple(float(v) for v in d["logsnr"]), tuple(float(v) for v in d["value"]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad scale profile: {e}") from None
+
+
+class ScaleFit:
+    """Least-squares fit of a :class:`ScaleProfile`, streamed over batches: each state counts toward the
+    knot nearest its log-SNR (states more than half a knot spacing outside the knots are left out), and
+    a knot's value is ``sum <learned, reference> / sum |learned|^2`` over its states (the scale at which
+    ``learned`` best delivers ``reference``).  Knots: increasing log-SNR, evenly spaced or not."""
+
+    def __init__(self, knots):
+        self.knots = torch.tensor([float(k) for k in knots], dtype=torch.float64)
+        if self.knots.numel() == 0 or bool((self.knots[1:] <= self.knots[:-1]).any()):
+            raise ValueError(f"ScaleFit needs increasing knots, got {list(knots)}")
+        gaps = self.knots[1:] - self.knots[:-1]
+        self.reach = (float(gaps[0]) / 2, float(gaps[-1]) / 2) if len(gaps) else (0.5, 0.5)
+        self.ab = torch.zeros(len(self.knots), dtype=torch.float64)
+        self.aa = torch.zeros(len(self.knots), dtype=torch.float64)
+
+    @classmethod
+    def spanning(cls, lo: float, hi: float, step: float = 1.0) -> "ScaleFit":
+        """Knots every ``step`` log-SNR from ``lo`` up to ``hi`` (inclusive)."""
+        if hi < lo:
+            raise ValueError(f"ScaleFit.spanning needs hi >= lo, got lo={lo}, hi={hi}")
+        return cls(lo + step * i for i in range(int((hi - lo) / step + 1e-9) + 1))
+
+    def add(self, learned: torch.Tensor, reference: torch.Tensor, lam: torch.Tensor) -> None:
+        """``learned``/``reference``: per-state terms [B, ...]; ``lam``: their log-SNR [B]."""
+        lam = lam.detach().double().reshape(-1).cpu()
+        keep = (lam >= self.knots[0] - self.reach[0]) & (lam <= self.knots[-1] + self.reach[1])
+        idx = (lam[:, None] - self.knots[None]).abs().argmin(1)[keep]
+        a, b = learned.detach().flatten(1).double().cpu()[keep], reference.detach().flatten(1).double().cpu()[keep]
+        self.ab.index_add_(0, idx, (a * b).sum(1))
+        self.aa.index_add_(0, idx, (a * a).sum(1))
+
+    def values(self) -> list[float | None]:
+        """The least-squares scale per knot (None where no state with a non-zero learned term fell)."""
+        return [float(ab / aa) if aa > 0 else None for ab, aa in zip(self.ab.tolist(), self.aa.tolist())]
+
+    def profile(self) -> ScaleProfile:
+        """The fitted profile over the knots that got states, negative scales clipped to 0 (a learned term
+        pointing away from the reference is switched off, not reversed)."""
+        pts = [(k, max(v, 0.0)) for k, v in zip(self.knots.tolist(), self.values()) if v is not None]
+        if not pts:
+            raise ValueError("no state fell near a knot with a non-zero learned term: nothing to fit a scale profile to")
+        return ScaleProfile(tuple(k for k, _ in pts), tuple(v for _, v in pts))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ key                                meaning
 ``nag.null_mode``                  ``sentinel`` (only mode loadable by stock ComfyUI loaders)
 ``nag.noise_condition_dropout_rate``  training rate, e.g. ``0.1``
 ``nag.base_model_hash``            sha256 of the base file the fine-tune started from
+``nag.scale_profile``              (fine-tunes with ``monitor.estimator``) JSON ``{"logsnr": [...],
+                                   "value": [...]}``: the per-level NAG-scale multiplier calibrated
+                                   to the estimator at the final readout (docs/method.md §3)
 ``nag.latent_channels``            (estimators) channels of the latent space
 ``nag.estimator``                  (estimators) JSON: shape, bins, width, depth
 =================================  ==========================================================
@@ -63,6 +66,21 @@ def null_timestep(meta: dict[str, str]) -> float | None:
     if out != out or abs(out) == float("inf"):
         raise ValueError(f"metadata nag.null_timestep={v!r} is not finite; the file's metadata is damaged")
     return out
+
+
+def scale_profile(meta: dict[str, str]):
+    """The per-level NAG-scale profile a file declares (``nag.scale_profile``, written by the trainer's
+    final readout), as a ``guidance.ScaleProfile``, or None when it declares none."""
+    from .guidance import ScaleProfile
+
+    v = meta.get("nag.scale_profile")
+    if v is None:
+        return None
+    try:
+        return ScaleProfile.from_json(json.loads(v))
+    except ValueError as e:
+        raise ValueError(f"metadata nag.scale_profile is damaged ({e}); re-export the file with the trainer, or use "
+                         "the constant scale rule") from None
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

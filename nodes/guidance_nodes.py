@@ -13,6 +13,7 @@ from .common import CATEGORY, Estimator, clear_errors, model_input, window_input
 from .guider import BATCHING, NagGuider
 
 NULL_SOURCES = ["auto", "metadata", "manual"]
+SCALE_RULES = ["constant", "per level (from file)"]
 log = logging.getLogger("comfy-nag")
 
 
@@ -35,15 +36,38 @@ def _nag_inputs() -> list:
     ]
 
 
-def nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched=True):
-    kind, mult, _ = hooks.sampling_info(model)
-    meta_null = nag_metadata.null_timestep(hooks.file_metadata(model))
+def scale_rule_input():
+    """Last input of every classifier-free node: appended and optional, so workflows and API prompts made
+    before it existed still load and run (as 'constant')."""
+    return io.Combo.Input("scale_rule", options=SCALE_RULES, default=SCALE_RULES[0], optional=True,
+                          tooltip="constant: the same scale at every step. per level (from file): the scale times the "
+                                  "per-noise-level profile the trainer wrote into the file (fine-tunes run with "
+                                  "monitor.estimator); calibrated so the guidance follows the estimator, it fades out "
+                                  "where the null branch stops carrying the correction. Start with scale 1.0")
+
+
+def nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched=True,
+               scale_rule=SCALE_RULES[0]):
+    kind, mult, space = hooks.sampling_info(model)
+    meta = hooks.file_metadata(model)
+    meta_null = nag_metadata.null_timestep(meta)
     null, origin = patching.choose_null_timestep(meta_null, kind, mult, null_timestep, null_timestep_source)
     if origin.startswith("default") and scale:
         log.warning("Noise Awareness Guidance: the model carries no comfy-nag metadata; using the %s null timestep %g. "
                     "Classifier-free NAG needs a model fine-tuned with noise-condition dropout (load it with a "
                     "NoiseAwareness loader); on any other model use the classifier-guided node.", origin, null)
-    return hooks.NagConfig(float(scale), variant, hooks.Window.of(model, window_unit, start, end), null, bool(batched))
+    profile = None
+    if scale_rule == SCALE_RULES[1]:
+        profile = nag_metadata.scale_profile(meta)
+        if profile is None:
+            raise hooks.NoiseAwarenessError(
+                "scale rule 'per level (from file)' needs the nag.scale_profile the trainer writes when a fine-tune runs "
+                "with monitor.estimator; this model file has none. Load a file exported that way (with a Noise "
+                "Awareness loader), or set scale_rule to 'constant'")
+    elif scale_rule != SCALE_RULES[0]:
+        raise hooks.NoiseAwarenessError(f"unknown scale rule {scale_rule!r}; expected one of {', '.join(SCALE_RULES)}")
+    return hooks.NagConfig(float(scale), variant, hooks.Window.of(model, window_unit, start, end), null, bool(batched),
+                           profile, space)
 
 
 class NoiseAwarenessClassifierFree(io.ComfyNode):
@@ -60,14 +84,17 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
                     *_nag_inputs(),
                     io.Boolean.Input("batched", default=True,
                                      tooltip="run the null branch in the same forward as cond/uncond; turn off if another "
-                                             "pack's model wrapper breaks with extra batch entries")],
+                                             "pack's model wrapper breaks with extra batch entries"),
+                    scale_rule_input()],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     @clear_errors
-    def execute(cls, model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched):
-        cfg = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched)
+    def execute(cls, model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched,
+                scale_rule=SCALE_RULES[0]):
+        cfg = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched,
+                         scale_rule)
         if scale == 0:
             return io.NodeOutput(model)
         return io.NodeOutput(hooks.patch_classifier_free(model, cfg))
@@ -118,15 +145,17 @@ class NoiseAwarenessCFGuider(io.ComfyNode):
                     *_nag_inputs(),
                     io.Combo.Input("batching", options=BATCHING, default=BATCHING[0],
                                    tooltip="one forward: cond, uncond and null branches in one batch (fastest); "
-                                           "the others trade speed for memory")],
+                                           "the others trade speed for memory"),
+                    scale_rule_input()],
             outputs=[io.Guider.Output()],
         )
 
     @classmethod
     @clear_errors
     def execute(cls, model, positive, negative, cfg, scale, variant, window_unit, start, end,
-                null_timestep_source, null_timestep, batching):
-        nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep)
+                null_timestep_source, null_timestep, batching, scale_rule=SCALE_RULES[0]):
+        nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep,
+                         scale_rule=scale_rule)
         g = NagGuider(model, nag, batching)
         g.set_conds(positive, negative)
         g.set_cfg(cfg)
@@ -156,18 +185,20 @@ class NoiseAwarenessKSampler(io.ComfyNode):
                     io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                    tooltip="how much to denoise; below 1 keeps the input's structure (img2img). "
                                            "The guidance window still counts the steps actually sampled"),
-                    *_nag_inputs()],
+                    *_nag_inputs(),
+                    scale_rule_input()],
             outputs=[io.Latent.Output(tooltip="the denoised latent")],
         )
 
     @classmethod
     @clear_errors
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                scale, variant, window_unit, start, end, null_timestep_source, null_timestep):
+                scale, variant, window_unit, start, end, null_timestep_source, null_timestep, scale_rule=SCALE_RULES[0]):
         from nodes import common_ksampler  # ComfyUI's own KSampler body (its top-level nodes.py, not this pack's)
 
         if scale != 0:
-            nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep)
+            nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep,
+                             scale_rule=scale_rule)
             model = hooks.patch_classifier_free(model, nag)
         return io.NodeOutput(*common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                               latent_image, denoise=denoise))

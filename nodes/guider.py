@@ -64,5 +64,5 @@ class NagGuider(comfy.samplers.CFGGuider):
             return res
         patching.check_finite(x, "Noise Awareness Guider")
         null_u = null_out[1] if len(null_out) > 1 else None
-        return res + guidance.nag_correction(main[0], null_out[0], self.nag.scale, self.nag.variant, self.cfg,
+        return res + guidance.nag_correction(main[0], null_out[0], self.nag.scale_at(timestep, res), self.nag.variant, self.cfg,
                                              main[1] if null_u is not None else None, null_u)

@@ -25,6 +25,7 @@ import comfy.model_sampling as cms
 import comfy.samplers
 
 from ..comfy_nag import guidance, patching
+from ..comfy_nag.schedules import logsnr_of
 
 KEY = "noise_awareness_guidance"
 NULL_FLAG = "noise_awareness_null"  # transformer_options: {"labels": set of chunk labels, "value": null t}
@@ -145,6 +146,16 @@ class NagConfig:
     window: Window
     null_timestep: float
     batched: bool = True
+    profile: guidance.ScaleProfile | None = None  # per-level multiplier of ``scale`` (the file's nag.scale_profile)
+    space: str = "ve"  # the model's sampling space, to read each sample's log-SNR from its sigma
+
+    def scale_at(self, sigma: torch.Tensor, like: torch.Tensor):
+        """The NAG scale for the batch ``like`` at ``sigma``: a number, or per sample [B] with a profile."""
+        if self.profile is None:
+            return self.scale
+        s = sigma.reshape(-1).float()
+        s = s.expand(like.shape[0]) if s.numel() == 1 else s
+        return (self.scale * self.profile(logsnr_of(self.space, s))).to(like)
 
 
 class NullBranches:
@@ -191,7 +202,7 @@ class NullBranches:
         nulls = self.null_predictions(args)
         null_u = nulls[1] if len(nulls) > 1 else None
         return denoised + guidance.nag_correction(
-            args["cond_denoised"], nulls[0], self.cfg.scale, self.cfg.variant, args["cond_scale"],
+            args["cond_denoised"], nulls[0], self.cfg.scale_at(args["sigma"], denoised), self.cfg.variant, args["cond_scale"],
             args["uncond_denoised"] if null_u is not None else None, null_u)
 
 

@@ -4,6 +4,7 @@ Commands:
   demo          the exact-testbed study (noise shift, NAG and its alternatives): metrics.json, report.md, plots
   bench images  the small real-image study (8x8 digits, DiT + SiT through the trainer): metrics.json, report.md
   fidelity      how much of the exact NAG term the learned branches carry; null-branch recipes
+  capacity      what limits the learned null branch: network size or training length
   estimator     which noise-level estimator gives classifier-guided NAG the most of the exact term
   last-step     where a sampler's late shift comes from, step by step (Heun's last step)
   bench cost    per-step wall time and peak memory of NAG-CF / NAG-CG vs CFG, as ratios
@@ -41,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--families", nargs="+", choices=("sit", "sd1"),
                    help="only these families (writes fidelity_<families>.json; run one process per family, then --merge)")
     f.add_argument("--merge", action="store_true", help="join the fidelity_<family>.json files in --out into the report")
+    c = sub.add_parser("capacity", help="the learned null branch against network size and training length, "
+                                        "against the exact term")
+    c.add_argument("--out", default="capacity_out", help="output folder (created)")
+    c.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (quick: first only)")
+    c.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    c.add_argument("--families", nargs="+", choices=("sit", "sd1"),
+                   help="only these families (writes capacity_<families>.json; run one process per family, then --merge)")
+    c.add_argument("--merge", action="store_true", help="join the capacity_<family>.json files in --out into the report")
     e = sub.add_parser("estimator", help="noise-level estimator recipes for classifier-guided NAG, against the exact term")
     e.add_argument("--out", default="estimator_out", help="output folder (created)")
     e.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
@@ -87,6 +97,14 @@ def main(argv=None) -> int:
                 fidelity.merge(out)
             else:
                 fidelity.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
+                             families=tuple(args.families) if args.families else None)
+        elif args.cmd == "capacity":
+            from . import capacity
+
+            if args.merge:
+                capacity.merge(out)
+            else:
+                capacity.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
                              families=tuple(args.families) if args.families else None)
         elif args.cmd == "estimator":
             from . import cg_estimator

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from comfy_nag import estimators, models, samplers, shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
-from comfy_nag.guidance import Guidance, ScaleProfile, estimator_x0_term, least_squares_scale
-from comfy_nag.schedules import sigma_of_logsnr, space_alpha
+from comfy_nag.guidance import Guidance, ScaleFit, ScaleProfile, estimator_x0_term
+from comfy_nag.schedules import logsnr_of, sigma_of_logsnr, space_alpha
 from comfy_nag.schedules import Family, family
 
 from . import harness, methods, testbed
@@ -221,9 +221,9 @@ def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict
     sch, space = tr.fam.schedule, tr.space
     den = Denoiser(tr.net, sch, tr.fam.prediction)
     log_prior = estimators.training_log_prior(sch, tr.bins)
-    knots = np.arange(cfg.nag_min_logsnr, min(tr.bins.hi, 10.0) + 1e-9, step)
+    fits = {k: ScaleFit.spanning(cfg.nag_min_logsnr, min(tr.bins.hi, 10.0), step) for k in ("estimator", "exact")}
+    knots = fits["exact"].knots.tolist()
     g = torch.Generator().manual_seed(cfg.seed + 77)
-    out = {"logsnr": [], "estimator": [], "exact": []}
     for lam in knots:
         x0, y = tr.gmm.sample(n, generator=g)
         s = sigma_of_logsnr(space, torch.tensor(float(lam))).float().expand(n)
@@ -231,12 +231,10 @@ def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict
         with torch.no_grad():
             br = den.branch_x0(x, s, y, ("cond", "null_cond"))
         learned = br["cond"] - br["null_cond"]
-        ref = estimator_x0_term(tr.estimator, x, s, space, sch.native(s)[0], log_prior)
-        exact = testbed.exact_term(tr.gmm, x, s, sch, tr.fam.prediction, y)
-        out["logsnr"].append(float(lam))
-        out["estimator"].append(least_squares_scale(learned, ref))
-        out["exact"].append(least_squares_scale(learned, exact))
-    return out
+        fits["estimator"].add(learned, estimator_x0_term(tr.estimator, x, s, space, sch.native(s)[0], log_prior),
+                              logsnr_of(space, s))
+        fits["exact"].add(learned, testbed.exact_term(tr.gmm, x, s, sch, tr.fam.prediction, y), logsnr_of(space, s))
+    return {"logsnr": [float(k) for k in knots], **{k: f.values() for k, f in fits.items()}}
 
 
 def profile_of(cal: dict) -> ScaleProfile:

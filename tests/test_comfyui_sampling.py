@@ -58,8 +58,10 @@ def sample(model, fam, cfg=3.0, seed=0, steps=STEPS, sampler="euler"):
         return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, latent, seed=seed, disable_pbar=True)
 
 
-def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source="auto", null=-1000.0, batched=True):
-    return guidance_nodes.NoiseAwarenessClassifierFree.execute(model, scale, variant, unit, start, end, source, null, batched).result[0]
+def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source="auto", null=-1000.0, batched=True,
+       rule="constant"):
+    return guidance_nodes.NoiseAwarenessClassifierFree.execute(model, scale, variant, unit, start, end, source, null, batched,
+                                                               rule).result[0]
 
 
 def expected_null(model):
@@ -129,6 +131,45 @@ def test_variant_b_window_and_metadata_null(models):
     assert null_rows(spy.calls, -321.0) == [1.0] * STEPS
     with pytest.raises(ValueError, match="no comfy-nag metadata"):
         cf(m, 1.0, source="metadata")
+
+
+@pytest.mark.parametrize("fam", ["eps", "sd3"])
+def test_per_level_scale_rule_follows_the_files_profile(models, fam):
+    """'per level (from file)': the scale times the file's nag.scale_profile at each sample's own log-SNR
+    (a constant profile v is scale v; a step profile is a window at that level); without one, a clear error."""
+    import json
+
+    import comfy.samplers
+    from comfy_nag_pack_under_test.comfy_nag.schedules import logsnr_of
+
+    m = models[fam]
+    per_level = guidance_nodes.SCALE_RULES[1]
+
+    def tagged(logsnr, value):
+        t = m.clone()
+        t.set_attachments(hooks.ATTACH_META, {"nag.scale_profile": json.dumps({"logsnr": logsnr, "value": value})})
+        return t
+
+    half = sample(cf(tagged([0.0], [0.5]), 2.0, rule=per_level), fam)
+    assert torch.allclose(half, sample(cf(m, 1.0), fam), atol=1e-5)
+    ms = m.get_model_object("model_sampling")
+    sig = comfy.samplers.calculate_sigmas(ms, "simple", STEPS)
+    lam = logsnr_of(hooks.sampling_info(m)[2], sig[:STEPS].double())
+    mid = float(lam[1] + lam[2]) / 2  # the profile switches on between the 2nd and 3rd step
+    step = sample(cf(tagged([mid - 0.01, mid + 0.01], [0.0, 1.0]), 1.0, rule=per_level), fam)
+    s_mid = float(sig[1] + sig[2]) / 2
+    assert torch.allclose(step, sample(cf(m, 1.0, unit="sigma", start=s_mid, end=0.0), fam), atol=1e-5)
+    assert not torch.allclose(step, sample(cf(m, 1.0), fam), atol=1e-4)
+    with pytest.raises(ValueError, match="nag.scale_profile.*'constant'"):
+        cf(m, 1.0, rule=per_level)
+    g = guidance_nodes.NoiseAwarenessCFGuider.execute(tagged([0.0], [0.5]), conditioning(COND[fam], 1),
+                                                      conditioning(COND[fam], 2), 3.0, 2.0, "A", "percent", 0.0, 1.0,
+                                                      "auto", 0.0, guidance_nodes.BATCHING[0], per_level).result[0]
+    latent = torch.zeros(SHAPES[fam])
+    with torch.inference_mode():
+        out = g.sample(comfy.sample.prepare_noise(latent, 0), latent, comfy.samplers.sampler_object("euler"), sig, seed=0,
+                       disable_pbar=True)
+    assert torch.allclose(out, half, atol=1e-4)
 
 
 def test_stacks_with_pag_and_lora(models):

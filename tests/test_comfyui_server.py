@@ -159,8 +159,11 @@ def test_nag_lora_loader_hands_its_metadata_to_the_guidance_node(server):
                     "inputs": {"model": ["2", 0], "scale": 1.0, "variant": "A", "window_unit": "percent", "start": 0.0,
                                "end": 1.0, "null_timestep_source": "metadata", "null_timestep": 0.0, "batched": True}},
               "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}}}
-    h = server.run(prompt)
+    h = server.run(prompt)  # a prompt without scale_rule (made before it existed) still runs: it is optional
     assert h["status"]["status_str"] == "success", h["status"]  # 'metadata' source: fails unless the LoRA's was attached
+    prompt["3"]["inputs"]["scale_rule"] = "per level (from file)"  # this LoRA was exported without a profile
+    msg = _error_of(server, prompt)
+    assert "nag.scale_profile" in msg and "'constant'" in msg
 
 
 def _ksampler_prompt(sampler: dict, with_patch: bool, scale: float) -> dict:

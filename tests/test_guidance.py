@@ -1,4 +1,6 @@
 """Guidance math and the batched guided denoiser."""
+import json
+
 import pytest
 import torch
 
@@ -126,13 +128,26 @@ def test_scale_profile_interpolates_in_logsnr_and_is_flat_beyond_its_knots():
             guidance.ScaleProfile(knots, values)
 
 
-def test_least_squares_scale_recovers_the_projection():
-    a = torch.randn(16, 5)
-    other = torch.randn(16, 5)
-    other = other - (other * a).sum() / (a * a).sum() * a  # orthogonal to a over the batch
-    assert guidance.least_squares_scale(a, 0.4 * a + other) == pytest.approx(0.4, rel=1e-6)
-    with pytest.raises(ValueError, match="zero"):
-        guidance.least_squares_scale(torch.zeros(3, 2), torch.ones(3, 2))
+def test_scale_fit_recovers_each_levels_projection_and_round_trips_as_metadata():
+    """Per knot, the least-squares scale of the states nearest it; states far outside the knots are left
+    out; negative scales are clipped to 0 in the profile; the profile survives JSON."""
+    from comfy_nag import metadata
+
+    g = torch.Generator().manual_seed(0)
+    fit = guidance.ScaleFit((0.0, 1.0, 2.0))
+    for lam, k in ((0.1, 0.4), (0.9, -0.3), (5.0, 9.0)):  # knot 0, knot 1, outside (left out)
+        a, other = torch.randn(32, 5, generator=g), torch.randn(32, 5, generator=g)
+        other = other - (other * a).sum() / (a * a).sum() * a  # orthogonal to a over the batch
+        fit.add(a, k * a + other, torch.full((32,), lam))
+    assert fit.values()[:2] == pytest.approx([0.4, -0.3], rel=1e-6) and fit.values()[2] is None
+    prof = fit.profile()
+    assert prof.logsnr == (0.0, 1.0) and prof.value == pytest.approx((0.4, 0.0))
+    meta = {"nag.scale_profile": json.dumps(prof.to_json())}
+    assert metadata.scale_profile(meta) == prof and metadata.scale_profile({}) is None
+    with pytest.raises(ValueError, match="scale_profile is damaged.*re-export"):
+        metadata.scale_profile({"nag.scale_profile": '{"logsnr": [1, 0], "value": [1, 1]}'})
+    with pytest.raises(ValueError, match="nothing to fit"):
+        guidance.ScaleFit((0.0,)).profile()
 
 
 def test_a_scale_profile_multiplies_the_nag_scale_per_level():

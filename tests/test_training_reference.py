@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from comfy_nag.estimators import NoiseLevelEstimator, training_log_prior
 from comfy_nag.files import read_metadata
-from comfy_nag.metadata import file_sha256, null_timestep
+from comfy_nag.metadata import file_sha256, null_timestep, scale_profile
 from training import api, lora, monitor
 from training.families import load_reference_model
 from training.tasks import Bundle, FinetuneTask
@@ -361,6 +361,10 @@ def test_null_branch_readout_tracks_the_null_branch(tmp_path, cache, base, estim
     assert before["null_readout_norm_ratio"] > 5 and after["null_readout_norm_ratio"] < 0.85 * before["null_readout_norm_ratio"]
     assert -1 <= after["null_readout_cos"] <= 1
     assert logged and logged[-1]["null_readout_cos"] == pytest.approx(after["null_readout_cos"], abs=1e-4)
+    # the final readout's per-level scale profile goes into the file, for the nodes' per-level scale rule
+    profile = scale_profile(read_metadata(res.path))
+    assert profile is not None and profile.to_json() == logged[-1]["scale_profile"]
+    assert profile.logsnr[0] == 0.0 and all(v >= 0 for v in profile.value) and max(profile.value) > 0
 
 
 def test_mixed_precision_accumulation_and_checkpointing_run(tmp_path, cache):

@@ -12,7 +12,8 @@ import re
 NOTE_CF = """Noise Awareness Guidance, classifier-free (needs a NAG-trained model: fine-tuned with noise-condition dropout by comfy-nag's trainer).
 The loader reads the null timestep from the file's metadata (null_timestep_source = auto).
 Starting values: scale 1.0 (try 0.5-2), variant A, window signal 0.5 -> 1 (the default: where the state holds more signal than noise, late in sampling, where the shift grows), cfg as usual (NAG also works alone at cfg 1).
-Scale 0 = the plain model, bit for bit. 'batched' runs the null branch in the same forward as cond/uncond."""
+Scale 0 = the plain model, bit for bit. 'batched' runs the null branch in the same forward as cond/uncond.
+scale_rule: constant (default); 'per level (from file)' multiplies the scale by the per-noise-level profile the trainer writes when the fine-tune runs with monitor.estimator."""
 NOTE_CG = """Noise Awareness Guidance, classifier-guided: works on ANY unmodified checkpoint, using a small noise-level estimator (models/noise_estimators, trained with `python -m training estimator` for this latent space).
 Starting values: scale 0.5 (0.2-2), window signal 0.5 -> 1 (the default). The estimator must match the model's latent channels (4 for SD1.5/SDXL, 16 for SD3/Flux) and family; a mismatch is reported clearly."""
 NOTE_FLOW = """Flow model (SD3/SD3.5-style) with classifier-free NAG. Null timestep: from the file's metadata, else -1000 (SD3/WAN, network time = sigma*1000) or -1 (Flux).
@@ -26,7 +27,7 @@ Negative gap = states look noisier than their nominal level (the noise shift).""
 
 NOTE_KSAMPLER = """KSampler (Noise Awareness): the KSampler with classifier-free Noise Awareness Guidance built in. Needs a model fine-tuned with noise-condition dropout by comfy-nag's trainer; the loader reads its null timestep.
 Starting values: scale 1.0 (0.5-2), variant A, window signal 0.5 -> 1 (the default: the same noise level on every model; percent and sigma units also offered), cfg as usual.
-Scale 0 = the plain KSampler, bit for bit."""
+Scale 0 = the plain KSampler, bit for bit. scale_rule 'per level (from file)': the scale times the profile in the model file (fine-tunes run with monitor.estimator)."""
 
 LOADER = {"id": 1, "type": "NoiseAwarenessCheckpointLoader", "col": 0, "widgets": {"ckpt_name": "your_nag_trained_sd15.safetensors"}}
 PROMPTS = [

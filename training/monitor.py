@@ -9,7 +9,9 @@
   estimator's gradient under the training levels' prior, both as x0 changes
   (comfy_nag.guidance.null_branch_readout), over probe states
   with log-SNR >= 0 (where NAG acts by default).  It rises as the null branch learns the noise-
-  awareness term; docs/training.md says how to read it.
+  awareness term; docs/training.md says how to read it.  From the same states it fits the per-level
+  NAG-scale profile (``comfy_nag.guidance.ScaleFit``: the scale at which the classifier-free term
+  delivers the estimator's, per log-SNR, clipped at 0) that the export writes as ``nag.scale_profile``.
 * :func:`sample_grid` (reference models): a PNG grid from comfy_nag's own samplers, one row per
   NAG scale (0 and ``sample.nag_scale``) from the same noise, so NAG's effect is visible.
 * :func:`shift_readout` (reference models, with an estimator file): comfy_nag.shift's noise-shift
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.guidance import Guidance, null_branch_readout
+from comfy_nag.guidance import Guidance, ScaleFit, agreement, estimator_x0_term
 from comfy_nag.predictions import target, to_x0
 from comfy_nag.samplers import get_sampler, initial_noise
 from comfy_nag.tensors import append_dims
@@ -39,6 +41,7 @@ def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, 
     sums = {"cond": 0.0, "null": 0.0, "diff": 0.0, "norm": 0.0, "diff_lo": 0.0, "norm_lo": 0.0}
     n = 0
     cos, ratio = [], []
+    fit = ScaleFit.spanning(0.0, max(float(estimator.bins.hi), 0.0)) if estimator is not None else None
     was_training = module.training
     module.eval()
     for chunk in idx.split(batch):
@@ -67,9 +70,11 @@ def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, 
                 c, a_n, s_n = (v.to(device) for v in sched.native(s))
                 x0c, x0n = (to_x0(p, pred, x, append_dims(a_n, x.dim()), append_dims(s_n, x.dim())) for p in (pc, pn))
                 xs = x / append_dims(c, x.dim())
-                k, r = null_branch_readout(x0c[late], x0n[late], estimator, xs[late], s[late].to(device),
-                                           sched.space, c[late], log_prior)
+                learned = x0c[late] - x0n[late]
+                ref = estimator_x0_term(estimator, xs[late], s[late].to(device), sched.space, c[late], log_prior)
+                k, r = agreement(learned, ref)
                 cos.append(k.cpu()), ratio.append(r.cpu())
+                fit.add(learned, ref, sched.logsnr(s[late]))
     module.train(was_training)
     out = {"probe_loss_cond": sums["cond"] / n, "probe_loss_null": sums["null"] / n,
            "branch_gap": sums["diff"] / max(sums["norm"], 1e-12),
@@ -77,6 +82,10 @@ def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, 
     if cos:
         out["null_readout_cos"] = float(torch.cat(cos).mean())
         out["null_readout_norm_ratio"] = float(torch.cat(ratio).median())
+        try:
+            out["scale_profile"] = fit.profile().to_json()
+        except ValueError:  # the classifier-free term is zero everywhere: no profile to write
+            pass
     return out
 
 

@@ -96,7 +96,7 @@ class FinetuneTask:
         self.dataset_size = len(self.cache)
         self.export_ema = cfg.export.use_ema
         self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
-        self._estimator, self._log_prior = None, None
+        self._estimator, self._log_prior, self._scale_profile = None, None, None
         if cfg.monitor.estimator:
             self._estimator, meta = NoiseLevelEstimator.load(cfg.monitor.estimator)
             self._estimator.check_input(torch.zeros(1, *self.cache.sample_shape))
@@ -148,6 +148,7 @@ class FinetuneTask:
                 out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device,
                                                          estimator=self._estimator and self._estimator.to(device),
                                                          log_prior=self._log_prior))
+                self._scale_profile = out_metrics.get("scale_profile", self._scale_profile)
             if grid_due:
                 rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
                     a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
@@ -163,6 +164,8 @@ class FinetuneTask:
         name = c.export.name or f"{Path(c.run.out_dir).name}.safetensors"
         extra = {"trained_steps": str(step), "ema": "1" if (c.export.use_ema and c.train.ema_decay > 0) else "0",
                  "train_mode": c.train.mode}
+        if self._scale_profile is not None:  # from the final readout (monitor.estimator set)
+            extra["scale_profile"] = self._scale_profile
         if self.lora is None:
             return self.adapter.export(out / name, c, extra)
         extra.update(lora_rank=str(c.lora.rank), lora_alpha=repr(c.lora.alpha))
