@@ -21,6 +21,21 @@ THREADS_HELP = ("torch CPU threads (default 1: the studies' models are tiny, and
 REDRAW_HELP = "rewrite report.md and noise_shift.png from --out's metrics.json, without running anything"
 
 
+def _seeded(sub, name: str, help: str, parts: str | None = None):
+    """A multi-seed study's command; ``parts``: the stem of the per-family files ``--families`` writes."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--out", default=f"{name}_out", help="output folder (created)")
+    p.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="seeds (the second replicates the first; quick: first only)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    if parts:
+        p.add_argument("--families", nargs="+", choices=("sit", "sd1"),
+                       help=f"only these families (writes {parts}_<families>.json; run one process per family, then --merge)")
+        p.add_argument("--merge", action="store_true", help=f"join the {parts}_<family>.json files in --out into the report")
+    return p
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studies", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -33,29 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--families", nargs="+", choices=("sit", "sd1"),
                    help="only these families (writes metrics_<families>.json; run one process per family, then --merge)")
     d.add_argument("--merge", action="store_true", help="join the metrics_<family>.json files in --out into the report")
-    f = sub.add_parser("fidelity", help="how much of the exact NAG term the learned null branch and estimator carry; "
-                                        "null-branch recipes against the exact ceiling")
-    f.add_argument("--out", default="fidelity_out", help="output folder (created)")
-    f.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
-    f.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (the second replicates the first; quick: first only)")
-    f.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    f.add_argument("--families", nargs="+", choices=("sit", "sd1"),
-                   help="only these families (writes fidelity_<families>.json; run one process per family, then --merge)")
-    f.add_argument("--merge", action="store_true", help="join the fidelity_<family>.json files in --out into the report")
-    c = sub.add_parser("capacity", help="the learned null branch against network size and training length, "
-                                        "against the exact term")
-    c.add_argument("--out", default="capacity_out", help="output folder (created)")
-    c.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
-    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (quick: first only)")
-    c.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    c.add_argument("--families", nargs="+", choices=("sit", "sd1"),
-                   help="only these families (writes capacity_<families>.json; run one process per family, then --merge)")
-    c.add_argument("--merge", action="store_true", help="join the capacity_<family>.json files in --out into the report")
-    e = sub.add_parser("estimator", help="noise-level estimator recipes for classifier-guided NAG, against the exact term")
-    e.add_argument("--out", default="estimator_out", help="output folder (created)")
-    e.add_argument("--quick", action="store_true", help="small version (a smoke test, not findings)")
-    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (quick: first only)")
-    e.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    _seeded(sub, "fidelity", "how much of the exact NAG term the learned null branch and estimator carry; "
+                             "null-branch recipes against the exact ceiling", parts="fidelity")
+    _seeded(sub, "capacity", "the learned null branch against network size and training length, against the exact term",
+            parts="capacity")
+    _seeded(sub, "estimator", "noise-level estimator recipes for classifier-guided NAG, against the exact term")
     ls = sub.add_parser("last-step", help="where a sampler's late shift comes from, step by step (exact readout)")
     ls.add_argument("--out", default="last_step_out", help="output folder (created)")
     ls.add_argument("--seed", type=int, default=0)
