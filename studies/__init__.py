@@ -1,6 +1,6 @@
 """Studies of Noise Awareness Guidance: the exact testbed, the demo and the benchmarks.
 
-Run from the repository root (``python -m studies demo | fidelity | estimator | last-step | bench images |
+Run from the repository root (``python -m studies demo | fidelity | capacity | estimator | last-step | bench images |
 bench cost``); they use the method library ``comfy_nag`` and, for the image benchmark, the standalone
 trainer ``training``.
 
@@ -9,6 +9,7 @@ trainer ``training``.
 * ``harness``      - one sampling run with its noise-shift readout, tuning, figures, report tables.
 * ``demo``         - the exact-testbed study;  ``bench_images`` - the 8x8-digits study;
   ``bench_cost``   - per-step time and memory of each guidance mode.
-* ``fidelity``     - null-branch recipes against the exact NAG term;  ``cg_estimator`` - estimator
+* ``fidelity``     - null-branch recipes against the exact NAG term;  ``capacity`` - the null branch
+  against the network's size and training length;  ``cg_estimator`` - estimator
   recipes for classifier-guided NAG;  ``last_step`` - where a sampler's late shift comes from.
 """

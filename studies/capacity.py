@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -233,6 +234,7 @@ def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = N
 
 def merge(out, note: str = "") -> dict:
     """Join the per-family files of parallel ``--families`` runs in ``out`` into capacity.json + report."""
+    out = Path(out)
     res = harness.merge_parts(out, "capacity", note=note)
     harness.save_json(out / "capacity.json", res)
     atomic_write_bytes(out / "report.md", write_report(res).encode())
