@@ -111,8 +111,8 @@ class ScaleFit:
 
     def profile(self) -> ScaleProfile:
         """The fitted profile over the knots that got states, negative scales clipped to 0 (a learned term
-        pointing away from the reference is switched off, not reversed)."""
-        pts = [(k, max(v, 0.0)) for k, v in zip(self.knots.tolist(), self.values()) if v is not None]
+        pointing away from the reference is switched off, not reversed), values to 6 decimals."""
+        pts = [(k, round(max(v, 0.0), 6)) for k, v in zip(self.knots.tolist(), self.values()) if v is not None]
         if not pts:
             raise ValueError("no state fell near a knot with a non-zero learned term: nothing to fit a scale profile to")
         return ScaleProfile(tuple(k for k, _ in pts), tuple(v for _, v in pts))
