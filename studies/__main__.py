@@ -87,22 +87,15 @@ def main(argv=None) -> int:
             else:
                 demo.run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads,
                               families=tuple(args.families) if args.families else None)
-        elif args.cmd == "fidelity":
-            from . import fidelity
+        elif args.cmd in ("fidelity", "capacity"):
+            from . import capacity, fidelity
 
+            study = {"fidelity": fidelity, "capacity": capacity}[args.cmd]
             if args.merge:
-                fidelity.merge(out)
+                study.merge(out)
             else:
-                fidelity.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
-                             families=tuple(args.families) if args.families else None)
-        elif args.cmd == "capacity":
-            from . import capacity
-
-            if args.merge:
-                capacity.merge(out)
-            else:
-                capacity.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
-                             families=tuple(args.families) if args.families else None)
+                study.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads,
+                          families=tuple(args.families) if args.families else None)
         elif args.cmd == "estimator":
             from . import cg_estimator
 
