@@ -77,28 +77,11 @@ def params(net) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def tune_scale(tr: demo.Trained, dcfg: demo.Config, held: demo.Eval) -> float:
-    """NAG-CF's scale from the demo's grid, lowest quality metric on a held-out seed (Euler, demo's steps)."""
-    def score(w):
-        g, lf = demo.method_setup("nag_cf", tr, dcfg, {"nag_cf": w})
-        res = demo.run_one(tr, held, g, lf, "euler", dcfg.tune_steps)
-        return res["quality"] if res["diverged"] == 0 else float("inf")
-
-    return harness.first_best(score, dcfg.grid["nag_cf"])
-
-
 def sample_variant(tr: demo.Trained, dcfg: demo.Config, cfg: Config, w: float, cal: dict, ev: demo.Eval) -> list[dict]:
     """Rows (``studies.demo.row``) of :data:`METHODS` at every sampler x steps of ``cfg``."""
     knobs = {"nag_cf": w, "nag_profile": demo.profile_of(cal)}
-    rows = []
-    for sampler in cfg.samplers:
-        for steps in cfg.steps:
-            for method in METHODS:
-                g, lf = demo.method_setup(method, tr, dcfg, knobs)
-                den = demo.exact_nag(tr, dcfg, w) if method == "nag_exact_term" else None
-                res = demo.run_one(tr, ev, g, lf, sampler, steps, denoiser=den)
-                rows.append(demo.row(tr.fam.name, tr, method, sampler, steps, res, {"nag_cf": w}))
-    return rows
+    return [demo.sample_row(tr, dcfg, ev, method, sampler, steps, knobs)
+            for sampler in cfg.samplers for steps in cfg.steps for method in METHODS]
 
 
 def study(cfg: Config, log=print, progress: bool = True, work=None, families: tuple | None = None) -> dict:
@@ -117,8 +100,8 @@ def study(cfg: Config, log=print, progress: bool = True, work=None, families: tu
                 key = {"seed": seed, "family": name, "variant": v.name}
 
                 def measure(tr=tr, dcfg=dcfg):
-                    ev, held = demo.make_eval(tr, dcfg, seed), demo.make_eval(tr, dcfg, seed + 1000)
-                    w = tune_scale(tr, dcfg, held)
+                    ev = demo.make_eval(tr, dcfg, seed)
+                    w = demo.tune(tr, dcfg, log, methods=("nag_cf",))[0]["nag_cf"]
                     cal = demo.calibrate(tr, dcfg)
                     fid = fidelity.measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed,
                                            terms=("nag_cf", "marginal_null"))

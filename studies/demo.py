@@ -210,6 +210,16 @@ def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict
 # the study
 # ---------------------------------------------------------------------------------------------
 
+def sample_row(tr: Trained, cfg: Config, ev: Eval, method: str, sampler: str, steps: int, knobs: dict,
+               extra_readouts: dict | None = None) -> dict:
+    """One :func:`row`: ``method`` sampled with ``knobs`` (the tuned knobs, plus ``nag_profile`` for
+    ``nag_cf_cal``); ``nag_exact_term`` adds the exact difference term at nag_cf's scale and window."""
+    g, lf = method_setup(method, tr, cfg, knobs)
+    den = exact_nag(tr, cfg, knobs["nag_cf"]) if method == "nag_exact_term" else None
+    res = run_one(tr, ev, g, lf, sampler, steps, denoiser=den, extra_readouts=extra_readouts)
+    return row(tr.fam.name, tr, method, sampler, steps, res, {k: v for k, v in knobs.items() if k != "nag_profile"})
+
+
 def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict:
     """The per-level NAG-CF scale that makes the learned term ``c - n`` deliver the estimator's term
     (least squares over forward states at each knot, clipped at 0): what ``nag_cf_cal`` runs at scale 1.
@@ -242,8 +252,8 @@ def profile_of(cal: dict) -> ScaleProfile:
     return ScaleProfile(tuple(cal["logsnr"]), tuple(max(v, 0.0) for v in cal["estimator"]))
 
 
-def tune(tr: Trained, cfg: Config, log=print) -> tuple[dict, list]:
-    """Pick each method's one knob on a held-out seed (euler, ``tune_steps``), lowest quality metric."""
+def tune(tr: Trained, cfg: Config, log=print, methods=tuple(TUNED)) -> tuple[dict, list]:
+    """Pick each of ``methods``' one knob on a held-out seed (euler, ``tune_steps``), lowest quality metric."""
     ev = make_eval(tr, cfg, cfg.seed + 1000)
     knobs, table = {}, []
 
@@ -254,7 +264,7 @@ def tune(tr: Trained, cfg: Config, log=print) -> tuple[dict, list]:
         table.append({"method": method, "value": v, "quality": q, "noise_shift": res["shift"]["exact"]["noise_shift"]})
         return q
 
-    for method in ("nag_cf", "nag_cg", "eps_scaling", "time_shift"):
+    for method in methods:
         knobs[method] = harness.first_best(lambda v: score(method, v), cfg.grid[method])
     log(f"[{tr.fam.name}] tuned on a held-out seed: {knobs}")
     return knobs, table
@@ -280,12 +290,8 @@ def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None =
         jobs = [(s, n, m) for s in cfg.samplers for n in cfg.steps for m in METHODS]
         for sampler, steps, method in tqdm(jobs, desc=f"{name}: sampling", disable=not progress):
             def make(sampler=sampler, steps=steps, method=method):
-                g, lf = method_setup(method, tr, cfg, run_knobs)
-                # nag_exact_term: same scale and window as nag_cf, the exact difference term
-                den = exact_nag(tr, cfg, knobs["nag_cf"]) if method == "nag_exact_term" else None
                 extra = {"learned": shift.estimator_readout(tr.estimator, tr.fam.schedule)} if steps == cfg.plot_steps else None
-                res = run_one(tr, ev, g, lf, sampler, steps, denoiser=den, extra_readouts=extra)
-                return row(name, tr, method, sampler, steps, res, knobs)
+                return sample_row(tr, cfg, ev, method, sampler, steps, run_knobs, extra)
 
             # each finished row is a stage: an interrupted run continues where it stopped
             spec = {"stage": "demo row", "family": name, "config": asdict(cfg), "knobs": knobs, "calibration": cal}

@@ -7,7 +7,7 @@
   size of the correction classifier-free NAG applies.  With an estimator file (``monitor.estimator``)
   it adds the **null-branch readout**: the cosine between the network's classifier-free term and the
   estimator's gradient under the training levels' prior, both as x0 changes
-  (comfy_nag.guidance.null_branch_readout), over probe states
+  (what comfy_nag.guidance.null_branch_readout computes), over probe states
   with log-SNR >= 0 (where NAG acts by default).  It rises as the null branch learns the noise-
   awareness term; docs/training.md says how to read it.  From the same states it fits the per-level
   NAG-scale profile (``comfy_nag.guidance.ScaleFit``: the scale at which the classifier-free term
