@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .guidance import Guidance, branches, classifier_correction, combine, eps_scaled_x0, window_mask
+from .classifier_guidance import classifier_correction
+from .guidance import Guidance, branches, combine, eps_scaled_x0, window_mask
 from .predictions import check_kind, to_x0
 from .schedules import Schedule, logsnr_of
 from .tensors import append_dims

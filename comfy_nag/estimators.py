@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .files import WeightFileError, load_weights, meta_json, save_weights
+from .files import WeightFileError, load_module_weights, load_weights, meta_json, save_weights
 from .losses import fit
 from .metadata import FORMAT
 from .schedules import Schedule, logsnr_of, space_alpha
@@ -184,11 +184,7 @@ class NoiseLevelEstimator(nn.Module):
                                   f"{meta.get('nag.kind')!r}); train one with `python -m training estimator`")
         cfg = meta_json(meta, "nag.estimator", path)
         est = cls(tuple(cfg["shape"]), LevelBins(**cfg["bins"]), cfg.get("width", 64), cfg.get("depth", 3)).to(device)
-        missing, unexpected = est.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise WeightFileError(f"{path}: estimator weights do not match its metadata (missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]}); the file is damaged or from another version")
-        return est, meta
+        return load_module_weights(est, tensors, path, "estimator weights"), meta
 
 
 def training_log_prior(schedule: Schedule, bins: LevelBins, n: int = 200_000, seed: int = 0) -> torch.Tensor:

@@ -157,6 +157,17 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     return tensors, meta
 
 
+def load_module_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        what: str = "weights") -> torch.nn.Module:
+    """Load ``tensors`` into ``module`` exactly: a missing or unexpected key raises :class:`WeightFileError`
+    naming the first few (the file is damaged, or belongs to another architecture or version)."""
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise WeightFileError(f"{path}: {what} do not match the architecture in its metadata (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); the file is damaged or from another version")
+    return module
+
+
 def meta_json(meta: dict[str, str], key: str, path: str | os.PathLike = "<file>", default=...):
     """Read a JSON metadata value; a clear error names the key when it is missing and no default is given."""
     if key not in meta:

@@ -30,6 +30,9 @@ import hashlib
 import json
 import os
 
+from .scale_profiles import ScaleProfile
+from .schedules import Schedule, schedule_from_description
+
 FORMAT = "comfy-nag/1"
 KINDS = ("diffusion_model", "checkpoint", "lora", "reference_model", "noise_level_estimator")
 
@@ -68,11 +71,9 @@ def null_timestep(meta: dict[str, str]) -> float | None:
     return out
 
 
-def scale_profile(meta: dict[str, str]):
+def scale_profile(meta: dict[str, str]) -> ScaleProfile | None:
     """The per-level NAG-scale profile a file declares (``nag.scale_profile``, written by the trainer's
-    final readout), as a ``guidance.ScaleProfile``, or None when it declares none."""
-    from .guidance import ScaleProfile
-
+    final readout), or None when it declares none."""
     v = meta.get("nag.scale_profile")
     if v is None:
         return None
@@ -81,6 +82,21 @@ def scale_profile(meta: dict[str, str]):
     except ValueError as e:
         raise ValueError(f"metadata nag.scale_profile is damaged ({e}); re-export the file with the trainer, or use "
                          "the constant scale rule") from None
+
+
+def schedule(meta: dict[str, str]) -> Schedule | None:
+    """The schedule a file declares (``nag.schedule``, JSON of ``Schedule.describe()``), or None when it
+    declares none; ``ValueError`` naming the key when the value is damaged."""
+    v = meta.get("nag.schedule")
+    if v is None:
+        return None
+    try:
+        d = json.loads(v)
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {v[:60]!r}")
+        return schedule_from_description(d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"metadata nag.schedule is damaged ({e}); re-export the file with the trainer") from None
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

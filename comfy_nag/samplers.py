@@ -25,7 +25,8 @@ import functools
 
 import torch
 
-from .schedules import space_alpha
+from .estimators import variance_logsnr
+from .schedules import logsnr_of, sigma_of_logsnr, space_alpha
 from .tensors import append_dims
 
 
@@ -133,12 +134,26 @@ def get_sampler(name: str, space: str | None = None, generator=None):
     return functools.partial(SAMPLERS[name], space=space, generator=generator)
 
 
-def evaluations_per_step(name: str, steps: int) -> float:
-    """Model calls per step of an unguided run (Heun's last step is a single call)."""
-    return (2 * steps - 1) / steps if name == "heun" else 1.0
-
-
 def initial_noise(shape, schedule, generator=None, dtype=torch.float32) -> torch.Tensor:
     """Pure noise at the schedule's first sampling sigma (ve: s_max*eps; flow: eps)."""
     s0 = schedule.sigmas(1)[0]
     return torch.randn(shape, generator=generator, dtype=dtype) * (1.0 if schedule.space == "flow" else float(s0))
+
+
+def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_frac: float = 0.0):
+    """Time-shift sampler (Li et al., ICLR 2024) as a sampler ``level_fn``.
+
+    Each step, the level of each sample is re-read from its variance (``estimators.variance_logsnr``)
+    and the sampler uses that level, clipped to ``window`` log-SNR units around the nominal one,
+    for the model call and the update coefficients.  ``start_frac``: fraction of steps (from the
+    start) left unshifted.
+    """
+    def level_fn(x, s, i, n_steps):
+        if i < start_frac * n_steps:
+            return s
+        lam = logsnr_of(space, s)
+        lam_hat = variance_logsnr(x, space, data_var, s)
+        lam_new = torch.where(torch.isfinite(lam), lam + (lam_hat - lam).clamp(-window, window), lam)
+        return sigma_of_logsnr(space, lam_new).to(s)
+
+    return level_fn

@@ -23,8 +23,6 @@ those coefficients (see ``predictions.py``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
 from .tensors import append_dims
@@ -32,6 +30,8 @@ from .tensors import append_dims
 SPACES = ("ve", "flow")
 # Sampling-schedule kinds a host model may use (ComfyUI's names), each with a default null timestep.
 SAMPLING_KINDS = ("discrete", "discrete_flow", "flux", "edm")
+# Below this signal coefficient (flow s -> 1) x0-space corrections are undefined (they divide by alpha).
+MIN_ALPHA = 1e-4
 
 
 def _as_tensor(s) -> torch.Tensor:
@@ -44,15 +44,6 @@ def space_alpha(space: str, s: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(s)
     if space == "flow":
         return 1.0 - s
-    raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
-
-
-def space_dalpha(space: str, s: torch.Tensor) -> torch.Tensor:
-    """d alpha / d s in the sampling space: 0 (ve) or -1 (flow)."""
-    if space == "ve":
-        return torch.zeros_like(s)
-    if space == "flow":
-        return -torch.ones_like(s)
     raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
 
 
@@ -318,28 +309,3 @@ def schedule_from_description(d: dict) -> Schedule:
     if kind == "edm":
         return EDM(d.get("sigma_min", 0.002), d.get("sigma_max", 80.0), d.get("sigma_data", 0.5), d.get("rho", 7.0))
     raise ValueError(f"unknown schedule type {kind!r} in {d}; expected 'discrete_vp', 'flow' or 'edm'")
-
-
-@dataclass(frozen=True)
-class Family:
-    """A model family: its schedule and the parameterisation its network predicts."""
-
-    name: str
-    schedule: Schedule
-    prediction: str  # eps | v | x0 | velocity
-
-
-def family(name: str) -> Family:
-    """Built-in families: sd1 / sdxl (eps), sd2-v (v), dit (eps, linear betas), sit / sd3 / flux (velocity)."""
-    table = {
-        "sd1": lambda: Family("sd1", DiscreteVP("scaled_linear"), "eps"),
-        "sdxl": lambda: Family("sdxl", DiscreteVP("scaled_linear"), "eps"),
-        "sd2-v": lambda: Family("sd2-v", DiscreteVP("scaled_linear"), "v"),
-        "dit": lambda: Family("dit", DiscreteVP("linear"), "eps"),
-        "sit": lambda: Family("sit", Flow(), "velocity"),
-        "sd3": lambda: Family("sd3", Flow(shift=3.0), "velocity"),
-        "flux": lambda: Family("flux", Flow(shift=3.0, multiplier=1.0), "velocity"),
-    }
-    if name not in table:
-        raise ValueError(f"unknown model family {name!r}; supported: {', '.join(table)}")
-    return table[name]()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .estimators import variance_logsnr
 from .schedules import Schedule
 from .tensors import append_dims
 
@@ -34,8 +35,6 @@ def estimator_readout(estimator, schedule: Schedule):
 
 def variance_readout(schedule: Schedule, data_var: float):
     """Training-free readout (the time-shift sampler's variance matching)."""
-    from .estimators import variance_logsnr
-
     def readout(x, s):
         return variance_logsnr(x, schedule.space, data_var, torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0]))
 

@@ -25,6 +25,8 @@ import comfy.model_sampling as cms
 import comfy.samplers
 
 from ..comfy_nag import guidance, patching
+from ..comfy_nag.classifier_guidance import classifier_correction
+from ..comfy_nag.scale_profiles import ScaleProfile
 from ..comfy_nag.schedules import logsnr_of
 
 KEY = "noise_awareness_guidance"
@@ -146,7 +148,7 @@ class NagConfig:
     window: Window
     null_timestep: float
     batched: bool = True
-    profile: guidance.ScaleProfile | None = None  # per-level multiplier of ``scale`` (the file's nag.scale_profile)
+    profile: ScaleProfile | None = None  # per-level multiplier of ``scale`` (the file's nag.scale_profile)
     space: str = "ve"  # the model's sampling space, to read each sample's log-SNR from its sigma
 
     def scale_at(self, sigma: torch.Tensor, like: torch.Tensor):
@@ -273,7 +275,7 @@ def patch_classifier_guided(model, estimator, scale: float, window: Window):
         ms = args["model"].model_sampling
         sig = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
         est = estimator_on(estimator, x.device)
-        return denoised + guidance.classifier_correction(est, x, sig, space, net_scale(ms, sig), scale)
+        return denoised + classifier_correction(est, x, sig, space, net_scale(ms, sig), scale)
 
     m.set_model_sampler_post_cfg_function(post_cfg)
     m.set_attachments(ATTACH_CONFIG, {"window": window})

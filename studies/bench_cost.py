@@ -23,7 +23,7 @@ from comfy_nag import estimators, models
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
 from comfy_nag.guidance import Guidance
-from comfy_nag.schedules import family as get_family
+from comfy_nag.families import family as get_family
 
 SETTINGS = {
     "baseline": dict(),

@@ -37,7 +37,7 @@ from comfy_nag import estimators, shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
 from comfy_nag.metadata import file_sha256
-from comfy_nag.schedules import family as get_family
+from comfy_nag.families import family as get_family
 from training import api
 from training.state import ResumeError
 

@@ -19,9 +19,11 @@ from tqdm.auto import tqdm
 from comfy_nag import estimators, models, samplers, shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
-from comfy_nag.guidance import Guidance, ScaleFit, ScaleProfile, estimator_x0_term
+from comfy_nag.classifier_guidance import estimator_x0_term
+from comfy_nag.guidance import Guidance
+from comfy_nag.scale_profiles import ScaleFit, ScaleProfile
 from comfy_nag.schedules import logsnr_of, sigma_of_logsnr, space_alpha
-from comfy_nag.schedules import Family, family
+from comfy_nag.families import Family, family
 
 from . import harness, methods, testbed
 from .harness import md_table
@@ -225,7 +227,7 @@ def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict
     (least squares over forward states at each knot, clipped at 0): what ``nag_cf_cal`` runs at scale 1.
 
     Knots every ``step`` log-SNR over the NAG window (up to the estimator's range).  The estimator's term
-    uses the training levels' prior (``comfy_nag.guidance.null_branch_readout``'s convention), so this
+    uses the training levels' prior (``comfy_nag.readout.null_branch_readout``'s convention), so this
     needs no exact quantity and works the same on a real model.  ``exact`` is the same least-squares
     scale against the exact term ``c* - n*`` (the testbed's answer; reported, not used)."""
     sch, space = tr.fam.schedule, tr.space

@@ -9,7 +9,7 @@ states drawn at log-SNR ``lam - offset`` and evaluated at the nominal ``lam`` (o
 
 * ``nag_cf``: the network's ``c - n`` with the exact ``c* - n*`` (:func:`testbed.exact_term`);
 * ``readout``: the network's ``c - n`` with the estimator's gradient (what a user can measure on a real
-  model, ``comfy_nag.guidance.null_branch_readout``), validated here against ``nag_cf``;
+  model, ``comfy_nag.readout.null_branch_readout``), validated here against ``nag_cf``;
 * ``marginal_null``: ``c - sum_l p(l|x) c(x, l)``, the network's own conditional branch averaged over the
   exact level posterior: the ceiling of a perfectly trained null branch of this network;
 * ``nag_cg``: the estimator's ``grad_x log g(lam|x)`` with the exact ``grad_x log p(lam|x)``.
@@ -34,8 +34,9 @@ import torch
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.estimators import training_log_prior
 from comfy_nag.files import atomic_write_bytes
-from comfy_nag import guidance
-from comfy_nag.guidance import Guidance, level_gradient
+from comfy_nag import readout
+from comfy_nag.classifier_guidance import level_gradient
+from comfy_nag.guidance import Guidance
 from comfy_nag.predictions import from_x0
 from comfy_nag.schedules import sigma_of_logsnr, space_alpha
 from comfy_nag.tensors import append_dims
@@ -122,7 +123,7 @@ class Config:
 
 def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
     """Mean cosine and median norm ratio ``|learned| / |exact|`` of per-state vectors [B, ...]."""
-    return summarize(*guidance.agreement(learned, exact))
+    return summarize(*readout.agreement(learned, exact))
 
 
 def summarize(cos: torch.Tensor, ratio: torch.Tensor) -> dict:
@@ -144,7 +145,7 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
     """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`).
 
     ``readout`` is what a user sees without an exact term: the network's ``c - n`` against the estimator's
-    gradient under the training levels' prior (``comfy_nag.guidance.null_branch_readout``)."""
+    gradient under the training levels' prior (``comfy_nag.readout.null_branch_readout``)."""
     sch, space = fam.schedule, fam.schedule.space
     den = Denoiser(net, sch, fam.prediction)
     log_prior = training_log_prior(sch, bins)
@@ -164,7 +165,7 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
                 if term == "nag_cf":
                     r = agreement(br["cond"] - br["null_cond"], exact)
                 elif term == "readout":
-                    r = summarize(*guidance.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
+                    r = summarize(*readout.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
                                                                 log_prior))
                 elif term == "marginal_null":
                     marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))

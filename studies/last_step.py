@@ -18,7 +18,7 @@ import torch
 from comfy_nag import shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
-from comfy_nag.schedules import family
+from comfy_nag.families import family
 
 from . import demo, harness, testbed
 from .harness import md_table

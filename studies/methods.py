@@ -7,7 +7,7 @@ Knobs (a dict; missing ones take :data:`DEFAULT_KNOBS`):
   (default: ``nag_cf``);
 * ``window`` - the lowest log-SNR at which NAG-CF and NAG-CG act (they act from there to the end
   of sampling; -99 = everywhere);
-* ``nag_profile`` - for ``nag_cf_cal``: a ``comfy_nag.guidance.ScaleProfile`` (per-level scale,
+* ``nag_profile`` - for ``nag_cf_cal``: a ``comfy_nag.scale_profiles.ScaleProfile`` (per-level scale,
   calibrated on forward states; ``nag_cf_cal`` runs at scale 1 times it, no tuned knob);
 * ``nag_cg`` - classifier-guided NAG scale; ``eps_scaling`` - epsilon-scaling factor;
   ``time_shift`` - the time-shift sampler's clip, log-SNR units.
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from comfy_nag.guidance import Guidance, time_shift_level_fn
+from comfy_nag.guidance import Guidance
+from comfy_nag.samplers import time_shift_level_fn
 from comfy_nag.schedules import Schedule
 
 METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", "eps_scaling", "time_shift")

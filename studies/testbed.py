@@ -14,7 +14,7 @@ import math
 import torch
 
 from comfy_nag.estimators import LevelBins, training_log_prior
-from comfy_nag.guidance import score_to_x0_shift
+from comfy_nag.classifier_guidance import score_to_x0_shift
 from comfy_nag.losses import denoising_loss, fit
 from comfy_nag.predictions import target, to_x0
 from comfy_nag.schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha

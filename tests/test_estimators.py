@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from comfy_nag import estimators, schedules
+from comfy_nag import estimators, families, schedules
 from studies import testbed
 from comfy_nag.files import WeightFileError
 
@@ -83,7 +83,7 @@ def test_file_round_trip_and_bad_files(tmp_path):
 
 
 def test_training_log_prior_reweights_the_posterior_to_the_training_levels():
-    sch = schedules.family("sd1").schedule
+    sch = families.family("sd1").schedule
     prior = estimators.training_log_prior(sch, BINS)
     assert prior.shape == (BINS.k,) and torch.isclose(prior.exp().sum(), torch.tensor(1.0), atol=1e-4)
     # the discrete VP schedule trains most levels at low log-SNR: the prior is far from uniform

@@ -5,7 +5,7 @@ from comfy_nag import estimators, models
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.losses import denoising_loss
 from comfy_nag.predictions import target
-from comfy_nag.schedules import family
+from comfy_nag.families import family
 from dataclasses import asdict as dataclasses_asdict
 
 from studies import fidelity, testbed

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from comfy_nag import guidance, models, schedules
+from comfy_nag import classifier_guidance, guidance, models, readout, scale_profiles, schedules
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.guidance import Guidance, branches, combine, eps_scaled_x0
 
@@ -107,25 +107,25 @@ def test_null_branch_readout_is_the_bayes_identity_for_an_exact_pair():
     est = NoiseLevelEstimator((6,), LevelBins(-6.0, 6.0, 12), width=16, depth=1)
     x, s = torch.randn(64, 6), torch.full((64,), 0.7)
     c = torch.ones(64)
-    cg = guidance.score_to_x0_shift(guidance.level_gradient(est, x, s, "ve", c), x, s, "ve")
+    cg = classifier_guidance.score_to_x0_shift(classifier_guidance.level_gradient(est, x, s, "ve", c), x, s, "ve")
     x0c = torch.randn(64, 6)
-    cos, ratio = guidance.null_branch_readout(x0c, x0c - cg, est, x, s, "ve", c)
+    cos, ratio = readout.null_branch_readout(x0c, x0c - cg, est, x, s, "ve", c)
     assert torch.allclose(cos, torch.ones(64, dtype=torch.float64), atol=1e-5) and torch.allclose(ratio, torch.ones(64, dtype=torch.float64), atol=1e-5)
-    cos2, ratio2 = guidance.null_branch_readout(x0c, x0c - 2 * cg, est, x, s, "ve", c)
+    cos2, ratio2 = readout.null_branch_readout(x0c, x0c - 2 * cg, est, x, s, "ve", c)
     assert torch.allclose(ratio2, 2 * torch.ones(64, dtype=torch.float64), atol=1e-5)
-    cos3, _ = guidance.null_branch_readout(x0c, torch.randn(64, 6), est, x, s, "ve", c)
+    cos3, _ = readout.null_branch_readout(x0c, torch.randn(64, 6), est, x, s, "ve", c)
     assert abs(float(cos3.mean())) < 0.2
 
 
 def test_scale_profile_interpolates_in_logsnr_and_is_flat_beyond_its_knots():
-    p = guidance.ScaleProfile((0.0, 1.0, 3.0), (1.0, 0.5, 2.0))
+    p = scale_profiles.ScaleProfile((0.0, 1.0, 3.0), (1.0, 0.5, 2.0))
     lam = torch.tensor([-5.0, 0.0, 0.5, 1.0, 2.0, 3.0, float("inf"), -float("inf")])
     assert p(lam).tolist() == pytest.approx([1.0, 1.0, 0.75, 0.5, 1.25, 2.0, 2.0, 1.0])
-    assert guidance.ScaleProfile((2.0,), (0.3,))(torch.tensor([0.0, 9.0])).tolist() == pytest.approx([0.3, 0.3])
+    assert scale_profiles.ScaleProfile((2.0,), (0.3,))(torch.tensor([0.0, 9.0])).tolist() == pytest.approx([0.3, 0.3])
     for knots, values, what in (((0.0, 1.0), (1.0,), "as many values"), ((1.0, 0.0), (1.0, 1.0), "increase"),
                                 ((0.0, 1.0), (1.0, float("nan")), "finite")):
         with pytest.raises(ValueError, match=what):
-            guidance.ScaleProfile(knots, values)
+            scale_profiles.ScaleProfile(knots, values)
 
 
 def test_scale_fit_recovers_each_levels_projection_and_round_trips_as_metadata():
@@ -134,7 +134,7 @@ def test_scale_fit_recovers_each_levels_projection_and_round_trips_as_metadata()
     from comfy_nag import metadata
 
     g = torch.Generator().manual_seed(0)
-    fit = guidance.ScaleFit((0.0, 1.0, 2.0))
+    fit = scale_profiles.ScaleFit((0.0, 1.0, 2.0))
     for lam, k in ((0.1, 0.4), (0.9, -0.3), (5.0, 9.0)):  # knot 0, knot 1, outside (left out)
         a, other = torch.randn(32, 5, generator=g), torch.randn(32, 5, generator=g)
         other = other - (other * a).sum() / (a * a).sum() * a  # orthogonal to a over the batch
@@ -147,7 +147,7 @@ def test_scale_fit_recovers_each_levels_projection_and_round_trips_as_metadata()
     with pytest.raises(ValueError, match="scale_profile is damaged.*re-export"):
         metadata.scale_profile({"nag.scale_profile": '{"logsnr": [1, 0], "value": [1, 1]}'})
     with pytest.raises(ValueError, match="nothing to fit"):
-        guidance.ScaleFit((0.0,)).profile()
+        scale_profiles.ScaleFit((0.0,)).profile()
 
 
 def test_a_scale_profile_multiplies_the_nag_scale_per_level():
@@ -157,11 +157,11 @@ def test_a_scale_profile_multiplies_the_nag_scale_per_level():
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
     s = torch.tensor([0.2, 0.2, 0.6, 0.6])
     lam = schedules.logsnr_of(sch.space, s)
-    flat = guidance.ScaleProfile((0.0,), (0.5,))
+    flat = scale_profiles.ScaleProfile((0.0,), (0.5,))
     a = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=flat))(x, s, y)
     b = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.5))(x, s, y)
     assert torch.allclose(a, b, atol=1e-6)
-    step = guidance.ScaleProfile((float(lam[2]), float(lam[0])), (0.0, 2.0))  # 0 at s=0.6, 2 at s=0.2
+    step = scale_profiles.ScaleProfile((float(lam[2]), float(lam[0])), (0.0, 2.0))  # 0 at s=0.6, 2 at s=0.2
     out = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=step))(x, s, y)
     two = Denoiser(net, sch, "velocity", Guidance(nag_scale=2.0))(x, s, y)
     plain = Denoiser(net, sch, "velocity")(x, s, y)

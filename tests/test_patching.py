@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_nag import guidance, patching
+from comfy_nag import classifier_guidance, guidance, patching
 from comfy_nag.estimators import LevelBins, NoiseLevelEstimator
 from comfy_nag.shift_report import ShiftRecording, shift_report, window_steps
 
@@ -69,10 +69,10 @@ def test_level_gradient_inside_inference_mode_matches_plain_autograd():
     est = NoiseLevelEstimator((4, 8, 8), LevelBins(-8, 8, 12), width=16, depth=2)
     x = torch.randn(2, 4, 8, 8)
     s, c = torch.tensor([0.4, 0.6]), torch.tensor([1.0, 1.0])
-    ref = guidance.level_gradient(est, x, s, "flow", c)
+    ref = classifier_guidance.level_gradient(est, x, s, "flow", c)
     with torch.inference_mode():
-        got = guidance.level_gradient(est, x.clone(), s.clone(), "flow", c.clone())
-        shift = guidance.classifier_correction(est, x.clone(), s.clone(), "flow", c.clone(), 2.0)
+        got = classifier_guidance.level_gradient(est, x.clone(), s.clone(), "flow", c.clone())
+        shift = classifier_guidance.classifier_correction(est, x.clone(), s.clone(), "flow", c.clone(), 2.0)
     assert torch.allclose(ref, got) and ref.abs().sum() > 0
     alpha = (1 - s).reshape(-1, 1, 1, 1)
     assert torch.allclose(shift, 2.0 * ref * (s.reshape(-1, 1, 1, 1) ** 2) / alpha, atol=1e-6)

@@ -36,7 +36,7 @@ def test_callback_sees_every_step_and_final_step_returns_x0():
 
 
 def test_time_shift_level_fn_is_identity_on_forward_samples_of_known_variance():
-    from comfy_nag.guidance import time_shift_level_fn
+    from comfy_nag.samplers import time_shift_level_fn
     fn = time_shift_level_fn("ve", data_var=1.0, window=10.0)
     x0 = torch.randn(64, 4096)
     s = torch.full((64,), 0.5)

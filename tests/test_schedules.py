@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from comfy_nag import families
 from comfy_nag import schedules as S
 
 
@@ -48,7 +49,7 @@ def test_description_round_trip_and_unknown_family():
         again = S.schedule_from_description(sch.describe())
         assert torch.allclose(again.sigmas(7), sch.sigmas(7))
     with pytest.raises(ValueError, match="unknown model family 'sd9'"):
-        S.family("sd9")
+        families.family("sd9")
     with pytest.raises(ValueError, match="unknown schedule type"):
         S.schedule_from_description({"type": "cosine"})
 

@@ -1,7 +1,7 @@
 """The analytic testbed is right: score vs finite differences, posterior vs sampling."""
 import torch
 
-from comfy_nag import estimators, schedules
+from comfy_nag import estimators, families, schedules
 from studies import testbed
 
 
@@ -95,7 +95,7 @@ def test_posterior_x0_agrees_with_denoise_and_density():
 def test_exact_null_branch_reduces_to_the_denoiser_at_a_single_level_and_mixes_levels_otherwise():
     gmm = testbed.GaussianMixture.make(dim=6, seed=6)
     for name in ("sit", "sd1"):
-        fam = schedules.family(name)
+        fam = families.family(name)
         sch = fam.schedule
         s = sch.sigma_from_logsnr(torch.tensor(1.0))
         x0, y = gmm.sample(16, generator=torch.Generator().manual_seed(2))

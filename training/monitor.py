@@ -7,10 +7,10 @@
   size of the correction classifier-free NAG applies.  With an estimator file (``monitor.estimator``)
   it adds the **null-branch readout**: the cosine between the network's classifier-free term and the
   estimator's gradient under the training levels' prior, both as x0 changes
-  (what comfy_nag.guidance.null_branch_readout computes), over probe states
+  (what comfy_nag.readout.null_branch_readout computes), over probe states
   with log-SNR >= 0 (where NAG acts by default).  It rises as the null branch learns the noise-
   awareness term; docs/training.md says how to read it.  From the same states it fits the per-level
-  NAG-scale profile (``comfy_nag.guidance.ScaleFit``: the scale at which the classifier-free term
+  NAG-scale profile (``comfy_nag.scale_profiles.ScaleFit``: the scale at which the classifier-free term
   delivers the estimator's, per log-SNR, clipped at 0) that the export writes as ``nag.scale_profile``.
 * :func:`sample_grid` (reference models): a PNG grid from comfy_nag's own samplers, one row per
   NAG scale (0 and ``sample.nag_scale``) from the same noise, so NAG's effect is visible.
@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.guidance import Guidance, ScaleFit, agreement, estimator_x0_term
+from comfy_nag.classifier_guidance import estimator_x0_term
+from comfy_nag.guidance import Guidance
+from comfy_nag.readout import agreement
+from comfy_nag.scale_profiles import ScaleFit
 from comfy_nag.predictions import target, to_x0
 from comfy_nag.samplers import get_sampler, initial_noise
 from comfy_nag.tensors import append_dims
