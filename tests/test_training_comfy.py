@@ -38,7 +38,7 @@ from comfy_support import seed_weights, tiny_flux_model, tiny_from_config, tiny_
 from comfy_nag.metadata import file_sha256, null_timestep  # noqa: E402
 from training import api, lora, monitor  # noqa: E402
 from training.data import CacheInfo, write_cache  # noqa: E402
-from training.families import ComfyDenoiser  # noqa: E402
+from training.adapters import ComfyDenoiser  # noqa: E402
 from training.tasks import FinetuneTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -517,3 +517,19 @@ def test_null_branch_readout_runs_on_a_comfyui_family(tmp_path, sd3_cache, sd3_f
                                       monitor__estimator=str(est.path)), **QUIET)
     final = [m for m in res.metrics if m.get("event") == "monitor"][-1]
     assert -1 <= final["null_readout_cos"] <= 1 and final["null_readout_norm_ratio"] > 0
+
+
+def test_loaded_models_agree_with_the_family_registry(tmp_path, sd3_files):
+    """What ComfyUI's detection says of a file (schedule, parameterisation, latent space) is what the family
+    registry says of its family: the trainer's exports and estimators carry the registry's facts."""
+    from comfy_nag.families import family
+
+    sd15 = tmp_path / "sd15.safetensors"
+    comfy.utils.save_torch_file(_unet_sd15().diffusion_model.state_dict(), str(sd15))
+    for path, name in ((sd3_files[0], "sd3"), (sd3_files[1], "sd3"), (sd15, "sd1")):
+        loaded = comfyui.load_model(path)
+        f = family(loaded.family)
+        assert f.name == name and loaded.prediction == f.prediction
+        assert loaded.latent_format == f.latent_format and loaded.latent_channels == f.latent_channels
+        assert loaded.schedule.describe() == f.schedule.describe()
+        assert loaded.schedule.null_timestep == f.null_timestep

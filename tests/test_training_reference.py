@@ -15,7 +15,7 @@ from comfy_nag.estimators import NoiseLevelEstimator, training_log_prior
 from comfy_nag.files import read_metadata
 from comfy_nag.metadata import file_sha256, null_timestep, scale_profile
 from training import api, lora, monitor
-from training.families import load_reference_model
+from training.adapters import load_reference_model
 from training.tasks import Bundle, FinetuneTask
 
 ROOT = Path(__file__).resolve().parents[1]

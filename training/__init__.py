@@ -5,7 +5,7 @@ Modules (each short, named for what it holds):
 * ``__main__``    - the command line;  ``api`` - the same commands as Python functions
 * ``config``      - the config schema (TOML/YAML + ``--set`` overrides), validated up front
 * ``data``        - ``prepare``: images + labels/captions -> a latent cache; reading caches
-* ``families``    - model adapters: reference DiT/SiT and ComfyUI families; native-format export
+* ``adapters``    - model adapters: reference DiT/SiT and ComfyUI families; native-format export; what an estimator trains for
 * ``comfyui``     - ComfyUI as a library (import, loading through its detection, encoders)
 * ``lora``        - a plain LoRA saved in the kohya key format (or ComfyUI's)
 * ``tasks``       - what is trained: noise-condition dropout fine-tuning, noise-level estimators

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import config as _config
 from .config import Config, ConfigError
-from .families import load_reference_model, save_reference_model
+from .adapters import load_reference_model, save_reference_model
 from .loop import LoopSettings, RunResult, TrainingDiverged, train
 
 __all__ = ["Config", "ConfigError", "RunResult", "TrainingDiverged", "load_config", "prepare", "finetune",

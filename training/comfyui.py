@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from comfy_nag.families import from_comfy_config
 from comfy_nag.files import load_weights
 from comfy_nag.schedules import DiscreteVP, Flow, Schedule
 
@@ -102,10 +103,11 @@ def captured_warnings():
         root.removeHandler(h)
 
 
-# ComfyUI model-config class -> comfy-nag family name (anything else: the class name, lower-cased).
-FAMILY_NAMES = {"SD15": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SDXL": "sdxl",
-                "SDXLRefiner": "sdxl-refiner", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
-                "KOALA_1B": "sdxl", "SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux-schnell"}
+def family_name(config_name: str, prediction: str | None = None) -> str:
+    """comfy-nag's name for a ComfyUI model-config class (comfy_nag.families); a model family without an
+    entry there is called by its config class, lower-cased."""
+    fam = from_comfy_config(config_name, prediction)
+    return fam.name if fam is not None else config_name.lower()
 
 
 @dataclass
@@ -200,10 +202,8 @@ def load_model(path: str | os.PathLike, family: str = "auto") -> Loaded:
                          "the file is incomplete or not a supported model")
     model = patcher.model
     config_name = type(model.model_config).__name__
-    fam = FAMILY_NAMES.get(config_name, config_name.lower())
     schedule, prediction, discrete = schedule_of(model)
-    if fam == "sd2" and prediction == "v":
-        fam = "sd2-v"
+    fam = family_name(config_name, prediction)
     if family not in ("auto", fam):
         raise ValueError(f"{path}: ComfyUI detects this file as {config_name} (family '{fam}'), but model.family is "
                          f"'{family}'; set model.family = '{fam}' (or 'auto')")
@@ -244,7 +244,7 @@ def _checkpoint_family(comfy, sd) -> str:
     cfg = comfy.model_detection.model_config_from_unet(sd, prefix)
     if cfg is None:
         return ""
-    return FAMILY_NAMES.get(type(cfg).__name__, type(cfg).__name__.lower())
+    return family_name(type(cfg).__name__)
 
 
 def concat_cross_attn(conds: list[torch.Tensor]) -> torch.Tensor:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from comfy_nag import families
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
@@ -34,8 +36,8 @@ def opt(default, help: str, choices=None, lo=None, hi=None):
     return field(default=default, metadata=meta)
 
 
-REFERENCE_FAMILIES = ("dit", "sit")
-COMFY_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl", "sd3", "flux", "flux-schnell")
+REFERENCE_FAMILIES = families.reference_names()
+COMFY_FAMILIES = ("auto",) + families.comfy_names()  # 'auto': whatever ComfyUI detects
 
 
 @dataclass

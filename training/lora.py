@@ -29,6 +29,8 @@ import re
 import torch
 import torch.nn as nn
 
+from comfy_nag.families import FAMILIES, KohyaBase
+
 PREFIX = "diffusion_model."   # ComfyUI format
 KOHYA_PREFIX = "lora_unet_"    # kohya format
 FORMATS = ("kohya", "comfyui")
@@ -108,23 +110,16 @@ class LoRANetwork(nn.Module):
         return out
 
 
-# family -> (ss_base_model_version, modelspec.architecture, modelspec.implementation)
-KOHYA_BASES = {
-    "sd1": ("sd_v1", "stable-diffusion-v1/lora", "diffusers"),
-    "sd2": ("sd_v2", "stable-diffusion-v2-512/lora", "diffusers"),
-    "sd2-v": ("sd_v2", "stable-diffusion-v2-768-v/lora", "diffusers"),
-    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "https://github.com/Stability-AI/generative-models"),
-    "sd3": ("sd3", "stable-diffusion-3-medium/lora", "https://github.com/Stability-AI/sd3.5"),
-    "flux": ("flux1", "flux-1-dev/lora", "https://github.com/black-forest-labs/flux"),
-    "flux-schnell": ("flux1", "flux-1-schnell/lora", "https://github.com/black-forest-labs/flux"),
-}
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v", "velocity": "flow"}
 
 
 def kohya_metadata(family: str, prediction: str, rank: int, alpha: float, steps: int, resolution: tuple[int, int],
                    title: str) -> dict[str, str]:
     """The ``ss_*`` (kohya sd-scripts) and ``modelspec.*`` (SAI model spec 1.0) keys loaders and UIs show."""
-    version, arch, impl = KOHYA_BASES.get(family, (family, f"comfy-nag-{family}/lora", "comfy-nag"))
+    known = FAMILIES.get(family)
+    base = known.kohya if known is not None and known.kohya is not None else \
+        KohyaBase(family, f"comfy-nag-{family}/lora", "comfy-nag")
+    version, arch, impl = base.version, base.architecture, base.implementation
     return {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}",
             "ss_base_model_version": version, "ss_steps": str(steps),
             "ss_training_comment": "comfy-nag: noise-condition dropout (Noise Awareness Guidance)",

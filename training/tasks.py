@@ -15,12 +15,11 @@ from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, noised, trainin
 from comfy_nag.files import save_weights
 from comfy_nag.metadata import nag_metadata
 from comfy_nag.losses import denoising_loss
-from comfy_nag.schedules import family as builtin_family
 
 from . import monitor
 from .config import Config, ConfigError
 from .data import Cache
-from .families import build_adapter, export_dtype
+from .adapters import build_adapter, estimator_space, export_dtype
 from .lora import LoRANetwork, kohya_metadata
 
 
@@ -82,6 +81,7 @@ class FinetuneTask:
 
     def __init__(self, cfg: Config, log=print):
         self.cfg = cfg
+        self.dropout_rate = cfg.train.noise_condition_dropout_rate  # the only read of the rate: passed on as a value
         self.cache = Cache(cfg.data.cache)
         self.adapter = build_adapter(cfg, self.cache)
         a = self.adapter
@@ -113,7 +113,7 @@ class FinetuneTask:
         c = self.cfg
         fp = {"family": self.adapter.family, "base": c.model.base, "base_sha256": self.adapter.base_hash,
               "cache": str(Path(c.data.cache).resolve()), "cache_count": self.dataset_size, "mode": c.train.mode,
-              "noise_condition_dropout_rate": c.train.noise_condition_dropout_rate,
+              "noise_condition_dropout_rate": self.dropout_rate,
               "class_dropout_rate": c.train.class_dropout_rate, "caption_dropout_rate": c.train.caption_dropout_rate}
         if self.lora is not None:
             fp.update(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha, lora_targets=list(c.lora.targets))
@@ -128,7 +128,7 @@ class FinetuneTask:
         a, t = self.adapter, self.cfg.train
         x0 = a.x0(self.cache, idx).to(device)
         cond = a.conditions(self.cache, idx, g, device)
-        rate = 0.0 if plain else t.noise_condition_dropout_rate
+        rate = 0.0 if plain else self.dropout_rate
         loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes, plain), x0, cond, a.schedule,
                                          a.prediction, rate, t.class_dropout_rate, g)
         keep = ~drop
@@ -167,15 +167,15 @@ class FinetuneTask:
         if self._scale_profile is not None:  # from the final readout (monitor.estimator set)
             extra["scale_profile"] = self._scale_profile
         if self.lora is None:
-            return self.adapter.export(out / name, c, extra)
+            return self.adapter.export(out / name, c, self.dropout_rate, extra)
         extra.update(lora_rank=str(c.lora.rank), lora_alpha=repr(c.lora.alpha))
         return self.export_lora(out / name, step, extra)
 
     def export_lora(self, path: Path, step: int, extra: dict) -> Path:
         """The LoRA in ``export.lora_format`` (kohya: + ``ss_*``/``modelspec.*`` metadata) with ``nag.*``."""
         a, c = self.adapter, self.cfg
-        meta = nag_metadata("lora", a.family, a.prediction, a.schedule, a.null_timestep,
-                            c.train.noise_condition_dropout_rate, a.base_hash, **a.export_extra, **extra)
+        meta = nag_metadata("lora", a.family, a.prediction, a.schedule, a.null_timestep, self.dropout_rate, a.base_hash,
+                            **a.export_extra, **extra)
         fmt, names = c.export.lora_format, {}
         if fmt == "kohya":
             _, h, w = self.cache.sample_shape
@@ -190,10 +190,6 @@ class FinetuneTask:
 
 # --- noise-level estimator ----------------------------------------------------------------------
 
-COMFY_LATENT_FORMATS = {"sd1": "SD15", "sd2": "SD15", "sd2-v": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux",
-                        "flux-schnell": "Flux"}
-
-
 class EstimatorTask:
     """Cross-entropy over log-SNR bins on network-space forward states of the cached data."""
 
@@ -204,20 +200,8 @@ class EstimatorTask:
         self.cfg = cfg
         e = cfg.estimator
         self.cache = Cache(cfg.data.cache)
-        info = self.cache.info
-        self.family = e.family or (info.vae_family if info.latent_space == "vae" else cfg.model.family)
-        self.latent_format = None
-        if info.latent_space == "vae" and cfg.model.base and not cfg.is_reference:
-            from . import comfyui
-            loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
-            self.family, self.schedule, self.latent_format = loaded.family, loaded.schedule, loaded.model.latent_format
-        else:
-            try:
-                self.schedule = builtin_family("sd1" if self.family == "sd2" else self.family).schedule
-            except ValueError as err:
-                raise ConfigError(f"estimator.family: {err}") from None
-            if info.latent_space == "vae":
-                self.latent_format = self._comfy_latent_format()
+        space = estimator_space(cfg, self.cache)
+        self.family, self.schedule, self.latent_format = space.family, space.schedule, space.latent_format
         lo, hi = (e.logsnr_min, e.logsnr_max) if (e.logsnr_min or e.logsnr_max) else self.schedule.logsnr_range()
         self.bins = LevelBins(float(lo), float(hi), e.bins)
         torch.manual_seed(cfg.run.seed)
@@ -227,13 +211,6 @@ class EstimatorTask:
         self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
         log(f"estimator for family '{self.family}' ({self.schedule.name}), {e.bins} log-SNR bins over "
             f"[{self.bins.lo:.2f}, {self.bins.hi:.2f}]")
-
-    def _comfy_latent_format(self):
-        if self.family not in COMFY_LATENT_FORMATS:
-            raise ConfigError(f"the cache holds VAE latents of family '{self.family or 'unknown'}'; set estimator.family "
-                              f"to one of {', '.join(COMFY_LATENT_FORMATS)} or model.base to the model's file")
-        from . import comfyui
-        return comfyui.latent_format(COMFY_LATENT_FORMATS[self.family])
 
     def config_dict(self) -> dict:
         return self.cfg.to_dict()
@@ -282,7 +259,3 @@ class EstimatorTask:
         if self.latent_format is not None:
             extra["nag.latent_format"] = type(self.latent_format).__name__
         return self.estimator.save(out / name, self.schedule, extra)
-
-
-def make_task(command: str, cfg: Config, log=print):
-    return {"finetune": FinetuneTask, "estimator": EstimatorTask}[command](cfg, log)

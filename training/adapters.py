@@ -16,17 +16,19 @@ fed through the model's ordinary timestep input for the rows in ``drop_t``:
 """
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from comfy_nag import models
-from comfy_nag.files import WeightFileError, load_weights, meta_json, save_weights
+from comfy_nag.families import family as registry_family
+from comfy_nag.files import WeightFileError, load_module_weights, load_weights, meta_json, read_metadata, save_weights
+from comfy_nag.families import FAMILIES, comfy_names
 from comfy_nag.metadata import file_sha256, nag_metadata
-from comfy_nag.schedules import family as builtin_family
+from comfy_nag.schedules import Schedule
 
 from .config import Config, ConfigError
 from .data import Cache, CacheError
@@ -39,7 +41,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def save_reference_model(net: nn.Module, path, family: str, dropout_rate: float | None = None,
                          base_hash: str | None = None, extra: dict | None = None) -> Path:
     """Save a comfy_nag reference model (``nag.kind = reference_model``) with everything needed to rebuild it."""
-    fam = builtin_family(family)
+    fam = registry_family(family)
     null_mode = net.kwargs.get("null_mode", "sentinel")
     meta = nag_metadata("reference_model", family, fam.prediction, fam.schedule, net.kwargs.get("null_timestep"),
                         dropout_rate, base_hash, arch=models.arch_of(net), model=net.kwargs, null_mode=null_mode,
@@ -57,11 +59,7 @@ def load_reference_model(path) -> tuple[nn.Module, dict]:
     if "null_time" in kwargs:  # files written before the rename to null_timestep
         kwargs["null_timestep"] = kwargs.pop("null_time")
     net = models.build(meta_json(meta, "nag.arch", path), **kwargs)
-    missing, unexpected = net.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise WeightFileError(f"{path}: weights do not match the architecture in its metadata (missing "
-                              f"{missing[:3]}, unexpected {unexpected[:3]}); the file is damaged")
-    return net, meta
+    return load_module_weights(net, tensors, path), meta
 
 
 class ReferenceAdapter:
@@ -71,7 +69,7 @@ class ReferenceAdapter:
 
     def __init__(self, cfg: Config, cache: Cache):
         m = cfg.model
-        fam = builtin_family(m.family)
+        fam = registry_family(m.family)
         self.family, self.schedule, self.prediction = m.family, fam.schedule, fam.prediction
         self.base_path, self.base_hash, self.base_meta = m.base, None, {}
         if m.base:
@@ -130,9 +128,8 @@ class ReferenceAdapter:
         """Kohya names of LoRA layer paths: the network's own paths."""
         return {}
 
-    def export(self, path, cfg: Config, extra: dict) -> Path:
-        return save_reference_model(self.net, path, self.family, cfg.train.noise_condition_dropout_rate,
-                                    self.base_hash, extra)
+    def export(self, path, cfg: Config, dropout_rate: float, extra: dict) -> Path:
+        return save_reference_model(self.net, path, self.family, dropout_rate, self.base_hash, extra)
 
 
 # --- ComfyUI families -------------------------------------------------------------------------
@@ -202,7 +199,7 @@ class ComfyAdapter:
         if info.channels != L.latent_channels:
             raise CacheError(f"cache {cache.path} holds {info.channels}-channel latents but {L.config_name} uses "
                              f"{L.latent_channels} channels; re-run `prepare` with this model's VAE")
-        if info.vae_family and info.vae_family != L.family:
+        if info.vae_family and not same_latent_space(info.vae_family, L.family):
             raise CacheError(f"cache {cache.path} was encoded with the VAE of a '{info.vae_family}' model, but the model "
                              f"is '{L.family}'; re-run `prepare` with this model's checkpoint or VAE")
         if info.conditioning != "text":
@@ -243,15 +240,15 @@ class ComfyAdapter:
                              "models), which the trainer does not support")
         return {k: _to(v.process_cond(batch_size=B, device=device, area=None).cond, device) for k, v in out.items()}
 
-    def export(self, path, cfg: Config, extra: dict) -> Path:
-        L, rate = self.loaded, cfg.train.noise_condition_dropout_rate
+    def export(self, path, cfg: Config, dropout_rate: float, extra: dict) -> Path:
+        L = self.loaded
         extra = {**self.export_extra, **extra}
         fmt = cfg.export.format
         kind = L.kind if fmt == "auto" else fmt
         dtype = export_dtype(cfg, L.dtype)
         base_meta = _base_metadata(self.base_path)
-        meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_timestep, rate,
-                                            self.base_hash, **extra)}
+        meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_timestep,
+                                            dropout_rate, self.base_hash, **extra)}
         if kind == "checkpoint":
             # ComfyUI's own layout: model.diffusion_model.* (+ v_pred), then the base's VAE / text encoders untouched
             sd = {k: _cast(v, dtype) for k, v in L.model.state_dict_for_saving().items()}
@@ -274,7 +271,6 @@ def export_dtype(cfg: Config, same: torch.dtype) -> torch.dtype:
 
 
 def _base_metadata(path) -> dict:
-    from comfy_nag.files import read_metadata
     return {k: v for k, v in read_metadata(path).items() if not k.startswith("nag.")}
 
 
@@ -294,6 +290,43 @@ def build_adapter(cfg: Config, cache: Cache):
     return ComfyAdapter(cfg, cache)
 
 
-def describe_adapter(a) -> str:
-    return (f"family {a.family}, prediction {a.prediction}, schedule {json.dumps(a.schedule.describe())}, "
-            f"null timestep {a.null_timestep:g} (network units)")
+def same_latent_space(a: str, b: str) -> bool:
+    """Whether families ``a`` and ``b`` share one latent space (e.g. sd1 and sd2: the SD1.5 VAE); unknown
+    families only match themselves."""
+    fa, fb = FAMILIES.get(a), FAMILIES.get(b)
+    return a == b or (fa is not None and fb is not None and fa.latent_format == fb.latent_format)
+
+
+@dataclass
+class LatentSpace:
+    """What a noise-level estimator is trained for: a family's schedule on its latent (or pixel) space."""
+
+    family: str
+    schedule: Schedule
+    latent_format: object | None  # ComfyUI latent-format instance (process_in); None for pixel caches
+
+
+def estimator_space(cfg: Config, cache: Cache) -> LatentSpace:
+    """The family, schedule and latent format of an estimator run: from the model file when ``model.base`` is
+    a ComfyUI model (its exact schedule), else from the registry entry of ``estimator.family`` (default: the
+    family whose VAE encoded the cache, or ``model.family`` for pixel caches)."""
+    info = cache.info
+    if info.latent_space == "vae" and cfg.model.base and not cfg.is_reference:
+        from . import comfyui
+        loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+        return LatentSpace(loaded.family, loaded.schedule, loaded.model.latent_format)
+    name = cfg.estimator.family or (info.vae_family if info.latent_space == "vae" else cfg.model.family)
+    if info.latent_space != "vae":
+        try:
+            return LatentSpace(name, registry_family(name).schedule, None)
+        except ValueError as err:
+            raise ConfigError(f"estimator.family: {err}") from None
+    fam = FAMILIES.get(name)
+    if fam is None or fam.latent_format is None:
+        raise ConfigError(f"the cache holds VAE latents of family '{name or 'unknown'}'; set estimator.family to one "
+                          f"of {', '.join(comfy_names())} or model.base to the model's file")
+    if fam.latent_channels != info.channels:
+        raise ConfigError(f"cache {cache.path} holds {info.channels}-channel latents but family '{name}' uses "
+                          f"{fam.latent_channels}; set estimator.family to the family whose VAE encoded the cache")
+    from . import comfyui
+    return LatentSpace(fam.name, fam.schedule, comfyui.latent_format(fam.latent_format))
