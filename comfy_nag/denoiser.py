@@ -3,15 +3,19 @@
 ``Denoiser`` converts states to network space (``Schedule.native``), evaluates every branch a
 :class:`~comfy_nag.guidance.Guidance` needs in **one batched forward** (or one forward per branch
 with ``batched=False``), converts each branch to x0 with the *nominal* level, mixes them, and
-applies classifier guidance and epsilon scaling.  It counts network evaluations so benchmarks
-can report NFE per step.
+applies classifier guidance and epsilon scaling.  A null branch is the network at its null timestep
+(``null_source="learned"``) or, with ``null_source="estimator"``, the conditional branch at the
+estimator's posterior levels (posterior_null.py), evaluated in the same batched forward.  It counts
+network evaluations so benchmarks can report NFE per step.
 """
 from __future__ import annotations
 
 import torch
 
 from .classifier_guidance import classifier_correction
+from .estimators import training_log_prior
 from .guidance import Guidance, branches, combine, eps_scaled_x0, window_mask
+from .posterior_null import mix, null_levels
 from .predictions import check_kind, to_x0
 from .schedules import Schedule, logsnr_of
 from .tensors import append_dims
@@ -21,16 +25,24 @@ class Denoiser:
     """Sampling-space denoiser over ``net(x_net, t_net, y, drop_t)`` predicting ``prediction``.
 
     ``estimator``: a :class:`~comfy_nag.estimators.NoiseLevelEstimator` on network-space states,
-    needed only when ``guidance.cg_scale != 0``.
+    needed when ``guidance.cg_scale != 0`` or the null branch comes from it; ``log_prior``: the prior over
+    its bins that the estimator null branch uses (default: the schedule's training levels).
     """
 
     def __init__(self, net, schedule: Schedule, prediction: str, guidance: Guidance | None = None,
-                 estimator=None, batched: bool = True):
+                 estimator=None, batched: bool = True, log_prior: torch.Tensor | None = None):
         self.net, self.schedule, self.prediction = net, schedule, check_kind(prediction)
         self.guidance = guidance or Guidance()
         self.estimator, self.batched = estimator, batched
-        if self.guidance.cg_scale != 0 and estimator is None:
-            raise ValueError("classifier-guided NAG (cg_scale != 0) needs a noise-level estimator; pass estimator=...")
+        g = self.guidance
+        self.estimator_null = g.nag_scale != 0 and g.null_source == "estimator"
+        for on, what in ((g.cg_scale != 0, "classifier-guided NAG (cg_scale != 0)"),
+                         (self.estimator_null, "the null branch from an estimator (null_source='estimator')")):
+            if on and estimator is None:
+                raise ValueError(f"{what} needs a noise-level estimator; pass estimator=...")
+        self.log_prior = log_prior
+        if self.estimator_null and log_prior is None:
+            self.log_prior = training_log_prior(schedule, estimator.bins)
         self.num_classes = getattr(net, "num_classes", 0)
         self.evaluations = 0  # network evaluations, counted per branch (batch rows / B)
         self.calls = 0
@@ -49,29 +61,43 @@ class Denoiser:
     # --- evaluation ------------------------------------------------------------------------
     def branch_x0(self, x: torch.Tensor, s: torch.Tensor, y, names) -> dict[str, torch.Tensor]:
         """x0 predictions for each named branch (cond, uncond, null_cond, null_uncond)."""
-        B = x.shape[0]
         c, a_n, s_n = self.schedule.native(s)
         xn = append_dims(c, x.dim()).to(x) * x
-        t = self.schedule.net_time(s).to(x.device)
-        null_y = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
-        if y is None:
-            y = null_y
-
-        def inputs(name):
-            return y if name in ("cond", "null_cond") else null_y, torch.full((B,), name.startswith("null"), device=x.device)
-
+        chunks, weights = self._chunks(xn, s, y, names)
         if self.batched:
-            ys, ds = zip(*(inputs(n) for n in names))
-            k = len(names)
-            out = self.net(xn.repeat((k,) + (1,) * (x.dim() - 1)), t.repeat(k), torch.cat(ys), torch.cat(ds))
-            preds = dict(zip(names, out.chunk(k)))
+            k = len(chunks)
+            out = self.net(xn.repeat((k,) + (1,) * (x.dim() - 1)), *(torch.cat(v) for v in list(zip(*chunks))[1:]))
+            outs = out.chunk(k)
         else:
-            preds = {}
-            for n in names:
-                yy, dd = inputs(n)
-                preds[n] = self.net(xn, t, yy, dd)
-        self.evaluations += len(names)
+            outs = [self.net(xn, t, yy, dd) for _, t, yy, dd in chunks]
+        self.evaluations += len(chunks)
+        preds = {}
+        for (name, *_), o in zip(chunks, outs):
+            preds.setdefault(name, []).append(o)
+        preds = {n: mix(p, weights[n]) if n in weights else p[0] for n, p in preds.items()}
         return {n: to_x0(p, self.prediction, xn, a_n.to(x), s_n.to(x)) for n, p in preds.items()}
+
+    def _chunks(self, xn: torch.Tensor, s: torch.Tensor, y, names):
+        """``[(branch, t, y, drop_t)]`` per network call of ``names``, and the level weights [B, K] of the null
+        branches taken from the estimator (one chunk per level; ``{}`` with learned null branches)."""
+        B, dev = xn.shape[0], xn.device
+        t = self.schedule.net_time(s).to(dev)
+        null_y = torch.full((B,), self.num_classes, dtype=torch.long, device=dev)
+        y = null_y if y is None else y
+        nulls = [n for n in names if n.startswith("null")]
+        level_t = weights = None
+        if self.estimator_null and nulls:
+            lv = null_levels(self.estimator, xn, self.guidance.null_levels, self.log_prior.to(dev))
+            level_t = [self.schedule.net_time(self.schedule.sigma_from_logsnr(lam)).to(t) for lam in lv.logsnr.T]
+            weights = lv.weight
+        chunks = []
+        for n in names:
+            yy = y if n in ("cond", "null_cond") else null_y
+            if n in nulls and level_t is not None:
+                chunks += [(n, tl, yy, torch.zeros(B, dtype=torch.bool, device=dev)) for tl in level_t]
+            else:
+                chunks.append((n, t, yy, torch.full((B,), n in nulls, device=dev)))
+        return chunks, ({n: weights for n in nulls} if weights is not None else {})
 
     def __call__(self, x: torch.Tensor, s: torch.Tensor, y=None) -> torch.Tensor:
         """Guided x0 prediction.  ``s``: sampling sigma, scalar or per-sample [B]."""

@@ -25,6 +25,7 @@ from .tensors import append_dims
 
 BRANCHES = ("cond", "uncond", "null_cond", "null_uncond")
 VARIANTS = ("A", "B")
+NULL_SOURCES = ("learned", "estimator")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Guidance:
     cg_window: tuple[float, float] | None = None
     eps_scale: float = 1.0  # epsilon scaling factor (Ning et al.); 1 = off
     nag_profile: ScaleProfile | None = None  # per-level multiplier of nag_scale (None = 1 everywhere)
+    null_source: str = "learned"  # the null branch: the network's null timestep, or "estimator" (posterior_null.py)
+    null_levels: int = 1  # with null_source="estimator": conditional evaluations per null branch (0 = every bin)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -48,6 +51,11 @@ class Guidance:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.null_source not in NULL_SOURCES:
+            raise ValueError(f"unknown null-branch source {self.null_source!r}; expected 'learned' (a model fine-tuned "
+                             "with noise-condition dropout) or 'estimator' (any model plus a noise-level estimator)")
+        if not isinstance(self.null_levels, int) or self.null_levels < 0:
+            raise ValueError(f"null_levels must be an integer >= 0 (1 = the posterior mean), got {self.null_levels!r}")
         if self.eps_scale <= 0:
             raise ValueError(f"eps_scale must be > 0 (1 = off), got {self.eps_scale}")
 
