@@ -1,29 +1,24 @@
 """ComfyUI nodes of comfy-nag (Noise Awareness Guidance; not Normalized Attention Guidance).
 
-Thin V3 nodes over ``comfy_nag`` (the math) and ``hooks``/``guider`` (the ComfyUI glue).  The
-``noise_estimators`` model folder is registered by :func:`register_folders`, which the pack's
-entry point calls before it imports the nodes (ComfyUI 0.3.48-0.3.64 never calls
-``ComfyExtension.on_load``, so registering there would leave the folder unknown).
+Thin V3 nodes over ``comfy_nag`` (the math) and the ComfyUI glue beside them:
+
+* ``guidance_nodes`` / ``loader_nodes`` / ``shift_nodes``: the node classes (``common``: shared inputs
+  and the error wrapper);
+* ``classifier_free`` (the null-timestep wrapper, :class:`~.classifier_free.NagConfig` with the NAG
+  addition, the model patch), ``classifier_guided`` (the estimator patch), ``guider`` (a CFGGuider);
+* ``model_info`` (what is read off a ComfyUI model, estimator checks), ``windows`` (guidance windows),
+  ``folders`` (the ``noise_estimators`` model folder, registered by the pack's entry point before it
+  imports the nodes).
+
+Modules here never import this file: it only lists the nodes and re-exports what the pack's entry point uses.
 """
 from __future__ import annotations
 
-import os
-
-import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-ESTIMATOR_FOLDER = "noise_estimators"
+from .folders import register_folders
 
-
-def register_folders() -> None:
-    """``models/noise_estimators`` (extra-model-paths YAML entries keep working)."""
-    default = os.path.join(folder_paths.models_dir, ESTIMATOR_FOLDER)
-    if ESTIMATOR_FOLDER in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(ESTIMATOR_FOLDER, default)
-        paths, _ = folder_paths.folder_names_and_paths[ESTIMATOR_FOLDER]
-        folder_paths.folder_names_and_paths[ESTIMATOR_FOLDER] = (paths, {".safetensors"})
-    else:
-        folder_paths.folder_names_and_paths[ESTIMATOR_FOLDER] = ([default], {".safetensors"})
+__all__ = ["NoiseAwarenessExtension", "node_list", "register_folders"]
 
 
 def node_list() -> list[type[io.ComfyNode]]:

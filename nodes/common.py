@@ -6,7 +6,7 @@ import functools
 from comfy_api.latest import io
 
 from ..comfy_nag.files import WeightFileError
-from .hooks import NoiseAwarenessError
+from .model_info import NoiseAwarenessError
 
 CATEGORY = "sampling/noise_awareness"
 LOADERS = "loaders/noise_awareness"

@@ -1,4 +1,8 @@
-"""Guidance nodes: classifier-free and classifier-guided patches, the guider, and the one-node sampler."""
+"""Guidance nodes: the classifier-free and classifier-guided patches, the guider, and the one-node sampler.
+
+The nodes read their inputs into a :class:`NagConfig` / :class:`Window` and call the patches in
+classifier_free.py, classifier_guided.py and guider.py.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,9 +12,12 @@ from comfy_api.latest import io
 
 from ..comfy_nag import metadata as nag_metadata
 from ..comfy_nag import patching
-from . import hooks
+from .classifier_free import NagConfig, patch_classifier_free
+from .classifier_guided import patch_classifier_guided
 from .common import CATEGORY, Estimator, clear_errors, model_input, window_inputs
 from .guider import BATCHING, NagGuider
+from .model_info import NoiseAwarenessError, check_estimator, file_metadata, sampling_info
+from .windows import Window
 
 NULL_SOURCES = ["auto", "metadata", "manual"]
 SCALE_RULES = ["constant", "per level (from file)"]
@@ -48,8 +55,8 @@ def scale_rule_input():
 
 def nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched=True,
                scale_rule=SCALE_RULES[0]):
-    kind, mult, space = hooks.sampling_info(model)
-    meta = hooks.file_metadata(model)
+    kind, mult, space = sampling_info(model)
+    meta = file_metadata(model)
     meta_null = nag_metadata.null_timestep(meta)
     null, origin = patching.choose_null_timestep(meta_null, kind, mult, null_timestep, null_timestep_source)
     if origin.startswith("default") and scale:
@@ -60,14 +67,13 @@ def nag_config(model, scale, variant, window_unit, start, end, null_timestep_sou
     if scale_rule == SCALE_RULES[1]:
         profile = nag_metadata.scale_profile(meta)
         if profile is None:
-            raise hooks.NoiseAwarenessError(
+            raise NoiseAwarenessError(
                 "scale rule 'per level (from file)' needs the nag.scale_profile the trainer writes when a fine-tune runs "
                 "with monitor.estimator; this model file has none. Load a file exported that way (with a Noise "
                 "Awareness loader), or set scale_rule to 'constant'")
     elif scale_rule != SCALE_RULES[0]:
-        raise hooks.NoiseAwarenessError(f"unknown scale rule {scale_rule!r}; expected one of {', '.join(SCALE_RULES)}")
-    return hooks.NagConfig(float(scale), variant, hooks.Window.of(model, window_unit, start, end), null, bool(batched),
-                           profile, space)
+        raise NoiseAwarenessError(f"unknown scale rule {scale_rule!r}; expected one of {', '.join(SCALE_RULES)}")
+    return NagConfig(float(scale), variant, Window.of(model, window_unit, start, end), null, bool(batched), profile, space)
 
 
 class NoiseAwarenessClassifierFree(io.ComfyNode):
@@ -97,7 +103,7 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
                          scale_rule)
         if scale == 0:
             return io.NodeOutput(model)
-        return io.NodeOutput(hooks.patch_classifier_free(model, cfg))
+        return io.NodeOutput(patch_classifier_free(model, cfg))
 
 
 class NoiseAwarenessClassifierGuided(io.ComfyNode):
@@ -121,11 +127,11 @@ class NoiseAwarenessClassifierGuided(io.ComfyNode):
     @clear_errors
     def execute(cls, model, estimator, scale, window_unit, start, end):
         est, meta = estimator
-        hooks.check_estimator(est, meta, model)
-        window = hooks.Window.of(model, window_unit, start, end)
+        check_estimator(est, meta, model)
+        window = Window.of(model, window_unit, start, end)
         if scale == 0:
             return io.NodeOutput(model)
-        return io.NodeOutput(hooks.patch_classifier_guided(model, est, float(scale), window))
+        return io.NodeOutput(patch_classifier_guided(model, est, float(scale), window))
 
 
 class NoiseAwarenessCFGuider(io.ComfyNode):
@@ -199,6 +205,6 @@ class NoiseAwarenessKSampler(io.ComfyNode):
         if scale != 0:
             nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep,
                              scale_rule=scale_rule)
-            model = hooks.patch_classifier_free(model, nag)
+            model = patch_classifier_free(model, nag)
         return io.NodeOutput(*common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                               latent_image, denoise=denoise))

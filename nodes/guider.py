@@ -1,7 +1,8 @@
 """``NagGuider``: a CFGGuider that runs classifier-free NAG with explicit branch batching.
 
-For SamplerCustomAdvanced.  Same math as the model patch in hooks.py (``guidance.nag_correction``
-added to the CFG result); the null rows get the null timestep through the same APPLY_MODEL wrapper.
+For SamplerCustomAdvanced.  Same math as the classifier-free model patch (classifier_free.py): the
+CFG result plus :meth:`NagConfig.guided`; the null rows get the null timestep through the same
+APPLY_MODEL wrapper.
 Mirrors ``comfy.samplers.sampling_function``, so other packs' ``sampler_calc_cond_batch_function``
 (cond/uncond only: the null rows never go through it), pre-CFG and post-CFG functions still run.
 """
@@ -12,8 +13,8 @@ import math
 import comfy.samplers
 import torch
 
-from ..comfy_nag import guidance, patching
-from .hooks import NagConfig, flagged, null_copy, with_null_timestep
+from ..comfy_nag import patching
+from .classifier_free import NagConfig, flagged, null_copy, with_null_timestep
 
 BATCHING = ["one forward", "cond+uncond, then null", "each branch separately"]
 
@@ -63,6 +64,4 @@ class NagGuider(comfy.samplers.CFGGuider):
         if not on:
             return res
         patching.check_finite(x, "Noise Awareness Guider")
-        null_u = null_out[1] if len(null_out) > 1 else None
-        return res + guidance.nag_correction(main[0], null_out[0], self.nag.scale_at(timestep, res), self.nag.variant, self.cfg,
-                                             main[1] if null_u is not None else None, null_u)
+        return self.nag.guided(res, timestep, self.cfg, main[0], main[1], null_out)

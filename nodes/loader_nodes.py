@@ -10,9 +10,14 @@ from comfy_api.latest import io
 from ..comfy_nag import metadata as nag_metadata
 from ..comfy_nag.estimators import NoiseLevelEstimator
 from ..comfy_nag.files import read_metadata
-from . import ESTIMATOR_FOLDER
 from .common import LOADERS, Estimator, clear_errors, model_input
-from .hooks import ATTACH_META, NoiseAwarenessError
+from .folders import ESTIMATOR_FOLDER
+from .model_info import ATTACH_META, NoiseAwarenessError
+
+
+def file_input(name: str, folder: str, tooltip: str):
+    """A combo of the files in ComfyUI's model folder ``folder`` (read back with ``get_full_path_or_raise``)."""
+    return io.Combo.Input(name, options=folder_paths.get_filename_list(folder), tooltip=tooltip)
 
 
 def _with_metadata(model, path):
@@ -34,8 +39,8 @@ class NoiseAwarenessEstimatorLoader(io.ComfyNode):
             display_name="Load Noise-Level Estimator",
             category=LOADERS,
             description="Loads a comfy-nag noise-level estimator (.safetensors) from models/noise_estimators.",
-            inputs=[io.Combo.Input("estimator_name", options=folder_paths.get_filename_list(ESTIMATOR_FOLDER),
-                                   tooltip="a .safetensors estimator from models/noise_estimators (python -m training estimator)")],
+            inputs=[file_input("estimator_name", ESTIMATOR_FOLDER,
+                               "a .safetensors estimator from models/noise_estimators (python -m training estimator)")],
             outputs=[Estimator.Output(display_name="estimator")],
         )
 
@@ -58,8 +63,8 @@ class NoiseAwarenessDiffusionModelLoader(io.ComfyNode):
             category=LOADERS,
             description="Like 'Load Diffusion Model', and attaches the file's comfy-nag metadata (null timestep) so the "
                         "classifier-free guidance node needs no manual value.",
-            inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
-                                   tooltip="a model fine-tuned by comfy-nag's trainer (it carries the null timestep)")],
+            inputs=[file_input("unet_name", "diffusion_models",
+                               "a model fine-tuned by comfy-nag's trainer (it carries the null timestep)")],
             outputs=[io.Model.Output()],
         )
 
@@ -78,8 +83,8 @@ class NoiseAwarenessCheckpointLoader(io.ComfyNode):
             display_name="Load Checkpoint (Noise Awareness)",
             category=LOADERS,
             description="Like 'Load Checkpoint', and attaches the file's comfy-nag metadata (null timestep).",
-            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
-                                   tooltip="a checkpoint fine-tuned by comfy-nag's trainer (it carries the null timestep)")],
+            inputs=[file_input("ckpt_name", "checkpoints",
+                               "a checkpoint fine-tuned by comfy-nag's trainer (it carries the null timestep)")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
@@ -103,8 +108,7 @@ class NoiseAwarenessLoraLoader(io.ComfyNode):
                         "by the trainer, so the classifier-free guidance node needs no manual value.",
             inputs=[
                 model_input("the base model the LoRA was trained on"),
-                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                               tooltip="a LoRA trained by comfy-nag's trainer (it carries the null timestep)"),
+                file_input("lora_name", "loras", "a LoRA trained by comfy-nag's trainer (it carries the null timestep)"),
                 io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="how strongly the LoRA modifies the model; 1 = as trained"),
             ],

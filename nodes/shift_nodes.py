@@ -1,4 +1,9 @@
-"""Noise-shift recorder (MODEL patch) and visualizer (plot IMAGE + JSON STRING)."""
+"""Noise-shift recorder and plot.
+
+The recorder is a MODEL patch: a keyed ``SAMPLER_SAMPLE`` wrapper (:class:`Recorder`) wraps the step callback
+and reads each step's noise level (learned estimator or variance estimate); the plot node turns one or two
+recorded runs into a plot IMAGE and a JSON STRING (``comfy_nag.shift_report``).
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +16,8 @@ from comfy_api.latest import io, ui
 
 from ..comfy_nag import plots
 from ..comfy_nag.shift_report import ShiftRecording, shift_report
-from . import hooks
 from .common import CATEGORY, Estimator, ShiftTrace, clear_errors, model_input
+from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError, check_estimator, estimator_on, net_scale, sampling_info
 
 
 class Recorder:
@@ -25,11 +30,11 @@ class Recorder:
         if self.estimator is None:
             return None
         s = sigma.reshape(1).to(x).expand(x.shape[0])
-        est = hooks.estimator_on(self.estimator, x.device)
-        return est.mean(hooks.net_scale(model_sampling, s).reshape(-1, *([1] * (x.dim() - 1))) * x)
+        est = estimator_on(self.estimator, x.device)
+        return est.mean(net_scale(model_sampling, s).reshape(-1, *([1] * (x.dim() - 1))) * x)
 
     def sampler_sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
-        config = guider.model_patcher.get_attachment(hooks.ATTACH_CONFIG) or {}
+        config = guider.model_patcher.get_attachment(ATTACH_CONFIG) or {}
         window = config.get("window")
         rec = ShiftRecording(self.space, self.data_variance, window=window.bounds(sigmas) if window else None,
                              readout="estimator" if self.estimator is not None else "variance")
@@ -67,14 +72,14 @@ class NoiseAwarenessShiftRecorder(io.ComfyNode):
     def execute(cls, model, data_variance, estimator=None):
         from comfy.patcher_extension import WrappersMP
 
-        _, _, space = hooks.sampling_info(model)
+        _, _, space = sampling_info(model)
         est = None
         if estimator is not None:
             est, meta = estimator
-            hooks.check_estimator(est, meta, model)
+            check_estimator(est, meta, model)
         rec = Recorder(est, float(data_variance), space)
         m = model.clone()
-        m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, hooks.KEY + "_recorder", rec.sampler_sample)
+        m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY + "_recorder", rec.sampler_sample)
         return io.NodeOutput(m, rec)
 
 
@@ -106,11 +111,11 @@ class NoiseAwarenessShiftPlot(io.ComfyNode):
         for t, lat, lab in runs:
             comfy.model_management.throw_exception_if_processing_interrupted()
             if t.last is None:
-                raise hooks.NoiseAwarenessError(f"trace '{lab}' recorded no sampling run: connect the recorder's MODEL output "
-                                                "to the sampler whose LATENT you feed here")
+                raise NoiseAwarenessError(f"trace '{lab}' recorded no sampling run: connect the recorder's MODEL output "
+                                          "to the sampler whose LATENT you feed here")
             if lat is not None and not torch.isfinite(lat["samples"]).all():
-                raise hooks.NoiseAwarenessError(f"the latent of '{lab}' contains NaN/Inf: the sampling run diverged; "
-                                                "lower the guidance scales or use more steps")
+                raise NoiseAwarenessError(f"the latent of '{lab}' contains NaN/Inf: the sampling run diverged; "
+                                          "lower the guidance scales or use more steps")
             recs.append((lab, t.last))
             pbar.update(1)
         report = shift_report(recs)

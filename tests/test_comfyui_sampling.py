@@ -16,10 +16,11 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.model_sampling  # noqa: E402
 
-from comfy_support import conditioning, load_pack, patcher, tiny_flux_model, tiny_sd3_model, tiny_unet_model  # noqa: E402
+from comfy_support import (conditioning, load_pack, patcher, tiny_flux_model, tiny_sd15_model, tiny_sd3_model,  # noqa: E402
+                          tiny_unet_model)
 
 pack = load_pack()
-from comfy_nag_pack_under_test.nodes import guidance_nodes, hooks  # noqa: E402
+from comfy_nag_pack_under_test.nodes import guidance_nodes, model_info, shift_nodes  # noqa: E402
 
 STEPS = 4
 SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8), "flux": (1, 16, 8, 8)}
@@ -65,7 +66,7 @@ def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source
 
 
 def expected_null(model):
-    kind, mult, _ = hooks.sampling_info(model)
+    kind, mult, _ = model_info.sampling_info(model)
     return {"discrete": -1000.0, "discrete_flow": -1.0 * mult, "flux": -1.0}[kind]
 
 
@@ -125,7 +126,7 @@ def test_variant_b_window_and_metadata_null(models):
         sample(cf(m, 1.0, start=0.5, end=1.0), "eps")
     assert [len(lab) for _, lab in spy.calls] == [2, 2, 3, 3]  # NAG only in the second half
     tagged = m.clone()
-    tagged.set_attachments(hooks.ATTACH_META, {"nag.null_timestep": "-321.0"})
+    tagged.set_attachments(model_info.ATTACH_META, {"nag.null_timestep": "-321.0"})
     with Spy(m) as spy:
         sample(cf(tagged, 1.0), "eps")
     assert null_rows(spy.calls, -321.0) == [1.0] * STEPS
@@ -147,14 +148,14 @@ def test_per_level_scale_rule_follows_the_files_profile(models, fam):
 
     def tagged(logsnr, value):
         t = m.clone()
-        t.set_attachments(hooks.ATTACH_META, {"nag.scale_profile": json.dumps({"logsnr": logsnr, "value": value})})
+        t.set_attachments(model_info.ATTACH_META, {"nag.scale_profile": json.dumps({"logsnr": logsnr, "value": value})})
         return t
 
     half = sample(cf(tagged([0.0], [0.5]), 2.0, rule=per_level), fam)
     assert torch.allclose(half, sample(cf(m, 1.0), fam), atol=1e-5)
     ms = m.get_model_object("model_sampling")
     sig = comfy.samplers.calculate_sigmas(ms, "simple", STEPS)
-    lam = logsnr_of(hooks.sampling_info(m)[2], sig[:STEPS].double())
+    lam = logsnr_of(model_info.sampling_info(m)[2], sig[:STEPS].double())
     mid = float(lam[1] + lam[2]) / 2  # the profile switches on between the 2nd and 3rd step
     step = sample(cf(tagged([mid - 0.01, mid + 0.01], [0.0, 1.0]), 1.0, rule=per_level), fam)
     s_mid = float(sig[1] + sig[2]) / 2
@@ -317,7 +318,64 @@ def test_classifier_guided_gradient_in_inference_mode(models):
     with pytest.raises(ValueError, match="expects 4 latent channels but this model's latents have 16"):
         node.execute(m, (bad, {}), 1.0, "percent", 0.0, 1.0)
     with pytest.raises(ValueError, match="trained for SD1.x/SDXL-style"):
-        node.execute(m, (est, {"nag.schedule": '{"space": "ve"}'}), 1.0, "percent", 0.0, 1.0)
+        node.execute(m, (est, {"nag.schedule": '{"type": "discrete_vp", "space": "ve"}'}), 1.0, "percent", 0.0, 1.0)
+
+
+PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "FLOW": "velocity", "FLUX": "velocity"}
+
+
+@pytest.mark.parametrize("make, name", [(tiny_sd15_model, "sd1"), (tiny_sd3_model, "sd3"), (tiny_flux_model, "flux")])
+def test_nodes_agree_with_the_family_registry(make, name):
+    """The family ComfyUI's model config is registered as (comfy_nag.families) has the sampling space, the null
+    timestep and the latent space the nodes derive from the ComfyUI model itself."""
+    from comfy_nag_pack_under_test.comfy_nag import families
+
+    m = patcher(make(0))
+    fam = families.from_comfy_config(type(m.model.model_config).__name__, PREDICTIONS[m.model.model_type.name])
+    assert fam is not None and fam.name == name, (type(m.model.model_config).__name__, fam)
+    assert model_info.sampling_info(m)[2] == fam.schedule.space
+    auto = cf(m, 1.0, source="auto").get_attachment(model_info.ATTACH_CONFIG)["null_timestep"]  # no metadata: the default
+    assert auto == fam.null_timestep == expected_null(m)
+    assert model_info.latent_space(m) == (fam.latent_format, fam.latent_channels)
+    assert name in families.latent_space_families(model_info.latent_space(m)[0])
+
+
+def test_mismatched_estimator_gives_one_line_naming_both_latent_spaces(models, tmp_path):
+    """Wrong channels (with or without metadata) and right channels of another latent format (per the file's
+    nag.latent_format / nag.family) each give one line naming both latent spaces and the fix, from the
+    classifier-guided node and the recorder alike; a damaged nag.schedule names the key."""
+    from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+    from comfy_nag_pack_under_test.comfy_nag.schedules import DiscreteVP, Flow
+
+    def saved(channels, name, schedule, **meta):
+        est = NoiseLevelEstimator((channels, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2)
+        est.save(tmp_path / f"{name}.safetensors", schedule, meta)
+        return NoiseLevelEstimator.load(tmp_path / f"{name}.safetensors")
+
+    fix = "load an estimator trained on SD3 latents (`python -m training estimator` on this model family)"
+    cases = [
+        (saved(4, "plain_4ch", Flow(shift=3.0)),
+         f"the noise-level estimator expects 4 latent channels but this model's latents have 16 (SD3 latents; families "
+         f"sd3); {fix}"),
+        (saved(4, "sd1", DiscreteVP(), **{"nag.family": "sd1"}),  # no nag.latent_format: the family's, per the registry
+         f"the noise-level estimator was trained on SD15 latents (4 channels; families sd1, sd2, sd2-v) but this model "
+         f"uses SD3 latents (16 channels; families sd3); {fix}"),
+        (saved(16, "flux", Flow(shift=3.0), **{"nag.family": "flux", "nag.latent_format": "Flux"}),
+         f"the noise-level estimator was trained on Flux latents (16 channels; families flux, flux-schnell) but this "
+         f"model uses SD3 latents (16 channels; families sd3); {fix}"),
+    ]
+    m = models["sd3"]
+    for estimator, want in cases:
+        for run in (lambda: guidance_nodes.NoiseAwarenessClassifierGuided.execute(m, estimator, 1.0, "percent", 0.0, 1.0),
+                    lambda: shift_nodes.NoiseAwarenessShiftRecorder.execute(m, 1.0, estimator)):
+            with pytest.raises(ValueError) as e:
+                run()
+            assert str(e.value) == "Noise Awareness: " + want
+    right = saved(16, "sd3", Flow(shift=3.0), **{"nag.family": "sd3", "nag.latent_format": "SD3"})
+    assert guidance_nodes.NoiseAwarenessClassifierGuided.execute(m, right, 1.0, "percent", 0.0, 1.0).result[0] is not m
+    est, meta = right
+    with pytest.raises(ValueError, match="^Noise Awareness: metadata nag.schedule is damaged"):
+        guidance_nodes.NoiseAwarenessClassifierGuided.execute(m, (est, {**meta, "nag.schedule": "{"}), 1.0, "percent", 0.0, 1.0)
 
 
 def test_clear_errors_unsupported_family_and_nan(models):
