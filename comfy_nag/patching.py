@@ -4,7 +4,7 @@ which guidance window, finite-state checks.
 Conventions: ``sigma`` is the host's sampling sigma (ComfyUI: ve space for EPS/V models, flow
 space for CONST/flow models); the null timestep is in **network units** (what the diffusion
 network's timestep input receives, metadata.py's ``nag.null_timestep``).  The correction terms
-themselves (``guidance.nag_correction``, ``guidance.classifier_correction``) are added to the
+themselves (``guidance.nag_correction``, ``classifier_guidance.classifier_correction``) are added to the
 host's CFG result (x0 / "denoised" space), so they compose with any other post-CFG function
 that runs before or after.
 """
