@@ -68,3 +68,69 @@ def test_files_and_override_syntax(tmp_path):
     with pytest.raises(ConfigError, match="section.key=value"):
         config.load(None, ["steps=3"])
     assert "noise_condition_dropout_rate" in config.help_text()
+
+
+def test_threads_auto_rule_and_explicit_counts(monkeypatch, tmp_path):
+    """--threads: 'auto' is 1 thread for the tiny reference models and pixel data, torch's default (None: left
+    alone) for ComfyUI families; a number is that number; anything else is refused naming the fix."""
+    from training import cpu_threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    ref = config.load("training/configs/tiny_sit.toml")
+    for command in ("prepare", "finetune", "estimator", "bench"):
+        assert cpu_threads.resolve("auto", ref, command) == 1
+        assert cpu_threads.resolve(None, ref, command) is None  # the api's default: torch left alone
+        assert cpu_threads.resolve(3, ref, command) == cpu_threads.resolve("3", ref, command) == 3
+    for name in ("sd15_lora", "sdxl_lora", "sd3_lora", "sd3_full", "flux_lora"):
+        big = config.load(f"training/configs/{name}.toml")
+        assert cpu_threads.resolve("auto", big, "finetune") is None
+        if big.data.encoder == "comfyui":  # (sd3_full reads sd3_lora's cache)
+            assert cpu_threads.resolve("auto", big, "prepare") is None  # the ComfyUI VAE / text encoders
+    assert cpu_threads.resolve("auto", config.load("training/configs/sd3_estimator.toml"), "estimator") is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # set by the user (or torchrun): torch already follows it
+    assert cpu_threads.resolve("auto", ref, "finetune") is None and cpu_threads.resolve(2, ref, "finetune") == 2
+    for bad in (0, -1, "x", 1.5, True):
+        with pytest.raises(ConfigError, match="threads must be 'auto' or a number of CPU threads >= 1"):
+            cpu_threads.resolve(bad, ref, "finetune")
+
+
+def test_threads_are_set_for_the_call_and_restored(monkeypatch, tmp_path):
+    import torch
+
+    from training import api
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    seen = []
+    log = lambda *a: seen.append(torch.get_num_threads())  # noqa: E731  (prepare logs while it works)
+    o = {"data.cache": str(tmp_path / "a.safetensors"), "data.limit": 16}
+    try:
+        torch.set_num_threads(2)
+        api.prepare(TINY, o, log=log, threads="auto")
+        assert seen[-1] == 1 and torch.get_num_threads() == 2
+        api.prepare(TINY, dict(o, **{"data.cache": str(tmp_path / "b.safetensors")}), log=log)
+        assert seen[-1] == 2 and torch.get_num_threads() == 2  # not asked: untouched
+        api.prepare(TINY, dict(o, **{"data.cache": str(tmp_path / "c.safetensors")}), log=log, threads=3)
+        assert seen[-1] == 3 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_passes_threads_to_every_command(monkeypatch, tmp_path):
+    from training import __main__ as cli
+    from training import api
+    seen = []
+
+    def fake(command):
+        def call(cfg, threads=None, **kw):
+            seen.append((command, threads))
+            return api.RunResult(path=None, step=0, out_dir=tmp_path)  # what a non-main process returns
+        return call
+    for command in ("prepare", "finetune", "estimator", "bench"):
+        monkeypatch.setattr(api, command, fake(command))
+    cache = str(tmp_path / "c.safetensors")
+    for command in ("prepare", "finetune", "estimator", "bench"):
+        assert cli.main([command, "-c", TINY, "--cache", cache]) == 0
+        assert cli.main([command, "-c", TINY, "--cache", cache, "--threads", "2"]) == 0
+    assert seen == [(c, t) for c in ("prepare", "finetune", "estimator", "bench") for t in ("auto", 2)]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["finetune", "-c", TINY, "--threads", "0"])
+    assert e.value.code == 2

@@ -190,3 +190,82 @@ def test_cli_shortcuts_help_and_file_names_as_a_new_user_meets_them(tmp_path, ca
     r = run("inspect", str(out))
     assert r.returncode == 0 and "tiny-estimator.safetensors: noise-level estimator" in r.stdout
     assert "nag.family" in r.stdout
+
+
+# --- one clear line: the problem, the option that names it and the fix (as a user meets them) ---------
+
+def _cli(*args, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_refusal(r) -> str:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr and "Errno" not in r.stderr
+    return lines[0]
+
+
+def test_out_that_is_a_file_names_out_and_the_fix(tmp_path, cache):
+    (tmp_path / "afile").write_text("")
+    msg = _one_line_refusal(_cli("finetune", "-c", SIT, "--cache", str(cache), "--out", str(tmp_path / "afile")))
+    assert f"run.out_dir (--out) {tmp_path / 'afile'} is a file, not a folder; pass a folder path (it is created" in msg
+    msg = _one_line_refusal(_cli("estimator", "-c", SIT, "--cache", str(cache), "--out", str(tmp_path / "afile" / "x")))
+    assert f"run.out_dir (--out) {tmp_path / 'afile' / 'x'} cannot be created: {tmp_path / 'afile'} is a file" in msg
+    assert "pass a folder path" in msg
+    assert (tmp_path / "afile").read_text() == "" and sorted(os.listdir(tmp_path)) == ["afile"]  # nothing written
+
+
+def test_cache_that_is_a_folder_is_refused_before_any_work(tmp_path, cache):
+    (tmp_path / "adir").mkdir()
+    msg = _one_line_refusal(_cli("prepare", "-c", SIT, "--cache", str(tmp_path / "adir")))
+    assert (f"data.cache (--cache) {tmp_path / 'adir'} is a folder, but `prepare` writes one file there: pass a file "
+            f"path, e.g. --cache {tmp_path / 'adir' / 'cache.safetensors'}") in msg
+    assert sorted(os.listdir(tmp_path)) == ["adir"] and not os.listdir(tmp_path / "adir")  # no temp or partial files
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=r"data.cache \(--cache\) .* cannot be written: .*afile is a file, not a folder"):
+        api.prepare(SIT, {"data.cache": str(tmp_path / "afile" / "c.safetensors")}, **QUIET)
+    # the commands that read a cache say which file in the folder they may have meant
+    msg = _one_line_refusal(_cli("finetune", "-c", SIT, "--cache", str(cache.parent), "--out", str(tmp_path / "run")))
+    assert f"data.cache (--cache) {cache.parent} is a folder (it holds {cache.name})" in msg
+    assert f"point it at the cache file `prepare` wrote, e.g. --cache {cache}" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_estimator_in_a_finetune_folder_says_so(tmp_path, cache, model):
+    run_dir = Path(model).parent  # a finished finetune run: run.json, a checkpoint and the export
+    before = sorted(p.name for p in run_dir.iterdir())
+    r = _cli("estimator", "-c", SIT, "--cache", str(cache), "--out", str(run_dir))
+    msg = _one_line_refusal(r)
+    assert (f"run.out_dir (--out) {run_dir} holds a `finetune` run; an `estimator` run needs a folder of its own: "
+            f"pass another --out, e.g. --out {run_dir}-estimator") in msg
+    assert "was '' there" not in msg and "changed:" not in msg and "estimator for family" not in r.stdout  # no work
+    assert sorted(p.name for p in run_dir.iterdir()) == before and not Path(f"{run_dir}-estimator").exists()
+    # and the other way round; and resuming another command's checkpoint by path names the commands too
+    est = tmp_path / "est"
+    api.estimator(TINY, {"data.cache": str(cache), "run.out_dir": str(est), "estimator.steps": 1,
+                         "estimator.batch_size": 16, "monitor.eval_size": 16}, **QUIET)
+    with pytest.raises(ConfigError, match=rf"holds an? `estimator` run; a `finetune` run needs a folder of its own: "
+                                          rf"pass another --out, e\.g\. --out {re.escape(str(est))}-finetune"):
+        api.finetune(TINY, small(est, cache, train__steps=1), **QUIET)
+    ck = state.list_checkpoints(run_dir)[-1][1]
+    with pytest.raises(state.ResumeError, match="it is a checkpoint of a `finetune` run, not of an `estimator` run; "
+                                                r"start the `estimator` run in a folder of its own \(another "
+                                                r"run.out_dir, --out\)"):
+        api.estimator(TINY, {"data.cache": str(cache), "run.out_dir": str(tmp_path / "e2"), "run.resume": str(ck),
+                             "estimator.steps": 1, "estimator.batch_size": 16, "monitor.eval_size": 16}, **QUIET)
+
+
+def test_no_config_names_the_missing_config_and_the_shipped_ones():
+    for command in ("finetune", "estimator", "prepare"):
+        msg = _one_line_refusal(_cli(command))
+        assert msg.startswith("error: no config file given (-c), and data.cache is not set: pass a config, e.g. "
+                              f"`python -m training {command} -c training/configs/tiny_sit.toml`"), msg
+        assert "shipped in training/configs/: " in msg and all(
+            n in msg for n in ("tiny_sit", "tiny_dit", "sd15_lora", "sdxl_lora", "sd3_lora", "flux_lora"))
+        assert "--set" in msg and "run `python -m training prepare` first" not in msg
+    # with a config the missing key alone is named, as before
+    msg = _one_line_refusal(_cli("finetune", "-c", SIT, "--set", "data.cache=''"))
+    assert "data.cache is empty: run `python -m training prepare` first" in msg and "no config file" not in msg

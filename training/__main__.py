@@ -2,13 +2,20 @@
 
 Commands: prepare, finetune, estimator, inspect, bench.  Every command but ``inspect`` takes a
 config file (``--config``, TOML or YAML) and overrides (``--set section.key=value``, repeatable,
-plus the command's own shortcuts below).  ``--help-config`` lists every key.  Exit codes: 0 done,
-1 refused with a message, 2 bad command line, 130 interrupted.
+plus the command's own shortcuts below), and ``--threads`` (torch CPU threads; ``cpu_threads.py``).
+``--help-config`` lists every key.  Exit codes: 0 done, 1 refused with a message, 2 bad command
+line, 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
+
+from . import cpu_threads
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 RUN = {"out": "run.out_dir", "seed": "run.seed", "cache": "data.cache", "base": "model.base",
        "family": "model.family", "resume": "run.resume"}
@@ -48,12 +55,33 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config value (TOML syntax; bare words are strings); repeatable")
         for flag, key in SHORTCUTS[name].items():
             s.add_argument(f"--{flag}", help=f"shortcut for --set {key}=...")
+        s.add_argument("--threads", type=cpu_threads.parse, default=cpu_threads.AUTO, metavar="N|auto",
+                       help=cpu_threads.HELP)
         s.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
     s = sub.add_parser("inspect", help="what a saved file (or run folder) is, and its NAG metadata",
                        description="Describe a weight file, latent cache, checkpoint or run folder, with its nag.* "
                                    "(and kohya ss_*/modelspec.*) metadata.")
     s.add_argument("path")
     return p
+
+
+def _shipped_configs() -> str:
+    names = sorted(p.stem for p in CONFIGS.glob("*.toml"))
+    return ", ".join(names) if names else "none found"
+
+
+def _require_without_config(cfg, command: str) -> None:
+    """No ``-c``: if the keys given on the command line are not enough, say that no config was given (the
+    missing key alone would send a new user to the wrong place, e.g. to `prepare`)."""
+    from .config import ConfigError, require
+    try:
+        require(cfg, command)
+    except ConfigError as e:
+        empty = re.match(r"(\S+) is empty", str(e))
+        problem = f"{empty.group(1)} is not set" if empty else str(e).rstrip(".")
+        raise ConfigError(f"no config file given (-c), and {problem}: pass a config, e.g. `python -m training {command} "
+                          f"-c training/configs/tiny_sit.toml` (shipped in training/configs/: {_shipped_configs()}), "
+                          f"or set every key it needs with --set (--help-config lists them)") from None
 
 
 def main(argv=None) -> int:
@@ -75,12 +103,14 @@ def main(argv=None) -> int:
         overrides = list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS[args.command].items()
                                       if getattr(args, flag) is not None]
         cfg = api.load_config(args.config, overrides)
+        if args.config is None and args.command != "bench":  # bench runs on its defaults
+            _require_without_config(cfg, args.command)
         if args.command == "prepare":
-            api.prepare(cfg)
+            api.prepare(cfg, threads=args.threads)
         elif args.command == "bench":
-            api.bench(cfg)
+            api.bench(cfg, threads=args.threads)
         else:
-            result = getattr(api, args.command)(cfg)
+            result = getattr(api, args.command)(cfg, threads=args.threads)
             if result.path is not None:  # the main process (the only one that writes the file)
                 print(f"\nsaved {result.path}\n")
                 print(api.inspect(result.path))

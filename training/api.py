@@ -9,12 +9,17 @@ Run from the repository root (``training`` is not an installed package)::
     net, meta = api.load_reference_model(result.path)
 
 ``finetune`` resumes by itself when ``run.out_dir`` already holds a checkpoint of the same run.
+
+These calls leave torch's CPU thread count alone unless asked: ``threads="auto"`` (what the CLI's
+``--threads`` defaults to: 1 thread for the tiny reference models, torch's default otherwise) or a
+number sets it for the call and restores it afterwards (``training/cpu_threads.py``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import config as _config
+from . import cpu_threads
 from .config import Config, ConfigError
 from .adapters import load_reference_model, save_reference_model
 from .loop import LoopSettings, RunResult, TrainingDiverged, train
@@ -36,11 +41,12 @@ def _as_config(cfg, overrides=None) -> Config:
     return load_config(cfg, overrides)
 
 
-def prepare(cfg, overrides=None, log=print) -> Path:
+def prepare(cfg, overrides=None, log=print, threads=None) -> Path:
     from .data import prepare as _prepare
     cfg = _as_config(cfg, overrides)
     _config.require(cfg, "prepare")
-    return _prepare(cfg, log)
+    with cpu_threads.using(threads, cfg, "prepare"):
+        return _prepare(cfg, log)
 
 
 def finetune_settings(cfg: Config) -> LoopSettings:
@@ -54,16 +60,17 @@ def finetune_settings(cfg: Config) -> LoopSettings:
                         keep_checkpoints=r.keep_checkpoints, monitor_every=cfg.monitor.every)
 
 
-def finetune(cfg, overrides=None, callbacks=(), log=print) -> RunResult:
+def finetune(cfg, overrides=None, callbacks=(), log=print, threads=None) -> RunResult:
     """Fine-tune (or, for dit/sit without model.base, train) with noise-condition dropout; resumable."""
     from .tasks import FinetuneTask
     cfg = _as_config(cfg, overrides)
     _config.require(cfg, "finetune")
-    task = FinetuneTask(cfg, log)
-    return train(task, finetune_settings(cfg), callbacks, log)
+    with cpu_threads.using(threads, cfg, "finetune"):
+        task = FinetuneTask(cfg, log)
+        return train(task, finetune_settings(cfg), callbacks, log)
 
 
-def estimator(cfg, overrides=None, callbacks=(), log=print) -> RunResult:
+def estimator(cfg, overrides=None, callbacks=(), log=print, threads=None) -> RunResult:
     """Train a noise-level estimator on the cache for its family's schedule; resumable."""
     from .tasks import EstimatorTask
     cfg = _as_config(cfg, overrides)
@@ -74,7 +81,8 @@ def estimator(cfg, overrides=None, callbacks=(), log=print) -> RunResult:
                      mixed_precision=cfg.train.mixed_precision, resume=r.resume, deterministic=r.deterministic,
                      log_every=r.log_every, checkpoint_every=r.checkpoint_every, keep_checkpoints=r.keep_checkpoints,
                      monitor_every=cfg.monitor.every)
-    return train(EstimatorTask(cfg, log), s, callbacks, log)
+    with cpu_threads.using(threads, cfg, "estimator"):
+        return train(EstimatorTask(cfg, log), s, callbacks, log)
 
 
 def inspect(path) -> str:
@@ -82,6 +90,8 @@ def inspect(path) -> str:
     return inspect_path(path)
 
 
-def bench(cfg, overrides=None, log=print) -> dict:
+def bench(cfg, overrides=None, log=print, threads=None) -> dict:
     from .bench import run
-    return run(_as_config(cfg, overrides), log)
+    cfg = _as_config(cfg, overrides)
+    with cpu_threads.using(threads, cfg, "bench"):
+        return run(cfg, log)

@@ -36,7 +36,8 @@ def device_description(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {cpu}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible"
+    n = torch.get_num_threads()
+    return f"cpu: {cpu}, {n} torch thread{'' if n == 1 else 's'}, {os.cpu_count()} cores visible"
 
 
 def _ratio_interval(base: list[float], drop: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:

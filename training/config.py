@@ -324,8 +324,64 @@ def load(path: str | Path | None = None, overrides: dict | list | None = None) -
     return from_dict(merge(raw, overrides), str(path or "config"))
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing part of ``path`` (itself included) that is not a folder, or None."""
+    try:
+        for p in [*reversed(path.parents), path]:
+            if not p.exists():
+                return None
+            if not p.is_dir():
+                return p
+    except OSError:  # unreadable: let the command meet it and say so
+        return None
+    return None
+
+
+def run_task(out_dir) -> str | None:
+    """The command (``finetune``/``estimator``) whose run a folder holds, from its ``run.json``."""
+    try:
+        return json.loads((Path(out_dir) / "run.json").read_text())["fingerprint"]["task"] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_paths(cfg: Config, command: str) -> None:
+    """Files where folders go (and the reverse), and a run folder of another command: refused before any
+    work, naming the key, its shortcut and the fix (instead of an OSError after the work)."""
+    d = cfg.data
+    if command == "prepare":
+        cache = Path(d.cache)
+        if cache.is_dir():
+            raise ConfigError(f"data.cache (--cache) {d.cache} is a folder, but `prepare` writes one file there: pass "
+                              f"a file path, e.g. --cache {cache / 'cache.safetensors'}")
+        blocker = _file_in_the_way(cache.parent)
+        if blocker is not None:
+            raise ConfigError(f"data.cache (--cache) {d.cache} cannot be written: {blocker} is a file, not a folder; "
+                              "pass a file path in a folder (missing folders are created)")
+    if command in ("finetune", "estimator"):
+        cache = Path(d.cache)
+        if cache.is_dir():
+            found = sorted(p.name for p in cache.glob("*.safetensors"))
+            held = f" (it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found else ""
+            raise ConfigError(f"data.cache (--cache) {d.cache} is a folder{held}; point it at the cache file "
+                              f"`prepare` wrote, e.g. --cache {cache / (found[0] if found else 'cache.safetensors')}")
+        out = Path(cfg.run.out_dir)
+        blocker = _file_in_the_way(out)
+        if blocker == out:
+            raise ConfigError(f"run.out_dir (--out) {out} is a file, not a folder; pass a folder path (it is created, "
+                              "and the run's checkpoints and exported file go inside it)")
+        if blocker is not None:
+            raise ConfigError(f"run.out_dir (--out) {out} cannot be created: {blocker} is a file, not a folder; pass "
+                              "a folder path (it is created)")
+        other = run_task(out)
+        if other is not None and other != command:
+            raise ConfigError(f"run.out_dir (--out) {out} holds a `{other}` run; {'an' if command[0] in 'aeiou' else 'a'} "
+                              f"`{command}` run needs a folder of its own: pass another --out, e.g. --out {out}-{command}")
+
+
 def require(cfg: Config, command: str) -> None:
-    """Checks that depend on the command (which keys must be set, which combinations make sense)."""
+    """Checks that depend on the command (which keys must be set, which combinations make sense, and that
+    the paths it reads and writes are files or folders as they should be)."""
     d, m, t = cfg.data, cfg.model, cfg.train
 
     def need(cond, msg):
@@ -369,6 +425,7 @@ def require(cfg: Config, command: str) -> None:
     e = cfg.estimator
     if command == "estimator" and (e.logsnr_min or e.logsnr_max):
         need(e.logsnr_max > e.logsnr_min, f"estimator.logsnr_max ({e.logsnr_max}) must be > logsnr_min ({e.logsnr_min})")
+    _check_paths(cfg, command)
 
 
 def help_text() -> str:

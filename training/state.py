@@ -182,6 +182,11 @@ def read(path: Path, rank: int = 0) -> dict:
 
 def check_fingerprint(saved: dict, current: dict, where: Path) -> None:
     """Refuse to resume when a setting that shapes the run changed since the checkpoint."""
+    if saved.get("task") and current.get("task") and saved["task"] != current["task"]:
+        an = lambda task: f"{'an' if task[:1] in 'aeiou' else 'a'} `{task}` run"  # noqa: E731
+        raise ResumeError(f"cannot resume from {where}: it is a checkpoint of {an(saved['task'])}, not of "
+                          f"{an(current['task'])}; start the `{current['task']}` run in a folder of its own "
+                          "(another run.out_dir, --out) with run.resume='auto'")
     changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if changed:
         k = changed[0]
