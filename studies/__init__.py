@@ -4,9 +4,18 @@ Run from the repository root (``python -m studies demo | fidelity | capacity | e
 bench cost``); they use the method library ``comfy_nag`` and, for the image benchmark, the standalone
 trainer ``training``.
 
+Support (no study imports another study; they share these):
+
 * ``testbed``      - class-conditional Gaussian mixtures where every density is closed form.
 * ``methods``      - the methods compared, as one table (name + knobs -> guidance).
-* ``harness``      - one sampling run with its noise-shift readout, tuning, figures, report tables.
+* ``harness``      - one sampling run with its noise-shift readout, tuning, figures, report tables,
+  finished stages, and the start and end of every study command.
+* ``toolkit``      - the exact-testbed studies' toolkit: a family's denoiser and estimator trained on a
+  mixture, one measured sampling run, knob tuning, the calibrated scale, the criterion.
+* ``terms``        - how much of the exact NAG term the learned terms carry (the fidelity measurement).
+
+Studies:
+
 * ``demo``         - the exact-testbed study;  ``bench_images`` - the 8x8-digits study;
   ``bench_cost``   - per-step time and memory of each guidance mode.
 * ``fidelity``     - null-branch recipes against the exact NAG term;  ``capacity`` - the null branch

@@ -11,10 +11,8 @@ statistics on a GPU, torch.profiler's allocation events on CPU.  Writes ``cost.j
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +22,8 @@ from comfy_nag.denoiser import Denoiser
 from comfy_nag.files import atomic_write_bytes
 from comfy_nag.guidance import Guidance
 from comfy_nag.families import family as get_family
+
+from . import harness
 
 SETTINGS = {
     "baseline": dict(),
@@ -102,13 +102,10 @@ def measure(fam_name: str, batch: int = 256, hidden: int = 64, depth: int = 2, r
 
 def run_cost(out, quick: bool = False, seed: int = 0, threads: int | None = None, log=print,
              families=("dit", "sit"), batch: int | None = None) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Time every setting for each of ``families``; write cost.json and cost.md into ``out``."""
+    out, t0, _ = harness.begin(out, threads)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    t0 = time.time()
     res = {"device": name, "torch": torch.__version__,
            "results": [measure(f, batch=batch or (64 if quick else 256), rounds=5 if quick else 20, seed=seed) for f in families]}
     res["seconds"] = time.time() - t0
@@ -127,7 +124,7 @@ def run_cost(out, quick: bool = False, seed: int = 0, threads: int | None = None
             L.append(line)
     L.append("\nThe batched forward holds activations for NFE/step x batch rows at once; unbatched runs the null branch "
              "as its own call, so its peak is one branch's; what that costs in time depends on the device (column above).")
-    atomic_write_bytes(out / "cost.json", json.dumps(res, indent=1).encode())
+    harness.save_json(out / "cost.json", res)
     atomic_write_bytes(out / "cost.md", ("\n".join(L) + "\n").encode())
     log("\n".join(L))
     return res

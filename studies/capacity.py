@@ -6,13 +6,13 @@ Each :data:`VARIANTS` entry trains the demo's denoiser (noise-condition dropout 
 from scratch, changing the network's size (width 256 and depth 4 instead of 128 and 3), its training
 length (4x steps), or both.  For each network the study measures
 
-* fidelity (``studies.fidelity.measure``): the learned NAG-CF term ``c - n`` against the exact
+* fidelity (``studies.terms.measure``): the learned NAG-CF term ``c - n`` against the exact
   ``c* - n*``, and the ceiling (the network's own conditional branch averaged over the exact level
   posterior), on on-schedule states and states 0.5 log-SNR noisier, at nominal log-SNR -2 ... 6;
 * sampling at Euler and Heun, 25 and 50 steps (the issue's criterion settings): baseline, NAG-CF at
   the scale tuned on a held-out seed (the demo's grid), NAG-CF at the estimator-calibrated per-level
   scale, and the exact term on the same network at the tuned scale; the criterion of
-  ``studies.demo.criterion`` (>= 60 % of the exact term's late-shift cut and better quality).
+  ``studies.toolkit.criterion`` (>= 60 % of the exact term's late-shift cut and better quality).
 """
 from __future__ import annotations
 
@@ -22,13 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from comfy_nag.files import atomic_write_bytes
-
-from . import demo, fidelity, harness, testbed
+from . import harness, testbed, toolkit
 from .harness import md_table
+from .terms import late_cos, measure
 
 METHODS = ("baseline", "nag_cf", "nag_cf_cal", "nag_exact_term")
 
@@ -46,7 +44,7 @@ class Variant:
         diff = {k: v for k, v in asdict(self).items() if k != "name" and v != getattr(BASE, k)}
         return ", ".join(f"{k}={v}" for k, v in diff.items()) or "the demo's denoiser"
 
-    def demo_config(self, dcfg: demo.Config) -> demo.Config:
+    def demo_config(self, dcfg: toolkit.Config) -> toolkit.Config:
         return dataclasses.replace(dcfg, hidden=self.hidden, depth=self.depth,
                                    train_steps=dcfg.train_steps * self.steps_factor)
 
@@ -77,10 +75,10 @@ def params(net) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def sample_variant(tr: demo.Trained, dcfg: demo.Config, cfg: Config, w: float, cal: dict, ev: demo.Eval) -> list[dict]:
-    """Rows (``studies.demo.row``) of :data:`METHODS` at every sampler x steps of ``cfg``."""
-    knobs = {"nag_cf": w, "nag_profile": demo.profile_of(cal)}
-    return [demo.sample_row(tr, dcfg, ev, method, sampler, steps, knobs)
+def sample_variant(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, w: float, cal: dict, ev: toolkit.Eval) -> list[dict]:
+    """Rows (``studies.toolkit.row``) of :data:`METHODS` at every sampler x steps of ``cfg``."""
+    knobs = {"nag_cf": w, "nag_profile": toolkit.profile_of(cal)}
+    return [toolkit.sample_row(tr, dcfg, ev, method, sampler, steps, knobs)
             for sampler in cfg.samplers for steps in cfg.steps for method in METHODS]
 
 
@@ -88,7 +86,7 @@ def study(cfg: Config, log=print, progress: bool = True, work=None, families: tu
     """``work``: folder of finished stages (one sub-folder per seed and variant); None = keep nothing."""
     out = {"networks": [], "fidelity": [], "rows": []}
     for seed in cfg.seeds:
-        base_cfg = demo.Config.make(cfg.quick, seed)
+        base_cfg = toolkit.Config.make(cfg.quick, seed)
         gmm = testbed.GaussianMixture.make(dim=base_cfg.dim, seed=seed)
         for name in families or base_cfg.families:
             for vname in tqdm(cfg.variants, desc=f"{name} seed {seed}: networks", disable=not progress):
@@ -96,19 +94,19 @@ def study(cfg: Config, log=print, progress: bool = True, work=None, families: tu
                 dcfg = v.demo_config(base_cfg)
                 stages = harness.Stages(work / f"seed{seed}_{v.name}", log) if work else None
                 t0 = time.time()
-                tr = demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
+                tr = toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
                 key = {"seed": seed, "family": name, "variant": v.name}
 
-                def measure(tr=tr, dcfg=dcfg):
-                    ev = demo.make_eval(tr, dcfg, seed)
-                    w = demo.tune(tr, dcfg, log, methods=("nag_cf",))[0]["nag_cf"]
-                    cal = demo.calibrate(tr, dcfg)
-                    fid = fidelity.measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed,
-                                           terms=("nag_cf", "marginal_null"))
+                def make(tr=tr, dcfg=dcfg):
+                    ev = toolkit.make_eval(tr, dcfg, seed)
+                    w = toolkit.tune(tr, dcfg, log, methods=("nag_cf",))[0]["nag_cf"]
+                    cal = toolkit.calibrate(tr, dcfg)
+                    fid = measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed,
+                                  terms=("nag_cf", "marginal_null"))
                     return {"scale": w, "fidelity": fid, "rows": sample_variant(tr, dcfg, cfg, w, cal, ev)}
 
                 spec = {"stage": "capacity measurement", "family": name, "config": asdict(dcfg), "study": asdict(cfg)}
-                m = stages.value(f"{name}_measured", spec, measure) if stages else measure()
+                m = stages.value(f"{name}_measured", spec, make) if stages else make()
                 out["networks"].append({**key, "changed": v.changed(), "params": params(tr.net),
                                         "train_steps": dcfg.train_steps, "train_loss": tr.train_loss, "scale": m["scale"]})
                 out["fidelity"] += [{**key, **r} for r in m["fidelity"]]
@@ -124,12 +122,12 @@ def summary(res: dict) -> list[dict]:
         key = {k: n[k] for k in ("seed", "family", "variant")}
         fid = [r for r in res["fidelity"] if all(r[k] == v for k, v in key.items())]
         rows = [r for r in res["rows"] if all(r[k] == v for k, v in key.items())]
-        crit = {c["method"]: c for c in demo.criterion(rows) if c["settings"] == "all"}
+        crit = {c["method"]: c for c in toolkit.criterion(rows) if c["settings"] == "all"}
         ratio = [r["norm_ratio"] for r in fid if r["term"] == "nag_cf" and r["offset"] == 0 and r["lam"] >= 0]
         row = {**key, "changed": n["changed"], "params": n["params"], "train_steps": n["train_steps"],
-               "train_loss": n["train_loss"], "cos_late": fidelity.late_cos(fid),
-               "cos_late_noisier": fidelity.late_cos(fid, offset=0.5),
-               "ceiling_late": fidelity.late_cos(fid, "marginal_null"), "norm_ratio_late": float(np.median(ratio)),
+               "train_loss": n["train_loss"], "cos_late": late_cos(fid),
+               "cos_late_noisier": late_cos(fid, offset=0.5),
+               "ceiling_late": late_cos(fid, "marginal_null"), "norm_ratio_late": float(np.median(ratio)),
                "scale": n["scale"]}
         for method, tag in (("nag_cf", "tuned"), ("nag_cf_cal", "cal")):
             c = crit.get(method)
@@ -186,7 +184,7 @@ def write_report(res: dict) -> str:
          "|learned| / |exact|. `criterion`: settings where NAG-CF reaches >= 60 % of the exact term's late-shift cut "
          f"(same network, same scale and window) and beats the baseline's class FD, over {settings}; `median share`: "
          "NAG-CF's cut / the exact term's. `tuned w`: the demo's held-out-seed tuning; `calibrated`: the per-level "
-         "scale from the estimator (`studies.demo.calibrate`).\n",
+         "scale from the estimator (`studies.toolkit.calibrate`).\n",
          "## Summary\n", f"Cells: seed {' / '.join(map(str, cfg.seeds))}.\n", headline(res),
          "\n## Per seed\n",
          md_table(summary(res), ["seed", "family", "variant", "params", "train_steps", "train_loss", "cos_late",
@@ -206,19 +204,15 @@ def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = N
     out, t0, log = harness.begin(out, threads)
     cfg = Config.make(quick, seeds)
     res = study(cfg, log=log, work=out / "work", families=families)
-    res["meta"] = {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
-    name = harness.part_name("capacity", families)
-    harness.save_json(out / name, res)
-    if not families:
-        atomic_write_bytes(out / "report.md", write_report(res).encode())
-    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
-    return res
+    res["meta"] = harness.run_meta(cfg, t0)
+    return harness.conclude(out, "capacity", res, families, write_outputs, log)
 
 
 def merge(out, note: str = "") -> dict:
     """Join the per-family files of parallel ``--families`` runs in ``out`` into capacity.json + report."""
-    out = Path(out)
-    res = harness.merge_parts(out, "capacity", note=note)
-    harness.save_json(out / "capacity.json", res)
-    atomic_write_bytes(out / "report.md", write_report(res).encode())
-    return res
+    return harness.merge(out, "capacity", write_outputs, note=note)
+
+
+def write_outputs(out: Path, res: dict) -> None:
+    """report.md of a finished run (its capacity.json content)."""
+    harness.save_report(out, write_report(res))

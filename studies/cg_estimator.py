@@ -9,7 +9,7 @@ one-hot bins).  For each estimator the study measures
 
 * ``cos`` / ``norm_ratio``: its NAG-CG term ``grad_x log g(lam|x)`` against the exact
   ``grad_x log p(lam|x)`` on forward states at nominal log-SNR :data:`LAMS` (mean cosine, median
-  ``|learned| / |exact|``; ``studies.fidelity.measure``'s ``nag_cg`` term);
+  ``|learned| / |exact|``; ``studies.terms.measure``'s ``nag_cg`` term);
 * ``cross_entropy``: of the true bin on forward states (what training minimises);
 * NAG-CG sampling (Euler, 25 steps, window log-SNR >= 0; on ``sample_seeds``): late shift and quality,
   at the scale tuned on a held-out seed from the demo's grid, next to the exact score term at the same
@@ -26,12 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from comfy_nag import estimators
-from comfy_nag.files import atomic_write_bytes
 
-from . import demo, fidelity, harness, testbed
+from . import harness, testbed, toolkit
 from .harness import md_table
-
-LAMS = (-2.0, 0.0, 2.0, 4.0, 6.0)
+from .terms import LAMS, measure
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ class Config:
                    samplers=("euler",), n_samples=300, grid=(1.0, 3.0))
 
 
-def train_variant(tr: demo.Trained, v: Variant, seed: int, stages: harness.Stages | None, log) -> tuple:
+def train_variant(tr: toolkit.Trained, v: Variant, seed: int, stages: harness.Stages | None, log) -> tuple:
     """(estimator, bins, summary) for variant ``v`` on ``tr``'s data and schedule (a stage in ``stages``)."""
     bins = estimators.LevelBins(tr.bins.lo, tr.bins.hi, v.bins)
     torch.manual_seed(seed + 3)
@@ -94,7 +92,7 @@ def train_variant(tr: demo.Trained, v: Variant, seed: int, stages: harness.Stage
     return est, bins, summary
 
 
-def cross_entropy(est, tr: demo.Trained, n: int, seed: int) -> float:
+def cross_entropy(est, tr: toolkit.Trained, n: int, seed: int) -> float:
     """Cross-entropy of the true bin on forward states (lambda uniform over the estimator's range)."""
     g = torch.Generator().manual_seed(seed + 60)
     lam = est.bins.sample(n, g)
@@ -104,18 +102,18 @@ def cross_entropy(est, tr: demo.Trained, n: int, seed: int) -> float:
         return float(torch.nn.functional.cross_entropy(est(x), est.bins.index(lam)))
 
 
-def sample_variant(tr: demo.Trained, dcfg: demo.Config, cfg: Config, ev: demo.Eval, held: demo.Eval,
+def sample_variant(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Eval, held: toolkit.Eval,
                    exact_runs: dict) -> list[dict]:
     """NAG-CG at the held-out-tuned scale, and the exact score term at that scale, per sampler
     (``exact_runs`` keeps the exact term's runs, which depend only on the scale and the bins)."""
     def run(method, w, sampler, e, den=None):
-        g, lf = demo.method_setup(method, tr, dcfg, {"nag_cg": w})
-        return demo.run_one(tr, e, g, lf, sampler, cfg.steps, denoiser=den)
+        g, lf = toolkit.method_setup(method, tr, dcfg, {"nag_cg": w})
+        return toolkit.run_one(tr, e, g, lf, sampler, cfg.steps, denoiser=den)
 
     def exact(w, sampler):
         key = (w, tr.bins.k, sampler)
         if key not in exact_runs:
-            exact_runs[key] = run("baseline", 0.0, sampler, ev, demo.exact_nag(tr, dcfg, w, testbed.ExactScoreNAG))
+            exact_runs[key] = run("baseline", 0.0, sampler, ev, toolkit.exact_nag(tr, dcfg, w, testbed.ExactScoreNAG))
         return exact_runs[key]
 
     scores = {w: run("nag_cg", w, "euler", held) for w in cfg.grid}
@@ -132,16 +130,16 @@ def sample_variant(tr: demo.Trained, dcfg: demo.Config, cfg: Config, ev: demo.Ev
 def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None) -> dict:
     out = {"fidelity": [], "sampling": [], "training": []}
     for seed in cfg.seeds:
-        dcfg = demo.Config.make(cfg.quick, seed)
-        dcfg = demo.Config(**{**asdict(dcfg), "n_samples": cfg.n_samples})
+        dcfg = toolkit.Config.make(cfg.quick, seed)
+        dcfg = toolkit.Config(**{**asdict(dcfg), "n_samples": cfg.n_samples})
         gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=seed)
         for name in dcfg.families:
-            tr = demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
-            ev, held = demo.make_eval(tr, dcfg, seed), demo.make_eval(tr, dcfg, seed + 1000)
+            tr = toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
+            ev, held = toolkit.make_eval(tr, dcfg, seed), toolkit.make_eval(tr, dcfg, seed + 1000)
             base, exact_runs = {}, {}
             sampling = seed in cfg.sample_seeds
             for sampler in cfg.samplers if sampling else ():
-                res = demo.run_one(tr, ev, *demo.method_setup("baseline", tr, dcfg, {}), sampler, cfg.steps)
+                res = toolkit.run_one(tr, ev, *toolkit.method_setup("baseline", tr, dcfg, {}), sampler, cfg.steps)
                 base[sampler] = {"noise_shift": res["shift"]["exact"]["noise_shift"],
                                  "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"]}
             for vname in tqdm(cfg.variants, desc=f"{name} seed {seed}: estimators", disable=not progress):
@@ -151,8 +149,8 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
                 key = {"seed": seed, "family": name, "variant": v.name}
                 out["training"].append({**key, "changed": v.changed(), "loss": summ["loss"],
                                         "cross_entropy": cross_entropy(est, tr, cfg.n_states * 4, seed)})
-                for r in fidelity.measure(tr.net, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed, lams=LAMS,
-                                          offsets=(0.0,), terms=("nag_cg",)):
+                for r in measure(tr.net, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed, lams=LAMS,
+                                 offsets=(0.0,), terms=("nag_cg",)):
                     out["fidelity"].append({**key, "lam": r["lam"], "cos": r["cos"], "norm_ratio": r["norm_ratio"]})
                 for r in sample_variant(trv, dcfg, cfg, ev, held, exact_runs) if sampling else ():
                     b = base[r["sampler"]]
@@ -217,8 +215,5 @@ def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = N
     out, t0, log = harness.begin(out, threads)
     cfg = Config.make(quick, seeds)
     res = study(cfg, log=log, stages=harness.Stages(out / "work", log))
-    res["meta"] = {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
-    harness.save_json(out / "estimator.json", res)
-    atomic_write_bytes(out / "report.md", write_report(res).encode())
-    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/estimator.json, report.md")
-    return res
+    res["meta"] = harness.run_meta(cfg, t0)
+    return harness.conclude(out, "estimator", res, None, lambda o, r: harness.save_report(o, write_report(r)), log)

@@ -9,268 +9,30 @@ posterior and sample quality against the exact data distribution, and writes
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from comfy_nag import estimators, models, samplers, shift
+from comfy_nag import samplers, shift
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.files import atomic_write_bytes
-from comfy_nag.classifier_guidance import estimator_x0_term
-from comfy_nag.guidance import Guidance
-from comfy_nag.scale_profiles import ScaleFit, ScaleProfile
-from comfy_nag.schedules import logsnr_of, sigma_of_logsnr, space_alpha
-from comfy_nag.families import Family, family
 
 from . import harness, methods, testbed
 from .harness import md_table
+from .terms import measure
+from .toolkit import (QUALITY_METRIC, SHARE_TARGET, Config, Eval, Trained, calibrate, criterion, exact_nag, exact_share,
+                      make_eval, method_setup, profile_of, run_one, sample_row, train_family, tune)
 
 # every method; NAG-CF with the per-level scale calibrated to the estimator (calibrate()); and the learned
 # conditional branch with the exact NAG term (the testbed's ceiling for nag_cf)
 METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term")
-QUALITY_METRIC = "class_frechet_distance"
-TUNED = {"nag_cf": "nag_scale", "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window"}
-
-
-@dataclass
-class Config:
-    """Everything the study depends on (built-in defaults; ``quick`` shrinks it)."""
-
-    quick: bool = False
-    seed: int = 0
-    dim: int = 32
-    families: tuple = ("sit", "sd1")
-    samplers: tuple = ("euler", "heun", "euler_maruyama", "ddpm")
-    steps: tuple = (10, 25, 50, 100)
-    train_steps: int = 2000
-    hidden: int = 128
-    depth: int = 3
-    t_dropout: float = 0.1
-    y_dropout: float = 0.1
-    estimator_steps: int = 1500
-    n_samples: int = 2000
-    n_reference: int = 4000
-    bins: int = 40
-    cfg_scale: float = 1.5
-    nag_min_logsnr: float = 0.0  # NAG / CG act where SNR >= 1: the late part of sampling
-    grid: dict = field(default_factory=lambda: {
-        "nag_cf": [0.25, 0.5, 1.0, 2.0],
-        "nag_cg": [0.3, 1.0, 3.0],
-        "eps_scaling": [0.99, 0.995, 1.005, 1.01],
-        "time_shift": [0.05, 0.1, 0.25, 0.5],
-    })
-    tune_steps: int = 25
-    ablations: bool = True
-    plot_steps: int = 50
-
-    @classmethod
-    def make(cls, quick: bool, seed: int = 0) -> "Config":
-        if not quick:
-            return cls(seed=seed)
-        return cls(quick=True, seed=seed, samplers=("euler", "euler_maruyama"), steps=(10, 25), train_steps=600,
-                   estimator_steps=400, n_samples=500, n_reference=1000, bins=32,
-                   grid={"nag_cf": [0.25, 0.5, 1.0], "nag_cg": [0.3, 1.0], "eps_scaling": [0.995, 1.005],
-                         "time_shift": [0.05, 0.25]}, ablations=False, plot_steps=25)
-
-
-# ---------------------------------------------------------------------------------------------
-# one family's trained pieces
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Trained:
-    fam: Family
-    gmm: testbed.GaussianMixture
-    net: torch.nn.Module
-    estimator: estimators.NoiseLevelEstimator
-    bins: estimators.LevelBins
-    data_var: float
-    train_loss: float
-    estimator_loss: float
-    null_mode: str = "sentinel"
-
-    @property
-    def space(self):
-        return self.fam.schedule.space
-
-    def window(self, min_logsnr: float) -> tuple[float, float]:
-        return methods.nag_window(self.fam.schedule, min_logsnr)
-
-
-def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode: str = "sentinel",
-                 estimator: estimators.NoiseLevelEstimator | None = None, log=print,
-                 stages: harness.Stages | None = None, progress: bool = True) -> Trained:
-    """Train (or reuse from ``stages``) one family's denoiser and, unless given, its noise-level estimator."""
-    fam = family(name)
-    sch = fam.schedule
-    torch.manual_seed(cfg.seed)
-    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, cfg.hidden, cfg.depth, null_mode=null_mode,
-                              null_timestep=sch.null_timestep)
-    lo, hi = sch.logsnr_range()
-    bins = estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), cfg.bins)
-    own_estimator = estimator is None
-    if own_estimator:
-        estimator = estimators.NoiseLevelEstimator((gmm.dim,), bins, width=128, depth=3)
-
-    def make():
-        t0 = time.time()
-        bar, cb = harness.progress(cfg.train_steps, f"{name}: denoiser", progress)
-        hist = testbed.train_denoiser(net, gmm, sch, fam.prediction, cfg.train_steps, t_dropout=cfg.t_dropout,
-                                      y_dropout=cfg.y_dropout, seed=cfg.seed, callback=cb)
-        bar.close()
-        est_loss = float("nan")
-        if own_estimator:
-            bar, cb = harness.progress(cfg.estimator_steps, f"{name}: estimator", progress)
-            eh = estimators.train_estimator(estimator, lambda n, g: gmm.sample(n, generator=g)[0], sch,
-                                            cfg.estimator_steps, lr=3e-3,
-                                            generator=torch.Generator().manual_seed(cfg.seed + 1), callback=cb)
-            bar.close()
-            est_loss = float(np.mean(eh[-50:]))
-        log(f"[{name}] trained {null_mode}-null denoiser ({cfg.train_steps} steps, loss {np.mean(hist[-100:]):.4f}) "
-            f"and estimator in {time.time() - t0:.0f}s")
-        return {"train_loss": float(np.mean(hist[-100:])), "estimator_loss": est_loss}
-
-    mods = {"net": net, **({"estimator": estimator} if own_estimator else {})}
-    spec = {"stage": "testbed family", "family": name, "null_mode": null_mode, "config": asdict(cfg)}
-    done = stages.modules(f"{name}_{null_mode}_dim{gmm.dim}", spec, mods, make) if stages else make()
-    data_var = float(gmm.sample(4000, generator=torch.Generator().manual_seed(cfg.seed + 2))[0].var(0).mean())
-    return Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode)
-
-
-# ---------------------------------------------------------------------------------------------
-# one sampling run
-# ---------------------------------------------------------------------------------------------
-
-def exact_nag(tr: Trained, cfg: Config, w: float, term=testbed.ExactTermNAG, base=None):
-    """``base`` (default: the plain network) plus ``w`` x the exact NAG ``term`` in the study's window."""
-    base = base or Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction)
-    return term(base, tr.gmm, tr.fam, w, tr.window(cfg.nag_min_logsnr), tr.bins)
-
-
-def method_setup(method: str, tr: Trained, cfg: Config, knobs: dict):
-    """(Guidance, level_fn) for a method name (studies.methods), at the study's CFG scale and NAG window."""
-    if method == "nag_exact_term":
-        return Guidance(), None  # run with exact_nag(...) as the denoiser
-    return methods.setup(method, tr.fam.schedule, {**knobs, "cfg": cfg.cfg_scale, "window": cfg.nag_min_logsnr},
-                         tr.data_var)
-
-
-@dataclass
-class Eval:
-    """Shared evaluation data for one family (same seeds for every method: paired comparisons)."""
-
-    readout: object
-    ref_x: torch.Tensor
-    ref_y: torch.Tensor
-    y: torch.Tensor
-    x0_fwd: torch.Tensor
-    seed: int
-
-
-def make_eval(tr: Trained, cfg: Config, seed: int) -> Eval:
-    g = torch.Generator().manual_seed(seed + 10)
-    ref_x, ref_y = tr.gmm.sample(cfg.n_reference, generator=g)
-    x0_fwd, y = tr.gmm.sample(cfg.n_samples, generator=g)
-    return Eval(testbed.exact_readout(tr.gmm, tr.bins, tr.space, sub=2), ref_x, ref_y, y, x0_fwd, seed)
-
-
-def run_one(tr: Trained, ev: Eval, guidance: Guidance, level_fn, sampler: str, steps: int,
-            record="late", denoiser=None, extra_readouts: dict | None = None) -> dict:
-    """Sample once and measure (harness.sample_run; readout ``exact`` plus ``extra_readouts``)."""
-    den = denoiser or Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction, guidance, estimator=tr.estimator)
-    res = harness.sample_run(den, tr.fam.schedule, sampler, steps, (ev.y.shape[0], tr.gmm.dim), ev.y, ev.seed,
-                             {"exact": ev.readout, **(extra_readouts or {})}, ev.x0_fwd, level_fn, record)
-    out = res["samples"]
-    finite = torch.isfinite(out).all(1)
-    res["diverged"] = int((~finite).sum())
-    o, yy = out[finite], ev.y[finite]
-    res["quality"] = testbed.class_frechet_distance(tr.gmm, o, yy)
-    res["energy_distance"] = testbed.class_energy_distance(o, yy, ev.ref_x, ev.ref_y)
-    res["nll"] = testbed.nll(tr.gmm, o, yy)
-    return res
-
-
-def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict, knobs: dict) -> dict:
-    r = {"family": name, "method": method, "sampler": sampler, "steps": steps,
-         "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["shift"]["exact"]["noise_shift"],
-         "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
-         "energy_distance": res["energy_distance"], "nll": res["nll"], "diverged": res["diverged"]}
-    if method == "nag_cf_cal":
-        r["knob"] = {"nag_scale": 1.0, "profile": "calibrated to the estimator (calibrate())"}
-    elif method in TUNED or method.startswith("nag_cf"):
-        key = "nag_cf" if method.startswith("nag_cf") else method
-        r["knob"] = {TUNED[key]: knobs[key]}
-    if "learned" in res["shift"]:
-        r["noise_shift_learned_estimator"] = res["shift"]["learned"]["noise_shift"]
-    return r
 
 
 # ---------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------
-
-def sample_row(tr: Trained, cfg: Config, ev: Eval, method: str, sampler: str, steps: int, knobs: dict,
-               extra_readouts: dict | None = None) -> dict:
-    """One :func:`row`: ``method`` sampled with ``knobs`` (the tuned knobs, plus ``nag_profile`` for
-    ``nag_cf_cal``); ``nag_exact_term`` adds the exact difference term at nag_cf's scale and window."""
-    g, lf = method_setup(method, tr, cfg, knobs)
-    den = exact_nag(tr, cfg, knobs["nag_cf"]) if method == "nag_exact_term" else None
-    res = run_one(tr, ev, g, lf, sampler, steps, denoiser=den, extra_readouts=extra_readouts)
-    return row(tr.fam.name, tr, method, sampler, steps, res, {k: v for k, v in knobs.items() if k != "nag_profile"})
-
-
-def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict:
-    """The per-level NAG-CF scale that makes the learned term ``c - n`` deliver the estimator's term
-    (least squares over forward states at each knot, clipped at 0): what ``nag_cf_cal`` runs at scale 1.
-
-    Knots every ``step`` log-SNR over the NAG window (up to the estimator's range).  The estimator's term
-    uses the training levels' prior (``comfy_nag.readout.null_branch_readout``'s convention), so this
-    needs no exact quantity and works the same on a real model.  ``exact`` is the same least-squares
-    scale against the exact term ``c* - n*`` (the testbed's answer; reported, not used)."""
-    sch, space = tr.fam.schedule, tr.space
-    den = Denoiser(tr.net, sch, tr.fam.prediction)
-    log_prior = estimators.training_log_prior(sch, tr.bins)
-    fits = {k: ScaleFit.spanning(cfg.nag_min_logsnr, min(tr.bins.hi, 10.0), step) for k in ("estimator", "exact")}
-    knots = fits["exact"].knots.tolist()
-    g = torch.Generator().manual_seed(cfg.seed + 77)
-    for lam in knots:
-        x0, y = tr.gmm.sample(n, generator=g)
-        s = sigma_of_logsnr(space, torch.tensor(float(lam))).float().expand(n)
-        x = space_alpha(space, s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
-        with torch.no_grad():
-            br = den.branch_x0(x, s, y, ("cond", "null_cond"))
-        learned = br["cond"] - br["null_cond"]
-        fits["estimator"].add(learned, estimator_x0_term(tr.estimator, x, s, space, sch.native(s)[0], log_prior),
-                              logsnr_of(space, s))
-        fits["exact"].add(learned, testbed.exact_term(tr.gmm, x, s, sch, tr.fam.prediction, y), logsnr_of(space, s))
-    return {"logsnr": [float(k) for k in knots], **{k: f.values() for k, f in fits.items()}}
-
-
-def profile_of(cal: dict) -> ScaleProfile:
-    """``nag_cf_cal``'s scale profile: the estimator-calibrated scale, negative values clipped to 0."""
-    return ScaleProfile(tuple(cal["logsnr"]), tuple(max(v, 0.0) for v in cal["estimator"]))
-
-
-def tune(tr: Trained, cfg: Config, log=print, methods=tuple(TUNED)) -> tuple[dict, list]:
-    """Pick each of ``methods``' one knob on a held-out seed (euler, ``tune_steps``), lowest quality metric."""
-    ev = make_eval(tr, cfg, cfg.seed + 1000)
-    knobs, table = {}, []
-
-    def score(method, v):
-        g, lf = method_setup(method, tr, cfg, {method: v})
-        res = run_one(tr, ev, g, lf, "euler", cfg.tune_steps)
-        q = res["quality"] if res["diverged"] == 0 else float("inf")
-        table.append({"method": method, "value": v, "quality": q, "noise_shift": res["shift"]["exact"]["noise_shift"]})
-        return q
-
-    for method in methods:
-        knobs[method] = harness.first_best(lambda v: score(method, v), cfg.grid[method])
-    log(f"[{tr.fam.name}] tuned on a held-out seed: {knobs}")
-    return knobs, table
-
 
 def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None = None) -> dict:
     torch.manual_seed(cfg.seed)
@@ -331,13 +93,11 @@ def plot_data(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
 
 
 def fidelity_rows(tr: Trained, cfg: Config) -> list[dict]:
-    """How much of the exact NAG term this network's learned terms carry (``studies.fidelity.measure``):
+    """How much of the exact NAG term this network's learned terms carry (``studies.terms.measure``):
     NAG-CF's ``c - n`` and NAG-CG's gradient against their exact counterparts, plus the readout, on
     on-schedule states and states 0.5 log-SNR noisier."""
-    from . import fidelity
-
-    return fidelity.measure(tr.net, tr.estimator, tr.gmm, tr.fam, tr.bins, n=128 if cfg.quick else 512, seed=cfg.seed,
-                            terms=("nag_cf", "readout", "nag_cg"))
+    return measure(tr.net, tr.estimator, tr.gmm, tr.fam, tr.bins, n=128 if cfg.quick else 512, seed=cfg.seed,
+                   terms=("nag_cf", "readout", "nag_cg"))
 
 
 def fidelity_figure(res: dict):
@@ -494,59 +254,6 @@ def nag_effect(rows: list[dict]) -> list[dict]:
     return out
 
 
-LEARNED_NAG = ("nag_cf", "nag_cf_cal")
-SHARE_TARGET = 0.6  # issue target: learned NAG-CF delivers >= 60 % of the exact term's late-shift cut
-TARGET_SETTINGS = {("euler", 25), ("euler", 50), ("heun", 25), ("heun", 50)}
-
-
-def exact_share(rows: list[dict]) -> list[dict]:
-    """Per (family, sampler, steps) and learned NAG-CF: its late-shift cut as a share of the exact term's on
-    the same network (``nag_exact_term``, same scale and window as ``nag_cf``), and its quality vs baseline.
-    The share is undefined (NaN) where the exact term does not cut the shift."""
-    idx = {(r["family"], r["sampler"], r["steps"], r["method"]): r for r in rows}
-    out = []
-    for (fam, smp, n, m), b in idx.items():
-        e = idx.get((fam, smp, n, "nag_exact_term"))
-        if m != "baseline" or e is None:
-            continue
-        for method in LEARNED_NAG:
-            r = idx.get((fam, smp, n, method))
-            if r is None:
-                continue
-            cut = b["noise_shift"] - e["noise_shift"]
-            out.append({"family": fam, "sampler": smp, "steps": n, "method": method,
-                        "shift_baseline": b["noise_shift"], "shift_exact_term": e["noise_shift"], "shift": r["noise_shift"],
-                        "share_of_exact_cut": (b["noise_shift"] - r["noise_shift"]) / cut if cut > 0 else float("nan"),
-                        "quality_baseline": b["quality"], "quality": r["quality"], "quality_exact_term": e["quality"]})
-    return out
-
-
-def _nanmedian(vals) -> float:
-    """Median of the defined values (NaN, without a warning, when none is)."""
-    vals = [v for v in vals if v == v]
-    return float(np.median(vals)) if vals else float("nan")
-
-
-def criterion(rows: list[dict]) -> list[dict]:
-    """Per family and learned NAG-CF: in how many settings it reaches :data:`SHARE_TARGET` of the exact cut,
-    beats the baseline's quality, and both; over every setting and over Euler/Heun at 25 and 50 steps."""
-    out = []
-    share = exact_share(rows)
-    for fam in dict.fromkeys(r["family"] for r in share):
-        for method in LEARNED_NAG:
-            for scope, keep in (("all", lambda r: True), ("euler/heun 25/50", lambda r: (r["sampler"], r["steps"]) in TARGET_SETTINGS)):
-                sel = [r for r in share if r["family"] == fam and r["method"] == method and keep(r)]
-                if not sel:
-                    continue
-                reach = [r["share_of_exact_cut"] >= SHARE_TARGET for r in sel]  # NaN compares False
-                better = [r["quality"] < r["quality_baseline"] for r in sel]
-                out.append({"family": fam, "method": method, "settings": scope, "n": len(sel),
-                            "share_reached": sum(reach), "quality_better": sum(better),
-                            "both": sum(a and b for a, b in zip(reach, better)),
-                            "median_share": _nanmedian([r["share_of_exact_cut"] for r in sel])})
-    return out
-
-
 def headline(res: dict) -> str:
     """The README's demo tables (also in report.md): the methods at Euler-50, and the exact-term criterion."""
     cfg = res["meta"]["config"]
@@ -566,45 +273,56 @@ def headline(res: dict) -> str:
     return t1 + "\n\n" + t2
 
 
-def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
-    rows = res["rows"]
-    eff = nag_effect(rows)
+def write_report(res: dict, cfg: Config, seconds: float) -> str:
+    """report.md of a finished run (its metrics.json content)."""
+    eff = nag_effect(res["rows"])
+    L = [*_setup(res, cfg, seconds), *_findings(res, eff), *_calibration(res), *_against_exact_term(res),
+         *_method_tables(res, cfg, eff), *_ablations(res, cfg), *_fidelity(res), *_appendix(res)]
+    return "\n".join(L) + "\n"
+
+
+def _setup(res: dict, cfg: Config, seconds: float) -> list[str]:
+    """The title, how the run was made, and the setup."""
     meta = res["meta"]
     flag = f" --threads {meta['threads']}" if "threads" in meta else ""
     if "note" in meta:  # parallel --families processes, then --merge
         flag += "` per family (`--families " + "`, `--families ".join(cfg.families) + "`), then `--merge"
     cores = f", {meta['threads']} CPU threads" if "threads" in meta else ""
-    L = ["# comfy-nag exact-testbed report\n", *([harness.SMOKE_TEST] if cfg.quick else []),
-         f"Generated by `python -m studies demo{' --quick' if cfg.quick else ''} --seed {cfg.seed}{flag}` in "
-         f"{seconds / 60:.1f} min (torch {meta.get('torch', torch.__version__)}{cores}"
-         f"{'; ' + meta['note'] if 'note' in meta else ''}). Every number below is in `metrics.json`.\n",
-         "## Setup\n",
-         f"* Data: a class-conditional Gaussian mixture in {cfg.dim} dimensions ({res['meta']['classes']} classes x 2 components, "
-         "each component rank-3 plus an isotropic floor of variance 4e-4), so the noised density, the exact denoiser and the "
-         "exact posterior over noise levels are closed form.",
-         f"* Models: residual MLPs ({cfg.hidden} wide, {cfg.depth} blocks) trained for {cfg.train_steps} steps on purpose "
-         f"(imperfect), with noise-condition dropout {cfg.t_dropout} (null timestep = the schedule's sentinel, docs/method.md) and "
-         f"class dropout {cfg.y_dropout}. Families: " + ", ".join(
-             f"`{k}` ({v['prediction']}, {v['schedule']['type']}, final loss {v['denoiser_loss']:.4f})" for k, v in res["training"].items()) + ".",
-         "* Noise shift (exact): at every recorded step the state's noise level is read out as the posterior-mean log-SNR "
-         "under the *exact* posterior p(lambda | x) (uniform prior over the estimator's bins); the same readout is applied to "
-         "true forward samples at the same nominal level. `gap_i = mean(readout(sampler states)) - mean(readout(forward states))` "
-         "(< 0: the states look noisier than nominal). **`noise_shift` = mean over the last 20% of steps (i >= floor(0.8 N)) "
-         "of |gap_i|**, in log-SNR units; `signed_shift` is the same mean without the absolute value.",
-         f"* Quality (`quality`, lower is better): `{QUALITY_METRIC}` = per-class Frechet distance between the samples' Gaussian fit "
-         "and the *exact* class moments, averaged over classes (the FID recipe with the true distribution in place of Inception "
-         f"statistics). Also: `energy_distance` (class-conditional, unbiased U-statistic vs {cfg.n_reference} fresh true samples; "
-         "~0 for a perfect sampler) and `nll` (mean negative log-likelihood under the true class density; a precision-like "
-         f"number that also rewards over-sharpening). Noise floor of `quality` for {cfg.n_samples} *true* samples: "
-         f"{res['meta']['quality_floor']:.3f} (NLL of true samples: {res['meta']['nll_floor']:.1f}).",
-         f"* Every method shares the same initial noise, class labels and SDE noise (paired comparisons). {cfg.n_samples} samples per run.",
-         "* Each method's one knob was tuned on a held-out seed (Euler, "
-         f"{cfg.tune_steps} steps, lowest `quality`): " + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + ". "
-         f"CFG scale {cfg.cfg_scale} (ComfyUI convention). NAG-CF and NAG-CG act only where log-SNR >= {cfg.nag_min_logsnr} "
-         "(SNR >= 1, the late part of sampling); `nag_cf+cfg` is docs/method.md variant A, `nag_cf+cfg_B` variant B.",
-         ""]
-    # headline numbers
-    L.append("## Findings\n")
+    return ["# comfy-nag exact-testbed report\n", *([harness.SMOKE_TEST] if cfg.quick else []),
+            f"Generated by `python -m studies demo{' --quick' if cfg.quick else ''} --seed {cfg.seed}{flag}` in "
+            f"{seconds / 60:.1f} min (torch {meta.get('torch', torch.__version__)}{cores}"
+            f"{'; ' + meta['note'] if 'note' in meta else ''}). Every number below is in `metrics.json`.\n",
+            "## Setup\n",
+            f"* Data: a class-conditional Gaussian mixture in {cfg.dim} dimensions ({res['meta']['classes']} classes x 2 components, "
+            "each component rank-3 plus an isotropic floor of variance 4e-4), so the noised density, the exact denoiser and the "
+            "exact posterior over noise levels are closed form.",
+            f"* Models: residual MLPs ({cfg.hidden} wide, {cfg.depth} blocks) trained for {cfg.train_steps} steps on purpose "
+            f"(imperfect), with noise-condition dropout {cfg.t_dropout} (null timestep = the schedule's sentinel, docs/method.md) and "
+            f"class dropout {cfg.y_dropout}. Families: " + ", ".join(
+                f"`{k}` ({v['prediction']}, {v['schedule']['type']}, final loss {v['denoiser_loss']:.4f})" for k, v in res["training"].items()) + ".",
+            "* Noise shift (exact): at every recorded step the state's noise level is read out as the posterior-mean log-SNR "
+            "under the *exact* posterior p(lambda | x) (uniform prior over the estimator's bins); the same readout is applied to "
+            "true forward samples at the same nominal level. `gap_i = mean(readout(sampler states)) - mean(readout(forward states))` "
+            "(< 0: the states look noisier than nominal). **`noise_shift` = mean over the last 20% of steps (i >= floor(0.8 N)) "
+            "of |gap_i|**, in log-SNR units; `signed_shift` is the same mean without the absolute value.",
+            f"* Quality (`quality`, lower is better): `{QUALITY_METRIC}` = per-class Frechet distance between the samples' Gaussian fit "
+            "and the *exact* class moments, averaged over classes (the FID recipe with the true distribution in place of Inception "
+            f"statistics). Also: `energy_distance` (class-conditional, unbiased U-statistic vs {cfg.n_reference} fresh true samples; "
+            "~0 for a perfect sampler) and `nll` (mean negative log-likelihood under the true class density; a precision-like "
+            f"number that also rewards over-sharpening). Noise floor of `quality` for {cfg.n_samples} *true* samples: "
+            f"{res['meta']['quality_floor']:.3f} (NLL of true samples: {res['meta']['nll_floor']:.1f}).",
+            f"* Every method shares the same initial noise, class labels and SDE noise (paired comparisons). {cfg.n_samples} samples per run.",
+            "* Each method's one knob was tuned on a held-out seed (Euler, "
+            f"{cfg.tune_steps} steps, lowest `quality`): " + "; ".join(f"`{k}`: {v}" for k, v in res["knobs"].items()) + ". "
+            f"CFG scale {cfg.cfg_scale} (ComfyUI convention). NAG-CF and NAG-CG act only where log-SNR >= {cfg.nag_min_logsnr} "
+            "(SNR >= 1, the late part of sampling); `nag_cf+cfg` is docs/method.md variant A, `nag_cf+cfg_B` variant B.",
+            ""]
+
+
+def _findings(res: dict, eff: list[dict]) -> list[str]:
+    """The headline numbers: the baseline's shift, NAG-CF's effect, and the criterion against the exact term."""
+    rows = res["rows"]
+    L = ["## Findings\n"]
     base = [r for r in rows if r["method"] == "baseline"]
     neg = sum(r["signed_shift"] < 0 for r in base)
     L.append(f"* **Noise shift exists and points to more noise**: the baseline's late-step shift is negative (states look noisier "
@@ -627,82 +345,114 @@ def write_report(out_dir: Path, res: dict, cfg: Config, seconds: float) -> str:
                      f"(same network, same scale and window) in {c['share_reached']}/{c['n']} settings and beat the baseline's "
                      f"quality in {c['quality_better']}/{c['n']} (both: {c['both']}; median share {c['median_share']:.2f}).")
     L.append("* Per-setting details: the tables below. The ablations explain *why* NAG-CF works where it does.\n")
-    if res.get("calibration"):
-        L.append("## Calibrated NAG-CF scale\n")
-        L.append("`nag_cf_cal` runs NAG-CF at scale 1 times a per-level profile: at each knot, the least-squares scale "
-                 "that makes the learned term `c - n` deliver the noise-level estimator's term (its gradient as an x0 change, "
-                 "under the training levels' prior) on forward states, clipped at 0 (`calibrate()`). It needs no exact "
-                 "quantity and no tuning on samples. `exact` is the same least-squares scale against the exact term `c* - n*` "
-                 "(the testbed's answer, not used).\n")
-        cal_rows = [{"family": f, "logsnr": l, "estimator": e, "exact": x} for f, c in res["calibration"].items()
-                    for l, e, x in zip(c["logsnr"], c["estimator"], c["exact"])]
-        L.append(md_table(cal_rows, ["family", "logsnr", "estimator", "exact"],
-                          ["family", "log-SNR", "scale (from the estimator)", "scale (from the exact term)"]))
-        L.append("")
-    if any(r["method"] == "nag_exact_term" for r in rows):
-        L.append("## Learned NAG-CF against the exact term on the same network\n")
-        L.append(headline(res))
-        L.append("\n<details><summary>per setting</summary>\n")
-        L.append(md_table(exact_share(rows), ["family", "sampler", "steps", "method", "shift_baseline", "shift_exact_term", "shift",
-                                              "share_of_exact_cut", "quality_baseline", "quality", "quality_exact_term"]))
-        L.append("\n</details>\n")
-    # summary table per family at plot_steps
-    L.append(f"## Methods at {cfg.plot_steps if cfg.plot_steps in cfg.steps else cfg.steps[-1]} steps\n")
+    return L
+
+
+def _calibration(res: dict) -> list[str]:
+    """The calibrated NAG-CF scale per family and knot (none in runs made before it)."""
+    if not res.get("calibration"):
+        return []
+    cal_rows = [{"family": f, "logsnr": l, "estimator": e, "exact": x} for f, c in res["calibration"].items()
+                for l, e, x in zip(c["logsnr"], c["estimator"], c["exact"])]
+    return ["## Calibrated NAG-CF scale\n",
+            "`nag_cf_cal` runs NAG-CF at scale 1 times a per-level profile: at each knot, the least-squares scale "
+            "that makes the learned term `c - n` deliver the noise-level estimator's term (its gradient as an x0 change, "
+            "under the training levels' prior) on forward states, clipped at 0 (`calibrate()`). It needs no exact "
+            "quantity and no tuning on samples. `exact` is the same least-squares scale against the exact term `c* - n*` "
+            "(the testbed's answer, not used).\n",
+            md_table(cal_rows, ["family", "logsnr", "estimator", "exact"],
+                     ["family", "log-SNR", "scale (from the estimator)", "scale (from the exact term)"]),
+            ""]
+
+
+def _against_exact_term(res: dict) -> list[str]:
+    """Learned NAG-CF against the exact term on the same network (the README's tables, then per setting)."""
+    rows = res["rows"]
+    if not any(r["method"] == "nag_exact_term" for r in rows):
+        return []
+    return ["## Learned NAG-CF against the exact term on the same network\n",
+            headline(res),
+            "\n<details><summary>per setting</summary>\n",
+            md_table(exact_share(rows), ["family", "sampler", "steps", "method", "shift_baseline", "shift_exact_term", "shift",
+                                         "share_of_exact_cut", "quality_baseline", "quality", "quality_exact_term"]),
+            "\n</details>\n"]
+
+
+def _method_tables(res: dict, cfg: Config, eff: list[dict]) -> list[str]:
+    """Every method at the figure's step count, and NAG's effect at equal steps."""
     n_show = cfg.plot_steps if cfg.plot_steps in cfg.steps else cfg.steps[-1]
     cols = ["family", "sampler", "method", "nfe_per_step", "noise_shift", "signed_shift", "noise_shift_learned_estimator",
             "quality", "energy_distance", "nll"]
-    L.append(md_table([r for r in rows if r["steps"] == n_show], cols,
-                    ["family", "sampler", "method", "NFE/step", "shift", "signed", "shift (learned est.)", "quality (FD)", "energy dist.", "NLL"]))
-    L.append("\n## NAG effect at equal steps\n")
-    L.append(md_table(eff, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "shift_cut_%",
-                          "quality_before", "quality_after", "nll_before", "nll_after"]))
-    if res["ablations"]:
-        L.append("\n## Ablations\n")
-        for fam, ab in res["ablations"].items():
-            L.append(f"### `{fam}`: noise-level window (NAG-CF on log-SNR >= {cfg.nag_min_logsnr} vs the whole range)\n")
-            L.append(md_table(ab["window"], ["sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
-            if "mechanism" in ab:
-                L.append(f"\n### `{fam}`: mechanism — the learned conditional branch with the learned or the *exact* "
-                         "NAG term (Euler, 25 steps, 500 samples, the tuned NAG-CF scale and window)\n")
-                L.append("Exact term: c* - n*, the Bayes-optimal conditional minus noise-unconditional prediction (closed "
-                         "form); exact score term: grad log p(lambda|x) itself. Only the term is swapped, so the rows "
-                         "read how much the learned null branch leaves on the table (studies/fidelity.py measures it).\n")
-                L.append(md_table(ab["mechanism"], ["method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
-            else:  # runs made before the ablation was corrected
-                L.append(f"\n### `{fam}`: learned vs exact null branch — withdrawn\n")
-                L.append("This run's ablation computed c_net + w (c_net - n_exact), which multiplies the network's own error "
-                         "by w and cannot isolate the Bayes term; rerun the demo for the corrected mechanism rows.\n")
-                L.append(md_table(ab["exact_null"], ["method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
-            L.append(f"\n### `{fam}`: null condition — sentinel timestep vs learned null embedding\n")
-            L.append(md_table(ab["null_mode"], ["null_mode", "sampler", "method", "noise_shift", "signed_shift", "quality", "energy_distance", "nll"]))
-            L.append("")
-    if res.get("fidelity"):
-        L.append("\n## Fidelity: how much of the exact NAG term the learned terms carry\n")
-        L.append("Cosine and median norm ratio |learned| / |exact| on forward states at each nominal log-SNR "
-                 "(`offset` 0: on-schedule; 0.5: states 0.5 log-SNR noisier, as a shifted sampler meets them). "
-                 "`nag_cf`: the network's `c - n` against the exact `c* - n*`; `nag_cg`: the estimator's gradient "
-                 "against the exact `grad_x log p(lambda|x)`; `readout`: `c - n` against the estimator's term "
-                 "(what a real model shows). Plot: `fidelity.png`; recipes that change it: the fidelity study "
-                 "(docs/fidelity/report.md).\n")
-        L.append(md_table([{"family": f, **r} for f, rs in res["fidelity"].items() for r in rs],
-                          ["family", "term", "offset", "lam", "cos", "norm_ratio"]))
-    L.append("\n## Learned noise-level estimator vs the exact posterior (forward samples over the whole range)\n")
-    L.append(md_table([{"family": k, **v} for k, v in res["estimator_check"].items()],
-                    ["family", "mean_abs_posterior_mean_gap", "corr_posterior_means", "mean_kl_exact_to_learned",
-                     "cross_entropy_learned", "cross_entropy_exact"]))
-    L.append("\n(log-SNR units; cross-entropy of the true bin: the exact posterior's is the Bayes floor.)\n")
-    L.append("## Knob tuning on the held-out seed\n")
-    L.append(md_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts], ["family", "method", "value", "quality", "noise_shift"]))
-    L.append("\n## All runs\n\n<details><summary>every family x sampler x steps x method</summary>\n")
-    L.append(md_table(rows, ["family", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift", "quality",
-                           "energy_distance", "nll", "diverged"]))
-    L.append("\n</details>\n")
-    L.append("## What is and is not measured\n")
-    L.append("* Exact: the noise level of every state (closed-form posterior) and the distance to the true distribution. "
-             "Not measured here: images, perceptual quality, text conditioning; see the image benchmark for real data.\n"
-             "* The testbed's models are MLPs on 32-D data; the size of every effect depends on how imperfect they are. "
-             "The numbers say what NAG does to *this* error, not a promised FID gain.")
-    return "\n".join(L) + "\n"
+    return [f"## Methods at {n_show} steps\n",
+            md_table([r for r in res["rows"] if r["steps"] == n_show], cols,
+                     ["family", "sampler", "method", "NFE/step", "shift", "signed", "shift (learned est.)", "quality (FD)",
+                      "energy dist.", "NLL"]),
+            "\n## NAG effect at equal steps\n",
+            md_table(eff, ["family", "sampler", "steps", "comparison", "shift_before", "shift_after", "shift_cut_%",
+                           "quality_before", "quality_after", "nll_before", "nll_after"])]
+
+
+def _ablations(res: dict, cfg: Config) -> list[str]:
+    """Per family: the noise-level window, the mechanism (learned vs exact term) and the null condition."""
+    if not res["ablations"]:
+        return []
+    brief = ["noise_shift", "signed_shift", "quality", "energy_distance", "nll"]
+    L = ["\n## Ablations\n"]
+    for fam, ab in res["ablations"].items():
+        L.append(f"### `{fam}`: noise-level window (NAG-CF on log-SNR >= {cfg.nag_min_logsnr} vs the whole range)\n")
+        L.append(md_table(ab["window"], ["sampler", "method", *brief]))
+        if "mechanism" in ab:
+            L.append(f"\n### `{fam}`: mechanism — the learned conditional branch with the learned or the *exact* "
+                     "NAG term (Euler, 25 steps, 500 samples, the tuned NAG-CF scale and window)\n")
+            L.append("Exact term: c* - n*, the Bayes-optimal conditional minus noise-unconditional prediction (closed "
+                     "form); exact score term: grad log p(lambda|x) itself. Only the term is swapped, so the rows "
+                     "read how much the learned null branch leaves on the table (studies/fidelity.py measures it).\n")
+            L.append(md_table(ab["mechanism"], ["method", *brief]))
+        else:  # runs made before the ablation was corrected
+            L.append(f"\n### `{fam}`: learned vs exact null branch — withdrawn\n")
+            L.append("This run's ablation computed c_net + w (c_net - n_exact), which multiplies the network's own error "
+                     "by w and cannot isolate the Bayes term; rerun the demo for the corrected mechanism rows.\n")
+            L.append(md_table(ab["exact_null"], ["method", *brief]))
+        L.append(f"\n### `{fam}`: null condition — sentinel timestep vs learned null embedding\n")
+        L.append(md_table(ab["null_mode"], ["null_mode", "sampler", "method", *brief]))
+        L.append("")
+    return L
+
+
+def _fidelity(res: dict) -> list[str]:
+    """How much of the exact NAG term the learned terms carry, per family, term and level."""
+    if not res.get("fidelity"):
+        return []
+    return ["\n## Fidelity: how much of the exact NAG term the learned terms carry\n",
+            "Cosine and median norm ratio |learned| / |exact| on forward states at each nominal log-SNR "
+            "(`offset` 0: on-schedule; 0.5: states 0.5 log-SNR noisier, as a shifted sampler meets them). "
+            "`nag_cf`: the network's `c - n` against the exact `c* - n*`; `nag_cg`: the estimator's gradient "
+            "against the exact `grad_x log p(lambda|x)`; `readout`: `c - n` against the estimator's term "
+            "(what a real model shows). Plot: `fidelity.png`; recipes that change it: the fidelity study "
+            "(docs/fidelity/report.md).\n",
+            md_table([{"family": f, **r} for f, rs in res["fidelity"].items() for r in rs],
+                     ["family", "term", "offset", "lam", "cos", "norm_ratio"])]
+
+
+def _appendix(res: dict) -> list[str]:
+    """The estimator check, the knob tuning, every run, and what is and is not measured."""
+    return ["\n## Learned noise-level estimator vs the exact posterior (forward samples over the whole range)\n",
+            md_table([{"family": k, **v} for k, v in res["estimator_check"].items()],
+                     ["family", "mean_abs_posterior_mean_gap", "corr_posterior_means", "mean_kl_exact_to_learned",
+                      "cross_entropy_learned", "cross_entropy_exact"]),
+            "\n(log-SNR units; cross-entropy of the true bin: the exact posterior's is the Bayes floor.)\n",
+            "## Knob tuning on the held-out seed\n",
+            md_table([{"family": k, **t} for k, ts in res["tuning"].items() for t in ts],
+                     ["family", "method", "value", "quality", "noise_shift"]),
+            "\n## All runs\n\n<details><summary>every family x sampler x steps x method</summary>\n",
+            md_table(res["rows"], ["family", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift",
+                                   "quality", "energy_distance", "nll", "diverged"]),
+            "\n</details>\n",
+            "## What is and is not measured\n",
+            "* Exact: the noise level of every state (closed-form posterior) and the distance to the true distribution. "
+            "Not measured here: images, perceptual quality, text conditioning; see the image benchmark for real data.\n"
+            "* The testbed's models are MLPs on 32-D data; the size of every effect depends on how imperfect they are. "
+            "The numbers say what NAG does to *this* error, not a promised FID gain."]
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None,
@@ -735,24 +485,19 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, threads: int |
 
         to_pil(fig).save(out / "samples.png")
     res["meta"]["seconds"] = time.time() - t0
-    name = harness.part_name("metrics", families and cfg.families)
-    harness.save_json(out / name, res)
-    if not families:
-        write_figures_and_report(out, res)
-    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
-    return res
+    return harness.conclude(out, "metrics", res, families and cfg.families, write_figures_and_report, log)
 
 
 def merge(out: str | Path, note: str = "") -> dict:
     """Join the ``metrics_<family>.json`` files of parallel ``--families`` runs in ``out`` into
     metrics.json, report.md and noise_shift.png (samples.png comes from the first family's run)."""
-    out = Path(out)
     order = list(Config.families)
-    res = harness.merge_parts(out, "metrics", order=lambda p: order.index(p["meta"]["config"]["families"][0]), note=note)
-    res["meta"]["config"] = {**res["meta"]["config"], "families": [f for f in order if f in res["knobs"]]}
-    harness.save_json(out / "metrics.json", res)
-    write_figures_and_report(out, res)
-    return res
+
+    def order_families(res):  # the config's families: those of the parts, in the demo's order
+        res["meta"]["config"] = {**res["meta"]["config"], "families": [f for f in order if f in res["knobs"]]}
+
+    return harness.merge(out, "metrics", write_figures_and_report,
+                         order=lambda p: order.index(p["meta"]["config"]["families"][0]), adjust=order_families, note=note)
 
 
 def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> None:
@@ -765,8 +510,7 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> Non
     harness.stack_images([to_pil(f) for f in figs]).save(out / "noise_shift.png")
     if res.get("fidelity"):
         to_pil(fidelity_figure(res)).save(out / "fidelity.png")
-    report = write_report(out, res, cfg, res["meta"]["seconds"])
-    atomic_write_bytes(out / "report.md", (harness.mark_redrawn(report, "demo", harness.previous_report(out)) if redrawn else report).encode())
+    harness.save_report(out, write_report(res, cfg, res["meta"]["seconds"]), redrawn_by="demo" if redrawn else None)
 
 
 def redraw(out: str | Path) -> None:

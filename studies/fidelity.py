@@ -3,28 +3,16 @@
 ``python -m studies fidelity --out DIR [--quick] [--seeds 0 1] [--families sit sd1]``.
 
 Each family's network is pretrained *without* noise-condition dropout (like a community checkpoint),
-then fine-tuned with each :data:`RECIPES` entry (one factor changed from :data:`BASE`).  For forward
-states drawn at log-SNR ``lam - offset`` and evaluated at the nominal ``lam`` (offset 0: on-schedule;
-0.5: half a log-SNR noisier, like a shifted sampler's) it compares
-
-* ``nag_cf``: the network's ``c - n`` with the exact ``c* - n*`` (:func:`testbed.exact_term`);
-* ``readout``: the network's ``c - n`` with the estimator's gradient (what a user can measure on a real
-  model, ``comfy_nag.readout.null_branch_readout``), validated here against ``nag_cf``;
-* ``marginal_null``: ``c - sum_l p(l|x) c(x, l)``, the network's own conditional branch averaged over the
-  exact level posterior: the ceiling of a perfectly trained null branch of this network;
-* ``nag_cg``: the estimator's ``grad_x log g(lam|x)`` with the exact ``grad_x log p(lam|x)``.
-
-Differences are compared in x0 space with the nominal coefficients; every parameterisation is an affine
-map of the prediction with a per-sample scalar, so cosine and norm ratio are the same in all of them.
-``cos``: mean over states; ``norm_ratio``: median ``|learned| / |exact|``.  Each recipe is also sampled
-with NAG-CF next to the exact term on the same network (``nag_exact_term`` = learned ``c`` +
-``w (c* - n*)``, the ceiling), for the late shift and quality.
+then fine-tuned with each :data:`RECIPES` entry (one factor changed from :data:`BASE`).  Each fine-tuned
+network's terms are measured against the exact ones (:func:`studies.terms.measure`: ``nag_cf``,
+``readout``, ``marginal_null``, ``nag_cg``); the ``readout`` is validated against ``nag_cf`` along one
+fine-tune.  Each recipe is also sampled with NAG-CF next to the exact term on the same network
+(``nag_exact_term`` = learned ``c`` + ``w (c* - n*)``, the ceiling), for the late shift and quality.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,21 +20,14 @@ import numpy as np
 import torch
 
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.estimators import training_log_prior
-from comfy_nag.files import atomic_write_bytes
-from comfy_nag import readout
-from comfy_nag.classifier_guidance import level_gradient
 from comfy_nag.guidance import Guidance
 from comfy_nag.predictions import from_x0
-from comfy_nag.schedules import sigma_of_logsnr, space_alpha
 from comfy_nag.tensors import append_dims
 
-from . import demo, harness, testbed
+from . import harness, testbed, toolkit
 from .harness import md_table
+from .terms import LAMS, OFFSETS, TERMS, conditional_branch, late_cos, measure
 
-LAMS = (-2.0, 0.0, 2.0, 4.0, 6.0)
-OFFSETS = (0.0, 0.5)
-TERMS = ("nag_cf", "readout", "marginal_null", "nag_cg")
 METHODS = ("baseline", "nag_cf", "nag_exact_term")
 
 
@@ -119,65 +100,6 @@ class Config:
         return [RECIPE_BY_NAME[n] for n in names]
 
 
-# --- measurement -------------------------------------------------------------------------------
-
-def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
-    """Mean cosine and median norm ratio ``|learned| / |exact|`` of per-state vectors [B, ...]."""
-    return summarize(*readout.agreement(learned, exact))
-
-
-def summarize(cos: torch.Tensor, ratio: torch.Tensor) -> dict:
-    """Per-state cosines and norm ratios -> ``{"cos": mean, "norm_ratio": median}``."""
-    return {"cos": float(cos.mean()), "norm_ratio": float(ratio.median())}
-
-
-def conditional_branch(net, schedule, y):
-    """``(x_net, sigma_level) -> prediction`` of ``net``'s noise-conditional branch for classes ``y``."""
-    def branch(xn, sl):
-        t = schedule.net_time(sl.float()).expand(xn.shape[0])
-        with torch.no_grad():
-            return net(xn, t, y, torch.zeros(xn.shape[0], dtype=torch.bool))
-    return branch
-
-
-def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS,
-            terms=TERMS) -> list[dict]:
-    """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`).
-
-    ``readout`` is what a user sees without an exact term: the network's ``c - n`` against the estimator's
-    gradient under the training levels' prior (``comfy_nag.readout.null_branch_readout``)."""
-    sch, space = fam.schedule, fam.schedule.space
-    den = Denoiser(net, sch, fam.prediction)
-    log_prior = training_log_prior(sch, bins)
-    g = torch.Generator().manual_seed(seed + 99)
-    rows = []
-    for lam in lams:
-        for off in offsets:
-            x0, y = gmm.sample(n, generator=g)
-            s_true = sigma_of_logsnr(space, torch.tensor(lam - off)).float()
-            x = space_alpha(space, s_true) * x0 + s_true * torch.randn(x0.shape, generator=g)
-            s = sigma_of_logsnr(space, torch.tensor(lam)).float().expand(n)
-            c = sch.native(s)[0]
-            with torch.no_grad():
-                br = den.branch_x0(x, s, y, ("cond", "null_cond"))
-            exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
-            for term in terms:
-                if term == "nag_cf":
-                    r = agreement(br["cond"] - br["null_cond"], exact)
-                elif term == "readout":
-                    r = summarize(*readout.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
-                                                                log_prior))
-                elif term == "marginal_null":
-                    marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))
-                    r = agreement(br["cond"] - marg, exact)
-                elif term == "nag_cg":
-                    r = agreement(level_gradient(estimator, x, s, space, c), testbed.exact_level_gradient(gmm, x, s, sch, bins))
-                else:
-                    raise ValueError(f"unknown term {term!r}; expected one of {', '.join(TERMS)}")
-                rows.append({"lam": lam, "offset": off, "term": term, **r})
-    return rows
-
-
 # --- null-branch recipes -------------------------------------------------------------------------
 
 def distilled_target(teacher, fam, posterior: str, gmm=None, estimator=None, samples: int = 4, generator=None):
@@ -228,7 +150,7 @@ def recipe_net(pretrained, recipe: Recipe):
     return net
 
 
-def finetune(tr: demo.Trained, net, recipe: Recipe, cfg: Config, seed: int, on_step=None, progress: bool = True) -> dict:
+def finetune(tr: toolkit.Trained, net, recipe: Recipe, cfg: Config, seed: int, on_step=None, progress: bool = True) -> dict:
     """Fine-tune ``net`` in place with ``recipe`` from the frozen pretrained ``tr.net``; with ``recipe.ema``
     the EMA weights are copied into ``net`` at the end.  ``on_step(step, net)`` runs before each step and
     after the last.  Returns ``{"loss": mean of the last 50 steps, "steps": n}``."""
@@ -266,7 +188,7 @@ def finetune(tr: demo.Trained, net, recipe: Recipe, cfg: Config, seed: int, on_s
     return {"loss": float(np.mean(hist[-50:])), "steps": steps}
 
 
-def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: demo.Eval) -> list[dict]:
+def sample_methods(tr: toolkit.Trained, net, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Eval) -> list[dict]:
     """Late shift and quality of baseline, NAG-CF and the exact term on ``net`` (same noise, same classes)."""
     win = tr.window(dcfg.nag_min_logsnr)
     rows = []
@@ -277,7 +199,7 @@ def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: de
                 den = Denoiser(net, tr.fam.schedule, tr.fam.prediction, g)
                 if method == "nag_exact_term":
                     den = testbed.ExactTermNAG(den, tr.gmm, tr.fam, cfg.nag_scale, win, tr.bins)
-                res = demo.run_one(tr, ev, g, None, sampler, steps, denoiser=den)
+                res = toolkit.run_one(tr, ev, g, None, sampler, steps, denoiser=den)
                 rows.append({"method": method, "sampler": sampler, "steps": steps,
                              "noise_shift": res["shift"]["exact"]["noise_shift"],
                              "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"]})
@@ -286,22 +208,22 @@ def sample_methods(tr: demo.Trained, net, dcfg: demo.Config, cfg: Config, ev: de
 
 # --- the study ----------------------------------------------------------------------------------
 
-def pretrained_family(name: str, seed: int, cfg: Config, log, stages, progress) -> tuple[demo.Trained, demo.Config]:
+def pretrained_family(name: str, seed: int, cfg: Config, log, stages, progress) -> tuple[toolkit.Trained, toolkit.Config]:
     """The demo's network and estimator for ``name``, pretrained for ``cfg.pretrain_steps`` without dropout."""
-    dcfg = dataclasses.replace(demo.Config.make(cfg.quick, seed), train_steps=cfg.pretrain_steps, t_dropout=0.0)
+    dcfg = dataclasses.replace(toolkit.Config.make(cfg.quick, seed), train_steps=cfg.pretrain_steps, t_dropout=0.0)
     gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=dcfg.seed)
     stages = stages and harness.Stages(stages.folder / f"seed{seed}", stages.log)  # one pretrained network per seed
-    return demo.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress), dcfg
+    return toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress), dcfg
 
 
 def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None,
           families: tuple | None = None) -> dict:
     out = {"fidelity": [], "sampling": [], "finetune": {}, "track": []}
     for seed in cfg.seeds:
-        for name in families or demo.Config().families:
+        for name in families or toolkit.Config().families:
             tr, dcfg = pretrained_family(name, seed, cfg, log, stages, progress)
-            ev = demo.make_eval(tr, dcfg, seed)
-            ev = demo.Eval(ev.readout, ev.ref_x, ev.ref_y, ev.y[:cfg.n_samples], ev.x0_fwd[:cfg.n_samples], ev.seed)
+            ev = toolkit.make_eval(tr, dcfg, seed)
+            ev = toolkit.Eval(ev.readout, ev.ref_x, ev.ref_y, ev.y[:cfg.n_samples], ev.x0_fwd[:cfg.n_samples], ev.seed)
             tag = {"seed": seed, "family": name}
             for recipe in cfg.recipe_list(seed):
                 net = recipe_net(tr.net, recipe)
@@ -355,12 +277,6 @@ def share_of_exact(rows: list[dict]) -> list[dict]:
                     "quality_baseline": base["quality"], "quality_nag_cf": cf["quality"],
                     "quality_exact_term": ex["quality"]})
     return out
-
-
-def late_cos(rows: list[dict], term: str = "nag_cf", offset: float = 0.0) -> float:
-    """Mean cosine over the nominal log-SNRs >= 0 (where NAG acts) for one seed/family/recipe's rows."""
-    vals = [r["cos"] for r in rows if r["term"] == term and r["offset"] == offset and r["lam"] >= 0]
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 def summary(res: dict) -> list[dict]:
@@ -539,26 +455,18 @@ def run(out, quick: bool = False, seeds: tuple = (0, 1), threads: int | None = N
     out, t0, log = harness.begin(out, threads)
     cfg = Config.make(quick, seeds)
     res = study(cfg, log=log, stages=harness.Stages(out / "work", log), families=families)
-    res["meta"] = {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
-    name = harness.part_name("fidelity", families)
-    harness.save_json(out / name, res)
-    if not families:
-        write_figures_and_report(out, res)
-    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
-    return res
+    res["meta"] = harness.run_meta(cfg, t0)
+    return harness.conclude(out, "fidelity", res, families, write_figures_and_report, log)
 
 
 def merge(out, note: str = "") -> dict:
     """Join the per-family files of parallel ``--families`` runs in ``out`` into fidelity.json + report."""
-    out = Path(out)
-    res = harness.merge_parts(out, "fidelity", note=note)
-    harness.save_json(out / "fidelity.json", res)
-    write_figures_and_report(out, res)
-    return res
+    return harness.merge(out, "fidelity", write_figures_and_report, note=note)
 
 
 def write_figures_and_report(out: Path, res: dict) -> None:
+    """fidelity.png and report.md of a finished run (its fidelity.json content)."""
     from comfy_nag.plots import to_pil
 
     to_pil(figure(res)).save(out / "fidelity.png")
-    atomic_write_bytes(out / "report.md", write_report(out, res).encode())
+    harness.save_report(out, write_report(out, res))

@@ -1,5 +1,5 @@
-"""What the demo and the image benchmark share: one sampling run with its noise-shift readout,
-knob tuning, the noise-shift figures and the report's tables.
+"""What every study shares: one sampling run with its noise-shift readout, knob tuning, the
+noise-shift figures, the report's tables, finished stages, and the start and end of a study command.
 
 Seeds (paired comparisons: every method of a study sees the same noise): initial noise
 ``seed + 20``, SDE noise ``seed + 30``, the forward (reference) samples ``seed + 40``.
@@ -184,6 +184,38 @@ def merge_parts(out: Path, stem: str, order=None, note: str = "") -> dict:
     return res
 
 
+def run_meta(cfg, t0: float) -> dict:
+    """A run's ``meta``: its configuration (a dataclass), the wall time since ``t0`` and torch's version."""
+    import time
+    from dataclasses import asdict
+
+    return {"config": asdict(cfg), "seconds": time.time() - t0, "torch": torch.__version__}
+
+
+def conclude(out: Path, stem: str, res: dict, families, write_outputs, log=print) -> dict:
+    """End of a study run: ``res`` saved as ``<stem>.json``, then ``write_outputs(out, res)`` (report,
+    figures).  One process of a run split by ``--families`` saves ``<stem>_<families>.json`` only;
+    :func:`merge` writes the outputs once every family's part is there."""
+    name = part_name(stem, families)
+    save_json(out / name, res)
+    if not families:
+        write_outputs(out, res)
+    log(f"done in {res['meta']['seconds'] / 60:.1f} min: {out}/{name}")
+    return res
+
+
+def merge(out, stem: str, write_outputs, order=None, adjust=None, note: str = "") -> dict:
+    """``--merge``: the parts in ``out`` joined (:func:`merge_parts`, then ``adjust(res)`` if given),
+    saved as ``<stem>.json``, and ``write_outputs(out, res)``."""
+    out = Path(out)
+    res = merge_parts(out, stem, order=order, note=note)
+    if adjust is not None:
+        adjust(res)
+    save_json(out / f"{stem}.json", res)
+    write_outputs(out, res)
+    return res
+
+
 class StudyError(ValueError):
     """A refusal meant for the user (one line: the problem and the fix)."""
 
@@ -306,6 +338,16 @@ def mark_redrawn(report: str, command: str, previous: str | None = None) -> str:
     note = (f"\n\nThis report and `noise_shift.png` were redrawn from `metrics.json` by "
             f"`python -m studies {command} --redraw` (no sampling; the numbers are the run's).")
     return head.rstrip("\n") + note + sep + rest
+
+
+def save_report(out, text: str, redrawn_by: str | None = None) -> None:
+    """Write ``out/report.md``; ``redrawn_by``: the command whose ``--redraw`` rewrote it (marked as such,
+    :func:`mark_redrawn`)."""
+    from comfy_nag.files import atomic_write_bytes
+
+    if redrawn_by:
+        text = mark_redrawn(text, redrawn_by, previous_report(out))
+    atomic_write_bytes(Path(out) / "report.md", text.encode())
 
 
 def previous_report(out) -> str | None:

@@ -17,20 +17,19 @@ import torch
 
 from comfy_nag import shift
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.files import atomic_write_bytes
 from comfy_nag.families import family
 
-from . import demo, harness, testbed
+from . import harness, testbed, toolkit
 from .harness import md_table
 
 LAST = 4  # steps shown
 
 
 def study(out: Path, seed: int = 0, n: int = 500, log=print) -> list[dict]:
-    dcfg = demo.Config.make(False, seed)
+    dcfg = toolkit.Config.make(False, seed)
     gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=dcfg.seed)
-    tr = demo.train_family("sd1", gmm, dcfg, log=log, stages=harness.Stages(out / "work", log))
-    ev = demo.make_eval(tr, dcfg, seed)
+    tr = toolkit.train_family("sd1", gmm, dcfg, log=log, stages=harness.Stages(out / "work", log))
+    ev = toolkit.make_eval(tr, dcfg, seed)
     sch = tr.fam.schedule
     models = {"network": Denoiser(tr.net, sch, tr.fam.prediction), "exact denoiser": testbed.exact_denoiser(gmm, sch.space)}
     rows = []
@@ -74,6 +73,6 @@ def run(out, seed: int = 0, threads: int | None = None) -> list[dict]:
         md_table(rows, cols), "",
         "log-SNR of the last two nonzero sigmas of each family's schedule (10 steps):", "",
         md_table(jumps(10), ["family", "steps", "second_last", "last", "jump"]), ""])
-    atomic_write_bytes(out / "report.md", text.encode())
+    harness.save_report(out, text)
     print(text)
     return rows

@@ -16,21 +16,21 @@ def test_each_network_changes_size_or_length_of_the_demos():
     for v in cap.VARIANTS[1:]:
         changed = {"size": size(v) != size(cap.BASE), "length": v.steps_factor != cap.BASE.steps_factor}
         assert any(changed.values()), v.name
-    from studies import demo
+    from studies import toolkit
 
-    d = cap.VARIANTS[-1].demo_config(demo.Config())
-    assert (d.hidden, d.depth, d.train_steps) == (256, 4, 4 * demo.Config().train_steps) and d.t_dropout == 0.1
+    d = cap.VARIANTS[-1].demo_config(toolkit.Config())
+    assert (d.hidden, d.depth, d.train_steps) == (256, 4, 4 * toolkit.Config().train_steps) and d.t_dropout == 0.1
 
 
 def test_tiny_study_reads_each_network_against_its_exact_term(monkeypatch, tmp_path):
     """End to end on a tiny grid: fidelity and ceiling per level, the four sampling methods per setting,
     the criterion per network, a resumable stage per network, and a report marked as a smoke test."""
-    from studies import demo
+    from studies import toolkit
 
-    tiny = demo.Config(quick=True, families=("sd1",), train_steps=60, estimator_steps=40, n_samples=100,
-                       n_reference=100, bins=12, ablations=False, grid={**demo.Config().grid, "nag_cf": [1.0]},
-                       tune_steps=6)
-    monkeypatch.setattr(demo.Config, "make", classmethod(lambda cls, quick, seed=0: dataclasses.replace(tiny, seed=seed)))
+    tiny = toolkit.Config(quick=True, families=("sd1",), train_steps=60, estimator_steps=40, n_samples=100,
+                          n_reference=100, bins=12, ablations=False, grid={**toolkit.Config().grid, "nag_cf": [1.0]},
+                          tune_steps=6)
+    monkeypatch.setattr(toolkit.Config, "make", classmethod(lambda cls, quick, seed=0: dataclasses.replace(tiny, seed=seed)))
     cfg = cap.Config(quick=True, seeds=(0,), variants=("demo", "size_256x4"), n_states=16, samplers=("euler",), steps=(6,))
     res = cap.study(cfg, log=lambda *a: None, progress=False, work=tmp_path)
     assert [(n["variant"], n["scale"]) for n in res["networks"]] == [("demo", 1.0), ("size_256x4", 1.0)]

@@ -19,11 +19,11 @@ def test_each_variant_changes_one_setting_of_the_base():
 
 def test_tiny_study_measures_fidelity_and_sampling_against_the_exact_term(monkeypatch):
     """End to end on a tiny grid: fidelity rows per level, NAG-CG next to the exact score term, a summary."""
-    from studies import demo
+    from studies import toolkit
 
-    tiny = demo.Config(quick=True, families=("sd1",), train_steps=120, estimator_steps=80, n_samples=120,
-                       n_reference=120, bins=12, ablations=False)
-    monkeypatch.setattr(demo.Config, "make", classmethod(lambda cls, quick, seed=0: dataclasses.replace(tiny, seed=seed)))
+    tiny = toolkit.Config(quick=True, families=("sd1",), train_steps=120, estimator_steps=80, n_samples=120,
+                          n_reference=120, bins=12, ablations=False)
+    monkeypatch.setattr(toolkit.Config, "make", classmethod(lambda cls, quick, seed=0: dataclasses.replace(tiny, seed=seed)))
     monkeypatch.setattr(ce, "VARIANTS", (dataclasses.replace(ce.BASE, steps=60, bins=12),
                                          ce.Variant("soft_targets", steps=60, bins=12, target_width=0.5)))
     cfg = ce.Config(quick=True, seeds=(0,), variants=("base", "soft_targets"), n_states=32, steps=6, n_samples=120,

@@ -5,16 +5,16 @@ import math
 import pytest
 from PIL import Image
 
-from studies import demo, harness
+from studies import demo, harness, toolkit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config():
-    return demo.Config(quick=True, families=("sit",), samplers=("euler", "ddpm"), steps=(6,), train_steps=120,
-                       estimator_steps=80, n_samples=120, n_reference=120, bins=12, tune_steps=6, plot_steps=6,
-                       grid={"nag_cf": [0.5], "nag_cg": [1.0], "eps_scaling": [0.995], "time_shift": [0.1]},
-                       ablations=False)
+    return toolkit.Config(quick=True, families=("sit",), samplers=("euler", "ddpm"), steps=(6,), train_steps=120,
+                          estimator_steps=80, n_samples=120, n_reference=120, bins=12, tune_steps=6, plot_steps=6,
+                          grid={"nag_cf": [0.5], "nag_cg": [1.0], "eps_scaling": [0.995], "time_shift": [0.1]},
+                          ablations=False)
 
 
 def test_demo_writes_the_promised_files_and_rows(tmp_path):
@@ -34,7 +34,7 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     for r in rows:
         for key in ("method", "sampler", "steps", "nfe_per_step", "noise_shift", "quality", "quality_metric"):
             assert key in r, key
-        assert r["steps"] == 6 and r["quality_metric"] == demo.QUALITY_METRIC
+        assert r["steps"] == 6 and r["quality_metric"] == toolkit.QUALITY_METRIC
         assert math.isfinite(r["noise_shift"]) and r["noise_shift"] >= 0
         assert math.isfinite(r["quality"])
     nfe = {(r["sampler"], r["method"]): r["nfe_per_step"] for r in rows}
@@ -66,7 +66,7 @@ def test_rerun_reuses_finished_stages_and_redraw_rewrites_the_outputs(tmp_path, 
 
 def test_one_process_per_family_then_merge_gives_one_report(tmp_path):
     """The full study runs as parallel --families processes; --merge joins them into the usual outputs."""
-    cfg = demo.Config(**{**tiny_config().__dict__, "families": ("sit", "sd1"), "samplers": ("euler",)})
+    cfg = toolkit.Config(**{**tiny_config().__dict__, "families": ("sit", "sd1"), "samplers": ("euler",)})
     with pytest.raises(harness.StudyError, match="unknown families"):
         demo.run_demo(tmp_path, config=cfg, families=("sd3",))
     with pytest.raises(harness.StudyError, match="--families first"):
@@ -87,8 +87,8 @@ def test_one_process_per_family_then_merge_gives_one_report(tmp_path):
     assert cal["logsnr"][0] == cfg.nag_min_logsnr and len(cal["logsnr"]) == len(cal["estimator"]) == len(cal["exact"]) > 3
     row = next(r for r in res["rows"] if r["method"] == "nag_cf_cal")
     assert row["knob"]["nag_scale"] == 1.0 and 1 < row["nfe_per_step"] < 2
-    crit = demo.criterion(res["rows"])
-    assert {(c["family"], c["method"]) for c in crit} == {(f, m) for f in ("sit", "sd1") for m in demo.LEARNED_NAG}
+    crit = toolkit.criterion(res["rows"])
+    assert {(c["family"], c["method"]) for c in crit} == {(f, m) for f in ("sit", "sd1") for m in toolkit.LEARNED_NAG}
 
 
 def test_readme_demo_tables_match_the_committed_run(readme_block):

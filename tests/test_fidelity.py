@@ -1,4 +1,4 @@
-"""The fidelity study's measurements (studies/fidelity.py) against known answers."""
+"""The fidelity measurement (studies/terms.py) and the fidelity study (studies/fidelity.py) against known answers."""
 import torch
 
 from comfy_nag import estimators, models
@@ -8,7 +8,7 @@ from comfy_nag.predictions import target
 from comfy_nag.families import family
 from dataclasses import asdict as dataclasses_asdict
 
-from studies import fidelity, testbed
+from studies import fidelity, terms, testbed
 
 
 def _gmm():
@@ -17,9 +17,9 @@ def _gmm():
 
 def test_agreement_reads_direction_and_size():
     v = torch.randn(64, 5)
-    same = fidelity.agreement(2 * v, v)
+    same = terms.agreement(2 * v, v)
     assert abs(same["cos"] - 1) < 1e-9 and abs(same["norm_ratio"] - 2) < 1e-9
-    assert abs(fidelity.agreement(-v, v)["cos"] + 1) < 1e-9
+    assert abs(terms.agreement(-v, v)["cos"] + 1) < 1e-9
 
 
 def test_exact_level_gradient_matches_finite_differences():
@@ -131,23 +131,23 @@ def test_recipes_change_one_factor_each():
 def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     cfg = fidelity.Config(quick=True, seeds=(0,), pretrain_steps=40, n_states=16, samplers=("euler",), steps=(4,),
                           n_samples=40, track=(0.0, 0.3), recipes=("base", "control", "length_30%"), lams=(0.0, 4.0))
-    import studies.demo as demo
+    import studies.toolkit as toolkit
 
-    small = lambda quick, seed: demo.Config(quick=True, seed=seed, dim=4, families=("sit",), estimator_steps=20,  # noqa: E731
-                                            n_samples=40, n_reference=40, bins=8, hidden=16, depth=1)
+    small = lambda quick, seed: toolkit.Config(quick=True, seed=seed, dim=4, families=("sit",), estimator_steps=20,  # noqa: E731
+                                               n_samples=40, n_reference=40, bins=8, hidden=16, depth=1)
     from studies import harness
-    orig = demo.Config.make
-    demo.Config.make = staticmethod(small)
+    orig = toolkit.Config.make
+    toolkit.Config.make = staticmethod(small)
     try:
         res = fidelity.study(cfg, log=lambda *a: None, progress=False, stages=harness.Stages(tmp_path, lambda *a: None),
                              families=("sit",))
         again = fidelity.study(cfg, log=lambda *a: None, progress=False, stages=harness.Stages(tmp_path, lambda *a: None),
                                families=("sit",))
     finally:
-        demo.Config.make = orig
+        toolkit.Config.make = orig
     assert res["fidelity"] == again["fidelity"] and res["sampling"] == again["sampling"]  # reused, not re-run
     assert {r["recipe"] for r in res["fidelity"]} == {"base", "control", "length_30%"}
-    assert {r["term"] for r in res["fidelity"] if r["recipe"] == "base"} == set(fidelity.TERMS)
+    assert {r["term"] for r in res["fidelity"] if r["recipe"] == "base"} == set(terms.TERMS)
     assert {r["step"] for r in res["track"]} == {0, 12}
     rows = fidelity.summary(res)
     assert len(rows) == 3 and all(-1 <= r["cos_late"] <= 1 for r in rows)

@@ -1,0 +1,95 @@
+"""How much of the exact noise-awareness term the learned terms carry (exact testbed).
+
+For forward states drawn at log-SNR ``lam - offset`` and evaluated at the nominal ``lam`` (offset 0:
+on-schedule; 0.5: half a log-SNR noisier, like a shifted sampler's), :func:`measure` compares
+
+* ``nag_cf``: the network's ``c - n`` with the exact ``c* - n*`` (:func:`testbed.exact_term`);
+* ``readout``: the network's ``c - n`` with the estimator's gradient (what a user can measure on a real
+  model, ``comfy_nag.readout.null_branch_readout``);
+* ``marginal_null``: ``c - sum_l p(l|x) c(x, l)``, the network's own conditional branch averaged over the
+  exact level posterior: the ceiling of a perfectly trained null branch of this network;
+* ``nag_cg``: the estimator's ``grad_x log g(lam|x)`` with the exact ``grad_x log p(lam|x)``.
+
+Differences are compared in x0 space with the nominal coefficients; every parameterisation is an affine
+map of the prediction with a per-sample scalar, so cosine and norm ratio are the same in all of them.
+``cos``: mean over states; ``norm_ratio``: median ``|learned| / |exact|``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from comfy_nag import readout
+from comfy_nag.classifier_guidance import level_gradient
+from comfy_nag.denoiser import Denoiser
+from comfy_nag.estimators import training_log_prior
+from comfy_nag.schedules import sigma_of_logsnr, space_alpha
+
+from . import testbed
+
+LAMS = (-2.0, 0.0, 2.0, 4.0, 6.0)
+OFFSETS = (0.0, 0.5)
+TERMS = ("nag_cf", "readout", "marginal_null", "nag_cg")
+
+
+def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
+    """Mean cosine and median norm ratio ``|learned| / |exact|`` of per-state vectors [B, ...]."""
+    return summarize(*readout.agreement(learned, exact))
+
+
+def summarize(cos: torch.Tensor, ratio: torch.Tensor) -> dict:
+    """Per-state cosines and norm ratios -> ``{"cos": mean, "norm_ratio": median}``."""
+    return {"cos": float(cos.mean()), "norm_ratio": float(ratio.median())}
+
+
+def conditional_branch(net, schedule, y):
+    """``(x_net, sigma_level) -> prediction`` of ``net``'s noise-conditional branch for classes ``y``."""
+    def branch(xn, sl):
+        t = schedule.net_time(sl.float()).expand(xn.shape[0])
+        with torch.no_grad():
+            return net(xn, t, y, torch.zeros(xn.shape[0], dtype=torch.bool))
+    return branch
+
+
+def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS,
+            terms=TERMS) -> list[dict]:
+    """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`).
+
+    ``readout`` is what a user sees without an exact term: the network's ``c - n`` against the estimator's
+    gradient under the training levels' prior (``comfy_nag.readout.null_branch_readout``)."""
+    sch, space = fam.schedule, fam.schedule.space
+    den = Denoiser(net, sch, fam.prediction)
+    log_prior = training_log_prior(sch, bins)
+    g = torch.Generator().manual_seed(seed + 99)
+    rows = []
+    for lam in lams:
+        for off in offsets:
+            x0, y = gmm.sample(n, generator=g)
+            s_true = sigma_of_logsnr(space, torch.tensor(lam - off)).float()
+            x = space_alpha(space, s_true) * x0 + s_true * torch.randn(x0.shape, generator=g)
+            s = sigma_of_logsnr(space, torch.tensor(lam)).float().expand(n)
+            c = sch.native(s)[0]
+            with torch.no_grad():
+                br = den.branch_x0(x, s, y, ("cond", "null_cond"))
+            exact = testbed.exact_term(gmm, x, s, fam.schedule, fam.prediction, y)
+            for term in terms:
+                if term == "nag_cf":
+                    r = agreement(br["cond"] - br["null_cond"], exact)
+                elif term == "readout":
+                    r = summarize(*readout.null_branch_readout(br["cond"], br["null_cond"], estimator, x, s, space, c,
+                                                                log_prior))
+                elif term == "marginal_null":
+                    marg = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, branch=conditional_branch(net, sch, y))
+                    r = agreement(br["cond"] - marg, exact)
+                elif term == "nag_cg":
+                    r = agreement(level_gradient(estimator, x, s, space, c), testbed.exact_level_gradient(gmm, x, s, sch, bins))
+                else:
+                    raise ValueError(f"unknown term {term!r}; expected one of {', '.join(TERMS)}")
+                rows.append({"lam": lam, "offset": off, "term": term, **r})
+    return rows
+
+
+def late_cos(rows: list[dict], term: str = "nag_cf", offset: float = 0.0) -> float:
+    """Mean cosine over the nominal log-SNRs >= 0 (where NAG acts) for one seed/family/recipe's rows."""
+    vals = [r["cos"] for r in rows if r["term"] == term and r["offset"] == offset and r["lam"] >= 0]
+    return float(np.mean(vals)) if vals else float("nan")
