@@ -9,6 +9,9 @@ Knobs (a dict; missing ones take :data:`DEFAULT_KNOBS`):
   of sampling; -99 = everywhere);
 * ``nag_profile`` - for ``nag_cf_cal``: a ``comfy_nag.scale_profiles.ScaleProfile`` (per-level scale,
   calibrated on forward states; ``nag_cf_cal`` runs at scale 1 times it, no tuned knob);
+* ``nag_cf_est`` - classifier-free NAG with the null branch from the noise-level estimator's posterior
+  (``comfy_nag.posterior_null``: no fine-tuning), its scale; ``null_levels`` - its conditional evaluations
+  per null branch (1 = the posterior mean);
 * ``nag_cg`` - classifier-guided NAG scale; ``eps_scaling`` - epsilon-scaling factor;
   ``time_shift`` - the time-shift sampler's clip, log-SNR units.
 """
@@ -23,11 +26,13 @@ from comfy_nag.schedules import Schedule
 METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", "eps_scaling", "time_shift")
 ABLATIONS = ("nag_cf_full",)  # NAG-CF over the whole noise range (no window)
 CALIBRATED = ("nag_cf_cal",)  # NAG-CF with a per-level scale (needs knobs["nag_profile"])
-DEFAULT_KNOBS = {"cfg": 1.5, "nag_cf": 0.5, "window": 0.0, "nag_cg": 1.0, "eps_scaling": 1.005, "time_shift": 0.1}
+ESTIMATOR_NULL = ("nag_cf_est",)  # NAG-CF on any network: the null branch from the estimator's posterior
+DEFAULT_KNOBS = {"cfg": 1.5, "nag_cf": 0.5, "window": 0.0, "nag_cg": 1.0, "eps_scaling": 1.005, "time_shift": 0.1,
+                 "nag_cf_est": 1.0, "null_levels": 1}
 # One colour per method in every figure of every study (no two alike; grey is kept for forward states).
 COLORS = {"baseline": "#1f77b4", "nag_cf": "#d62728", "cfg": "#2ca02c", "nag_cf+cfg": "#9467bd",
           "nag_cf+cfg_B": "#ff7f0e", "nag_cg": "#8c564b", "eps_scaling": "#e377c2", "time_shift": "#17becf",
-          "nag_cf_full": "#bcbd22", "nag_cf_cal": "#7f3b08"}
+          "nag_cf_full": "#bcbd22", "nag_cf_cal": "#7f3b08", "nag_cf_est": "#393b79"}
 
 
 def nag_window(schedule: Schedule, min_logsnr: float) -> tuple[float, float]:
@@ -46,6 +51,8 @@ def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None =
         "nag_cf": lambda: Guidance(nag_scale=w, nag_window=win),
         "nag_cf_full": lambda: Guidance(nag_scale=w),
         "nag_cf_cal": lambda: Guidance(nag_scale=1.0, nag_window=win, nag_profile=_profile(k)),
+        "nag_cf_est": lambda: Guidance(nag_scale=k["nag_cf_est"], nag_window=win, null_source="estimator",
+                                       null_levels=int(k["null_levels"])),
         "nag_cf+cfg": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win),
         "nag_cf+cfg_B": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win, variant="B"),
         "nag_cg": lambda: Guidance(cg_scale=k["nag_cg"], cg_window=win),
@@ -53,7 +60,8 @@ def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None =
         "time_shift": lambda: Guidance(),
     }
     if method not in table:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS + ABLATIONS + CALIBRATED)}")
+        raise ValueError(f"unknown method {method!r}; expected one of "
+                         f"{', '.join(METHODS + ABLATIONS + CALIBRATED + ESTIMATOR_NULL)}")
     level_fn = time_shift_level_fn(schedule.space, data_var, k["time_shift"]) if method == "time_shift" else None
     return table[method](), level_fn
 

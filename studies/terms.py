@@ -8,7 +8,10 @@ on-schedule; 0.5: half a log-SNR noisier, like a shifted sampler's), :func:`meas
   model, ``comfy_nag.readout.null_branch_readout``);
 * ``marginal_null``: ``c - sum_l p(l|x) c(x, l)``, the network's own conditional branch averaged over the
   exact level posterior: the ceiling of a perfectly trained null branch of this network;
-* ``nag_cg``: the estimator's ``grad_x log g(lam|x)`` with the exact ``grad_x log p(lam|x)``.
+* ``nag_cg``: the estimator's ``grad_x log g(lam|x)`` with the exact ``grad_x log p(lam|x)``;
+* ``nag_cf_est`` / ``nag_cf_est3``: ``c - n`` with the null branch from the estimator's posterior
+  (``comfy_nag.posterior_null``, 1 or 3 levels: no dropout training needed) against the exact term;
+  ``nag_cf_est_exact``: the same with the exact posterior over the estimator's bins (its ceiling).
 
 Differences are compared in x0 space with the nominal coefficients; every parameterisation is an affine
 map of the prediction with a per-sample scalar, so cosine and norm ratio are the same in all of them.
@@ -22,6 +25,7 @@ import torch
 from comfy_nag import readout
 from comfy_nag.classifier_guidance import level_gradient
 from comfy_nag.denoiser import Denoiser
+from comfy_nag.guidance import Guidance
 from comfy_nag.estimators import training_log_prior
 from comfy_nag.schedules import sigma_of_logsnr, space_alpha
 
@@ -30,6 +34,7 @@ from . import testbed
 LAMS = (-2.0, 0.0, 2.0, 4.0, 6.0)
 OFFSETS = (0.0, 0.5)
 TERMS = ("nag_cf", "readout", "marginal_null", "nag_cg")
+ESTIMATOR_TERMS = ("nag_cf_est", "nag_cf_est3", "nag_cf_est_exact")  # the null branch from a level posterior
 
 
 def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
@@ -51,9 +56,19 @@ def conditional_branch(net, schedule, y):
     return branch
 
 
+def estimator_null_term(net, fam, estimator, levels: int, x, s, y) -> torch.Tensor:
+    """``c - n`` (x0 space) with the null branch built from ``estimator``'s posterior at ``levels`` levels."""
+    den = Denoiser(net, fam.schedule, fam.prediction, Guidance(nag_scale=1.0, null_source="estimator", null_levels=levels),
+                   estimator=estimator)
+    with torch.no_grad():
+        br = den.branch_x0(x, s, y, ("cond", "null_cond"))
+    return br["cond"] - br["null_cond"]
+
+
 def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS,
             terms=TERMS) -> list[dict]:
-    """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`).
+    """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`,
+    :data:`ESTIMATOR_TERMS`).
 
     ``readout`` is what a user sees without an exact term: the network's ``c - n`` against the estimator's
     gradient under the training levels' prior (``comfy_nag.readout.null_branch_readout``)."""
@@ -61,6 +76,8 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
     den = Denoiser(net, sch, fam.prediction)
     log_prior = training_log_prior(sch, bins)
     g = torch.Generator().manual_seed(seed + 99)
+    posteriors = {"nag_cf_est": (estimator, 1), "nag_cf_est3": (estimator, 3),
+                  "nag_cf_est_exact": (testbed.ExactLevelPosterior(gmm, sch, bins), 1)}
     rows = []
     for lam in lams:
         for off in offsets:
@@ -83,8 +100,10 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
                     r = agreement(br["cond"] - marg, exact)
                 elif term == "nag_cg":
                     r = agreement(level_gradient(estimator, x, s, space, c), testbed.exact_level_gradient(gmm, x, s, sch, bins))
+                elif term in posteriors:
+                    r = agreement(estimator_null_term(net, fam, *posteriors[term], x, s, y), exact)
                 else:
-                    raise ValueError(f"unknown term {term!r}; expected one of {', '.join(TERMS)}")
+                    raise ValueError(f"unknown term {term!r}; expected one of {', '.join(TERMS + ESTIMATOR_TERMS)}")
                 rows.append({"lam": lam, "offset": off, "term": term, **r})
     return rows
 

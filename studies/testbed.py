@@ -151,6 +151,24 @@ class GaussianMixture:
         return torch.softmax(torch.logsumexp(ll, 2), 1).float()
 
 
+class ExactLevelPosterior(torch.nn.Module):
+    """The exact posterior over ``bins`` (uniform prior, classes marginalised), as an estimator: logits [B, k]
+    of network-space states, like ``comfy_nag.estimators.NoiseLevelEstimator``'s.  What the estimator null
+    branch (``comfy_nag.posterior_null``) becomes with a perfect estimator over the same bins."""
+
+    def __init__(self, gmm: GaussianMixture, schedule: Schedule, bins: LevelBins, sub: int = 4):
+        super().__init__()
+        self.gmm, self.bins, self.sub = gmm, bins, sub
+        fine = bins.lo + bins.width * (torch.arange(bins.k * sub, dtype=torch.float64) + 0.5) / sub
+        _, self.al, self.sl = (v.double() for v in schedule.native(schedule.sigma_from_logsnr(fine.float())))
+
+    def forward(self, xn: torch.Tensor) -> torch.Tensor:
+        proj, lw = self.gmm._project(xn), self.gmm.weights.log()[None, None]
+        ll = torch.cat([torch.logsumexp(lw + self.gmm._levels_logpdf(proj, a, s), 2)
+                        for a, s in zip(self.al.split(64), self.sl.split(64))], 1)
+        return torch.logsumexp(ll.reshape(xn.shape[0], self.bins.k, self.sub), 2).float()
+
+
 def exact_readout(gmm: GaussianMixture, bins: LevelBins, space: str, sub: int = 4):
     """Readout (comfy_nag.shift) from the exact posterior mean over ``bins``."""
     def readout(x, s):

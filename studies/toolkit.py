@@ -24,7 +24,8 @@ from comfy_nag.schedules import logsnr_of, sigma_of_logsnr, space_alpha
 from . import harness, methods, testbed
 
 QUALITY_METRIC = "class_frechet_distance"
-TUNED = {"nag_cf": "nag_scale", "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window"}
+TUNED = {"nag_cf": "nag_scale", "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window",
+         "nag_cf_est": "nag_scale"}
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Config:
     nag_min_logsnr: float = 0.0  # NAG / CG act where SNR >= 1: the late part of sampling
     grid: dict = field(default_factory=lambda: {
         "nag_cf": [0.25, 0.5, 1.0, 2.0],
+        "nag_cf_est": [0.25, 0.5, 1.0, 2.0],
         "nag_cg": [0.3, 1.0, 3.0],
         "eps_scaling": [0.99, 0.995, 1.005, 1.01],
         "time_shift": [0.05, 0.1, 0.25, 0.5],
@@ -66,7 +68,7 @@ class Config:
             return cls(seed=seed)
         return cls(quick=True, seed=seed, samplers=("euler", "euler_maruyama"), steps=(10, 25), train_steps=600,
                    estimator_steps=400, n_samples=500, n_reference=1000, bins=32,
-                   grid={"nag_cf": [0.25, 0.5, 1.0], "nag_cg": [0.3, 1.0], "eps_scaling": [0.995, 1.005],
+                   grid={"nag_cf": [0.25, 0.5, 1.0], "nag_cf_est": [0.5, 1.0, 2.0], "nag_cg": [0.3, 1.0], "eps_scaling": [0.995, 1.005],
                          "time_shift": [0.05, 0.25]}, ablations=False, plot_steps=25)
 
 
@@ -96,8 +98,9 @@ class Trained:
 
 def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode: str = "sentinel",
                  estimator: estimators.NoiseLevelEstimator | None = None, log=print,
-                 stages: harness.Stages | None = None, progress: bool = True) -> Trained:
-    """Train (or reuse from ``stages``) one family's denoiser and, unless given, its noise-level estimator."""
+                 stages: harness.Stages | None = None, progress: bool = True, tag: str = "") -> Trained:
+    """Train (or reuse from ``stages``) one family's denoiser and, unless given, its noise-level estimator.
+    ``tag`` names a variant's stage (e.g. ``no_dropout``) so that it does not replace the plain one."""
     fam = family(name)
     sch = fam.schedule
     torch.manual_seed(cfg.seed)
@@ -123,13 +126,14 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode
                                             generator=torch.Generator().manual_seed(cfg.seed + 1), callback=cb)
             bar.close()
             est_loss = float(np.mean(eh[-50:]))
-        log(f"[{name}] trained {null_mode}-null denoiser ({cfg.train_steps} steps, loss {np.mean(hist[-100:]):.4f}) "
-            f"and estimator in {time.time() - t0:.0f}s")
+        log(f"[{name}] trained {null_mode}-null denoiser{' (' + tag + ')' if tag else ''} ({cfg.train_steps} steps, loss "
+            f"{np.mean(hist[-100:]):.4f}){' and estimator' if own_estimator else ''} in {time.time() - t0:.0f}s")
         return {"train_loss": float(np.mean(hist[-100:])), "estimator_loss": est_loss}
 
     mods = {"net": net, **({"estimator": estimator} if own_estimator else {})}
     spec = {"stage": "testbed family", "family": name, "null_mode": null_mode, "config": asdict(cfg)}
-    done = stages.modules(f"{name}_{null_mode}_dim{gmm.dim}", spec, mods, make) if stages else make()
+    stage = f"{name}_{null_mode}{'_' + tag if tag else ''}_dim{gmm.dim}"
+    done = stages.modules(stage, spec, mods, make) if stages else make()
     data_var = float(gmm.sample(4000, generator=torch.Generator().manual_seed(cfg.seed + 2))[0].var(0).mean())
     return Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode)
 
@@ -175,8 +179,10 @@ def run_one(tr: Trained, ev: Eval, guidance: Guidance, level_fn, sampler: str, s
             record="late", denoiser=None, extra_readouts: dict | None = None) -> dict:
     """Sample once and measure (harness.sample_run; readout ``exact`` plus ``extra_readouts``)."""
     den = denoiser or Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction, guidance, estimator=tr.estimator)
+    t0 = time.perf_counter()
     res = harness.sample_run(den, tr.fam.schedule, sampler, steps, (ev.y.shape[0], tr.gmm.dim), ev.y, ev.seed,
                              {"exact": ev.readout, **(extra_readouts or {})}, ev.x0_fwd, level_fn, record)
+    res["seconds_per_step"] = (time.perf_counter() - t0) / steps  # with the readouts of the recorded steps
     out = res["samples"]
     finite = torch.isfinite(out).all(1)
     res["diverged"] = int((~finite).sum())
@@ -191,9 +197,12 @@ def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict
     r = {"family": name, "method": method, "sampler": sampler, "steps": steps,
          "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["shift"]["exact"]["noise_shift"],
          "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
-         "energy_distance": res["energy_distance"], "nll": res["nll"], "diverged": res["diverged"]}
+         "energy_distance": res["energy_distance"], "nll": res["nll"], "diverged": res["diverged"],
+         "seconds_per_step": res["seconds_per_step"]}
     if method == "nag_cf_cal":
         r["knob"] = {"nag_scale": 1.0, "profile": "calibrated to the estimator (calibrate())"}
+    elif method == "nag_cf_est":
+        r["knob"] = {"nag_scale": knobs["nag_cf_est"], "null_levels": knobs.get("null_levels", 1)}
     elif method in TUNED or method.startswith("nag_cf"):
         key = "nag_cf" if method.startswith("nag_cf") else method
         r["knob"] = {TUNED[key]: knobs[key]}

@@ -108,3 +108,25 @@ def test_exact_null_branch_reduces_to_the_denoiser_at_a_single_level_and_mixes_l
         full = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, levels=testbed.training_levels(sch, 60))
         assert (full - one).abs().max() > 1e-3
         assert torch.isfinite(full).all()
+
+
+def test_exact_level_posterior_as_an_estimator_matches_the_exact_posterior():
+    """studies.testbed.ExactLevelPosterior reads network-space states like a learned estimator and gives the
+    exact posterior over its bins under the network-space forward model (the one the null branch of a
+    dropout-trained network averages over, as exact_null_x0 does); in flow space that is the sampling-space
+    posterior the shift readout uses."""
+    gmm = testbed.GaussianMixture.make(dim=8, seed=3)
+    bins = estimators.LevelBins(-4.0, 6.0, 10)
+    fine = bins.lo + bins.width * (torch.arange(bins.k * 4, dtype=torch.float64) + 0.5) / 4
+    for name in ("sit", "sd1"):
+        sch = families.family(name).schedule
+        s = sch.sigma_from_logsnr(torch.tensor([-1.0, 2.5, 5.0]))
+        x0, _ = gmm.sample(3, generator=torch.Generator().manual_seed(0))
+        x = schedules.space_alpha(sch.space, s)[:, None] * x0 + s[:, None] * torch.randn(3, 8)
+        xn = sch.native(s)[0][:, None] * x
+        got = torch.softmax(testbed.ExactLevelPosterior(gmm, sch, bins, sub=4)(xn), 1)
+        logj = testbed._level_log_joint(gmm, xn, sch.sigma_from_logsnr(fine.float()), sch)[0]
+        want = torch.softmax(torch.logsumexp(torch.logsumexp(logj, 2).reshape(3, bins.k, 4), 2), 1).float()
+        assert torch.allclose(got, want, atol=1e-5)
+        if sch.space == "flow":
+            assert torch.allclose(got, gmm.level_posterior(x, sch.space, bins, sub=4), atol=1e-5)
