@@ -4,8 +4,9 @@ Thin V3 nodes over ``comfy_nag`` (the math) and the ComfyUI glue beside them:
 
 * ``guidance_nodes`` / ``loader_nodes`` / ``shift_nodes``: the node classes (``common``: shared inputs
   and the error wrapper);
-* ``classifier_free`` (the null-timestep wrapper, :class:`~.classifier_free.NagConfig` with the NAG
-  addition, the model patch), ``classifier_guided`` (the estimator patch), ``guider`` (a CFGGuider);
+* ``classifier_free`` (the null-time wrapper, :class:`~.classifier_free.NagConfig` with the NAG
+  addition, the model patch), ``null_sources`` (the null branch: learned, or from an estimator),
+  ``classifier_guided`` (the estimator patch), ``guider`` (a CFGGuider);
 * ``model_info`` (what is read off a ComfyUI model, estimator checks), ``windows`` (guidance windows),
   ``folders`` (the ``noise_estimators`` model folder, registered by the pack's entry point before it
   imports the nodes).

@@ -1,11 +1,12 @@
 """Classifier-free NAG as a model patch, built only on ComfyUI's composable hook points.
 
-* ``APPLY_MODEL`` wrapper (:func:`null_apply_model`): rows of the chunks flagged in
-  ``transformer_options[NULL_FLAG]`` get the null timestep, by a scoped override of
-  ``model_sampling.timestep`` (works for every BaseModel, SD3's MMDiT included).  The network output
-  is still converted with the real sigma.
-* ``PREDICT_NOISE`` + ``CALC_COND_BATCH`` wrappers (:class:`NullBranches`): append null copies of cond
-  (and uncond, variant B) to the cond/uncond batch so all branches run in one forward.
+* ``APPLY_MODEL`` wrapper (:func:`null_apply_model`): the rows of each chunk flagged in
+  ``transformer_options[NULL_FLAG]`` get that chunk's network time (a learned null timestep, or the
+  network time of an estimator's level), by a scoped override of ``model_sampling.timestep`` (works for
+  every BaseModel, SD3's MMDiT included).  The network output is still converted with the real sigma.
+* ``PREDICT_NOISE`` + ``CALC_COND_BATCH`` wrappers (:class:`NullBranches`): append the null source's
+  copies of cond (and uncond, variant B) to the cond/uncond batch so all branches run in one forward
+  (null_sources.py: one copy per cond for a learned null branch, K for one from an estimator).
 * ``sampler_post_cfg_function``: adds the NAG correction (:meth:`NagConfig.guided`) to the CFG result;
   falls back to an extra ``calc_cond_batch`` call when nothing was batched (unbatched toggle, or a
   custom guider that does its own batching).
@@ -14,7 +15,6 @@ The guider (guider.py) batches the branches itself and shares the wrapper and th
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +25,10 @@ from ..comfy_nag import guidance, patching
 from ..comfy_nag.scale_profiles import ScaleProfile
 from ..comfy_nag.schedules import logsnr_of
 from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError
+from .null_sources import EstimatorNull, LearnedNull
 from .windows import Window
 
-NULL_FLAG = "noise_awareness_null"  # transformer_options: {"labels": set of chunk labels, "value": null t}
+NULL_FLAG = "noise_awareness_null"  # transformer_options: {chunk label: network time, or [B] level sigmas}
 
 
 @dataclass
@@ -35,7 +36,7 @@ class NagConfig:
     scale: float
     variant: str
     window: Window
-    null_timestep: float
+    null: LearnedNull | EstimatorNull  # where the null branch comes from (null_sources.py)
     batched: bool = True
     profile: ScaleProfile | None = None  # per-level multiplier of ``scale`` (the file's nag.scale_profile)
     space: str = "ve"  # the model's sampling space, to read each sample's log-SNR from its sigma
@@ -48,6 +49,10 @@ class NagConfig:
         s = s.expand(like.shape[0]) if s.numel() == 1 else s
         return (self.scale * self.profile(logsnr_of(self.space, s))).to(like)
 
+    def null_conds(self, cond, uncond) -> list:
+        """The conds whose null branches NAG needs: cond, and uncond too in variant B (when CFG runs)."""
+        return [cond] + ([uncond] if self.variant == "B" and uncond is not None else [])
+
     def guided(self, denoised: torch.Tensor, sigma: torch.Tensor, cfg_scale: float, cond: torch.Tensor,
                uncond: torch.Tensor | None, nulls: list) -> torch.Tensor:
         """The CFG result ``denoised`` plus the NAG correction; ``nulls``: the null-branch predictions,
@@ -57,36 +62,38 @@ class NagConfig:
                                                   uncond if null_u is not None else None, null_u)
 
 
-def flagged(model_options: dict, labels, value: float) -> dict:
-    """``model_options`` whose chunks ``labels`` get the null timestep ``value`` (read by :func:`null_apply_model`)."""
+def flagged(model_options: dict, values: dict) -> dict:
+    """``model_options`` whose chunks get their null values ``{label: value}`` (read by :func:`null_apply_model`)."""
     mo = model_options.copy()
     to = dict(mo.get("transformer_options", {}))
-    to[NULL_FLAG] = {"labels": frozenset(labels), "value": float(value)}
+    to[NULL_FLAG] = dict(values)
     mo["transformer_options"] = to
     return mo
 
 
-def null_copy(cond):
-    """Copy of a converted cond list with fresh uuids (caches keyed on uuids must not mix branches)."""
-    return [dict(c, uuid=uuid.uuid4()) if isinstance(c, dict) and "uuid" in c else c for c in cond]
+def _net_time(value, rows: torch.Tensor, timestep) -> torch.Tensor:
+    """A flagged chunk's network time for its ``rows``: the constant ``value``, or ``timestep`` of its [B] sigmas."""
+    if isinstance(value, torch.Tensor):
+        return timestep(value.to(rows.device)).to(rows).reshape(rows.shape)
+    return torch.full_like(rows, value)
 
 
 def null_apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
-    """APPLY_MODEL wrapper: the flagged chunks' rows receive the null network timestep."""
+    """APPLY_MODEL wrapper: the rows of each flagged chunk receive that chunk's null network time."""
     flag = transformer_options.get(NULL_FLAG)
     if not flag:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
     labels = list(transformer_options.get("cond_or_uncond") or [0])
-    rows = x.shape[0] // len(labels)
-    mask = torch.tensor([lab in flag["labels"] for lab in labels], device=x.device).repeat_interleave(rows)
     ms = executor.class_obj.model_sampling
     own = "timestep" in ms.__dict__
     orig = ms.timestep
 
     def timestep(sigma, *a, **k):
         tt = orig(sigma, *a, **k)
-        m = mask.to(tt.device).reshape((-1,) + (1,) * (tt.dim() - 1))
-        return torch.where(m, torch.full_like(tt, flag["value"]), tt)
+        if tt.dim() == 0 or tt.shape[0] != x.shape[0]:
+            return tt  # not this batch's sigmas
+        rows = tt.chunk(len(labels))
+        return torch.cat([_net_time(flag[lab], r, orig) if lab in flag else r for lab, r in zip(labels, rows)])
 
     ms.timestep = timestep
     try:
@@ -98,13 +105,14 @@ def null_apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=No
             del ms.timestep
 
 
-def with_null_timestep(model, cfg: NagConfig):
-    """Clone of ``model`` whose flagged rows get the null timestep, carrying the window for the recorder."""
+def with_null_times(model, cfg: NagConfig):
+    """Clone of ``model`` whose flagged rows get their null network times, carrying the window (for the
+    recorder) and the null source's description."""
     from comfy.patcher_extension import WrappersMP
 
     m = model.clone()
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, null_apply_model)
-    m.set_attachments(ATTACH_CONFIG, {"window": cfg.window, "null_timestep": cfg.null_timestep})
+    m.set_attachments(ATTACH_CONFIG, {"window": cfg.window, **cfg.null.describe()})
     return m
 
 
@@ -126,23 +134,20 @@ class NullBranches:
         if not self.pending or len(conds) != 2 or conds[0] is None:
             return executor(model, conds, x_in, timestep, model_options)
         self.pending = False
-        extra = [null_copy(conds[0])]
-        if self.cfg.variant == "B" and conds[1] is not None:
-            extra.append(null_copy(conds[1]))
-        mo = flagged(model_options, range(2, 2 + len(extra)), self.cfg.null_timestep)
-        out = executor(model, list(conds) + extra, x_in, timestep, mo)
-        self.stash = out[2:]
+        step = self.cfg.null.prepare(model, x_in, timestep)
+        extra = step.copies(self.cfg.null_conds(conds[0], conds[1]))
+        out = executor(model, list(conds) + extra, x_in, timestep, flagged(model_options, step.labels(2, len(extra))))
+        self.stash = step.collect(out[2:])
         return out[:2]
 
     def null_predictions(self, args) -> list:
         stash, self.stash = self.stash, None
         if stash is not None:
             return stash
-        conds = [args["cond"]]
-        if self.cfg.variant == "B" and args["uncond"] is not None:
-            conds.append(args["uncond"])
-        mo = flagged(args["model_options"], range(len(conds)), self.cfg.null_timestep)
-        return comfy.samplers.calc_cond_batch(args["model"], [null_copy(c) for c in conds], args["input"], args["sigma"], mo)
+        step = self.cfg.null.prepare(args["model"], args["input"], args["sigma"])
+        extra = step.copies(self.cfg.null_conds(args["cond"], args["uncond"]))
+        mo = flagged(args["model_options"], step.labels(0, len(extra)))
+        return step.collect(comfy.samplers.calc_cond_batch(args["model"], extra, args["input"], args["sigma"], mo))
 
     def post_cfg(self, args):
         denoised = args["denoised"]
@@ -160,7 +165,7 @@ def patch_classifier_free(model, cfg: NagConfig):
     if cfg.batched and not hasattr(WrappersMP, "PREDICT_NOISE"):
         raise NoiseAwarenessError("batching the null branch needs ComfyUI 0.3.52 or newer (its PREDICT_NOISE wrapper): "
                                   "update ComfyUI, or turn 'batched' off")
-    m = with_null_timestep(model, cfg)
+    m = with_null_times(model, cfg)
     state = NullBranches(cfg)
     if cfg.batched:
         m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, KEY, state.predict_noise)

@@ -1,8 +1,8 @@
 """``NagGuider``: a CFGGuider that runs classifier-free NAG with explicit branch batching.
 
 For SamplerCustomAdvanced.  Same math as the classifier-free model patch (classifier_free.py): the
-CFG result plus :meth:`NagConfig.guided`; the null rows get the null timestep through the same
-APPLY_MODEL wrapper.
+CFG result plus :meth:`NagConfig.guided`; the null source (null_sources.py) gives the null copies and
+mixes their outputs, and their rows get their network times through the same APPLY_MODEL wrapper.
 Mirrors ``comfy.samplers.sampling_function``, so other packs' ``sampler_calc_cond_batch_function``
 (cond/uncond only: the null rows never go through it), pre-CFG and post-CFG functions still run.
 """
@@ -14,7 +14,8 @@ import comfy.samplers
 import torch
 
 from ..comfy_nag import patching
-from .classifier_free import NagConfig, flagged, null_copy, with_null_timestep
+from .classifier_free import NagConfig, flagged, with_null_times
+from .null_sources import NullStep
 
 BATCHING = ["one forward", "cond+uncond, then null", "each branch separately"]
 
@@ -25,37 +26,38 @@ class NagGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, cfg: NagConfig, batching: str):
         if batching not in BATCHING:
             raise ValueError(f"unknown batching {batching!r}; expected one of {', '.join(BATCHING)}")
-        super().__init__(with_null_timestep(model_patcher, cfg))
+        super().__init__(with_null_times(model_patcher, cfg))
         self.nag, self.batching = cfg, batching
 
-    def _calc(self, conds, x, sigma, mo, null_from=None):
-        """``calc_cond_batch`` over ``conds``; chunks from index ``null_from`` on are null branches."""
-        if null_from is not None:
-            mo = flagged(mo, range(null_from, len(conds)), self.nag.null_timestep)
+    def _calc(self, conds, x, sigma, mo, null_values=None):
+        """``calc_cond_batch`` over ``conds``; ``null_values``: ``{chunk label: null value}`` of the null copies."""
+        if null_values:
+            mo = flagged(mo, null_values)
         return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, sigma, mo)
 
-    def branches(self, conds, nulls, x, sigma, mo) -> tuple[list, list]:
-        """Predictions of ``[cond, uncond]`` and of the null branches, batched as configured."""
-        nulls = [null_copy(c) for c in nulls]
+    def branches(self, conds, copies, step: NullStep | None, x, sigma, mo) -> tuple[list, list]:
+        """Predictions of ``[cond, uncond]`` and of the null copies ``copies`` (of ``step``), batched as configured."""
+        n = len(copies)
         hook = mo.get("sampler_calc_cond_batch_function")
         if hook is not None:
             main = hook({"conds": conds, "input": x, "sigma": sigma, "model": self.inner_model, "model_options": mo})
-            return main, self._calc(nulls, x, sigma, mo, 0) if nulls else []
+            return main, self._calc(copies, x, sigma, mo, step.labels(0, n)) if n else []
         if self.batching == "one forward":
-            out = self._calc(conds + nulls, x, sigma, mo, len(conds) if nulls else None)
+            out = self._calc(conds + copies, x, sigma, mo, step.labels(len(conds), n) if n else None)
             return out[:2], out[2:]
         if self.batching == "cond+uncond, then null":
-            return self._calc(conds, x, sigma, mo), self._calc(nulls, x, sigma, mo, 0) if nulls else []
+            return self._calc(conds, x, sigma, mo), self._calc(copies, x, sigma, mo, step.labels(0, n)) if n else []
         main = [self._calc([c], x, sigma, mo)[0] if c is not None else torch.zeros_like(x) for c in conds]
-        return main, [self._calc([n], x, sigma, mo, 0)[0] for n in nulls]
+        return main, [self._calc([c], x, sigma, mo, step.labels(0, 1, j))[0] for j, c in enumerate(copies)]
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         pos, neg = self.conds.get("positive"), self.conds.get("negative")
         cfg1 = math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False)
         uncond = None if cfg1 else neg
         on = self.nag.scale != 0 and self.nag.window.active(timestep, model_options)
-        nulls = ([pos] + ([uncond] if self.nag.variant == "B" and uncond is not None else [])) if on else []
-        main, null_out = self.branches([pos, uncond], nulls, x, timestep, model_options)
+        step = self.nag.null.prepare(self.inner_model, x, timestep) if on else None
+        copies = step.copies(self.nag.null_conds(pos, uncond)) if on else []
+        main, null_out = self.branches([pos, uncond], copies, step, x, timestep, model_options)
         for fn in model_options.get("sampler_pre_cfg_function", []):
             main = fn({"conds": [pos, uncond], "conds_out": main, "cond_scale": self.cfg, "timestep": timestep, "input": x,
                        "sigma": timestep, "model": self.inner_model, "model_options": model_options})
@@ -64,4 +66,4 @@ class NagGuider(comfy.samplers.CFGGuider):
         if not on:
             return res
         patching.check_finite(x, "Noise Awareness Guider")
-        return self.nag.guided(res, timestep, self.cfg, main[0], main[1], null_out)
+        return self.nag.guided(res, timestep, self.cfg, main[0], main[1], step.collect(null_out))

@@ -14,7 +14,7 @@ from ..comfy_nag import metadata as nag_metadata
 
 KEY = "noise_awareness_guidance"  # key of the pack's wrappers
 ATTACH_META = "noise_awareness_metadata"  # model attachment: the file's nag.* metadata
-ATTACH_CONFIG = "noise_awareness_config"  # model attachment: the active guidance window (for the recorder)
+ATTACH_CONFIG = "noise_awareness_config"  # model attachment: the active guidance window (for the recorder), null branch
 SPACE_KINDS = {"ve": "SD1.x/SDXL-style (discrete/EDM)", "flow": "flow (SD3/Flux-style)"}
 
 
@@ -56,15 +56,22 @@ def net_scale(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
     return model_sampling.calculate_input(s, torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)).reshape(-1)
 
 
+def estimator_family(meta: dict) -> families.Family | None:
+    """The family an estimator file names (``nag.family``, family registry); None when it names none or one
+    comfy-nag does not know."""
+    try:
+        return families.family(meta["nag.family"]) if meta.get("nag.family") else None
+    except ValueError:
+        return None
+
+
 def estimator_latent_format(meta: dict) -> str | None:
     """The latent format an estimator file was trained on: ``nag.latent_format``, else its ``nag.family``'s
     (family registry); None when the file says neither (or names a family comfy-nag does not know)."""
     if meta.get("nag.latent_format"):
         return meta["nag.latent_format"]
-    try:
-        return families.family(meta["nag.family"]).latent_format if meta.get("nag.family") else None
-    except ValueError:
-        return None
+    fam = estimator_family(meta)
+    return fam.latent_format if fam is not None else None
 
 
 def _families(fmt: str) -> str:

@@ -207,6 +207,7 @@ def make_model_tree(root: Path) -> Path:
     save_tiny_taesd(m / "vae" / "tiny_taesd.safetensors")
     sd = {k: v.contiguous() for k, v in tiny_sd3_model(0).state_dict_for_saving().items()}
     sd.update({f"first_stage_model.{k}": v.contiguous() for k, v in comfy.utils.load_torch_file(str(m / "vae" / "tiny_taesd.safetensors")).items()})
+    comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3.safetensors"))  # a stock checkpoint: no metadata
     meta = nag_metadata("checkpoint", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, dropout_rate=0.1)
     comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3_nag.safetensors"), metadata=meta)
     comfy.utils.save_torch_file({k: v for k, v in sd.items() if k.startswith("model.")},

@@ -90,8 +90,16 @@ def test_template_browser_shows_every_workflow_with_thumbnail_and_title(front):
     dialog.wait_for(timeout=30_000)
     dialog.get_by_text(PACK, exact=True).first.click()
     page.wait_for_timeout(1500)
-    cards = page.evaluate("""() => Array.from(document.querySelectorAll('.p-dialog [data-testid^="template-workflow-"]'))
-        .map(c => ({text: c.innerText, imgs: Array.from(c.querySelectorAll('img')).map(i => ({src: i.src, w: i.naturalWidth}))}))""")
+    listed = page.locator('.p-dialog [data-testid^="template-workflow-"]')
+    cards = []
+    for i in range(listed.count()):  # a card loads its thumbnail only while in view: read each one there
+        card = listed.nth(i)
+        card.scroll_into_view_if_needed()
+        card.evaluate("(c) => new Promise(done => { const t0 = Date.now(); (function poll() { "
+                      "const ok = Array.from(c.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 0); "
+                      "if (ok || Date.now() - t0 > 10000) done(); else setTimeout(poll, 100); })(); })")
+        cards.append(card.evaluate("(c) => ({text: c.innerText, imgs: Array.from(c.querySelectorAll('img'))"
+                                   ".map(i => ({src: i.src, w: i.naturalWidth}))})"))
     assert len(cards) == len(names), cards
     for name in names:
         card = [c for c in cards if name in c["text"]]
@@ -99,6 +107,8 @@ def test_template_browser_shows_every_workflow_with_thumbnail_and_title(front):
         assert any(i["w"] > 0 for i in card[0]["imgs"]), (name, card[0]["imgs"])  # the thumbnail was decoded
         status = page.evaluate("(u) => fetch(u).then(r => r.status)", f"/api/workflow_templates/{PACK}/{name}.jpg")
         assert status == 200, (name, status)
+    listed.first.scroll_into_view_if_needed()  # the screenshot shows the list from its top
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(PACK_ROOT / SCREENSHOT_DIR / "template_browser.png"))
     first = WORKFLOWS[0]
     front.errors.clear()

@@ -60,9 +60,10 @@ def sample(model, fam, cfg=3.0, seed=0, steps=STEPS, sampler="euler"):
 
 
 def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source="auto", null=-1000.0, batched=True,
-       rule="constant"):
+       rule="constant", **null_branch):
+    """The classifier-free node; ``null_branch``: its optional null_branch/estimator/levels inputs."""
     return guidance_nodes.NoiseAwarenessClassifierFree.execute(model, scale, variant, unit, start, end, source, null, batched,
-                                                               rule).result[0]
+                                                               rule, **null_branch).result[0]
 
 
 def expected_null(model):
@@ -444,3 +445,207 @@ def test_controlnet_gives_null_rows_the_cond_rows_residuals(models):
         assert t.shape[0] == 2 and (t > 0).all() and t[0] == t[1]
         residuals = [r for group in out.values() for r in group if r is not None]
         assert residuals and all(torch.equal(r[0], r[1]) for r in residuals)
+
+
+# --- classifier-free NAG on any checkpoint: the null branch from a noise-level estimator -----------------------
+FROM_ESTIMATOR = "from estimator"
+EST_CHANNELS = {"eps": 4, "v": 4, "sd3": 16}
+
+
+@pytest.fixture(scope="module")
+def estimators(tmp_path_factory):
+    """Small real estimators, saved with their schedule and family and loaded as the loader node does."""
+    from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+    from comfy_nag_pack_under_test.comfy_nag.schedules import DiscreteVP, Flow
+
+    d = tmp_path_factory.mktemp("estimators")
+    out = {}
+    for name, channels, schedule, family in (("ve", 4, DiscreteVP(), "sd1"), ("flow", 16, Flow(shift=3.0), "sd3")):
+        torch.manual_seed(channels)
+        NoiseLevelEstimator((channels, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
+            d / f"{name}.safetensors", schedule, {"nag.family": family})
+        with torch.inference_mode(False):
+            est, meta = NoiseLevelEstimator.load(d / f"{name}.safetensors")
+        out[name] = (est.eval().requires_grad_(False), meta)
+    return out
+
+
+def estimator_for(estimators, fam):
+    return estimators["flow" if fam == "sd3" else "ve"]
+
+
+class Reads:
+    """Counts the estimator's forwards."""
+
+    def __init__(self, estimator):
+        self.n = 0
+        self.h = estimator.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.h.remove()
+
+
+def at_level(model, cond, x, sigma, level_sigma, model_options):
+    """The conditional x0 at the network time of ``level_sigma`` [B], converted with the nominal ``sigma``: one
+    direct ``calc_cond_batch`` call, with ComfyUI's own ``model_sampling.timestep`` of the level (scoped override)."""
+    import comfy.samplers
+
+    ms = model.model_sampling
+    own, orig = "timestep" in ms.__dict__, ms.timestep
+    ms.timestep = lambda s, *a, **k: orig(level_sigma.to(s.device), *a, **k)
+    try:
+        return comfy.samplers.calc_cond_batch(model, [cond], x, sigma, model_options)[0]
+    finally:
+        if own:
+            ms.timestep = orig
+        else:
+            del ms.timestep
+
+
+def reference_nag(model, estimator, scale, levels):
+    """Classifier-free NAG (variant A) from the estimator, by another route: the plain model with a post-CFG
+    function that reads the estimator on ComfyUI's network input, takes the levels (K = 1: the posterior mean
+    under the training prior, by hand) and calls the conditional branch at each level directly."""
+    from comfy_nag_pack_under_test.comfy_nag import metadata
+    from comfy_nag_pack_under_test.comfy_nag.estimators import training_log_prior
+    from comfy_nag_pack_under_test.comfy_nag.posterior_null import null_levels
+
+    est, meta = estimator
+    prior = training_log_prior(metadata.schedule(meta), est.bins)
+    flow = model_info.sampling_info(model)[2] == "flow"
+
+    def post_cfg(args):
+        x, sigma, bm = args["input"], args["sigma"], args["model"]
+        x_net = bm.model_sampling.calculate_input(sigma, x)
+        if levels == 1:
+            probs = torch.softmax(est(x_net) + prior, 1)
+            lam, weight = (probs @ est.bins.centers())[:, None], torch.ones(x.shape[0], 1)
+        else:
+            lv = null_levels(est, x_net, levels, prior)
+            lam, weight = lv.logsnr, lv.weight
+        sig = torch.sigmoid(-lam / 2) if flow else torch.exp(-lam / 2)
+        null = sum(weight[:, i].reshape(-1, 1, 1, 1) * at_level(bm, args["cond"], x, sigma, sig[:, i], args["model_options"])
+                   for i in range(lam.shape[1]))
+        return args["denoised"] + scale * (args["cond_denoised"] - null)
+
+    m = model.clone()
+    m.set_model_sampler_post_cfg_function(post_cfg)
+    return m
+
+
+@pytest.mark.parametrize("fam", ["eps", "sd3"])
+def test_from_estimator_scale_zero_is_the_plain_model_and_never_reads_it(models, estimators, fam):
+    m, est = models[fam], estimator_for(estimators, fam)
+    base = sample(m, fam)
+    with Reads(est[0]) as reads, Spy(m) as spy:
+        patched = cf(m, 0.0, null_branch=FROM_ESTIMATOR, estimator=est, levels=3)
+        out = sample(patched, fam)
+    assert patched is m and torch.equal(out, base)
+    assert reads.n == 0 and len(spy.calls) == STEPS and all(t.shape[0] == 2 for t, _ in spy.calls)
+
+
+@pytest.mark.parametrize("fam, levels", [("eps", 1), ("v", 1), ("sd3", 1), ("eps", 3), ("sd3", 3)])
+def test_from_estimator_equals_direct_calls_at_the_levels(models, estimators, fam, levels):
+    """K = 1: CFG + w (cond - null), null = the conditional x0 at the posterior-mean level; K = 3: the weighted
+    mixture of the conditional x0 at the three Gauss-Hermite levels; each level a separate direct ComfyUI call."""
+    m, est = models[fam], estimator_for(estimators, fam)
+    got = sample(cf(m, 10.0, null_branch=FROM_ESTIMATOR, estimator=est, levels=levels), fam)
+    want = sample(reference_nag(m, est, 10.0, levels), fam)
+    err = float((got - want).abs().max())
+    assert err <= 1e-6 * float(want.abs().max()) + 1e-5, err  # float error of the sampled values' size
+    others = {"plain": m, "learned null": cf(m, 10.0),  # the tiny models barely feel the timestep: compare to err
+              "other K": cf(m, 10.0, null_branch=FROM_ESTIMATOR, estimator=est, levels=levels + 1)}
+    for name, other in others.items():
+        assert float((got - sample(other, fam)).abs().max()) > 20 * err, name
+
+
+def guider_sample(m, fam, mode, variant="A", **null_branch):
+    import comfy.samplers
+
+    latent = torch.zeros(SHAPES[fam])
+    sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
+    g = guidance_nodes.NoiseAwarenessCFGuider.execute(m, conditioning(COND[fam], 1), conditioning(COND[fam], 2), 3.0, 10.0,
+                                                      variant, "percent", 0.0, 1.0, "auto", 0.0, mode, "constant",
+                                                      **null_branch).result[0]
+    with torch.inference_mode():
+        return g.sample(comfy.sample.prepare_noise(latent, 0), latent, comfy.samplers.sampler_object("euler"), sigmas,
+                        seed=0, disable_pbar=True)
+
+
+@pytest.mark.parametrize("fam", ["eps", "sd3"])
+@pytest.mark.parametrize("variant", ["A", "B"])
+def test_from_estimator_batched_unbatched_and_guider_agree(models, estimators, fam, variant):
+    m = models[fam]
+    nb = {"null_branch": FROM_ESTIMATOR, "estimator": estimator_for(estimators, fam), "levels": 2}
+    ref = sample(cf(m, 10.0, variant, **nb), fam)
+    outs = {"unbatched": sample(cf(m, 10.0, variant, batched=False, **nb), fam)}
+    outs.update({mode: guider_sample(m, fam, mode, variant, **nb) for mode in guidance_nodes.BATCHING})
+    err = max(float((out - ref).abs().max()) for out in outs.values())
+    assert err <= 1e-6 * float(ref.abs().max()) + 1e-5, {name: (out - ref).abs().max() for name, out in outs.items()}
+    other = sample(cf(m, 10.0, "A" if variant == "B" else "B", **nb), fam)
+    assert float((ref - other).abs().max()) > 20 * err  # the variants differ, far beyond float error
+
+
+def test_from_estimator_costs_k_cond_rows_per_step_inside_the_window(models, estimators):
+    """K levels = K extra conditional chunks per step, only inside the window (and the estimator is read only
+    there); each at its level's network time, never the learned null timestep nor the nominal one."""
+    m, est = models["eps"], estimators["ve"]
+    ms = m.get_model_object("model_sampling")
+    for levels, variant, extra in ((1, "A", 1), (3, "A", 3), (2, "B", 4)):
+        patched = cf(m, 1.0, variant, start=0.5, end=1.0, null_branch=FROM_ESTIMATOR, estimator=est, levels=levels)
+        with Reads(est[0]) as reads, Spy(m) as spy:
+            sample(patched, "eps")
+        assert [len(lab) for _, lab in spy.calls] == [2, 2, 2 + extra, 2 + extra], (levels, variant)
+        assert reads.n == 2
+        for t, labels in spy.calls[2:]:
+            nominal = t[labels.index(0)]
+            assert t[labels.index(1)] == nominal and all(t[labels.index(j)] != nominal for j in range(2, 2 + extra))
+            assert not (t == -1000.0).any()
+    with Reads(est[0]) as reads, Spy(m) as spy:
+        sample(cf(m, 1.0, batched=False, null_branch=FROM_ESTIMATOR, estimator=est), "eps")
+    assert len(spy.calls) == 2 * STEPS and [t.shape[0] for t, _ in spy.calls[1::2]] == [1] * STEPS and reads.n == STEPS
+    assert float(ms.timestep(ms.sigma_max)) > 0
+
+
+def test_from_estimator_on_the_ksampler_node(models, estimators):
+    m, est = models["eps"], estimators["ve"]
+    nb = {"null_branch": FROM_ESTIMATOR, "estimator": est, "levels": 2}
+    latent = {"samples": torch.zeros(SHAPES["eps"])}
+    with torch.inference_mode():
+        one = guidance_nodes.NoiseAwarenessKSampler.execute(
+            m, 0, STEPS, 3.0, "euler", "simple", conditioning("unet", 1), conditioning("unet", 2), latent, 1.0,
+            1.5, "A", "percent", 0.0, 1.0, "auto", -1000.0, "constant", **nb).result[0]["samples"]
+    assert torch.equal(one, plain_ksampler(cf(m, 1.5, **nb)))
+
+
+def test_from_estimator_errors_and_log_lines(models, estimators, tmp_path, caplog):
+    """No estimator, a mismatched one, levels out of range: one clear line; no 'no metadata' warning (the
+    null timestep is not used); an estimator file without schedule or family: a uniform prior, said once."""
+    import logging
+
+    from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+
+    m = models["sd3"]
+    with pytest.raises(ValueError, match="^Noise Awareness: null_branch 'from estimator' needs a noise-level estimator: "
+                                         "connect a 'Load Noise-Level Estimator'"):
+        cf(m, 1.0, null_branch=FROM_ESTIMATOR)
+    with pytest.raises(ValueError, match="^Noise Awareness: the noise-level estimator was trained on SD15 latents .* but "
+                                         "this model uses SD3 latents"):
+        cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=estimators["ve"])
+    with pytest.raises(ValueError, match="levels must be 1..7, got 0"):
+        cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=estimators["flow"], levels=0)
+    with caplog.at_level(logging.INFO, logger="comfy-nag"):
+        cf(m, 1.0, source="metadata", null_branch=FROM_ESTIMATOR, estimator=estimators["flow"])
+        assert not caplog.records
+        NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(tmp_path / "bare.safetensors")
+        bare = NoiseLevelEstimator.load(tmp_path / "bare.safetensors")
+        out = sample(cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=bare), "sd3")
+    assert torch.isfinite(out).all()
+    assert [r.getMessage() for r in caplog.records if "uniform prior" in r.getMessage()] == [
+        "Noise Awareness Guidance: the noise-level estimator's file declares no schedule (nag.schedule) or family "
+        "(nag.family); the null branch from it uses a uniform prior over levels"]
+    assert cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=estimators["flow"], levels=3).get_attachment(
+        model_info.ATTACH_CONFIG)["null_levels"] == 3

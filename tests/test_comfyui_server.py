@@ -31,6 +31,8 @@ TINY = {"sd15": {"ckpt_name": "tiny_sd15_nag.safetensors", "estimator_name": "ti
         "sd3": {"ckpt_name": "tiny_sd3_nag.safetensors", "unet_name": "tiny_sd3_nag.safetensors",
                 "estimator_name": "tiny_flow_estimator.safetensors", "dim": 64, "pooled_dim": 32}}
 SMALL = {"width": 64, "height": 64, "steps": 3}
+STOCK = {"sd15": "tiny_sd15.safetensors", "sd3": "tiny_sd3.safetensors"}  # no comfy-nag metadata: for the stock loader
+NULL_BRANCH_INPUTS = ["null_branch", "estimator", "levels"]
 
 
 def family(ui: dict) -> str:
@@ -46,6 +48,8 @@ def tiny(fam):
             return "NoiseAwarenessTestConditioning", {"seed": len(inputs["text"]), "tokens": 8, "dim": sub["dim"],
                                                       "pooled_dim": sub["pooled_dim"]}
         out = {k: sub.get(k, v) if not isinstance(v, list) else v for k, v in inputs.items()}
+        if node_type == "CheckpointLoaderSimple":
+            out["ckpt_name"] = STOCK[fam]
         if "batch_size" in out:
             out["batch_size"] = min(out["batch_size"], 2)
         return node_type, out
@@ -91,6 +95,10 @@ def test_names_categories_and_tooltips(object_info):
             for name, spec in info["input"].get(group, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{nid}.{name} has no tooltip"
     assert object_info["NoiseAwarenessKSampler"]["display_name"] == "KSampler (Noise Awareness)"
+    for nid in ("NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessKSampler", "NoiseAwarenessGuider"):
+        # appended last and optional: workflows and prompts made before them still validate
+        assert object_info[nid]["input_order"]["optional"][-3:] == NULL_BRANCH_INPUTS, nid
+        assert not set(NULL_BRANCH_INPUTS) & set(object_info[nid]["input_order"]["required"]), nid
 
 
 def test_requirements_never_touch_torch():
@@ -197,3 +205,40 @@ def test_ksampler_node_matches_patch_plus_ksampler_over_the_server(server):
     assert latents[False, 1.0].equal(latents[True, 1.0])  # one node == classifier-free node + KSampler
     assert latents[False, 0.0].equal(latents[True, 0.0])  # scale 0 == the plain KSampler
     assert not latents[False, 1.0].equal(latents[False, 0.0])
+
+
+def _stock_prompt(nag: dict, prefix: str) -> dict:
+    """A stock SD1.5-style checkpoint (no comfy-nag metadata), the classifier-free node with ``nag`` and a KSampler."""
+    cond = {"tokens": 8, "dim": 768, "pooled_dim": 0}
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+            "2": {"class_type": "NoiseAwarenessEstimatorLoader", "inputs": {"estimator_name": "tiny_sd15_estimator.safetensors"}},
+            "3": {"class_type": "NoiseAwarenessTestConditioning", "inputs": {"seed": 1, **cond}},
+            "4": {"class_type": "NoiseAwarenessTestConditioning", "inputs": {"seed": 2, **cond}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "6": {"class_type": "NoiseAwarenessGuidanceClassifierFree",
+                  "inputs": {"model": ["1", 0], "scale": 1.0, "variant": "A", "window_unit": "percent", "start": 0.0, "end": 1.0,
+                             "null_timestep_source": "metadata", "null_timestep": 0.0, "batched": True, **nag}},
+            "7": {"class_type": "KSampler", "inputs": {"model": ["6", 0], "seed": 7, "steps": 3, "cfg": 4.0, "sampler_name": "euler",
+                                                        "scheduler": "normal", "positive": ["3", 0], "negative": ["4", 0],
+                                                        "latent_image": ["5", 0], "denoise": 1.0}},
+            "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": prefix}}}
+
+
+def test_classifier_free_from_an_estimator_on_a_stock_checkpoint(server):
+    """null_branch 'from estimator' runs on a checkpoint without comfy-nag metadata (the null timestep source
+    'metadata' is ignored); without an estimator it says what to connect; a prompt without the new inputs
+    (made before they existed) still validates and runs its learned null branch."""
+    nag = {"null_branch": "from estimator", "estimator": ["2", 0], "levels": 2}
+    log = server.root / "server.log"
+    warned = log.read_text().count("carries no comfy-nag metadata")
+    h = server.run(_stock_prompt(nag, "stock_estimator"))
+    assert h["status"]["status_str"] == "success", h["status"]
+    assert h["outputs"]["9"]["latents"]
+    assert log.read_text().count("carries no comfy-nag metadata") == warned  # the null timestep is not used
+    msg = _error_of(server, _stock_prompt({"null_branch": "from estimator"}, "stock_missing"))
+    assert "needs a noise-level estimator: connect a 'Load Noise-Level Estimator'" in msg and "Traceback" not in msg
+    old = _stock_prompt({}, "stock_old")
+    old["6"]["inputs"]["null_timestep_source"] = "auto"
+    h = server.run(old)
+    assert h["status"]["status_str"] == "success", h["status"]
+    assert log.read_text().count("carries no comfy-nag metadata") > warned  # its learned null branch: the default one

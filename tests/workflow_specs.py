@@ -16,6 +16,12 @@ Scale 0 = the plain model, bit for bit. 'batched' runs the null branch in the sa
 scale_rule: constant (default); 'per level (from file)' multiplies the scale by the per-noise-level profile the trainer writes when the fine-tune runs with monitor.estimator."""
 NOTE_CG = """Noise Awareness Guidance, classifier-guided: works on ANY unmodified checkpoint, using a small noise-level estimator (models/noise_estimators, trained with `python -m training estimator` for this latent space).
 Starting values: scale 0.5 (0.2-2), window signal 0.5 -> 1 (the default). The estimator must match the model's latent channels (4 for SD1.5/SDXL, 16 for SD3/Flux) and family; a mismatch is reported clearly."""
+NOTE_CF_ESTIMATOR = """Classifier-free Noise Awareness Guidance on ANY stock checkpoint: null_branch = from estimator. The null branch is the model itself at the noise levels a small noise-level estimator reads from the state (models/noise_estimators, trained with `python -m training estimator` for this latent space; the same file serves the classifier-guided node). No fine-tuning; the null timestep inputs are ignored.
+levels: model evaluations per step inside the window for the null branch: 1 = at the estimator's mean level, the cost of a learned null branch; 2-7 = that many levels.
+Starting values: scale 1.0 (try 0.5-2), variant A, levels 1, window signal 0.5 -> 1 (the default), cfg as usual. Scale 0 = the plain model, bit for bit."""
+NOTE_CF_ESTIMATOR_FLOW = """Classifier-free Noise Awareness Guidance on ANY stock SD3/SD3.5 or Flux checkpoint: null_branch = from estimator, with the estimator trained for the model's latents (SD3 and Flux latents differ: one estimator each; a mismatch is reported in one line).
+levels 1 = one extra model evaluation per step inside the window; 2-7 = that many.
+Starting values: scale 1.0, levels 1, cfg 4-5 for SD3. Flux-dev: load its checkpoint and the Flux estimator and set cfg 1 (NAG then runs alone beside Flux's own guidance)."""
 NOTE_FLOW = """Flow model (SD3/SD3.5-style) with classifier-free NAG. Null timestep: from the file's metadata, else -1000 (SD3/WAN, network time = sigma*1000) or -1 (Flux).
 Starting values: scale 1.0, cfg 4-5, shift 3."""
 NOTE_GUIDER = """SamplerCustomAdvanced with the Noise Awareness Guider: CFG + classifier-free NAG with explicit batching.
@@ -84,6 +90,22 @@ SPECS = {
         {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2, "links": {"model": (5, 0)}},
         _ksampler((6, 0), 3, cfg=4.5, steps=28),
         *_decode_save(7, 4, "noise_awareness")],
+    "Classifier-free with an estimator - any SD1.5 or SDXL checkpoint": [
+        {"id": 1, "type": "CheckpointLoaderSimple", "col": 0, "widgets": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": "sdxl_noise_estimator.safetensors"}},
+        _note(NOTE_CF_ESTIMATOR, height=240), *PROMPTS, _latent(size=1024),
+        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2,
+         "widgets": {"null_branch": "from estimator", "levels": 1}, "links": {"model": (1, 0), "estimator": (5, 0)}},
+        _ksampler((6, 0), 2),
+        *_decode_save(7, 3, "noise_awareness")],
+    "Classifier-free with an estimator - any SD3 or Flux checkpoint": [
+        {"id": 1, "type": "CheckpointLoaderSimple", "col": 0, "widgets": {"ckpt_name": "sd3.5_medium.safetensors"}},
+        {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": "sd3_noise_estimator.safetensors"}},
+        _note(NOTE_CF_ESTIMATOR_FLOW, height=190), *PROMPTS, _latent("EmptySD3LatentImage", 1024),
+        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2,
+         "widgets": {"null_branch": "from estimator", "levels": 1}, "links": {"model": (1, 0), "estimator": (5, 0)}},
+        _ksampler((6, 0), 2, cfg=4.5, steps=28),
+        *_decode_save(7, 3, "noise_awareness")],
     "Guider with SamplerCustomAdvanced": [
         LOADER, _note(NOTE_GUIDER, height=200), *PROMPTS, _latent(),
         {"id": 6, "type": "RandomNoise", "col": 1, "widgets": {"noise_seed": 42}},
