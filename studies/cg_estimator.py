@@ -1,11 +1,18 @@
-"""Which noise-level estimator gives classifier-guided NAG the most of the exact term? (exact testbed)
+"""Which noise-level estimator carries the most of the exact NAG term? (exact testbed)
 
 ``python -m studies estimator --out DIR [--quick] [--seeds 0 1]``.
 
-Each family's denoiser is the demo's (same settings).  Every :data:`VARIANTS` entry trains a
-noise-level estimator that changes one setting of the demo's (:data:`BASE`): training length,
-width, bin resolution, or the output distribution's targets (soft Gaussian labels instead of
-one-hot bins).  For each estimator the study measures
+The estimator drives both classifier-guided NAG (its gradient) and the null branch built from its posterior
+(``comfy_nag.posterior_null``: classifier-free NAG on a network trained without dropout).  Each family's
+denoiser is the demo's (same settings), and the same network trained without noise-condition dropout.
+Every :data:`VARIANTS` entry trains a noise-level estimator that changes one setting of the demo's
+(:data:`BASE`): training length, width, bin resolution, or the output distribution's targets (soft Gaussian
+labels instead of one-hot bins).  For each estimator the study measures
+
+* ``posterior``: the estimator's posterior against the exact one over its bins (``toolkit.estimator_check``);
+* ``est_cos`` / ``est3_cos``: the estimator null branch's ``c - n`` (1 and 3 levels) on the no-dropout network
+  against the exact ``c* - n*``, on-schedule and 0.5 log-SNR noisier states (``studies.terms.measure``), next
+  to its ceilings: the exact posterior over the estimator's bins, and over every training level;
 
 * ``cos`` / ``norm_ratio``: its NAG-CG term ``grad_x log g(lam|x)`` against the exact
   ``grad_x log p(lam|x)`` on forward states at nominal log-SNR :data:`LAMS` (mean cosine, median
@@ -29,7 +36,7 @@ from comfy_nag import estimators
 
 from . import harness, testbed, toolkit
 from .harness import md_table
-from .terms import LAMS, measure
+from .terms import LAMS, late_cos, measure
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,9 @@ class Variant:
 
 
 BASE = Variant("base")
-VARIANTS = (BASE, Variant("steps_x4", steps=6000), Variant("width_256", width=256), Variant("bins_80", bins=80),
-            Variant("soft_targets", target_width=0.5))
+VARIANTS = (BASE, Variant("steps_x4", steps=6000), Variant("steps_x20", steps=30000), Variant("width_256", width=256),
+            Variant("bins_80", bins=80), Variant("soft_targets", target_width=0.5))
+EST_TERMS = ("nag_cf_est", "nag_cf_est3")
 
 
 @dataclass
@@ -135,6 +143,11 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
         gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=seed)
         for name in dcfg.families:
             tr = toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
+            plain = toolkit.train_family(name, gmm, dataclasses.replace(dcfg, t_dropout=0.0), estimator=tr.estimator,
+                                         log=log, stages=stages, progress=progress, tag="no_dropout").net
+            out["fidelity"] += [{"seed": seed, "family": name, "variant": "ceiling", **r} for r in measure(
+                plain, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed, lams=LAMS,
+                terms=("nag_cf_est_exact", "marginal_null"))]
             ev, held = toolkit.make_eval(tr, dcfg, seed), toolkit.make_eval(tr, dcfg, seed + 1000)
             base, exact_runs = {}, {}
             sampling = seed in cfg.sample_seeds
@@ -147,11 +160,13 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
                 est, bins, summ = train_variant(tr, v, seed, stages, log)
                 trv = dataclasses.replace(tr, estimator=est, bins=bins)
                 key = {"seed": seed, "family": name, "variant": v.name}
-                out["training"].append({**key, "changed": v.changed(), "loss": summ["loss"],
-                                        "cross_entropy": cross_entropy(est, tr, cfg.n_states * 4, seed)})
-                for r in measure(tr.net, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed, lams=LAMS,
-                                 offsets=(0.0,), terms=("nag_cg",)):
-                    out["fidelity"].append({**key, "lam": r["lam"], "cos": r["cos"], "norm_ratio": r["norm_ratio"]})
+                out["training"].append({**key, "changed": v.changed(), "loss": summ["loss"], "seconds": summ["seconds"],
+                                        "cross_entropy": cross_entropy(est, tr, cfg.n_states * 4, seed),
+                                        "posterior": toolkit.estimator_check(tr, seed, est, bins)})
+                out["fidelity"] += [{**key, **r} for r in measure(tr.net, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed,
+                                                                  lams=LAMS, offsets=(0.0,), terms=("nag_cg",))]
+                out["fidelity"] += [{**key, **r} for r in measure(plain, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed,
+                                                                  lams=LAMS, terms=EST_TERMS)]
                 for r in sample_variant(trv, dcfg, cfg, ev, held, exact_runs) if sampling else ():
                     b = base[r["sampler"]]
                     out["sampling"].append({**key, **r, "shift_baseline": b["noise_shift"], "quality_baseline": b["quality"]})
@@ -164,7 +179,8 @@ def summary(res: dict) -> list[dict]:
     rows = []
     for t in res["training"]:
         key = {k: t[k] for k in ("seed", "family", "variant")}
-        fid = [r for r in res["fidelity"] if all(r[k] == v for k, v in key.items())]
+        fid = [r for r in res["fidelity"] if all(r[k] == v for k, v in key.items()) and r.get("term", "nag_cg") == "nag_cg"]
+        est = [r for r in res["fidelity"] if all(r[k] == v for k, v in key.items()) and r.get("term") in EST_TERMS]
         smp = [r for r in res["sampling"] if all(r[k] == v for k, v in key.items())]
         shares, dq = [], []
         for sampler in dict.fromkeys(r["sampler"] for r in smp):
@@ -177,33 +193,81 @@ def summary(res: dict) -> list[dict]:
                      "cos_noisy": float(np.mean([r["cos"] for r in fid if r["lam"] < 0])),
                      "cos_late": float(np.mean([r["cos"] for r in fid if r["lam"] >= 0])),
                      "cos_at_6": next((r["cos"] for r in fid if r["lam"] == 6.0), float("nan")),
+                     "posterior_mean_gap": t.get("posterior", {}).get("mean_abs_posterior_mean_gap", float("nan")),
+                     "kl": t.get("posterior", {}).get("mean_kl_exact_to_learned", float("nan")),
+                     "est_cos": late_cos(est, "nag_cf_est"), "est3_cos": late_cos(est, "nag_cf_est3"),
+                     "est_cos_noisier": late_cos(est, "nag_cf_est", 0.5),
                      "scale": smp[0]["scale"] if smp else float("nan"),
                      "share_of_exact_cut": float(np.nanmean(shares)) if shares else float("nan"),
                      "quality_change": float(np.mean(dq)) if dq else float("nan")})
     return rows
 
 
+def ceilings(res: dict) -> list[dict]:
+    """Per seed and family: the estimator null branch's cosine with the exact term with the exact posterior over
+    the estimator's bins (1 level) and over every training level (the network's own ceiling)."""
+    out = []
+    for seed, fam in dict.fromkeys((r["seed"], r["family"]) for r in res["fidelity"] if r["variant"] == "ceiling"):
+        rows = [r for r in res["fidelity"] if (r["seed"], r["family"], r["variant"]) == (seed, fam, "ceiling")]
+        out.append({"seed": seed, "family": fam, "exact_posterior_bins": late_cos(rows, "nag_cf_est_exact"),
+                    "exact_posterior_bins_noisier": late_cos(rows, "nag_cf_est_exact", 0.5),
+                    "all_training_levels": late_cos(rows, "marginal_null"),
+                    "all_training_levels_noisier": late_cos(rows, "marginal_null", 0.5)})
+    return out
+
+
+def headline(res: dict) -> str:
+    """docs/method.md's table: per variant, the estimator null branch's cosine with the exact term (log-SNR >= 0,
+    on-schedule states; one level / three levels), each cell ``seed 0 / seed 1`` per family."""
+    summ = summary(res)
+    seeds = list(dict.fromkeys(r["seed"] for r in summ))
+    fams = list(dict.fromkeys(r["family"] for r in summ))
+    rows = []
+    for v in dict.fromkeys(r["variant"] for r in summ):
+        row = {"variant": f"`{v}`", "changed": next(r["changed"] for r in summ if r["variant"] == v)}
+        for fam in fams:
+            by = {r["seed"]: r for r in summ if r["variant"] == v and r["family"] == fam}
+            for col in ("est_cos", "est3_cos", "cos_late"):
+                row[f"{fam} {col}"] = " / ".join(f"{by[sd][col]:.2f}" if sd in by else "–" for sd in seeds)
+        rows.append(row)
+    cols = ["variant", "changed"] + [f"{f} {c}" for f in fams for c in ("est_cos", "est3_cos", "cos_late")]
+    heads = ["variant", "changed"] + [f"{f}: {h}" for f in fams for h in ("null branch, 1 level", "3 levels", "NAG-CG")]
+    return md_table(rows, cols, heads)
+
+
 def write_report(res: dict) -> str:
     cfg = Config(**res["meta"]["config"])
-    L = ["# Noise-level estimators for classifier-guided NAG (exact testbed)\n",
+    L = ["# Noise-level estimators for NAG: the classifier-guided term and the null branch (exact testbed)\n",
          *([harness.SMOKE_TEST] if cfg.quick else []),
          f"Generated by `python -m studies estimator{' --quick' if cfg.quick else ''} --seeds "
          f"{' '.join(map(str, cfg.seeds))}` in {res['meta']['seconds'] / 60:.1f} min (torch {res['meta']['torch']}). "
          "Every number is in `estimator.json`.\n",
          "Each variant changes one setting of the demo's estimator (width 128, depth 3, 1500 steps at lr 3e-3, 40 log-SNR "
-         "bins, one-hot targets) and is trained for the demo's denoiser of each family. `cos_noisy` / `cos_late`: mean "
-         "cosine between the estimator's NAG-CG term and the exact `grad_x log p(lambda|x)` on on-schedule forward states "
-         f"at nominal log-SNR {', '.join(f'{x:g}' for x in LAMS)} (below / from 0, where NAG acts); `cos_at_6` the last "
+         "bins, one-hot targets) and is trained on the demo's data for each family. `est_cos` / `est3_cos`: mean cosine "
+         "of the estimator null branch's `c - n` (1 / 3 levels, `comfy_nag.posterior_null`) on the demo's network "
+         "trained *without* noise-condition dropout, against the exact `c* - n*`, over nominal log-SNR 0, 2, 4, 6 "
+         "(where NAG acts), on-schedule states; `est_cos_noisier`: states 0.5 log-SNR noisier. `posterior_mean_gap` / "
+         "`kl`: the estimator's posterior against the exact one over its bins on forward states over its whole range "
+         "(mean |posterior-mean gap| in log-SNR, KL(exact || learned)). `cos_noisy` / `cos_late`: the estimator's "
+         "NAG-CG term against the exact `grad_x log p(lambda|x)` on the demo's network's states "
+         f"at nominal log-SNR {', '.join(f'{x:g}' for x in LAMS)} (below / from 0); `cos_at_6` the last "
          "level alone. `share_of_exact_cut`: NAG-CG's late-shift cut as a share of the exact score term's on the same "
          f"network at the same scale (mean over {', '.join(cfg.samplers)}, {cfg.steps} steps, {cfg.n_samples} samples; seeds "
          f"{', '.join(map(str, cfg.sample_seeds))} only); "
          "`quality_change`: class-FD change vs the baseline (negative = better). The scale was tuned on a held-out seed "
          f"from {list(cfg.grid)}.\n",
-         "## Summary\n",
-         md_table(summary(res), ["seed", "family", "variant", "changed", "cross_entropy", "cos_noisy", "cos_late", "cos_at_6",
+         "## The null branch from the estimator: cosine with the exact term\n",
+         f"Cells: seed {' / '.join(map(str, cfg.seeds))}.\n", headline(res),
+         "\nIts ceilings on the same network (the exact posterior in place of the estimator):\n",
+         md_table(ceilings(res), ["seed", "family", "exact_posterior_bins", "exact_posterior_bins_noisier",
+                                  "all_training_levels", "all_training_levels_noisier"]),
+         "\n## Summary\n",
+         md_table(summary(res), ["seed", "family", "variant", "changed", "cross_entropy", "posterior_mean_gap", "kl",
+                                 "est_cos", "est3_cos", "est_cos_noisier", "cos_noisy", "cos_late", "cos_at_6",
                                  "scale", "share_of_exact_cut", "quality_change"]),
          "\n## Fidelity per level\n",
-         md_table(res["fidelity"], ["seed", "family", "variant", "lam", "cos", "norm_ratio"]),
+         md_table([{**r, "term": r.get("term", "nag_cg")} for r in res["fidelity"]],
+                  ["seed", "family", "variant", "term", "offset", "lam", "cos", "norm_ratio"]),
          "\n## Sampling\n",
          md_table(res["sampling"], ["seed", "family", "variant", "sampler", "method", "scale", "shift_baseline", "noise_shift",
                                     "signed_shift", "quality_baseline", "quality"])]

@@ -29,12 +29,18 @@ def test_tiny_study_measures_fidelity_and_sampling_against_the_exact_term(monkey
     cfg = ce.Config(quick=True, seeds=(0,), variants=("base", "soft_targets"), n_states=32, steps=6, n_samples=120,
                     grid=(1.0,))
     res = ce.study(cfg, log=lambda *a: None, progress=False)
-    assert {(r["variant"], r["lam"]) for r in res["fidelity"]} == {(v, lam) for v in cfg.variants for lam in ce.LAMS}
+    fid = {(r["variant"], r["term"], r["offset"], r["lam"]) for r in res["fidelity"]}
+    assert {(v, "nag_cg", 0.0, lam) for v in cfg.variants for lam in ce.LAMS} <= fid
+    assert {(v, t, o, lam) for v in cfg.variants for t in ce.EST_TERMS for o in (0.0, 0.5) for lam in ce.LAMS} <= fid
+    assert {(t, o) for v, t, o, _ in fid if v == "ceiling"} == {(t, o) for t in ("nag_cf_est_exact", "marginal_null")
+                                                                 for o in (0.0, 0.5)}
     assert {(r["variant"], r["method"]) for r in res["sampling"]} == {(v, m) for v in cfg.variants
                                                                       for m in ("nag_cg", "exact_score")}
     rows = ce.summary(res)
     assert [r["variant"] for r in rows] == ["base", "soft_targets"]
     assert all(-1 <= r["cos_late"] <= 1 and r["cross_entropy"] > 0 for r in rows)
+    assert all(-1 <= r["est_cos"] <= 1 and -1 <= r["est3_cos"] <= 1 and r["posterior_mean_gap"] >= 0 for r in rows)
+    assert [c["family"] for c in ce.ceilings(res)] == ["sd1"] and "sd1: null branch, 1 level" in ce.headline(res)
     res["meta"] = {"config": dataclasses.asdict(cfg), "seconds": 1.0, "torch": "x"}
     report = ce.write_report(res)
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sd1 | soft_targets |" in report
