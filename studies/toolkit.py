@@ -221,6 +221,29 @@ def sample_row(tr: Trained, cfg: Config, ev: Eval, method: str, sampler: str, st
     return row(tr.fam.name, tr, method, sampler, steps, res, {k: v for k, v in knobs.items() if k != "nag_profile"})
 
 
+def estimator_check(tr: Trained, seed: int, estimator=None, bins=None) -> dict:
+    """The learned estimator (default ``tr``'s) against the exact posterior over its bins, on network-space forward
+    samples over the whole range (what it is trained on: ``testbed.ExactLevelPosterior``, uniform prior):
+    posterior means (mean |gap|, correlation), KL(exact || learned), cross-entropies of the true bin."""
+    sch = tr.fam.schedule
+    est, bins = estimator or tr.estimator, bins or tr.bins
+    g = torch.Generator().manual_seed(seed + 50)
+    lam = bins.sample(2000, g)
+    x0, _ = tr.gmm.sample(2000, generator=g)
+    xn = estimators.noised(x0, lam, sch, g)
+    with torch.no_grad():
+        exact = torch.softmax(testbed.ExactLevelPosterior(tr.gmm, sch, bins)(xn), 1)
+        learned = est.probs(xn)
+    kl = (exact * (exact.clamp_min(1e-12).log() - learned.clamp_min(1e-12).log())).sum(1)
+    c, idx = bins.centers(), bins.index(lam)
+    return {"mean_abs_posterior_mean_gap": float((exact @ c - learned @ c).abs().mean()),
+            "corr_posterior_means": float(torch.corrcoef(torch.stack([exact @ c, learned @ c]))[0, 1]),
+            "mean_kl_exact_to_learned": float(kl.mean()),
+            "cross_entropy_learned": float(-learned[torch.arange(2000), idx].clamp_min(1e-12).log().mean()),
+            "cross_entropy_exact": float(-exact[torch.arange(2000), idx].clamp_min(1e-12).log().mean()),
+            "bins": bins.describe()}
+
+
 # ---------------------------------------------------------------------------------------------
 # tuning and calibration
 # ---------------------------------------------------------------------------------------------
