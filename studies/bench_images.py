@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from comfy_nag import estimators, shift
+from comfy_nag import estimators, samplers, shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.metadata import file_sha256
 from comfy_nag.families import family as get_family
@@ -73,11 +73,13 @@ class Config:
     steps: tuple = (10, 25)
     n_samples: int = 500
     classifier_steps: int = 600
-    estimator_steps: int = 1500
+    estimator_steps: int = 8000  # the trainer's estimator default (width, depth and steps: docs/method.md §2)
+    estimator_width: int = 64
+    estimator_depth: int = 3
     bins: int = 24
     k: int = 5
     grid: dict = field(default_factory=lambda: {
-        "nag_cf": [0.25, 0.5, 1.0, 2.0], "window": [-99.0, 0.0, 2.0],
+        "nag_cf": [0.25, 0.5, 1.0, 2.0], "window": [-99.0, 0.0, 2.0], "nag_cf_est": [0.25, 0.5, 1.0, 2.0],
         "nag_cg": [0.3, 1.0, 3.0], "eps_scaling": [0.99, 0.995, 1.005], "time_shift": [0.05, 0.1, 0.25],
         "cfg": [1.1, 1.25, 1.5, 2.0], "nag_cf_cfg": [0.25, 0.5, 1.0]})
     tune_steps: int = 10
@@ -89,7 +91,8 @@ class Config:
             return cls(seed=seed)
         return cls(quick=True, seed=seed, pretrain_steps=1500, finetune_steps=150, samplers=("euler", "sde"),
                    steps=(10,), n_samples=400, classifier_steps=300, estimator_steps=400,
-                   grid={"nag_cf": [0.5, 1.0], "window": [-99.0, 0.0], "nag_cg": [1.0], "eps_scaling": [1.005],
+                   grid={"nag_cf": [0.5, 1.0], "window": [-99.0, 0.0], "nag_cf_est": [0.5, 1.0], "nag_cg": [1.0],
+                         "eps_scaling": [1.005],
                          "time_shift": [0.1], "cfg": [1.5], "nag_cf_cfg": [0.5]}, plot_steps=10)
 
 
@@ -252,7 +255,7 @@ def train_level_estimator(cfg: Config, fam, x_train, stages: harness.Stages | No
     sch = fam.schedule
     lo, hi = sch.logsnr_range()
     bins = estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), cfg.bins)
-    est = estimators.NoiseLevelEstimator((1, 8, 8), bins, width=32, depth=2)
+    est = estimators.NoiseLevelEstimator((1, 8, 8), bins, width=cfg.estimator_width, depth=cfg.estimator_depth)
     torch.manual_seed(cfg.seed)
 
     def make():
@@ -267,7 +270,7 @@ def train_level_estimator(cfg: Config, fam, x_train, stages: harness.Stages | No
         make()
     else:
         spec = {"stage": "digits estimator", "family": fam.name, "bins": cfg.bins, "steps": cfg.estimator_steps,
-                "seed": cfg.seed, "n_train": x_train.shape[0]}
+                "seed": cfg.seed, "n_train": x_train.shape[0], "width": cfg.estimator_width, "depth": cfg.estimator_depth}
         stages.modules(f"{fam.name}_estimator", spec, {"estimator": est}, make)
     return est
 
@@ -301,8 +304,8 @@ def row(fam: str, model: str, method: str, sampler: str, steps: int, res: dict, 
          "precision": res["precision"], "recall": res["recall"], "accuracy": res["accuracy"]}
     if method in ("cfg", "nag_cg", "eps_scaling", "time_shift"):
         r["knob"] = {method: knobs[method]}
-    elif method == "nag_cf":
-        r["knob"] = {"nag_cf": knobs["nag_cf"], "window_min_logsnr": knobs["window"]}
+    elif method in ("nag_cf", "nag_cf_est"):
+        r["knob"] = {method: knobs[method], "window_min_logsnr": knobs["window"]}
     elif method.startswith("nag_cf+cfg"):
         r["knob"] = {"nag_cf": knobs["nag_cf_cfg"], "window_min_logsnr": knobs["window"], "cfg": knobs["cfg"]}
     return r
@@ -338,6 +341,24 @@ def tune(net, fam, est, metric, cfg, x_fwd, data_var, log=print) -> tuple[dict, 
     return knobs, table
 
 
+def tune_estimator_null(net, fam, est, metric, cfg, x_fwd, data_var, knobs: dict, log=print) -> tuple[float, list]:
+    """The scale of ``nag_cf_est`` on a model without a null branch (the pretrained one), on the held-out seed, in
+    learned NAG-CF's tuned window (so both spend the same evaluations per step)."""
+    table = []
+
+    def score(w):
+        g, lf = method_setup("nag_cf_est", fam, cfg, {**knobs, "nag_cf_est": w}, data_var)
+        res = run_one(net, fam, est, metric, g, lf, "euler", cfg.tune_steps, cfg.n_samples, cfg.seed + 1000, x_fwd)
+        table.append({"method": "nag_cf_est", "model": "pretrained", "nag_cf_est": w, "window": knobs["window"],
+                      "quality": res["quality"], "noise_shift": res["shift"]["noise_shift"],
+                      "precision": res["precision"], "recall": res["recall"]})
+        return res["quality"] if math.isfinite(res["quality"]) else float("inf")
+
+    w = harness.first_best(score, cfg.grid["nag_cf_est"])
+    log(f"[{fam.name}] nag_cf_est on the pretrained model, tuned on a held-out seed: {w}")
+    return w, table
+
+
 def study(cfg: Config, work: Path, log=print, progress: bool = True) -> dict:
     x_all, y_all = digits()
     x_tr, y_tr = x_all[: cfg.n_train], y_all[: cfg.n_train]
@@ -364,8 +385,12 @@ def study(cfg: Config, work: Path, log=print, progress: bool = True) -> dict:
         ft = nets["ncd_finetune"][0]
         spec = {"stage": "digits tuning", "family": name, "config": asdict(cfg)}
         knobs, table = stages.value(f"{name}_tuning", spec, lambda: tune(ft, fam, est, metric, cfg, x_fwd, data_var, log))
-        out["knobs"][name], out["tuning"][name] = knobs, table
-        plan = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift"), "continued": ("baseline",),
+        spec = {**spec, "stage": "digits tuning, estimator null branch", "knobs": knobs}
+        w_est, est_table = stages.value(f"{name}_tuning_est", spec, lambda: tune_estimator_null(
+            nets["pretrained"][0], fam, est, metric, cfg, x_fwd, data_var, knobs, log))
+        knobs = {**knobs, "nag_cf_est": w_est}
+        out["knobs"][name], out["tuning"][name] = knobs, table + est_table
+        plan = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift", "nag_cf_est"), "continued": ("baseline",),
                 "ncd_finetune": METHODS,
                 "ncd_scratch": ("baseline", "cfg", "nag_cf", "nag_cf+cfg")}
         for model, todo in plan.items():
@@ -376,8 +401,30 @@ def study(cfg: Config, work: Path, log=print, progress: bool = True) -> dict:
                         res = run_one(nets[model][0], fam, est, metric, gd, lf, sampler, steps, cfg.n_samples, cfg.seed, x_fwd)
                         out["rows"].append(row(name, model, method, sampler, steps, res, knobs))
         out["plots"][name] = plot_data(ft, name, fam, est, metric, cfg, knobs, x_fwd, data_var)
+        out.setdefault("samples", {})[name] = sample_panels(nets, fam, est, cfg, knobs, data_var)
         log(f"[{name}] done ({time.time() - t0:.0f}s so far)")
     return out
+
+
+SAMPLE_PANELS = (("pretrained", "baseline", "no guidance"), ("pretrained", "nag_cf_est", "NAG, null branch from the estimator"),
+                 ("ncd_finetune", "baseline", "fine-tuned, no guidance"), ("ncd_finetune", "nag_cf", "fine-tuned, NAG (learned)"))
+
+
+@torch.no_grad()
+def sample_panels(nets, fam, est, cfg, knobs, data_var, n: int = 20) -> dict:
+    """``{label: samples [n, 8, 8] as nested lists}``: two of each class from the same noise, Euler at the most
+    steps of ``cfg.steps``, for the README's picture: without guidance, with NAG from the estimator (no fine-tune),
+    and the fine-tuned model without and with learned NAG."""
+    sch, steps = fam.schedule, max(cfg.steps)
+    y = torch.arange(n) % 10
+    out = {}
+    for model, method, label in SAMPLE_PANELS:
+        gd, lf = method_setup(method, fam, cfg, knobs, data_var)
+        den = Denoiser(nets[model][0], sch, fam.prediction, gd, estimator=est)
+        x = samplers.initial_noise((n, 1, 8, 8), sch, torch.Generator().manual_seed(cfg.seed + 77))
+        img = samplers.sample_euler(den, x, sch.sigmas(steps), extra_args={"y": y}, level_fn=lf).clamp(-1, 1)
+        out[label] = [[round(float(v), 3) for v in im.flatten()] for im in img[:, 0]]
+    return {"sampler": "euler", "steps": steps, "panels": out}
 
 
 def plot_data(net, name, fam, est, metric, cfg, knobs, x_fwd, data_var) -> dict:
@@ -419,7 +466,8 @@ def comparisons(rows) -> list[dict]:
              ("ncd_finetune", "nag_cg", "ncd_finetune", "baseline", "nag_cg vs baseline"),
              ("ncd_finetune", "eps_scaling", "ncd_finetune", "baseline", "eps_scaling vs baseline"),
              ("ncd_finetune", "time_shift", "ncd_finetune", "baseline", "time_shift vs baseline"),
-             ("ncd_scratch", "nag_cf", "ncd_scratch", "baseline", "scratch: nag_cf vs baseline")]
+             ("ncd_scratch", "nag_cf", "ncd_scratch", "baseline", "scratch: nag_cf vs baseline"),
+             ("pretrained", "nag_cf_est", "pretrained", "baseline", "pretrained, no fine-tune: nag_cf_est vs baseline")]
     for fam, smp, n in keys:
         for m_new, new, m_old, old, label in pairs:
             a = _get(rows, family=fam, sampler=smp, steps=n, model=m_old, method=old)
@@ -450,7 +498,8 @@ def _answer(cmp, label):
 FAMILY_NAME = {"dit": "DiT", "sit": "SiT"}
 HEADLINE = (("NCD fine-tune vs continued training, scale 0", "ode"), ("recipe: NCD fine-tune + NAG-CF vs pretrained", "ode"),
             ("recipe: NCD fine-tune + NAG-CF + CFG vs pretrained + CFG", "ode"), ("nag_cf vs baseline", "ode"),
-            ("nag_cf vs baseline", "sde"), ("nag_cf+cfg (A) vs cfg", "ode"), ("nag_cg vs baseline", "ode"),
+            ("nag_cf vs baseline", "sde"), ("pretrained, no fine-tune: nag_cf_est vs baseline", "ode"),
+            ("nag_cf+cfg (A) vs cfg", "ode"), ("nag_cg vs baseline", "ode"),
             ("eps_scaling vs baseline", "ode"), ("time_shift vs baseline", "ode"))
 
 
@@ -542,6 +591,11 @@ def _warnings(res: dict) -> list[str]:
     return L
 
 
+def _nfe(rows: list[dict], like: dict, model: str, method: str) -> float:
+    r = _get(rows, family=like["family"], sampler=like["sampler"], steps=like["steps"], model=model, method=method)
+    return r["nfe_per_step"] if r else float("nan")
+
+
 def _answers(res: dict, cfg: Config, cmp: list[dict]) -> list[str]:
     """The study's questions, answered from the paired comparisons."""
     rows = res["rows"]
@@ -557,6 +611,12 @@ def _answers(res: dict, cfg: Config, cmp: list[dict]) -> list[str]:
              f"{_answer(cmp, 'recipe: NCD fine-tune + NAG-CF + CFG vs pretrained + CFG')}.")
     L.append(f"* **Does NAG reduce the measured shift / improve quality alone?** NAG-CF vs baseline: {_answer(cmp, 'nag_cf vs baseline')}. "
              f"NAG-CG: {_answer(cmp, 'nag_cg vs baseline')}.")
+    L.append("* **Without any fine-tune?** NAG-CF with the null branch built from the estimator's posterior "
+             "(`nag_cf_est`, one level) on the pretrained model, scale tuned on the held-out seed in NAG-CF's window: "
+             f"{_answer(cmp, 'pretrained, no fine-tune: nag_cf_est vs baseline')}. Network evaluations per step (Euler, "
+             "same window): " + ", ".join(f"{r['family']}-{r['steps']} {r['nfe_per_step']:.2f} vs learned NAG-CF "
+                                          f"{_nfe(rows, r, 'ncd_finetune', 'nag_cf'):.2f}"
+                                          for r in rows if r["method"] == "nag_cf_est" and r["sampler"] == "euler") + ".")
     L.append("* **Does it replicate on another seed?** The tuning seed is a second, independent draw (Euler, "
              f"{cfg.tune_steps} steps, NCD fine-tune), proxy FD baseline -> NAG-CF with the chosen knobs: "
              + "; ".join(_replicate(res, fam, cfg.tune_steps) for fam in res["tuning"]) + ".")
@@ -599,6 +659,25 @@ def _tables(res: dict, cmp: list[dict]) -> list[str]:
             "* The proxy FD uses a classifier trained on the same data; it ranks methods, it is not comparable to published FIDs."]
 
 
+def samples_figure(res: dict):
+    """The README's picture: per family, the same noise sampled without and with NAG (estimator null branch on the
+    pretrained model; learned null branch on the fine-tuned one), one strip of digits per row."""
+    from matplotlib.figure import Figure
+
+    rows = [(fam, label, np.array(imgs)) for fam, s in res["samples"].items() for label, imgs in s["panels"].items()]
+    fig = Figure(figsize=(9.0, 0.62 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, (fam, label, imgs) in zip(axes, rows):
+        strip = np.concatenate([np.pad(im.reshape(8, 8), 1, constant_values=1.0) for im in imgs], axis=1)
+        ax.imshow(strip, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"{FAMILY_NAME.get(fam, fam)}: {label}", rotation=0, ha="right", va="center", fontsize=8.5)
+    first = next(iter(res["samples"].values()))
+    fig.suptitle(f"Same noise, same classes (two of each digit): Euler, {first['steps']} steps", fontsize=10)
+    return fig
+
+
 def figures(res: dict):
     from comfy_nag.plots import to_pil
 
@@ -627,6 +706,8 @@ PERCENT_COMPARISONS = (
     ("recipe end to end: fine-tune + NAG-CF vs pretrained", ("pretrained", "baseline"), ("ncd_finetune", "nag_cf")),
     ("NAG-CF + tuned CFG (A) vs tuned CFG", ("ncd_finetune", "cfg"), ("ncd_finetune", "nag_cf+cfg")),
     ("NAG-CG vs baseline (fine-tuned model)", ("ncd_finetune", "baseline"), ("ncd_finetune", "nag_cg")),
+    ("NAG-CF from the estimator vs baseline (pretrained model, no fine-tune)", ("pretrained", "baseline"),
+     ("pretrained", "nag_cf_est")),
     ("time-shift sampler vs baseline", ("ncd_finetune", "baseline"), ("ncd_finetune", "time_shift")),
     ("epsilon scaling vs baseline", ("ncd_finetune", "baseline"), ("ncd_finetune", "eps_scaling")))
 
@@ -669,10 +750,17 @@ def cf_vs_cg(rows: list[dict], cost: list[dict]) -> list[dict]:
     return out
 
 
-def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> None:
+def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> list[Path]:
     """noise_shift.png and report.md of a finished run (its metrics.json content).  With ``out/cost/cost.json``
-    (``python -m studies bench cost --out <out>/cost``) the report adds NAG-CF vs NAG-CG per unit of step time."""
+    (``python -m studies bench cost --out <out>/cost``) the report adds NAG-CF vs NAG-CG per unit of step time.
+    Returns the paths written."""
     figures(res).save(out / "noise_shift.png")
+    written = [out / "noise_shift.png"]
+    if res.get("samples"):
+        from comfy_nag.plots import to_pil
+
+        to_pil(samples_figure(res), dpi=110).save(out / "samples.png")
+        written.append(out / "samples.png")
     report = write_report(res, Config(**res["meta"]["config"]), res["meta"]["seconds"])
     cost_file = out / "cost" / "cost.json"
     if cost_file.is_file():
@@ -686,9 +774,9 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> Non
                                               "nag_cf_extra_step_time", "nag_cf_reduction_per_step_time", "nag_cf_fd",
                                               "nag_cg_reduction", "nag_cg_extra_step_time",
                                               "nag_cg_reduction_per_step_time", "nag_cg_fd"]), ""])
-    harness.save_report(out, report, redrawn_by="bench images" if redrawn else None)
+    return written + [harness.save_report(out, report, redrawn_by="bench images" if redrawn else None)]
 
 
-def redraw(out) -> None:
-    """Rewrite ``out``'s noise_shift.png and report.md from its metrics.json (no sampling)."""
-    write_figures_and_report(Path(out), harness.load_metrics(out), redrawn=True)
+def redraw(out) -> list[Path]:
+    """Rewrite ``out``'s noise_shift.png and report.md from its metrics.json (no sampling); returns the paths."""
+    return write_figures_and_report(Path(out), harness.load_metrics(out), redrawn=True)

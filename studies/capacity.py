@@ -213,6 +213,12 @@ def merge(out, note: str = "") -> dict:
     return harness.merge(out, "capacity", write_outputs, note=note)
 
 
-def write_outputs(out: Path, res: dict) -> None:
-    """report.md of a finished run (its capacity.json content)."""
-    harness.save_report(out, write_report(res))
+def write_outputs(out: Path, res: dict, redrawn: bool = False) -> list[Path]:
+    """report.md of a finished run (its capacity.json content); returns its path."""
+    return [harness.save_report(out, write_report(res), redrawn_by="capacity" if redrawn else None, figures=(),
+                                source="capacity.json")]
+
+
+def redraw(out) -> list[Path]:
+    """Rewrite ``out``'s report.md from its capacity.json (no training, no sampling); returns its path."""
+    return write_outputs(Path(out), harness.load_metrics(out, "capacity.json"), redrawn=True)

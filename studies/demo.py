@@ -8,6 +8,7 @@ posterior and sample quality against the exact data distribution, and writes
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,12 +23,19 @@ from comfy_nag.denoiser import Denoiser
 from . import harness, methods, testbed
 from .harness import md_table
 from .terms import measure
-from .toolkit import (QUALITY_METRIC, SHARE_TARGET, Config, Eval, Trained, calibrate, criterion, exact_nag, exact_share,
-                      make_eval, method_setup, profile_of, run_one, sample_row, train_family, tune)
+from .terms import ESTIMATOR_TERMS, late_cos
+from .toolkit import (QUALITY_METRIC, SHARE_TARGET, TARGET_SETTINGS, Config, Eval, Trained, calibrate, criterion,
+                      exact_nag, exact_share, estimator_check, make_eval, method_setup, profile_of, run_one,
+                      sample_row, train_family, tune)
 
-# every method; NAG-CF with the per-level scale calibrated to the estimator (calibrate()); and the learned
-# conditional branch with the exact NAG term (the testbed's ceiling for nag_cf)
-METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term")
+# every method; NAG-CF with the per-level scale calibrated to the estimator (calibrate()); the learned
+# conditional branch with the exact NAG term (the testbed's ceiling for nag_cf); and NAG-CF with the null
+# branch from the estimator's posterior (no dropout training needed)
+METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term") + methods.ESTIMATOR_NULL
+# the same network trained without noise-condition dropout (what a community checkpoint is): the methods that
+# need no dropout, the exact term at nag_cf_est's scale (its ceiling), at Euler and Heun with 25 and 50 steps
+NO_DROPOUT_METHODS = ("baseline", "nag_cf_est", "nag_exact_term", "nag_cg", "eps_scaling", "time_shift")
+NO_DROPOUT_TUNED = ("nag_cf_est", "nag_cg", "eps_scaling", "time_shift")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +46,7 @@ def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None =
     torch.manual_seed(cfg.seed)
     gmm = testbed.GaussianMixture.make(dim=cfg.dim, seed=cfg.seed)
     out = {"rows": [], "tuning": {}, "knobs": {}, "calibration": {}, "training": {}, "plots": {}, "ablations": {},
-           "estimator_check": {}, "fidelity": {}}
+           "estimator_check": {}, "fidelity": {}, "no_dropout": {}}
     for name in cfg.families:
         tr = train_family(name, gmm, cfg, log=log, stages=stages, progress=progress)
         out["training"][name] = {"denoiser_loss": tr.train_loss, "estimator_loss": tr.estimator_loss,
@@ -62,8 +70,9 @@ def study(cfg: Config, log=print, progress=True, stages: harness.Stages | None =
             out["rows"].append(stages.value(f"{name}_rows/{sampler}_{steps}_{method}", spec, make, quiet=True) if stages
                                else make())
         out["plots"][name] = plot_data(tr, cfg, ev, knobs)
-        out["estimator_check"][name] = estimator_check(tr, cfg, ev, knobs)
+        out["estimator_check"][name] = estimator_check(tr, cfg.seed)
         out["fidelity"][name] = fidelity_rows(tr, cfg)
+        out["no_dropout"][name] = no_dropout(name, gmm, cfg, tr.estimator, log, stages, progress)
         if cfg.ablations:
             out["ablations"][name] = ablations(tr, cfg, ev, knobs, log, stages)
     return out
@@ -97,57 +106,89 @@ def fidelity_rows(tr: Trained, cfg: Config) -> list[dict]:
     NAG-CF's ``c - n`` and NAG-CG's gradient against their exact counterparts, plus the readout, on
     on-schedule states and states 0.5 log-SNR noisier."""
     return measure(tr.net, tr.estimator, tr.gmm, tr.fam, tr.bins, n=128 if cfg.quick else 512, seed=cfg.seed,
-                   terms=("nag_cf", "readout", "nag_cg"))
+                   terms=("nag_cf", "readout", "nag_cg") + ESTIMATOR_TERMS)
+
+
+def no_dropout(name: str, gmm: testbed.GaussianMixture, cfg: Config, estimator, log=print,
+               stages: harness.Stages | None = None, progress: bool = True) -> dict:
+    """The demo's network trained the same way but **without** noise-condition dropout (a community checkpoint
+    has no null branch), with the demo's estimator: its knobs tuned on the held-out seed, rows of
+    :data:`NO_DROPOUT_METHODS` at Euler and Heun, 25 and 50 steps (marked ``"model": "no_dropout"``), and how
+    much of the exact term the estimator null branch carries (plus its ceilings)."""
+    ncfg = dataclasses.replace(cfg, t_dropout=0.0)
+    tr = train_family(name, gmm, ncfg, estimator=estimator, log=log, stages=stages, progress=progress, tag="no_dropout")
+    spec = {"stage": "testbed tuning, no dropout", "family": name, "config": asdict(ncfg)}
+    tuned = (stages.value(f"{name}_no_dropout_tuning", spec, lambda: tune(tr, ncfg, log, NO_DROPOUT_TUNED)) if stages
+             else tune(tr, ncfg, log, NO_DROPOUT_TUNED))
+    knobs = {**tuned[0], "nag_cf": tuned[0]["nag_cf_est"]}  # the exact term at the estimator branch's scale
+    ev = make_eval(tr, ncfg, cfg.seed)
+    rows = []
+    for sampler, steps in sorted(TARGET_SETTINGS):
+        for method in NO_DROPOUT_METHODS:
+            def make(sampler=sampler, steps=steps, method=method):
+                return {**sample_row(tr, ncfg, ev, method, sampler, steps, knobs), "model": "no_dropout"}
+
+            spec = {"stage": "demo row, no dropout", "family": name, "config": asdict(ncfg), "knobs": knobs}
+            rows.append(stages.value(f"{name}_no_dropout_rows/{sampler}_{steps}_{method}", spec, make, quiet=True)
+                        if stages else make())
+    fid = measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, n=128 if cfg.quick else 512, seed=cfg.seed,
+                  terms=("marginal_null",) + ESTIMATOR_TERMS)
+    return {"rows": rows, "knobs": knobs, "tuning": tuned[1], "fidelity": fid, "denoiser_loss": tr.train_loss}
+
+
+def no_dropout_criterion(res: dict) -> list[dict]:
+    """Per family, on the network trained without dropout: in how many of the Euler/Heun 25/50 settings
+    ``nag_cf_est`` lowers the late shift, improves quality, and both, against the baseline."""
+    out = []
+    for fam, nd in res.get("no_dropout", {}).items():
+        get = {(r["sampler"], r["steps"], r["method"]): r for r in nd["rows"]}
+        pairs = [(get[(s, n, "baseline")], get[(s, n, "nag_cf_est")]) for s, n in sorted(TARGET_SETTINGS)
+                 if (s, n, "baseline") in get and (s, n, "nag_cf_est") in get]
+        shift = [e["noise_shift"] < b["noise_shift"] for b, e in pairs]
+        better = [e["quality"] < b["quality"] for b, e in pairs]
+        out.append({"family": fam, "n": len(pairs), "shift_lower": sum(shift), "quality_better": sum(better),
+                    "both": sum(a and b for a, b in zip(shift, better)), "scale": nd["knobs"]["nag_cf_est"],
+                    **{f"cos_{t}": late_cos(nd["fidelity"], t) for t in ("nag_cf_est", "nag_cf_est_exact", "marginal_null")}})
+    return out
+
+
+FIDELITY_LINES = {  # (term, offset): legend label, marker style, colour (the method's in every figure)
+    ("nag_cf", 0.0): ("NAG-CF's learned term, states on schedule", "-o", methods.COLORS["nag_cf"]),
+    ("nag_cf", 0.5): ("NAG-CF's learned term, states 0.5 log-SNR noisier", "--o", methods.COLORS["nag_cf"]),
+    ("nag_cg", 0.0): ("NAG-CG's estimator gradient, states on schedule", "-^", methods.COLORS["nag_cg"]),
+    ("nag_cg", 0.5): ("NAG-CG's estimator gradient, states 0.5 log-SNR noisier", "--^", methods.COLORS["nag_cg"]),
+    ("readout", 0.0): ("readout, a check without the exact term: NAG-CF's term vs the estimator's (on schedule)",
+                         ":s", "#333333")}
 
 
 def fidelity_figure(res: dict):
-    """Per family: cosine with the exact term against nominal log-SNR, for NAG-CF (on-schedule and noisier
-    states), the readout and NAG-CG."""
+    """Per family: how closely the learned terms point where the exact NAG term points (cosine) against the
+    scheduled log-SNR, for NAG-CF (on-schedule and noisier states), NAG-CG and the readout; one legend below."""
     from matplotlib.figure import Figure
 
+    from comfy_nag.plots import WINDOW_COLOR
+
     fams = list(res["fidelity"])
-    fig = Figure(figsize=(5.2 * len(fams), 3.6))
-    axes = fig.subplots(1, len(fams), squeeze=False)[0]
-    styles = {("nag_cf", 0.0): ("NAG-CF c - n, on-schedule", "-o", "#d62728"),
-              ("nag_cf", 0.5): ("NAG-CF c - n, 0.5 log-SNR noisier", "--o", "#d62728"),
-              ("readout", 0.0): ("readout (c - n vs estimator), on-schedule", ":s", "#7f3b08"),
-              ("nag_cg", 0.0): ("NAG-CG gradient, on-schedule", "-^", "#8c564b"),
-              ("nag_cg", 0.5): ("NAG-CG gradient, 0.5 log-SNR noisier", "--^", "#8c564b")}
+    fig = Figure(figsize=(5 * len(fams), 4.3), layout="constrained")
+    axes = fig.subplots(1, len(fams), squeeze=False, sharey=True)[0]
+    start = res["meta"]["config"]["nag_min_logsnr"]
     for ax, fam in zip(axes, fams):
-        for (term, off), (label, style, color) in styles.items():
+        for (term, off), (label, style, color) in FIDELITY_LINES.items():
             pts = [r for r in res["fidelity"][fam] if r["term"] == term and r["offset"] == off]
-            ax.plot([r["lam"] for r in pts], [r["cos"] for r in pts], style, color=color, ms=4, label=label)
-        ax.axhline(0.8, color="k", lw=0.6, alpha=0.4)
-        ax.axvline(res["meta"]["config"]["nag_min_logsnr"], color="k", lw=0.6, alpha=0.3)
-        ax.set_ylim(-0.3, 1.02)
-        ax.set_xlabel("nominal log-SNR (NAG acts right of the vertical line)")
-        ax.set_ylabel("cosine with the exact term")
-        ax.set_title(f"{fam}: how much of the exact NAG term the learned terms carry", fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+            ax.plot([r["lam"] for r in pts], [r["cos"] for r in pts], style, color=color, ms=5, lw=1.6, label=label)
+        lams = [r["lam"] for r in res["fidelity"][fam]]
+        ax.axvspan(start, max(lams) + 0.5, color=WINDOW_COLOR, alpha=0.22, lw=0, zorder=0, label="where NAG acts")
+        ax.axhline(0.8, color="k", lw=0.8, ls=(0, (1, 2)), label="target 0.8")
+        ax.axhline(0, color="k", lw=0.6, alpha=0.5)
+        ax.set_xlim(min(lams) - 0.5, max(lams) + 0.5)
+        ax.set_ylim(min(-0.3, min(r["cos"] for r in res["fidelity"][fam]) - 0.05), 1.02)
+        ax.set_xlabel("scheduled noise level (log-SNR, higher = cleaner)")
+        ax.set_title(harness.family_title(fam), fontsize=10)
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("agreement with the exact NAG term\n(cosine; 1 = same direction, 0 = unrelated)")
+    fig.suptitle("How closely the learned NAG terms point where the exact NAG term points (exact testbed)", fontsize=11)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8.5, frameon=False)
     return fig
-
-
-def estimator_check(tr: Trained, cfg: Config, ev: Eval, knobs: dict) -> dict:
-    """Learned estimator vs the exact posterior, on forward samples over the whole range."""
-    sch = tr.fam.schedule
-    g = torch.Generator().manual_seed(cfg.seed + 50)
-    lam = tr.bins.sample(2000, g)
-    s = sch.sigma_from_logsnr(lam)
-    x0, _ = tr.gmm.sample(2000, generator=g)
-    x = sch.noised(x0, s, torch.randn(x0.shape, generator=g), network=False)[0]
-    exact = tr.gmm.level_posterior(x, tr.space, tr.bins, sub=4)
-    with torch.no_grad():
-        learned = tr.estimator.probs(sch.native(s)[0][:, None] * x)
-    kl = (exact * (exact.clamp_min(1e-12).log() - learned.clamp_min(1e-12).log())).sum(1)
-    c = tr.bins.centers()
-    idx = tr.bins.index(lam)
-    return {"mean_abs_posterior_mean_gap": float((exact @ c - learned @ c).abs().mean()),
-            "corr_posterior_means": float(torch.corrcoef(torch.stack([exact @ c, learned @ c]))[0, 1]),
-            "mean_kl_exact_to_learned": float(kl.mean()),
-            "cross_entropy_learned": float(-learned[torch.arange(2000), idx].clamp_min(1e-12).log().mean()),
-            "cross_entropy_exact": float(-exact[torch.arange(2000), idx].clamp_min(1e-12).log().mean()),
-            "bins": tr.bins.describe()}
 
 
 def ablations(tr: Trained, cfg: Config, ev: Eval, knobs: dict, log=print, stages: harness.Stages | None = None) -> dict:
@@ -242,7 +283,7 @@ def nag_effect(rows: list[dict]) -> list[dict]:
     for (fam, smp, n, m), r in idx.items():
         if m != "baseline":
             continue
-        for new, old in (("nag_cf", "baseline"), ("nag_cf_cal", "baseline"), ("nag_cf+cfg", "cfg")):
+        for new, old in (("nag_cf", "baseline"), ("nag_cf_cal", "baseline"), ("nag_cf_est", "baseline"), ("nag_cf+cfg", "cfg")):
             a, b = idx.get((fam, smp, n, old)), idx.get((fam, smp, n, new))
             if a is None or b is None:
                 continue
@@ -259,7 +300,8 @@ def headline(res: dict) -> str:
     cfg = res["meta"]["config"]
     n = cfg["plot_steps"] if cfg["plot_steps"] in cfg["steps"] else cfg["steps"][-1]
     names = {"baseline": "baseline", "nag_cf": "NAG-CF (tuned w)", "nag_cf_cal": "NAG-CF, calibrated scale",
-             "nag_exact_term": "learned c + exact term (ceiling)", "nag_cg": "NAG-CG", "cfg": "CFG",
+             "nag_exact_term": "learned c + exact term (ceiling)", "nag_cf_est": "NAG-CF, null branch from the estimator",
+             "nag_cg": "NAG-CG", "cfg": "CFG",
              "nag_cf+cfg": "NAG-CF + CFG (A)", "eps_scaling": "epsilon scaling", "time_shift": "time-shift sampler"}
     sel = [{**r, "name": names[r["method"]], "w": r.get("knob", {}).get("nag_scale", r.get("knob", {}).get("cg_scale", ""))}
            for r in res["rows"] if r["sampler"] == "euler" and r["steps"] == n and r["method"] in names]
@@ -277,7 +319,7 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
     """report.md of a finished run (its metrics.json content)."""
     eff = nag_effect(res["rows"])
     L = [*_setup(res, cfg, seconds), *_findings(res, eff), *_calibration(res), *_against_exact_term(res),
-         *_method_tables(res, cfg, eff), *_ablations(res, cfg), *_fidelity(res), *_appendix(res)]
+         *_without_dropout(res), *_method_tables(res, cfg, eff), *_ablations(res, cfg), *_fidelity(res), *_appendix(res)]
     return "\n".join(L) + "\n"
 
 
@@ -376,6 +418,35 @@ def _against_exact_term(res: dict) -> list[str]:
             md_table(exact_share(rows), ["family", "sampler", "steps", "method", "shift_baseline", "shift_exact_term", "shift",
                                          "share_of_exact_cut", "quality_baseline", "quality", "quality_exact_term"]),
             "\n</details>\n"]
+
+
+def no_dropout_headline(res: dict) -> str:
+    """The README's table for a stock checkpoint: per family, on the network trained without dropout, how often
+    the estimator null branch lowers the shift / improves quality over Euler and Heun at 25 and 50 steps, and
+    how much of the exact term it carries (cosine, log-SNR >= 0, on-schedule states) against its ceilings."""
+    return md_table(no_dropout_criterion(res), ["family", "scale", "n", "shift_lower", "quality_better", "both",
+                                                "cos_nag_cf_est", "cos_nag_cf_est_exact", "cos_marginal_null"],
+                    ["family", "w (held-out seed)", "settings", "late shift lower", "quality better", "both",
+                     "cos with exact term", "same, exact posterior", "same, exact posterior over all levels"])
+
+
+def _without_dropout(res: dict) -> list[str]:
+    """NAG-CF on the network trained without dropout, the null branch from the estimator's posterior."""
+    if not res.get("no_dropout"):
+        return []
+    rows = [r for nd in res["no_dropout"].values() for r in nd["rows"]]
+    return ["## NAG-CF without fine-tuning: the null branch from the estimator\n",
+            "The demo's network trained the same way but *without* noise-condition dropout (a community checkpoint has "
+            "no null branch). `nag_cf_est` builds the null branch from the network's own conditional branch at the "
+            "posterior-mean level of the demo's noise-level estimator (`comfy_nag.posterior_null`, one extra evaluation "
+            "per step inside the window, as for a learned null branch). Every method's knob was tuned on the held-out "
+            "seed on this network; `nag_exact_term` adds the exact term at `nag_cf_est`'s scale (its ceiling). Cosines: "
+            "the estimator branch's `c - n` against the exact `c* - n*`, mean over log-SNR 0, 2, 4, 6, on-schedule "
+            "states; then the same with the exact posterior over the estimator's bins, and over every training level "
+            "(`marginal_null`).\n",
+            no_dropout_headline(res), "",
+            md_table(rows, ["family", "sampler", "steps", "method", "nfe_per_step", "seconds_per_step", "noise_shift",
+                            "signed_shift", "quality", "nll"]), ""]
 
 
 def _method_tables(res: dict, cfg: Config, eff: list[dict]) -> list[str]:
@@ -500,19 +571,24 @@ def merge(out: str | Path, note: str = "") -> dict:
                          order=lambda p: order.index(p["meta"]["config"]["families"][0]), adjust=order_families, note=note)
 
 
-def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> None:
-    """noise_shift.png and report.md of a finished run (its metrics.json content)."""
+def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> list[Path]:
+    """noise_shift.png (every family), fidelity.png and report.md of a finished run (its metrics.json
+    content); returns the paths written."""
     from comfy_nag.plots import to_pil
 
     cfg = Config(**res["meta"]["config"])
-    name = cfg.families[0]
-    figs = harness.shift_figures(res["plots"][name], name, "exact noise-level posterior")
+    figs = [f for name in cfg.families if name in res["plots"]
+            for f in harness.shift_figures(res["plots"][name], name, "exact noise-level posterior")]
     harness.stack_images([to_pil(f) for f in figs]).save(out / "noise_shift.png")
+    written = [out / "noise_shift.png"]
     if res.get("fidelity"):
         to_pil(fidelity_figure(res)).save(out / "fidelity.png")
-    harness.save_report(out, write_report(res, cfg, res["meta"]["seconds"]), redrawn_by="demo" if redrawn else None)
+        written.append(out / "fidelity.png")
+    report = harness.save_report(out, write_report(res, cfg, res["meta"]["seconds"]), redrawn_by="demo" if redrawn else None)
+    return written + [report]
 
 
-def redraw(out: str | Path) -> None:
-    """Rewrite ``out``'s noise_shift.png and report.md from its metrics.json (no sampling)."""
-    write_figures_and_report(Path(out), harness.load_metrics(out), redrawn=True)
+def redraw(out: str | Path) -> list[Path]:
+    """Rewrite ``out``'s noise_shift.png, fidelity.png and report.md from its metrics.json (no sampling);
+    returns the paths written."""
+    return write_figures_and_report(Path(out), harness.load_metrics(out), redrawn=True)

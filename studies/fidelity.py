@@ -355,44 +355,82 @@ def readout_validation(res: dict) -> list[dict]:
     return out
 
 
+def recipe_label(name: str) -> str:
+    """A recipe in plain words: what it changes from :data:`BASE`."""
+    words = {"dropout": lambda v: f"dropout {v:g}", "length": lambda v: f"{100 * v:g} % extra steps",
+             "null_weight": lambda v: f"null rows weighted ×{v:g}", "null_mode": lambda v: f"{v} null embedding",
+             "ema": lambda v: f"EMA {v:g}", "target": lambda v: f"{v} targets"}
+    r = RECIPE_BY_NAME.get(name)
+    if r is None:
+        return name
+    if r == BASE:
+        return f"base: dropout {BASE.dropout:g}, {100 * BASE.length:g} % extra steps"
+    changed = [words[k](v) for k, v in asdict(r).items() if k != "name" and v != getattr(BASE, k)]
+    return f"{name}: " + ", ".join(changed) + (" (null branch untrained)" if r.dropout == 0 else "")
+
+
+def _recipe_panel(ax, res: dict, seed: int, fam: str, off: float, recipes: list[str]) -> None:
+    """NAG-CF's cosine with the exact term per recipe against log-SNR, and the ceiling."""
+    import matplotlib
+
+    colours = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]  # grey is the control's
+    others = [r for r in recipes if r not in ("base", "control")]
+    for recipe in recipes:
+        rows = _get(res["fidelity"], seed=seed, family=fam, recipe=recipe, term="nag_cf", offset=off)
+        style = {"base": dict(lw=3, color=colours[0], zorder=5), "control": dict(lw=1.2, color="#999999", ls="--")}.get(
+            recipe, dict(lw=1.2, color=colours[1 + others.index(recipe) % (len(colours) - 1)] if recipe in others else "k"))
+        ax.plot([r["lam"] for r in rows], [r["cos"] for r in rows], marker="o", ms=3, label=recipe_label(recipe), **style)
+    ceil = _get(res["fidelity"], seed=seed, family=fam, recipe="base", term="marginal_null", offset=off)
+    ax.plot([r["lam"] for r in ceil], [r["cos"] for r in ceil], color="k", ls=(0, (4, 2)), lw=1.2,
+            label="ceiling: a perfectly trained null branch of the base network")
+    ax.axhline(0.8, color="k", lw=0.8, ls=(0, (1, 2)), label="target 0.8")
+    ax.set_title(f"{fam}: " + (f"states {off:g} log-SNR noisier than scheduled" if off else "states on schedule"), fontsize=9.5)
+    ax.set_xlabel("scheduled noise level (log-SNR)")
+    ax.grid(alpha=0.25)
+
+
+def _track_panel(fig, ax, res: dict, seed0: int, fam: str) -> None:
+    """The readout against the exact agreement along the tracked fine-tune (colour: fine-tune step)."""
+    from matplotlib.colors import FuncNorm
+
+    steps = sorted({r["step"] for r in res["track"]}) or [0]
+    norm = FuncNorm((np.log1p, np.expm1), vmin=steps[0], vmax=max(steps[-1], 1))
+    sc = None
+    for seed in sorted({r["seed"] for r in res["track"]}):
+        pts = [(v["nag_cf"], v["readout"], k[0]) for k, v in track_pairs(res, seed, fam).items()]
+        if pts:
+            sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], cmap="viridis", norm=norm,
+                            marker="o" if seed == seed0 else "^", s=22, edgecolors="none")
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="fine-tune step", ticks=steps, shrink=0.9)
+    ax.set_xlabel("agreement with the exact NAG term (cosine)")
+    ax.set_ylabel("readout, a check without the exact term\n(NAG-CF's term vs the estimator's, cosine)")
+    seeds = sorted({r["seed"] for r in res["track"]})
+    marks = ", ".join(f"{'●' if s == seed0 else '▲'} seed {s}" for s in seeds)
+    ax.set_title(f"{fam}: does the readout follow the true agreement?\nalong the {TRACKED} fine-tune ({marks})", fontsize=9.5)
+    ax.grid(alpha=0.25)
+
+
 def figure(res: dict):
     """Per family: NAG-CF's cosine with the exact term against log-SNR for each recipe (first seed), and the
-    readout against the exact fidelity along the tracked fine-tune (every seed)."""
-    import matplotlib.pyplot as plt
+    readout against the exact fidelity along the tracked fine-tune (every seed).  One legend below."""
+    from matplotlib.figure import Figure
 
     seed0 = min(r["seed"] for r in res["fidelity"])
     fams = sorted({r["family"] for r in res["fidelity"]})
     recipes = [name for name in RECIPE_ORDER if any(x["recipe"] == name for x in res["fidelity"])]
-    cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(len(fams), 3, figsize=(15, 3.8 * len(fams)), squeeze=False)
+    fig = Figure(figsize=(13, 3.6 * len(fams) + 1.6), layout="constrained")
+    axes = fig.subplots(len(fams), 3, squeeze=False, width_ratios=(1, 1, 1.15))
+    low = min([-0.3] + [r["cos"] - 0.05 for r in res["fidelity"] if r["term"] in ("nag_cf", "marginal_null")])
     for i, fam in enumerate(fams):
         for j, off in enumerate(OFFSETS):
-            ax = axes[i][j]
-            for k, recipe in enumerate(recipes):
-                rows = _get(res["fidelity"], seed=seed0, family=fam, recipe=recipe, term="nag_cf", offset=off)
-                ax.plot([r["lam"] for r in rows], [r["cos"] for r in rows], "-o", ms=3, color=cmap(k % 10), label=recipe,
-                        lw=2 if recipe == "base" else 1)
-            ceil = _get(res["fidelity"], seed=seed0, family=fam, recipe="base", term="marginal_null", offset=off)
-            ax.plot([r["lam"] for r in ceil], [r["cos"] for r in ceil], "k--", lw=1, label="ceiling: net's own c averaged")
-            ax.axhline(0.8, color="k", lw=0.6, alpha=0.4)
-            ax.set_ylim(-0.3, 1.02)
-            ax.set_title(f"{fam}: NAG-CF vs exact term, " + (f"states {off:g} log-SNR noisier" if off else "on-schedule states"),
-                         fontsize=9)
-            ax.set_xlabel("nominal log-SNR")
-            ax.set_ylabel("cosine")
-        ax = axes[i][2]
-        for seed in sorted({r["seed"] for r in res["track"]}):
-            pts = [(v["nag_cf"], v["readout"], k[0]) for k, v in track_pairs(res, seed, fam).items()]
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[np.log1p(p[2]) for p in pts], cmap="viridis",
-                                marker="o" if seed == seed0 else "^", s=18, label=f"seed {seed}")
-        ax.set_xlabel("exact fidelity cosine (NAG-CF vs exact term)")
-        ax.set_ylabel("readout cosine (NAG-CF vs estimator)")
-        ax.set_title(f"{fam}: readout along the {TRACKED} fine-tune (colour: log step)", fontsize=9)
-        if res["track"]:
-            ax.legend(fontsize=7)
-    axes[0][1].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+            _recipe_panel(axes[i][j], res, seed0, fam, off, recipes)
+            axes[i][j].set_ylim(low, 1.02)
+            axes[i][j].set_ylabel("agreement with the exact NAG term\n(NAG-CF's learned term, cosine)" if j == 0 else "")
+        _track_panel(fig, axes[i][2], res, seed0, fam)
+    fig.suptitle(f"Null-branch recipes: how closely NAG-CF's learned term points where the exact term points "
+                 f"(seed {seed0})", fontsize=11)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8.5, frameon=False)
     return fig
 
 
@@ -464,9 +502,16 @@ def merge(out, note: str = "") -> dict:
     return harness.merge(out, "fidelity", write_figures_and_report, note=note)
 
 
-def write_figures_and_report(out: Path, res: dict) -> None:
-    """fidelity.png and report.md of a finished run (its fidelity.json content)."""
+def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> list[Path]:
+    """fidelity.png and report.md of a finished run (its fidelity.json content); returns the paths written."""
     from comfy_nag.plots import to_pil
 
     to_pil(figure(res)).save(out / "fidelity.png")
-    harness.save_report(out, write_report(out, res))
+    return [out / "fidelity.png", harness.save_report(out, write_report(out, res), redrawn_by="fidelity" if redrawn else None,
+                                                      figures=("fidelity.png",), source="fidelity.json")]
+
+
+def redraw(out) -> list[Path]:
+    """Rewrite ``out``'s fidelity.png and report.md from its fidelity.json (no training, no sampling);
+    returns the paths written."""
+    return write_figures_and_report(Path(out), harness.load_metrics(out, "fidelity.json"), redrawn=True)

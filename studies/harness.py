@@ -67,38 +67,72 @@ def kde_steps(steps: int) -> list[int]:
 # figures
 # ---------------------------------------------------------------------------------------------
 
+# what the figures call each method and group (plain words; each keeps its methods.COLORS colour)
+DISPLAY = {"baseline": "baseline (no guidance)", "nag_cf": "NAG-CF", "nag_cg": "NAG-CG", "cfg": "CFG",
+           "nag_cf+cfg": "NAG-CF + CFG", "nag_cf+cfg_B": "NAG-CF + CFG (variant B)", "eps_scaling": "epsilon scaling",
+           "time_shift": "time-shift sampler", "nag_cf_full": "NAG-CF at every step", "nag_cf_cal": "NAG-CF, calibrated scale",
+           "nag_cf_est": "NAG-CF, null branch from the estimator",
+           "forward (true states)": "true noisy data (forward process)"}
+WINDOW_READING = ("NAG acts only in the yellow window: before it, a line with NAG lies on the same run's line "
+                  "without NAG (same noise)")
+
+
+def display(name: str) -> str:
+    """A method's (or KDE group's) name in the figures: :data:`DISPLAY`, else ``name`` as it is."""
+    return DISPLAY.get(name, name)
+
+
+def display_colors() -> dict:
+    """methods.COLORS keyed by :data:`DISPLAY` names; true noisy data in plots.FORWARD_COLOR."""
+    from comfy_nag.plots import FORWARD_COLOR
+
+    return {**{display(m): c for m, c in methods.COLORS.items()}, display("forward (true states)"): FORWARD_COLOR}
+
+
+def family_title(name: str) -> str:
+    """``name`` and what kind of model it is, e.g. ``sit (velocity-prediction flow model)``."""
+    from comfy_nag.families import FAMILIES
+    from comfy_nag.schedules import Flow
+
+    fam = FAMILIES.get(name)
+    if fam is None:
+        return name
+    kind = "flow model" if isinstance(fam.schedule, Flow) else "diffusion model"
+    return f"{name} ({fam.prediction}-prediction {kind})"
+
+
 def shift_figures(pdata: dict, name: str, readout: str) -> list:
-    """The noise-shift figure pair of one family: per-step readout curves and the KDE panels.
+    """The noise-shift figure of one family (a list of one): per-step readout curves and, below, where the
+    states' estimated level lands at four late steps (KDE), with one legend.
 
     ``pdata``: ``{"sampler", "steps", "curves": {method: summarize()}, "kde": {"levels", "groups"},
-    "window_min_logsnr"}``; ``readout`` names what read the levels (for the titles).
+    "window_min_logsnr"}``; ``readout`` names what read the levels (under the title).
     """
-    from comfy_nag.plots import kde_figure, shift_figure
+    from comfy_nag.plots import shift_figure
 
-    runs = [{"label": m, "nominal": c["nominal_logsnr"], "estimated_mean": c["estimated_mean"],
+    runs = [{"label": display(m), "nominal": c["nominal_logsnr"], "estimated_mean": c["estimated_mean"],
              "estimated_std": c["estimated_std"], "reference_mean": c["reference_mean"]} for m, c in pdata["curves"].items()]
     nominal = np.array(runs[0]["nominal"])
     on = np.where(nominal >= pdata["window_min_logsnr"])[0]
     window = (int(on.min()), int(on.max())) if on.size else None
-    f1 = shift_figure(runs, window, title=f"{name}: {readout} along {pdata['sampler']} ({pdata['steps']} steps)",
-                      colors=methods.COLORS)
     kde = pdata["kde"]
-    groups = {k: [np.array(v) for v in vals] for k, vals in kde["groups"].items() if vals}
-    f2 = kde_figure(kde["levels"], groups, title=f"{name}: {readout} of states at four nominal levels (dashed)",
-                    colors=methods.COLORS)
-    return [f1, f2]
+    groups = {display(k): [np.array(v) for v in vals] for k, vals in kde["groups"].items() if vals}
+    title = f"{family_title(name)}, {pdata['sampler']} sampler, {pdata['steps']} steps"
+    return [shift_figure(runs, window, title=title, colors=display_colors(), bands="first",
+                         kde={"levels": kde["levels"], "groups": groups, "steps": kde_steps(pdata["steps"])},
+                         readout=readout, note=WINDOW_READING if window else None)]
 
 
-def stack_images(images):
-    """PIL images stacked top to bottom on white."""
+def stack_images(images, gap: int = 12):
+    """PIL images stacked top to bottom on white, centred, ``gap`` pixels apart."""
     from PIL import Image
 
     w = max(im.width for im in images)
-    out = Image.new("RGB", (w, sum(im.height for im in images)), "white")
+    out = Image.new("RGB", (w, sum(im.height for im in images) + gap * (len(images) - 1)), "white")
     y = 0
     for im in images:
-        out.paste(im, (0, y))
-        y += im.height
+        out.paste(im, ((w - im.width) // 2, y))
+        y += im.height + gap
     return out
 
 
@@ -313,11 +347,12 @@ class Stages:
         return value
 
 
-def load_metrics(out) -> dict:
-    """The metrics.json of a finished run in ``out`` (a clear error when there is none)."""
+def load_metrics(out, name: str = "metrics.json") -> dict:
+    """The results file ``name`` (metrics.json, fidelity.json, ...) of a finished run in ``out`` (a clear
+    error when there is none)."""
     import json
 
-    path = Path(out) / "metrics.json"
+    path = Path(out) / name
     if not path.is_file():
         raise StudyError(f"{path} not found: --redraw needs a finished run in --out (run the command without --redraw first)")
     try:
@@ -326,28 +361,31 @@ def load_metrics(out) -> dict:
         raise StudyError(f"{path} is not valid JSON ({e}); rerun the study to rewrite it") from None
 
 
-def mark_redrawn(report: str, command: str, previous: str | None = None) -> str:
-    """``report`` marked as redrawn from metrics.json by ``command``.  ``previous``: the report the run
-    wrote; its "Generated by" line (how the run was made: command, time, threads) is kept."""
+def mark_redrawn(report: str, command: str, previous: str | None = None, figures=("noise_shift.png",),
+                 source: str = "metrics.json") -> str:
+    """``report`` marked as redrawn, with ``figures``, from ``source`` by ``command``.  ``previous``: the report
+    the run wrote; its "Generated by" line (how the run was made: command, time, threads) is kept."""
     lines = report.split("\n")
     old = [ln for ln in (previous or "").split("\n") if ln.startswith("Generated by")]
     at = next((i for i, ln in enumerate(lines) if ln.startswith("Generated by")), None)
     if at is not None and old:
         lines[at] = old[0]
     head, sep, rest = "\n".join(lines).partition("\n\n## ")
-    note = (f"\n\nThis report and `noise_shift.png` were redrawn from `metrics.json` by "
+    what = "This report " + (f"and {', '.join(f'`{f}`' for f in figures)} were" if figures else "was")
+    note = (f"\n\n{what} redrawn from `{source}` by "
             f"`python -m studies {command} --redraw` (no sampling; the numbers are the run's).")
     return head.rstrip("\n") + note + sep + rest
 
 
-def save_report(out, text: str, redrawn_by: str | None = None) -> None:
-    """Write ``out/report.md``; ``redrawn_by``: the command whose ``--redraw`` rewrote it (marked as such,
-    :func:`mark_redrawn`)."""
+def save_report(out, text: str, redrawn_by: str | None = None, **note) -> Path:
+    """Write ``out/report.md`` and return its path; ``redrawn_by``: the command whose ``--redraw`` rewrote
+    it (marked as such, :func:`mark_redrawn`, which takes ``note``'s ``figures`` and ``source``)."""
     from comfy_nag.files import atomic_write_bytes
 
     if redrawn_by:
-        text = mark_redrawn(text, redrawn_by, previous_report(out))
+        text = mark_redrawn(text, redrawn_by, previous_report(out), **note)
     atomic_write_bytes(Path(out) / "report.md", text.encode())
+    return Path(out) / "report.md"
 
 
 def previous_report(out) -> str | None:

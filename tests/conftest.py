@@ -13,16 +13,16 @@ def one_thread():
 
 
 @pytest.fixture
-def readme_block():
-    """``readme_block(name)``: the README text between ``<!-- name:start -->`` and ``<!-- name:end -->``
-    (the tables studies regenerate from their committed runs)."""
+def results_block():
+    """``results_block(name)``: the text of docs/results.md between ``<!-- name:start -->`` and ``<!-- name:end -->``
+    (the tables studies regenerate from their committed runs; the README links there)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    results = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
 
     def block(name: str) -> str:
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        assert start in readme and end in readme, f"README lost its generated {name} table markers"
-        return readme.split(start)[1].split(end)[0].strip()
+        assert start in results and end in results, f"docs/results.md lost its generated {name} table markers"
+        return results.split(start)[1].split(end)[0].strip()
 
     return block

@@ -15,15 +15,19 @@ def tiny_config():
     return bi.Config(quick=True, families=("sit",), n_train=300, pretrain_steps=30, finetune_steps=5, batch_size=32,
                      hidden=32, depth=1, samplers=("euler", "sde"), steps=(4,), n_samples=60,
                      classifier_steps=30, estimator_steps=30, bins=8, tune_steps=4, plot_steps=4,
-                     grid={"nag_cf": [0.5], "window": [0.0], "nag_cg": [1.0], "eps_scaling": [1.005], "time_shift": [0.1],
-                           "cfg": [1.5], "nag_cf_cfg": [0.5]})
+                     estimator_width=16, estimator_depth=2,
+                     grid={"nag_cf": [0.5], "window": [0.0], "nag_cf_est": [1.0], "nag_cg": [1.0], "eps_scaling": [1.005],
+                           "time_shift": [0.1], "cfg": [1.5], "nag_cf_cfg": [0.5]})
 
 
 def test_bench_images_writes_report_and_rows(tmp_path):
     res = bi.run_bench(tmp_path, config=tiny_config(), log=lambda *a: None)
-    for name in ("metrics.json", "report.md", "noise_shift.png"):
+    for name in ("metrics.json", "report.md", "noise_shift.png", "samples.png"):
         assert (tmp_path / name).stat().st_size > 0
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    est = [r for r in rows if r["method"] == "nag_cf_est"]  # on the model with no null branch: no fine-tune needed
+    assert {r["model"] for r in est} == {"pretrained"} and len(est) == 2
+    assert res["samples"]["sit"]["panels"].keys() == {label for _, _, label in bi.SAMPLE_PANELS}
     assert len(rows) == len(res["rows"])
     ft = [r for r in rows if r["model"] == "ncd_finetune"]
     assert {r["method"] for r in ft} == set(bi.METHODS)
@@ -37,6 +41,7 @@ def test_bench_images_writes_report_and_rows(tmp_path):
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["accuracy"] <= 1
     nfe = {(r["model"], r["method"]): r["nfe_per_step"] for r in rows if r["sampler"] == "euler"}
     assert nfe[("pretrained", "baseline")] == 1 and nfe[("ncd_finetune", "cfg")] == 2 and nfe[("ncd_finetune", "nag_cg")] == 1
+    assert nfe[("pretrained", "nag_cf_est")] == nfe[("ncd_finetune", "nag_cf")]  # one level, the same window
     report = (tmp_path / "report.md").read_text()
     assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
     for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step"):
@@ -51,12 +56,12 @@ def test_bench_images_is_reproducible(tmp_path):
     assert a["rows"] == b["rows"] and a["knobs"] == b["knobs"]
 
 
-def test_readme_results_table_matches_the_committed_benchmark_run(readme_block):
-    """The README's image-scale table is regenerated from docs/bench/metrics.json, not typed by hand."""
+def test_results_image_table_matches_the_committed_benchmark_run(results_block):
+    """docs/results.md's image-scale table is regenerated from docs/bench/metrics.json, not typed by hand."""
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/bench/metrics.json").read_text())
-    assert readme_block("bench-images") == bi.headline(committed), (
-        "README table differs from docs/bench/metrics.json; paste studies.bench_images.headline(metrics) "
-        "(it is also in docs/bench/report.md)")
+    assert results_block("bench-images") == bi.headline(committed), (
+        "docs/results.md's image-scale table differs from docs/bench/metrics.json; paste "
+        "studies.bench_images.headline(...) of it (also in docs/bench/report.md) between the markers in docs/results.md")
 
 
 def test_precision_recall_follow_the_knn_definition():
@@ -78,6 +83,6 @@ def test_rerun_in_the_same_folder_reuses_every_finished_stage(tmp_path):
     logged = []
     b = bi.run_bench(tmp_path, config=tiny_config(), log=logged.append)
     reused = [m for m in logged if m.startswith("reusing")]
-    # 4 trainer runs, the classifier, the estimator, the tuning
-    assert len(reused) == 7, logged
+    # 4 trainer runs, the classifier, the estimator, the tuning, the estimator null branch's tuning
+    assert len(reused) == 8, logged
     assert a["rows"] == b["rows"] and a["knobs"] == b["knobs"]

@@ -48,10 +48,12 @@ def test_tiny_study_reads_each_network_against_its_exact_term(monkeypatch, tmp_p
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sd1 | size_256x4 |" in report
 
 
-def test_readme_capacity_table_matches_the_committed_run(readme_block):
+def test_results_capacity_table_matches_the_committed_run(results_block):
+    """docs/results.md's capacity table is regenerated from docs/capacity/capacity.json, not typed by hand."""
     import json
     from pathlib import Path
 
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/capacity/capacity.json").read_text())
-    assert readme_block("capacity") == cap.headline(committed), (
-        "README table differs from docs/capacity/capacity.json; paste studies.capacity.headline() between the markers")
+    assert results_block("capacity") == cap.headline(committed), (
+        "docs/results.md's capacity table differs from docs/capacity/capacity.json; "
+        "paste studies.capacity.headline(...) of it between the markers in docs/results.md")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_config():
     return toolkit.Config(quick=True, families=("sit",), samplers=("euler", "ddpm"), steps=(6,), train_steps=120,
                           estimator_steps=80, n_samples=120, n_reference=120, bins=12, tune_steps=6, plot_steps=6,
-                          grid={"nag_cf": [0.5], "nag_cg": [1.0], "eps_scaling": [0.995], "time_shift": [0.1]},
+                          grid={"nag_cf": [0.5], "nag_cf_est": [1.0], "nag_cg": [1.0], "eps_scaling": [0.995], "time_shift": [0.1]},
                           ablations=False)
 
 
@@ -22,7 +22,8 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     for name in ("metrics.json", "report.md", "noise_shift.png", "samples.png", "fidelity.png"):
         assert (tmp_path / name).stat().st_size > 0
     fid = res["fidelity"]["sit"]
-    assert {(r["term"], r["offset"]) for r in fid} == {(t, o) for t in ("nag_cf", "readout", "nag_cg") for o in (0.0, 0.5)}
+    terms = ("nag_cf", "readout", "nag_cg", "nag_cf_est", "nag_cf_est3", "nag_cf_est_exact")
+    assert {(r["term"], r["offset"]) for r in fid} == {(t, o) for t in terms for o in (0.0, 0.5)}
     assert all(-1 <= r["cos"] <= 1 and r["norm_ratio"] > 0 for r in fid)
     for name in ("noise_shift.png", "samples.png", "fidelity.png"):
         with Image.open(tmp_path / name) as im:
@@ -41,6 +42,12 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     # CFG doubles the cost; NAG-CF adds the null branch only inside its window; CG adds no network call
     assert nfe[("euler", "baseline")] == 1 and nfe[("euler", "cfg")] == 2 and nfe[("euler", "nag_cg")] == 1
     assert 1 < nfe[("euler", "nag_cf")] < 2
+    assert nfe[("euler", "nag_cf_est")] == nfe[("euler", "nag_cf")]  # one level: the cost of a learned null branch
+    nd = res["no_dropout"]["sit"]  # the same network without noise-condition dropout: the rows a stock model gets
+    assert {(r["sampler"], r["steps"]) for r in nd["rows"]} == {(s, n) for s in ("euler", "heun") for n in (25, 50)}
+    assert {r["method"] for r in nd["rows"]} == set(demo.NO_DROPOUT_METHODS) and all(r["model"] == "no_dropout" for r in nd["rows"])
+    crit = demo.no_dropout_criterion(res)
+    assert crit[0]["family"] == "sit" and crit[0]["n"] == 4 and 0 <= crit[0]["both"] <= 4
     report = (tmp_path / "report.md").read_text()
     assert "noise_shift" in report and "last 20%" in report
     assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
@@ -50,11 +57,12 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
 def test_rerun_reuses_finished_stages_and_redraw_rewrites_the_outputs(tmp_path, capsys):
     first = demo.run_demo(tmp_path, config=tiny_config())
     work = {p.name for p in (tmp_path / "work").iterdir()}
-    assert {"sit_sentinel_dim32.safetensors", "sit_tuning.json", "sit_sentinel_dim2.safetensors"} <= work
+    assert {"sit_sentinel_dim32.safetensors", "sit_tuning.json", "sit_sentinel_dim2.safetensors",
+            "sit_sentinel_no_dropout_dim32.safetensors", "sit_no_dropout_tuning.json", "sit_no_dropout_rows"} <= work
     capsys.readouterr()
     second = demo.run_demo(tmp_path, config=tiny_config())
     log = capsys.readouterr()
-    assert (log.out + log.err).count("reusing") == 3  # the 32-D family, its tuning, the 2-D picture model
+    assert (log.out + log.err).count("reusing") == 5  # the 32-D family, its tuning, the same without dropout, the 2-D model
     assert second["rows"] == first["rows"] and second["knobs"] == first["knobs"]
     report = (tmp_path / "report.md").read_text()
     for name in ("report.md", "noise_shift.png"):
@@ -91,10 +99,11 @@ def test_one_process_per_family_then_merge_gives_one_report(tmp_path):
     assert {(c["family"], c["method"]) for c in crit} == {(f, m) for f in ("sit", "sd1") for m in toolkit.LEARNED_NAG}
 
 
-def test_readme_demo_tables_match_the_committed_run(readme_block):
-    """The README's demo tables are regenerated from docs/demo/metrics.json, not typed by hand."""
+def test_results_demo_tables_match_the_committed_run(results_block):
+    """docs/results.md's demo tables are regenerated from docs/demo/metrics.json, not typed by hand."""
     from pathlib import Path
 
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/demo/metrics.json").read_text())
-    assert readme_block("demo") == demo.headline(committed), ("README demo tables differ from docs/demo/metrics.json; "
-                                                               "paste studies.demo.headline(...) of it")
+    assert results_block("demo") == demo.headline(committed), (
+        "docs/results.md's demo tables differ from docs/demo/metrics.json; "
+        "paste studies.demo.headline(...) of it between the markers in docs/results.md")

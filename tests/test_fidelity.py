@@ -125,7 +125,7 @@ def test_recipes_change_one_factor_each():
     for r in fidelity.RECIPES[1:]:
         assert r.factor() and "," not in r.factor(), r  # exactly one setting differs from the base
     learned = fidelity.recipe_net(models.MLPDenoiser(4, 2, 16, 1), fidelity.Recipe("x", null_mode="learned"))
-    assert learned.cond.null_emb is not None and float(learned.cond.null_emb.abs().sum()) == 0.0
+    assert learned.cond.null_emb is not None and float(learned.cond.null_emb.detach().abs().sum()) == 0.0
 
 
 def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
@@ -157,11 +157,12 @@ def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sit | length_30% |" in report
 
 
-def test_readme_recipe_table_matches_the_committed_fidelity_run(readme_block):
-    """The README's recipe table is regenerated from docs/fidelity/fidelity.json, not typed by hand."""
+def test_results_recipe_table_matches_the_committed_fidelity_run(results_block):
+    """docs/results.md's recipe table is regenerated from docs/fidelity/fidelity.json, not typed by hand."""
     import json
     from pathlib import Path
 
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/fidelity/fidelity.json").read_text())
-    assert readme_block("fidelity") == fidelity.headline(committed), ("README table differs from docs/fidelity/fidelity.json; "
-                                                                       "paste studies.fidelity.headline(...) of it")
+    assert results_block("fidelity") == fidelity.headline(committed), (
+        "docs/results.md's recipe table differs from docs/fidelity/fidelity.json; "
+        "paste studies.fidelity.headline(...) of it between the markers in docs/results.md")

@@ -50,3 +50,64 @@ def test_entry_point_runs_from_the_repository_root():
 def test_demo_merge_without_family_runs_is_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, ["demo", "--out", str(tmp_path), "--merge"])
     assert "no metrics_<family>.json" in err and "--families first" in err
+
+
+COMMANDS = (["demo"], ["bench", "images"], ["bench", "cost"], ["fidelity"], ["capacity"], ["estimator"], ["last-step"])
+
+
+def _help(capsys, argv) -> str:
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv + ["--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+
+
+def test_help_is_plain_text_with_an_example_per_command(capsys):
+    top = _help(capsys, [])
+    assert "``" not in top and ":func:" not in top and "::" not in top  # no RST markup
+    for cmd in COMMANDS:
+        assert f"python -m studies {' '.join(cmd)} " in top, cmd  # each command has an example line
+    for sub in ("demo", "fidelity", "capacity", "estimator", "last-step", "bench"):
+        text = _help(capsys, [sub])
+        assert text.startswith(f"usage: python -m studies {sub} ")
+        assert "``" not in text and "examples:" in text and f"python -m studies {sub}" in text.split("examples:")[1]
+        assert f"(default: {sub.replace('-', '_')}_out)" in text  # --out's default shown
+        assert "(default: False)" not in text and "(default: None)" not in text and "default 1" in text
+    demo = _help(capsys, ["demo"])
+    seed_help = demo.split("options:")[1].split("--seed SEED")[1].split("--threads")[0]
+    assert seed_help.strip() and "(default: 0)" in seed_help  # every flag has help, defaults shown once
+    assert demo.count("(default: 1)") == 0  # --threads says its default in its own words: not twice
+    assert "(default: 0 1)" in _help(capsys, ["fidelity"])
+
+
+def test_redraw_prints_the_files_it_wrote(tmp_path, capsys):
+    import shutil
+
+    for name in ("metrics.json", "report.md"):
+        shutil.copy(ROOT / "docs" / "demo" / name, tmp_path / name)
+    assert cli.main(["demo", "--out", str(tmp_path), "--redraw"]) == 0
+    out = capsys.readouterr().out
+    for name in ("noise_shift.png", "fidelity.png", "report.md"):
+        assert str(tmp_path / name) in out and (tmp_path / name).stat().st_size > 0
+    shutil.copy(ROOT / "docs" / "capacity" / "capacity.json", tmp_path / "capacity.json")
+    shutil.copy(ROOT / "docs" / "capacity" / "report.md", tmp_path / "report.md")
+    assert cli.main(["capacity", "--out", str(tmp_path), "--redraw"]) == 0
+    assert str(tmp_path / "report.md") in capsys.readouterr().out
+    # a redraw changes no number: the committed report plus the redrawn note
+    from studies import harness
+
+    committed = (ROOT / "docs" / "capacity" / "report.md").read_text()
+    assert (tmp_path / "report.md").read_text() == harness.mark_redrawn(committed, "capacity", figures=(),
+                                                                         source="capacity.json")
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    parser = cli._parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"

@@ -399,3 +399,20 @@ def test_sample_grid_rows_are_labelled_with_their_nag_scale(tmp_path):
     assert np.array_equal(labelled[:, margin:], plain)  # the images themselves are unchanged
     half = labelled.shape[0] // 2
     assert (labelled[:half, :margin] < 128).any() and (labelled[half:, :margin] < 128).any()  # one label per row
+
+
+def test_sample_grid_columns_are_labelled_with_their_class_on_top(tmp_path):
+    import numpy as np
+    from PIL import Image
+    assert monitor.column_labels(3, 10) == ["class 0", "class 1", "class 2"]
+    assert monitor.column_labels(3, 2) == ["class 0", "class 1", "class 0"]  # sample_rows draws class c % classes
+    assert monitor.column_labels(2, 0) == ["#1", "#2"]  # unconditional: the sample's number
+    rows = [torch.ones(3, 1, 8, 8), torch.ones(3, 1, 8, 8)]
+    plain = np.asarray(Image.open(monitor.save_grid(rows, tmp_path / "a.png")))
+    grid = np.asarray(Image.open(monitor.save_grid(rows, tmp_path / "b.png", columns=monitor.column_labels(3, 10))))
+    header = grid.shape[0] - plain.shape[0]
+    assert header >= 14 and grid.shape[1] == plain.shape[1]  # a readable line of text on top, nothing at the side
+    assert np.array_equal(grid[header:], plain)  # the images themselves are unchanged
+    third = grid.shape[1] // 3
+    for c in range(3):  # one label above each column
+        assert (grid[:header, c * third: (c + 1) * third] < 128).any()

@@ -12,8 +12,9 @@
   awareness term; docs/training.md says how to read it.  From the same states it fits the per-level
   NAG-scale profile (``comfy_nag.scale_profiles.ScaleFit``: the scale at which the classifier-free term
   delivers the estimator's, per log-SNR, clipped at 0) that the export writes as ``nag.scale_profile``.
-* :func:`sample_grid` (reference models): a PNG grid from comfy_nag's own samplers, one row per
-  NAG scale (0 and ``sample.nag_scale``) from the same noise, so NAG's effect is visible.
+* :func:`sample_rows` + :func:`save_grid` (reference models): a PNG grid from comfy_nag's own samplers,
+  one row per NAG scale (0 and ``sample.nag_scale``, labelled at the left) from the same noise, so
+  NAG's effect is visible, with each column's class on top.
 * :func:`shift_readout` (reference models, with an estimator file): comfy_nag.shift's noise-shift
   of those sampler runs (mean |estimated - forward| log-SNR over the last 20 % of steps).
 """
@@ -101,24 +102,47 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(rows: list[torch.Tensor], path: Path, labels: list[str] = (), cell: int = 64) -> Path:
-    """A PNG grid, one row per tensor, each row's label (e.g. its NAG scale) written at its left."""
+def _font(size: int):
+    """Pillow's built-in font at ``size`` pixels (a scalable one where Pillow has FreeType, else its bitmap)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, labels: list[str] = (), cell: int = 64,
+              columns: list[str] | None = None, font_size: int = 14) -> Path:
+    """A PNG grid, one row per tensor: each row's label (e.g. its NAG scale) at its left and each
+    column's label (e.g. its class, :func:`column_labels`) on top, in ``font_size`` pixel text."""
     from PIL import Image, ImageDraw
     imgs = [_to_uint8(r) for r in rows]
     h, w = imgs[0].shape[1:3]
     scale = max(1, cell // max(h, w))
-    pad, margin = 2, (8 + 6 * max(map(len, labels)) if labels else 0)
-    H, W = len(imgs) * (h * scale + pad) + pad, margin + imgs[0].shape[0] * (w * scale + pad) + pad
+    ch, cw = h * scale, w * scale
+    font = _font(font_size)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = lambda text: draw.textbbox((0, 0), text, font=font)[2]  # noqa: E731
+    pad = 2
+    margin = 12 + max(map(width, labels)) if labels else 0
+    header = font_size + 8 if columns else 0
+    H, W = header + len(imgs) * (ch + pad) + pad, margin + imgs[0].shape[0] * (cw + pad) + pad
     canvas = np.full((H, W, 3), 255, dtype=np.uint8)
     for r, row in enumerate(imgs):
         for c, im in enumerate(row):
-            im = im.repeat(scale, 0).repeat(scale, 1)
-            y0, x0 = pad + r * (h * scale + pad), margin + pad + c * (w * scale + pad)
-            canvas[y0: y0 + h * scale, x0: x0 + w * scale] = im
+            y0, x0 = header + pad + r * (ch + pad), margin + pad + c * (cw + pad)
+            canvas[y0: y0 + ch, x0: x0 + cw] = im.repeat(scale, 0).repeat(scale, 1)
     out = Image.fromarray(canvas)
     draw = ImageDraw.Draw(out)
     for r, text in enumerate(labels):
-        draw.text((4, pad + r * (h * scale + pad) + h * scale // 2 - 5), text, fill=(0, 0, 0))
+        draw.text((6, header + pad + r * (ch + pad) + ch // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+    for c, text in enumerate(columns or ()):
+        if width(text) > cw + pad and " " in text:  # "class 7" on a narrow cell: the number alone, "class" in the corner
+            word, text = text.rsplit(" ", 1)
+            if margin:
+                draw.text((6, header // 2 + 1), word, fill=(0, 0, 0), font=font, anchor="lm")
+        draw.text((margin + pad + c * (cw + pad) + cw // 2, header // 2 + 1), text, fill=(0, 0, 0), font=font, anchor="mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     out.save(path)
     return path
@@ -130,7 +154,14 @@ def nag_scales(sample_cfg) -> list[float]:
 
 
 def row_labels(sample_cfg) -> list[str]:
+    """The grid's row labels: the NAG scale of each row (``NAG w=0`` is plain sampling)."""
     return [f"NAG w={w:g}" for w in nag_scales(sample_cfg)]
+
+
+def column_labels(count: int, num_classes: int) -> list[str]:
+    """The grid's column labels: the class each column samples (:func:`sample_rows` draws class
+    ``c % num_classes`` in column ``c``), or the sample's number for an unconditional model."""
+    return [f"class {c % num_classes}" if num_classes else f"#{c + 1}" for c in range(count)]
 
 
 @torch.no_grad()

@@ -153,7 +153,8 @@ class FinetuneTask:
                 rows_fn = lambda traces=None: monitor.sample_rows(  # noqa: E731
                     a.net, a, self.cache.sample_shape, cfg.sample.count, cfg.sample, cfg.run.seed, device, traces)
                 path = monitor.save_grid(rows_fn(), out / "samples" / f"step_{step:08d}.png",
-                                         monitor.row_labels(cfg.sample))
+                                         monitor.row_labels(cfg.sample),
+                                         columns=monitor.column_labels(cfg.sample.count, a.num_classes))
                 out_metrics["samples"] = str(path)
                 if self._estimator is not None and monitor_due:
                     out_metrics.update(monitor.shift_readout(self._estimator, a, self.cache.latents(self.probe), rows_fn))
