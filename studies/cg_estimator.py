@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from comfy_nag import estimators
+from comfy_nag import estimators, samplers
+from comfy_nag.denoiser import Denoiser
 
 from . import harness, testbed, toolkit
 from .harness import md_table
@@ -49,6 +50,7 @@ class Variant:
     steps: int = 1500
     bins: int = 40
     target_width: float = 0.0  # log-SNR units; 0 = one-hot bin targets
+    data: str = "real"  # "generated": trained on the no-dropout network's own samples (no data set needed)
 
     def changed(self) -> str:
         diff = {k: v for k, v in asdict(self).items() if k != "name" and v != getattr(BASE, k)}
@@ -57,7 +59,9 @@ class Variant:
 
 BASE = Variant("base")
 VARIANTS = (BASE, Variant("steps_x4", steps=6000), Variant("steps_x20", steps=30000), Variant("width_256", width=256),
-            Variant("bins_80", bins=80), Variant("soft_targets", target_width=0.5))
+            Variant("bins_80", bins=80), Variant("soft_targets", target_width=0.5),
+            Variant("self_generated", data="generated"))
+GENERATED = 20000  # samples the network generates for the self_generated estimator (Euler, 50 steps)
 EST_TERMS = ("nag_cf_est", "nag_cf_est3")
 
 
@@ -81,21 +85,38 @@ class Config:
                    samplers=("euler",), n_samples=300, grid=(1.0, 3.0))
 
 
-def train_variant(tr: toolkit.Trained, v: Variant, seed: int, stages: harness.Stages | None, log) -> tuple:
-    """(estimator, bins, summary) for variant ``v`` on ``tr``'s data and schedule (a stage in ``stages``)."""
+@torch.no_grad()
+def generated(net, tr: toolkit.Trained, n: int, seed: int, steps: int = 50) -> torch.Tensor:
+    """``n`` samples of ``net`` (Euler, ``steps`` steps, classes uniform): the data an estimator is trained on when
+    the user has no data set, only the checkpoint (``python -m training prepare`` with ``data.source = "generated"``)."""
+    sch = tr.fam.schedule
+    y = torch.arange(n) % tr.gmm.num_classes
+    x = samplers.initial_noise((n, tr.gmm.dim), sch, torch.Generator().manual_seed(seed + 70))
+    return samplers.sample_euler(Denoiser(net, sch, tr.fam.prediction), x, sch.sigmas(steps), extra_args={"y": y})
+
+
+def train_variant(tr: toolkit.Trained, v: Variant, seed: int, stages: harness.Stages | None, log, net=None) -> tuple:
+    """(estimator, bins, summary) for variant ``v`` on ``tr``'s data (or ``net``'s own samples, ``v.data``) and
+    schedule (a stage in ``stages``)."""
     bins = estimators.LevelBins(tr.bins.lo, tr.bins.hi, v.bins)
     torch.manual_seed(seed + 3)
     est = estimators.NoiseLevelEstimator((tr.gmm.dim,), bins, width=v.width, depth=v.depth)
 
     def make():
         t0 = time.time()
-        hist = estimators.train_estimator(est, lambda n, g: tr.gmm.sample(n, generator=g)[0], tr.fam.schedule, v.steps,
+        if v.data == "generated":
+            pool = generated(net, tr, GENERATED, seed)
+            data = lambda n, g: pool[torch.randint(0, len(pool), (n,), generator=g)]  # noqa: E731
+        else:
+            data = lambda n, g: tr.gmm.sample(n, generator=g)[0]  # noqa: E731
+        hist = estimators.train_estimator(est, data, tr.fam.schedule, v.steps,
                                           lr=3e-3, generator=torch.Generator().manual_seed(seed + 1),
                                           target_width=v.target_width)
         log(f"[{tr.fam.name} seed {seed}] estimator {v.name} ({v.changed()}): {time.time() - t0:.0f}s")
         return {"loss": float(np.mean(hist[-50:])), "seconds": time.time() - t0}
 
-    spec = {"stage": "cg estimator", "family": tr.fam.name, "seed": seed, "variant": asdict(v)}
+    recipe = {k: x for k, x in asdict(v).items() if (k, x) != ("data", "real")}  # stages made before `data` existed
+    spec = {"stage": "cg estimator", "family": tr.fam.name, "seed": seed, "variant": recipe}
     summary = stages.modules(f"{tr.fam.name}_seed{seed}_est_{v.name}", spec, {"estimator": est}, make) if stages else make()
     return est, bins, summary
 
@@ -157,7 +178,7 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
                                  "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"]}
             for vname in tqdm(cfg.variants, desc=f"{name} seed {seed}: estimators", disable=not progress):
                 v = next(x for x in VARIANTS if x.name == vname)
-                est, bins, summ = train_variant(tr, v, seed, stages, log)
+                est, bins, summ = train_variant(tr, v, seed, stages, log, plain)
                 trv = dataclasses.replace(tr, estimator=est, bins=bins)
                 key = {"seed": seed, "family": name, "variant": v.name}
                 out["training"].append({**key, "changed": v.changed(), "loss": summ["loss"], "seconds": summ["seconds"],

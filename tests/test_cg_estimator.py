@@ -13,7 +13,7 @@ def test_each_variant_changes_one_setting_of_the_base():
     names = [v.name for v in ce.VARIANTS]
     assert len(set(names)) == len(names) and names[0] == "base"
     for v in ce.VARIANTS[1:]:
-        diff = [k for k in ("width", "depth", "steps", "bins", "target_width") if getattr(v, k) != getattr(ce.BASE, k)]
+        diff = [k for k in ("width", "depth", "steps", "bins", "target_width", "data") if getattr(v, k) != getattr(ce.BASE, k)]
         assert len(diff) == 1, (v.name, diff)
 
 
@@ -25,9 +25,11 @@ def test_tiny_study_measures_fidelity_and_sampling_against_the_exact_term(monkey
                           n_reference=120, bins=12, ablations=False)
     monkeypatch.setattr(toolkit.Config, "make", classmethod(lambda cls, quick, seed=0: dataclasses.replace(tiny, seed=seed)))
     monkeypatch.setattr(ce, "VARIANTS", (dataclasses.replace(ce.BASE, steps=60, bins=12),
-                                         ce.Variant("soft_targets", steps=60, bins=12, target_width=0.5)))
-    cfg = ce.Config(quick=True, seeds=(0,), variants=("base", "soft_targets"), n_states=32, steps=6, n_samples=120,
-                    grid=(1.0,))
+                                         ce.Variant("soft_targets", steps=60, bins=12, target_width=0.5),
+                                         ce.Variant("self_generated", steps=60, bins=12, data="generated")))
+    monkeypatch.setattr(ce, "GENERATED", 256)
+    cfg = ce.Config(quick=True, seeds=(0,), variants=("base", "soft_targets", "self_generated"), n_states=32, steps=6,
+                    n_samples=120, grid=(1.0,))
     res = ce.study(cfg, log=lambda *a: None, progress=False)
     fid = {(r["variant"], r["term"], r["offset"], r["lam"]) for r in res["fidelity"]}
     assert {(v, "nag_cg", 0.0, lam) for v in cfg.variants for lam in ce.LAMS} <= fid
@@ -37,7 +39,7 @@ def test_tiny_study_measures_fidelity_and_sampling_against_the_exact_term(monkey
     assert {(r["variant"], r["method"]) for r in res["sampling"]} == {(v, m) for v in cfg.variants
                                                                       for m in ("nag_cg", "exact_score")}
     rows = ce.summary(res)
-    assert [r["variant"] for r in rows] == ["base", "soft_targets"]
+    assert [r["variant"] for r in rows] == ["base", "soft_targets", "self_generated"]
     assert all(-1 <= r["cos_late"] <= 1 and r["cross_entropy"] > 0 for r in rows)
     assert all(-1 <= r["est_cos"] <= 1 and -1 <= r["est3_cos"] <= 1 and r["posterior_mean_gap"] >= 0 for r in rows)
     assert [c["family"] for c in ce.ceilings(res)] == ["sd1"] and "sd1: null branch, 1 level" in ce.headline(res)
