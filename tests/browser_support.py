@@ -17,6 +17,15 @@ VIEWPORT = {"width": 1600, "height": 1000}
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PACK_WORDS = ("NoiseAwareness", "comfy-nag", "comfy_nag", "noise_awareness")
+# The frontend draws node text in LiteGraph.NODE_FONT ("Arial": each machine's fontconfig picks what that is).
+# Titles and widget labels are checked in each of these (Debian: fonts-dejavu-core, fonts-liberation2), and the
+# workflow generator fits node widths to the widest of them.
+FONT_FAMILIES = ("DejaVu Sans", "Liberation Sans")
+# Width a canvas widget needs besides its label and value text: BaseWidget.margin 15 on both sides of the
+# capsule and of the text area, label-value gap 5, and the widget's own text padding (number/combo: 5 + 20 for
+# the arrows; text: 0; toggle: its value is drawn right-aligned 40 px from the edge).  Frontend 1.27.
+WIDGET_PAD = {"number": 90, "combo": 90, "text": 65, "string": 65, "toggle": 75}
+TITLE_PAD = 60  # a title is cut beyond the node's width minus twice LiteGraph.NODE_TITLE_HEIGHT
 
 
 def chromium_path() -> str | None:
@@ -56,6 +65,42 @@ SUMMARY_JS = """() => {
   });
   return {nodes, links, low_quality: !!window.app.canvas.low_quality, scale: window.app.canvas.ds.scale};
 }"""
+
+# Is a font family installed?  A string measured in "family, generic" differs from the generic font alone.
+FONT_PRESENT_JS = """(fam) => {
+  const ctx = document.createElement('canvas').getContext('2d'), s = 'mmmmmmmmmmlliiWW@#0.,';
+  return ['monospace', 'serif', 'sans-serif'].some(g => {
+    ctx.font = `32px ${g}`; const a = ctx.measureText(s).width;
+    ctx.font = `32px "${fam}", ${g}`; return ctx.measureText(s).width !== a; });
+}"""
+
+# Set LiteGraph.NODE_FONT (the family, or the frontend's own when null) for the duration of `body`, with a redraw.
+WITH_FONT_JS = """(fam, body) => {
+  const LG = window.LiteGraph, c = window.app.canvas, old = LG.NODE_FONT;
+  if (fam) LG.NODE_FONT = `"${fam}"`;
+  try { c.setDirty(true, true); return body(c); } finally { LG.NODE_FONT = old; c.setDirty(true, true); }
+}"""
+
+# Text widths each node's title and canvas widgets (not DOM ones like the prompt boxes) have, in the node fonts.
+TEXTS_JS = """(fam) => (%s)(fam, () => {
+  const ctx = document.createElement('canvas').getContext('2d');
+  const w = (t, font) => { ctx.font = font; return ctx.measureText(String(t ?? '')).width; };
+  return window.app.graph._nodes.map(n => ({
+    id: n.id, title: n.title, width: n.size[0], least: Array.from(n.computeSize()), title_text: w(n.title, n.titleFontStyle),
+    widgets: (n.widgets || []).filter(x => !x.element && typeof x.draw !== 'function').map(x => ({
+      name: x.displayName ?? x.label ?? x.name, type: x.type,
+      label: w(x.displayName ?? x.label ?? x.name, n.innerFontStyle),
+      value: w(x._displayValue ?? x.value, n.innerFontStyle)}))}));
+})""" % WITH_FONT_JS
+
+# Every string the canvas draws in one full redraw; the frontend marks a cut title with a trailing '...' and
+# a cut widget label or value with a separate '\u2026' (or a one/two-dot leader) after the text that fits.
+DRAWN_JS = """(fam) => (%s)(fam, (c) => {
+  const drawn = [], P = CanvasRenderingContext2D.prototype, fill = P.fillText;
+  P.fillText = function (t, ...a) { drawn.push(String(t)); return fill.call(this, t, ...a); };
+  try { c.draw(true, true); } finally { P.fillText = fill; }
+  return drawn;
+})""" % WITH_FONT_JS
 
 DROP_JS = """([name, text]) => {
   const dt = new DataTransfer();
@@ -116,6 +161,18 @@ class Frontend:
         """Nodes (bounding boxes with the title bar, widgets, the width their title needs), link count, zoom."""
         return self.page.evaluate(SUMMARY_JS)
 
+    def font_present(self, family: str) -> bool:
+        return self.page.evaluate(FONT_PRESENT_JS, family)
+
+    def texts(self, family: str | None = None) -> list[dict]:
+        """Per node: id, title, width, ``least`` (computeSize), text widths of the title and of each canvas
+        widget's label and value, measured in ``family`` as the node font (None: the frontend's own)."""
+        return self.page.evaluate(TEXTS_JS, family)
+
+    def drawn_texts(self, family: str | None = None) -> list[str]:
+        """Every string the canvas draws in one full redraw with ``family`` as the node font (None: the frontend's)."""
+        return self.page.evaluate(DRAWN_JS, family)
+
     def pack_errors(self) -> list[str]:
         return [e for e in self.errors if any(w.lower() in e.lower() for w in PACK_WORDS)]
 
@@ -140,6 +197,25 @@ class Frontend:
     def close(self):
         self.browser.close()
         self._pw.stop()
+
+
+def cut_texts(drawn: list[str]) -> list[str]:
+    """The texts of :meth:`Frontend.drawn_texts` that the frontend drew cut (ending in an ellipsis)."""
+    cut = []
+    for i, t in enumerate(drawn):
+        if t in ("\u2026", "\u2025", "\u2024"):
+            cut.append((drawn[i - 1] if i else "") + t)
+        elif t.endswith("...") and len(t) > 3:
+            cut.append(t)
+    return cut
+
+
+def needed_width(node: dict, safety: float = 1.0) -> float:
+    """Width a node (an item of :meth:`Frontend.texts`) needs to show its title and each canvas widget's
+    label and value whole, with text widths times ``safety``; at least the frontend's computeSize."""
+    rows = [node["least"][0], node["title_text"] * safety + TITLE_PAD]
+    rows += [(w["label"] + w["value"]) * safety + WIDGET_PAD[w["type"]] for w in node["widgets"] if w["type"] in WIDGET_PAD]
+    return max(rows)
 
 
 def overlaps(nodes: list[dict], pad: float = 0.0) -> list[tuple]:

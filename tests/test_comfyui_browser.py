@@ -4,11 +4,18 @@ Each workflow is dropped on the canvas as a file and opened from the template br
 missing-nodes dialog, no console error naming the pack, node/link/widget counts equal the file's,
 every widget value valid, every title shown whole, no two nodes overlapping, and text drawn (not the low-detail mode) at the
 fit-to-view zoom of a 1600x1000 window.  A screenshot of each is saved to docs/img/workflows/.
+Fonts: the canvas draws node text in LiteGraph.NODE_FONT ("Arial", i.e. whatever the machine's fontconfig
+gives for it).  Each workflow is checked with the frontend's own font and again with each family of
+browser_support.FONT_FAMILIES set as the node font: no title and no widget label or value cut, both by
+measuring the texts (ctx.measureText in the node fonts, against the frontend's truncation widths) and by
+recording every string the canvas draws in a redraw (no ellipsis).  A family that is not installed skips loudly.
 Needs ComfyUI with its frontend package, playwright and Chromium; elsewhere it skips loudly.
 """
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 
 import pytest
 
@@ -16,7 +23,7 @@ from comfy_support import PACK_ROOT, comfy_or_skip
 
 comfy_or_skip()
 
-from browser_support import Frontend, browser_or_skip, overlaps  # noqa: E402
+from browser_support import FONT_FAMILIES, TITLE_PAD, WIDGET_PAD, Frontend, browser_or_skip, cut_texts, overlaps  # noqa: E402
 
 CHROMIUM = browser_or_skip()
 
@@ -44,6 +51,23 @@ def front(tmp_path_factory):
         srv.stop()
 
 
+def text_problems(front, family: str | None) -> list[str]:
+    """Titles, widget labels and values that do not fit their node with ``family`` as the node font (None: the
+    frontend's own), measured and as drawn (the whole graph must be in view)."""
+    drawn = front.drawn_texts(family)
+    out = [f"drawn cut: {t!r}" for t in cut_texts(drawn)]
+    for n in front.texts(family):
+        if n["title"] not in drawn:
+            out.append(f"title '{n['title']}' not drawn whole")
+        if n["title_text"] + TITLE_PAD > n["width"]:
+            out.append(f"title '{n['title']}' needs {n['title_text'] + TITLE_PAD:.0f} px, the node is {n['width']:.0f}")
+        for w in (w for w in n["widgets"] if w["type"] in WIDGET_PAD):
+            need = w["label"] + w["value"] + WIDGET_PAD[w["type"]]
+            if need > n["width"]:
+                out.append(f"'{n['title']}': widget '{w['name']}' needs {need:.0f} px, the node is {n['width']:.0f}")
+    return out
+
+
 def check_graph(front, ui: dict, name: str):
     s = front.summary()
     assert not front.dialogs_text(), f"{name}: a dialog is open: {front.dialogs_text()[:500]}"
@@ -68,6 +92,8 @@ def check_graph(front, ui: dict, name: str):
     front.fit()
     s = front.summary()
     assert not s["low_quality"], f"{name}: fit-to-view zoom {s['scale']:.2f} is below the frontend's low-detail threshold"
+    problems = text_problems(front, None)
+    assert not problems, f"{name}, the frontend's own node font: " + "; ".join(problems)
     return s
 
 
@@ -115,3 +141,24 @@ def test_template_browser_shows_every_workflow_with_thumbnail_and_title(front):
     dialog.get_by_text(first.stem, exact=True).first.click()
     page.wait_for_timeout(2000)
     check_graph(front, json.loads(first.read_text()), first.stem)
+
+
+@pytest.fixture(scope="module")
+def fonts_present(front):
+    return {f: front.font_present(f) for f in FONT_FAMILIES}
+
+
+@pytest.mark.parametrize("family", FONT_FAMILIES, ids=slug)
+@pytest.mark.parametrize("wf", WORKFLOWS, ids=lambda p: slug(p.stem))
+def test_titles_and_widget_labels_whole_in_font(front, fonts_present, family, wf):
+    if not fonts_present[family]:
+        msg = f"SKIPPING the '{family}' font check: the font is not installed (Debian: fonts-dejavu-core, fonts-liberation2)"
+        warnings.warn(msg)
+        print("\n" + msg, file=sys.stderr)
+        pytest.skip(msg)
+    front.clear()
+    front.load(json.loads(wf.read_text()))
+    front.fit()
+    assert not front.summary()["low_quality"], wf.stem
+    problems = text_problems(front, family)
+    assert not problems, f"{wf.stem}, node font '{family}': " + "; ".join(problems)

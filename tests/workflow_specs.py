@@ -2,8 +2,9 @@
 shows), as compact specs laid out in columns.
 
 Regenerate them after changing a node's inputs, with ComfyUI's Python (it starts a ComfyUI with the
-pack for ``/object_info`` and its web frontend in Chromium to measure every node and to render the
-``.jpg`` thumbnails and the docs' screenshots):  ``python tests/workflow_specs.py``
+pack for ``/object_info`` and its web frontend in Chromium to measure every node in each font of
+``browser_support.FONT_FAMILIES``, which must be installed, and to render the ``.jpg`` thumbnails):
+``python tests/workflow_specs.py``; then run tests/test_comfyui_browser.py, which saves the docs' screenshots.
 """
 from __future__ import annotations
 
@@ -141,17 +142,31 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+# Node widths leave this much room over the widest of the fonts measured (browser_support.FONT_FAMILIES) for
+# a user's font that is wider still, and are rounded up to GRID px.
+SAFETY, GRID = 1.15, 10
+
+
 def measure(front, spec, info, title):
-    """Node sizes: the frontend's minimum (computeSize, widened to show the whole title), or the spec's size where larger."""
+    """Node sizes: wide enough for the title and every widget's label and value in each of the fonts of
+    browser_support.FONT_FAMILIES, text widths times SAFETY (browser_support.needed_width), and at least the
+    frontend's computeSize; the spec's size where larger."""
+    import math
+
+    from browser_support import FONT_FAMILIES, needed_width
     from workflow_tools import build_ui
 
     front.clear()
     front.load(build_ui(spec, info, title))
-    front.summary()  # sets n.title_width_needed
-    least = front.page.evaluate("""() => Object.fromEntries(window.app.graph._nodes.map(n => {
-        const c = n.computeSize(); return [n.id, [Math.max(c[0], n.title_width_needed), c[1]]]; }))""")
-    want = {n["id"]: n.get("size", [0, 0]) for n in spec}
-    return {int(k): [max(float(v[0]), want[int(k)][0]), max(float(v[1]), want[int(k)][1])] for k, v in least.items()}
+    sizes = {n["id"]: list(n.get("size", [0, 0])) for n in spec}
+    for family in FONT_FAMILIES:
+        if not front.font_present(family):
+            raise SystemExit(f"the font '{family}' is not installed: node widths are fitted to each of {FONT_FAMILIES} "
+                             "(Debian: apt-get install fonts-dejavu-core fonts-liberation2)")
+        for n in front.texts(family):
+            w = math.ceil(needed_width(n, SAFETY) / GRID) * GRID
+            sizes[n["id"]] = [max(sizes[n["id"]][0], w), max(sizes[n["id"]][1], float(n["least"][1]))]
+    return sizes
 
 
 def main():
