@@ -533,3 +533,25 @@ def test_loaded_models_agree_with_the_family_registry(tmp_path, sd3_files):
         assert loaded.latent_format == f.latent_format and loaded.latent_channels == f.latent_channels
         assert loaded.schedule.describe() == f.schedule.describe()
         assert loaded.schedule.null_timestep == f.null_timestep
+
+
+def test_generated_latents_from_a_comfyui_checkpoint_train_an_estimator(tmp_path, sd3_files, vae_cache):
+    """data.source='generated' on an SD3 checkpoint: raw VAE latents from ComfyUI's own sampler (one prompt per
+    batch, from precomputed conditioning), recorded as the sd3 latent space; the estimator trains on them."""
+    from training.data import Cache
+
+    path = api.prepare(None, {"data.source": "generated", "model.base": str(sd3_files[0]), "model.family": "sd3",
+                              "data.cache": str(tmp_path / "gen.safetensors"), "data.resolution": 64,
+                              "data.conditioning": str(vae_cache.parent / "cond.safetensors"),
+                              "data.generate_count": 6, "data.generate_steps": 3, "data.encode_batch_size": 2}, **QUIET)
+    c = Cache(path)
+    assert len(c) == 6 and tuple(c.sample_shape) == (16, 8, 8) and c.info.latent_space == "vae"
+    assert c.info.vae_family == "sd3" and c.info.conditioning == "none"
+    lat = c.latents(torch.arange(6)).float()
+    assert torch.isfinite(lat).all() and not torch.allclose(lat[0], lat[2])  # batches 0 and 1: different prompts/noise
+    res = api.estimator(None, {"run.out_dir": str(tmp_path / "est"), "data.cache": str(path), "estimator.steps": 5,
+                               "estimator.batch_size": 4, "estimator.bins": 8, "estimator.width": 16,
+                               "estimator.depth": 2, "monitor.eval_size": 4}, **QUIET)
+    from comfy_nag.estimators import NoiseLevelEstimator
+    _, meta = NoiseLevelEstimator.load(res.path)
+    assert meta["nag.family"] == "sd3" and meta["nag.latent_format"] == "SD3"

@@ -416,3 +416,46 @@ def test_sample_grid_columns_are_labelled_with_their_class_on_top(tmp_path):
     third = grid.shape[1] // 3
     for c in range(3):  # one label above each column
         assert (grid[:header, c * third: (c + 1) * third] < 128).any()
+
+
+def test_an_estimator_without_a_data_set_from_samples_the_checkpoint_generates(tmp_path, base, monkeypatch):
+    """`prepare` with data.source='generated': the checkpoint's own samples (pixels in [-1, 1], no conditioning),
+    made batch by batch with seeded noise, so an interrupted run continues where it stopped and gives the same
+    cache; `estimator` trains on it."""
+    from training import generate
+    from training.data import Cache
+
+    opts = {"data.source": "generated", "model.base": str(base), "data.generate_count": 20, "data.generate_steps": 4,
+            "data.encode_batch_size": 8}
+    whole = api.prepare(TINY, {**opts, "data.cache": str(tmp_path / "whole.safetensors")}, **QUIET)
+    cache = Cache(whole)
+    net, _ = load_reference_model(base)
+    assert len(cache) == 20 and tuple(cache.sample_shape) == tuple(net.in_shape) and cache.info.conditioning == "none"
+    x = cache.latents(torch.arange(20)).float()
+    assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.05 and not torch.equal(x[0], x[8])
+
+    real = generate._reference  # interrupt the second batch once: a rerun continues and matches the whole run
+    calls = []
+
+    def flaky(cfg):
+        make, info, shape = real(cfg)
+
+        def make_or_stop(k, rows):
+            calls.append(k)
+            if k == 1 and calls.count(1) == 1:
+                raise KeyboardInterrupt
+            return make(k, rows)
+        return make_or_stop, info, shape
+
+    monkeypatch.setattr(generate, "_reference", flaky)
+    part = str(tmp_path / "part.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        api.prepare(TINY, {**opts, "data.cache": part}, **QUIET)
+    api.prepare(TINY, {**opts, "data.cache": part}, **QUIET)
+    assert calls == [0, 1, 1, 2]  # batch 0 was kept, not made again
+    assert torch.equal(Cache(part).latents(torch.arange(20)), cache.latents(torch.arange(20)))
+    est = api.estimator(TINY, {"run.out_dir": str(tmp_path / "est"), "data.cache": str(whole), "estimator.steps": 20,
+                               "estimator.batch_size": 16, "monitor.eval_size": 16}, **QUIET)
+    assert NoiseLevelEstimator.load(est.path)[0].shape == tuple(net.in_shape)
+    with pytest.raises(api.ConfigError, match="model.base"):
+        api.prepare(TINY, {"data.source": "generated", "data.cache": str(tmp_path / "x.safetensors")}, **QUIET)

@@ -56,8 +56,9 @@ class Run:
 class Data:
     cache: str = opt("", "the latent cache file written by `prepare` and read by `finetune`/`estimator`")
     source: str = opt("folder", "what `prepare` reads: 'folder' (images), 'digits' (scikit-learn's 8x8 digits), "
-                                "'precomputed' (a safetensors file of latents + conditioning)",
-                      choices=("folder", "digits", "precomputed"))
+                                "'precomputed' (a safetensors file of latents + conditioning), 'generated' (latents the "
+                                "model.base checkpoint samples itself: an estimator without a data set)",
+                      choices=("folder", "digits", "precomputed", "generated"))
     path: str = opt("", "images folder (source='folder') or precomputed safetensors file (source='precomputed')")
     labels: str = opt("none", "conditioning of folder images: 'none', 'folders' (class = first sub-folder), "
                               "'captions' (text in a .txt file beside each image)",
@@ -73,7 +74,12 @@ class Data:
     conditioning: str = opt("", "precomputed text conditioning: safetensors with cross_attn [K,L,D], optional "
                                 "pooled_output [K,P], and metadata 'captions' (JSON list of the K captions)")
     limit: int = opt(0, "use at most this many images (0: all)", lo=0)
-    encode_batch_size: int = opt(8, "images `prepare` reads and encodes at a time (memory holds one batch)", lo=1)
+    encode_batch_size: int = opt(8, "images `prepare` reads and encodes (or generates) at a time (memory holds one batch)",
+                                 lo=1)
+    generate_count: int = opt(1000, "source='generated': how many samples the checkpoint generates", lo=1)
+    generate_steps: int = opt(30, "source='generated': sampler steps per sample (Euler)", lo=1)
+    generate_cfg: float = opt(1.0, "source='generated': CFG scale (text models; 1 = no CFG, the prompts' own "
+                                   "distribution)", lo=0.0)
 
 
 @dataclass
@@ -395,7 +401,12 @@ def require(cfg: Config, command: str) -> None:
                          f"{'images folder' if d.source == 'folder' else 'precomputed safetensors file'}")
         if d.source == "folder":
             need(d.resolution > 0, "data.resolution is 0: set the square size folder images are resized to, e.g. 512")
-        if d.encoder == "comfyui":
+        if d.source == "generated":
+            need(m.base, "data.source='generated' samples latents from a checkpoint: set model.base to its .safetensors "
+                         "file (and model.family)")
+            need(cfg.is_reference or d.resolution > 0, "data.source='generated' needs data.resolution, the image size "
+                                                       "to generate (e.g. 512 for SD1.5, 1024 for SDXL)")
+        if d.encoder == "comfyui" and d.source != "generated":
             need(d.source != "precomputed", "data.encoder='comfyui' encodes images; a precomputed source is already encoded")
             need(d.checkpoint or d.vae, "data.encoder='comfyui' needs data.checkpoint (VAE + text encoders) or data.vae")
             if d.labels == "captions":

@@ -19,7 +19,8 @@ Metadata (``nag_cache.*``, strings) records the format, latent space, shape, con
 class names or captions, the family of the VAE that encoded it, and the empty caption's row
 (for caption dropout).  Sources ``prepare`` supports: an image folder (class = first sub-folder,
 or a caption in a ``.txt`` beside each image, or none), scikit-learn's 8x8 digits (the tiny
-reference dataset), and precomputed latents + conditioning.  Images are resized on the short
+reference dataset), precomputed latents + conditioning, and latents the checkpoint generates itself
+(``generate.py``: an estimator for a user who has no images).  Images are resized on the short
 side and centre-cropped to a square (no aspect-ratio buckets).
 """
 from __future__ import annotations
@@ -331,10 +332,11 @@ class Shards:
     cache is streamed from the shards, so memory holds one batch whatever the dataset's size.
     """
 
-    def __init__(self, cache: Path, files: list[Path], settings: dict, log=print):
+    def __init__(self, cache: Path, source, settings: dict, log=print):
+        """``source``: what the batches are made from (JSON-able; e.g. :func:`file_listing`), with ``settings``
+        the key a kept folder must match."""
         self.dir = cache.with_name(cache.name + ".partial")
-        listing = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-        self.key = hashlib.sha256(json.dumps([settings, listing]).encode()).hexdigest()
+        self.key = hashlib.sha256(json.dumps([settings, source]).encode()).hexdigest()
         manifest = self.dir / "manifest.json"
         if self.dir.is_dir():
             try:
@@ -342,7 +344,7 @@ class Shards:
             except (OSError, json.JSONDecodeError):
                 same = False
             if not same:
-                log(f"discarding {self.dir}: it was made for other images or settings")
+                log(f"discarding {self.dir}: it was made from other data or settings")
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(manifest, json.dumps({"key": self.key}).encode())
@@ -377,6 +379,11 @@ class Shards:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def file_listing(files: list[Path]) -> list:
+    """Path, size and modification time of each file: a :class:`Shards` source that changes when a file does."""
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
 def _shard_latents(parts: list[Path]):
     for p in parts:
         with safe_open(str(p), "pt") as f:
@@ -395,6 +402,9 @@ def prepare(cfg: Config, log=print) -> Path:
         path = write_cache(out, x, info, labels=y)
     elif d.source == "precomputed":
         path = _prepare_precomputed(d.path, out, d.limit)
+    elif d.source == "generated":
+        from .generate import prepare_generated
+        path = prepare_generated(cfg, log)
     else:
         path = _prepare_folder(cfg, log)
     log(f"wrote {path}: {describe_cache(CacheInfo.from_metadata(read_metadata(path), path))}")
@@ -411,7 +421,7 @@ def _prepare_folder(cfg: Config, log=print) -> Path:
     mode = "RGB" if d.encoder == "comfyui" or d.channels == 3 else "L"
     settings = {"resolution": d.resolution, "mode": mode, "encoder": d.encoder, "checkpoint": d.checkpoint,
                 "vae": d.vae, "batch": d.encode_batch_size}
-    shards = Shards(out, files, settings, log)
+    shards = Shards(out, file_listing(files), settings, log)
     bs = d.encode_batch_size
     batches = -(-len(files) // bs)
     todo = [k for k in range(batches) if not shards.done(k)]
