@@ -2,7 +2,9 @@
 
 Runs the real ComfyUI sampler (``comfy.sample.sample``) on one model and times, interleaved in one
 run (round-robin over configurations, median of the repeats): plain CFG, NAG-CF batched, NAG-CF
-unbatched, NAG-CG (estimator gradient).  Prints seconds per step and the ratio to plain CFG.  Run it with ComfyUI's Python:
+unbatched, NAG-CG (estimator gradient), and NAG-CF with the null branch from a noise-level estimator
+(K = 1 and 3 levels: any checkpoint, no fine-tuning).  Prints seconds per step and the ratio to plain
+CFG.  Run it with ComfyUI's Python:
 
     python benchmarks/comfyui_step_cost.py [--model sd3|unet] [--size 32] [--steps 6] [--repeats 5]
 
@@ -43,41 +45,77 @@ def conditioning_for(model, seed: int, tokens: int = 8) -> list:
     return [[torch.randn(1, tokens, ctx, generator=g), extra]]
 
 
-def measure(model, latent, steps: int, repeats: int, estimator_width: int = 32) -> dict:
-    """Median seconds per sampler step of plain CFG and the guidance nodes, measured round-robin."""
-    import torch
-    import comfy.sample
+def estimator_for(model, width: int = 32, depth: int = 3, bins: int = 32):
+    """A random-weight noise-level estimator for ``model``'s latents and its loader-style ``(estimator, metadata)``:
+    the metadata names the model's family (comfy_nag.families) when ComfyUI's config class has one, else only
+    its latent format, so the nodes' estimator checks pass.  Timing only: its readings mean nothing."""
+    import json
+
     from comfy_nag_pack_under_test.comfy_nag.estimators import LevelBins, NoiseLevelEstimator
+    from comfy_nag_pack_under_test.comfy_nag.families import from_comfy_config
+
+    base = model.model
+    fmt = model.get_model_object("latent_format")
+    est = NoiseLevelEstimator((fmt.latent_channels, 8, 8), LevelBins(-10, 10, bins), width=width, depth=depth)
+    est.eval().requires_grad_(False)
+    fam = from_comfy_config(type(base.model_config).__name__)
+    meta = {"nag.latent_format": type(fmt).__name__}
+    if fam is not None:
+        meta.update({"nag.family": fam.name, "nag.schedule": json.dumps(fam.schedule.describe())})
+    return est, meta
+
+
+def configurations(model, estimator, levels=(1, 3)) -> dict:
+    """``{name: model}`` of plain CFG and the guidance nodes at scale 1 (NAG-CG 0.5) over the whole sampling:
+    NAG-CF with the learned null branch (batched, unbatched), NAG-CG, and NAG-CF with the null branch from the
+    estimator at each of ``levels`` (when the classifier-free node has that input).  ``estimator``: the
+    ``(estimator, metadata)`` pair 'Load Noise-Level Estimator' gives."""
+    import inspect
+
     from comfy_nag_pack_under_test.nodes import guidance_nodes
 
-    pos, neg = conditioning_for(model, 1), conditioning_for(model, 2)
     cf = guidance_nodes.NoiseAwarenessClassifierFree.execute
-    est = NoiseLevelEstimator(tuple(latent.shape[1:]), LevelBins(-10, 10, 32), width=estimator_width, depth=3)
-    configs = {
+    out = {
         "plain CFG": model,
         "NAG-CF batched": cf(model, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, True).result[0],
         "NAG-CF unbatched": cf(model, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, False).result[0],
         "NAG-CG (estimator)": guidance_nodes.NoiseAwarenessClassifierGuided.execute(
-            model, (est, {}), 0.5, "percent", 0.0, 1.0).result[0],
+            model, estimator, 0.5, "percent", 0.0, 1.0).result[0],
     }
+    if "levels" in inspect.signature(cf).parameters:  # the null branch from an estimator (null_sources.EstimatorNull)
+        branch = guidance_nodes.NULL_BRANCHES[1]
+        for k in levels:
+            out[f"NAG-CF estimator K={k}"] = cf(model, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, True,
+                                                guidance_nodes.SCALE_RULES[0], branch, estimator, k).result[0]
+    return out
+
+
+def time_steps(model, latent, steps: int, pos, neg, cfg: float = 4.0) -> float:
+    """Seconds per sampler step of one ``comfy.sample.sample`` run (euler, simple), synchronised on CUDA."""
+    import torch
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(latent, 0)
+    with torch.inference_mode():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", pos, neg, latent, seed=0, disable_pbar=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps
+
+
+def measure(model, latent, steps: int, repeats: int, estimator_width: int = 32) -> dict:
+    """Median seconds per sampler step of plain CFG and the guidance nodes, measured round-robin."""
+    pos, neg = conditioning_for(model, 1), conditioning_for(model, 2)
+    configs = configurations(model, estimator_for(model, estimator_width))
     times = {k: [] for k in configs}
-
-    def run(m):
-        noise = comfy.sample.prepare_noise(latent, 0)
-        with torch.inference_mode():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            comfy.sample.sample(m, noise, steps, 4.0, "euler", "simple", pos, neg, latent, seed=0, disable_pbar=True)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            return (time.perf_counter() - t0) / steps
-
     for m in configs.values():  # warm-up (model load, allocator)
-        run(m)
+        time_steps(m, latent, steps, pos, neg)
     for _ in range(repeats):
         for k, m in configs.items():
-            times[k].append(run(m))
+            times[k].append(time_steps(m, latent, steps, pos, neg))
     base = statistics.median(times["plain CFG"])
     return {k: {"s_per_step": statistics.median(v), "ratio": statistics.median(v) / base} for k, v in times.items()}
 
@@ -114,9 +152,9 @@ def main():
     result = measure(model, latent, args.steps, args.repeats)
     print(f"model={args.unet_file or args.model} latent={tuple(latent.shape)} steps={args.steps} repeats={args.repeats} "
           f"device={comfy.model_management.get_torch_device()} threads={torch.get_num_threads()}")
-    print(f"{'configuration':22s} {'s/step':>9s} {'ratio':>7s}")
+    print(f"{'configuration':24s} {'s/step':>9s} {'ratio':>7s}")
     for k, v in result.items():
-        print(f"{k:22s} {v['s_per_step']:9.4f} {v['ratio']:7.2f}")
+        print(f"{k:24s} {v['s_per_step']:9.4f} {v['ratio']:7.2f}")
 
 
 if __name__ == "__main__":

@@ -1,213 +1,176 @@
-"""One script for a lent GPU: guidance cost in ComfyUI at real sizes, `bench cost`, and the trainer.
+"""One script for a lent GPU: guidance cost in ComfyUI at real sizes, the trainer at SDXL size, and the
+capacity curve past the CPU.  docs/gpu/README.md says how to run it on the GPU machine (what travels there,
+the one command, what each part measures) and shows the toy run's numbers.
 
-    COMFYUI_PATH=~/comfy/ComfyUI <python with ComfyUI + this project's deps> benchmarks/gpu_check.py --out gpu_check.json
-    COMFYUI_PATH=~/comfy/ComfyUI ~/comfy/venv/bin/python benchmarks/gpu_check.py --toy --out /tmp/gpu_check_toy.json
+    python benchmarks/gpu_check.py --out DIR [--toy] [--parts guidance,trainer,capacity] [--budget-s N]
+    python benchmarks/gpu_check.py --report DIR          # the results as markdown tables
 
-Three parts, each written into one JSON results file (``--out``) as soon as it finishes:
+Parts (each in its own process, so a crash or a hang stops only that part; each writes ``DIR/<part>.json``
+as soon as it has something and again when it finishes, with the device, torch version, settings and
+every figure; a failing part writes its error there and the next part still runs; ``DIR/run.json`` says
+how each part ended and how long it took):
 
-1. **guidance**: seconds per sampler step inside ComfyUI (``comfy.sample.sample``) of plain CFG and the
-   nodes' NAG-CF (batched/unbatched) and NAG-CG, as ratios to plain CFG
-   (``benchmarks/comfyui_step_cost.measure``), on random-weight models in ComfyUI's real formats and
-   sizes: SD1.5 (64² latents), SDXL (128²), Flux-dev (128², bf16).
-2. **bench_cost**: ``python -m studies bench cost`` (per-step time and peak memory of the guidance
-   math on the reference models) on the same device.
-3. **trainer**: ``python -m training finetune`` (LoRA rank 32, bf16, gradient checkpointing,
-   noise-condition dropout) on a random-weight SDXL diffusion-model file with 1024² images'
-   latents (128²): median step time, images/s and peak memory.
+1. ``guidance`` (benchmarks/gpu_guidance.py): seconds per sampler step in ComfyUI of plain CFG, NAG-CF
+   (batched, unbatched), NAG-CG and NAG-CF with the null branch from a noise-level estimator (K = 1, 3), as
+   ratios to CFG measured interleaved, plus peak GPU memory: random-weight SD1.5 (512², fp16), SDXL (1024²,
+   fp16), Flux-dev (1024², bf16).  Needs ComfyUI (``COMFYUI_PATH``).
+2. ``trainer`` (benchmarks/gpu_trainer.py): ``training.api.finetune`` on a random-weight SDXL file, LoRA rank
+   32, bf16, gradient checkpointing, 1024² latents: seconds per step, images/s, peak memory.  Needs ComfyUI.
+3. ``capacity`` (benchmarks/gpu_capacity.py): the capacity study's testbed networks at ~10x and ~50x the
+   parameters and 10x the steps, both families: the learned ``c - n`` against the exact term, the ceiling,
+   and the estimator-posterior null branch (``studies.terms.measure``).
 
-``--toy`` (the default without CUDA) runs the same code on tiny models (SD1.5-detectable UNet, an
-SDXL-shaped and a Flux-shaped model with small widths, 8² latents) to prove the script on a CPU; its
-numbers say nothing about real sizes.  Weights are random (N(0, 0.02)); nothing is downloaded.
+Time: the parts share ``--budget-s`` (default 420 s on a GPU, 900 s in toy mode) in proportion to their
+estimates (printed up front); what one part leaves over goes to the next.  Inside, each part fits its work
+to its share (fewer timing rounds, a model skipped, a shorter training run: the JSON says so) and is
+stopped 40 s past it.  ``--toy`` (the default without CUDA) runs the same code on tiny models on the CPU in
+a few minutes; its numbers say nothing about real sizes.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import platform
-import resource
-import statistics
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SD15 = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-        "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-        "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
-        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
-        "use_temporal_resblock": False}  # ComfyUI's model_detection SD15 config
-SDXL = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-        "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
-        "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
-        "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
-        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False,
-        "use_temporal_resblock": False}  # ComfyUI's model_detection SDXL config
-FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
-            "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19,
-            "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True, "guidance_embed": True}
-# toy stand-ins: the SD1.5 one is still detected as SD15 from its file (the trainer loads files)
-SD15_TOY = {**SD15, "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-            "transformer_depth_middle": -2}
-SDXL_TOY = {**SDXL, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
-            "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1, "context_dim": 64,
-            "num_head_channels": 16}
-FLUX_TOY = {**FLUX_DEV, "vec_in_dim": 32, "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2,
-            "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12]}
+from gpu_common import PartReport, error_fields, write_json  # noqa: E402
+
+PARTS = ("guidance", "trainer", "capacity")
+MODULES = {"guidance": "gpu_guidance", "trainer": "gpu_trainer", "capacity": "gpu_capacity"}
+# seconds per part, process start-up included: on an H200 (estimated from the models' FLOPs and the H200's
+# measured bf16 rate, see docs/gpu/README.md) and in toy mode on a 2-core CPU (measured)
+ESTIMATE_S = {"gpu": {"guidance": 160, "trainer": 90, "capacity": 150},
+              "toy": {"guidance": 25, "trainer": 20, "capacity": 45}}
+DEFAULT_BUDGET_S = {"gpu": 420, "toy": 900}
+GRACE_S = 40  # a part may overrun its share by this much before it is stopped
+MIN_SHARE_S = 15  # a part with less than this left is skipped
 
 
-def build(kind: str, config: dict, dtype, device):
-    """A ComfyUI BaseModel of ``kind`` (SD15/SDXL/Flux) from ``config``, weights N(0, 0.02) on ``device``."""
-    import torch
-    import comfy.supported_models as sm
-
-    mc = getattr(sm, kind)(dict(config))
-    mc.set_inference_dtype(dtype, None)
-    m = mc.get_model({}, "")
-    net = m.diffusion_model.to(device)
-    g = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.normal_(0, 0.02, generator=g) if not name.endswith("bias") else p.zero_()
-    return m
-
-
-def guidance_cost(toy: bool, device, steps: int, repeats: int) -> dict:
-    import torch
-    import comfy_support as cs
-    from comfyui_step_cost import measure
-
-    cs.load_pack()
-    archs = [("sd15", "SD15", SD15_TOY if toy else SD15, 8 if toy else 64, torch.float32 if toy else torch.float16),
-             ("sdxl", "SDXL", SDXL_TOY if toy else SDXL, 8 if toy else 128, torch.float32 if toy else torch.float16),
-             ("flux", "Flux", FLUX_TOY if toy else FLUX_DEV, 8 if toy else 128, torch.float32 if toy else torch.bfloat16)]
-    out = {}
-    for name, kind, config, size, dtype in archs:
-        t0 = time.perf_counter()
-        m = build(kind, config, dtype, device)
-        ch = m.latent_format.latent_channels
-        result = measure(cs.patcher(m), torch.zeros(1, ch, size, size), steps, repeats)
-        params = sum(p.numel() for p in m.diffusion_model.parameters())
-        out[name] = {"parameters": params, "latent": [1, ch, size, size], "dtype": str(dtype), **result,
-                     "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"guidance {name}: {params / 1e6:.1f}M params, " + ", ".join(
-            f"{k} x{v['ratio']:.2f}" for k, v in result.items() if isinstance(v, dict)), flush=True)
-        del m
-        import comfy.model_management as mm
-        mm.unload_all_models()
-        mm.soft_empty_cache()
-    return out
-
-
-def bench_cost(toy: bool, work: Path) -> dict:
-    cmd = [sys.executable, "-m", "studies", "bench", "cost", "--out", str(work / "cost"), "--threads", "1"]
-    if toy:
-        cmd.append("--quick")
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        return {"error": (r.stderr or r.stdout)[-2000:], "command": " ".join(cmd[1:])}
-    found = sorted((work / "cost").rglob("*.json"))
-    result = json.loads(found[0].read_text()) if found else {"stdout": r.stdout[-2000:]}
-    print(f"bench cost: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"command": " ".join(cmd[1:]), "seconds": round(time.perf_counter() - t0, 1), "result": result}
-
-
-def trainer(toy: bool, device, work: Path, steps: int) -> dict:
-    import torch
-    import comfy.utils
-    from training import api
-    from training.data import CacheInfo, write_cache
-
-    kind, config, fam = ("SD15", SD15_TOY, "sd1") if toy else ("SDXL", SDXL, "sdxl")
-    dtype = torch.float32 if toy else torch.float16
-    m = build(kind, config, dtype, "cpu")
-    base = work / f"{fam}_random.safetensors"
-    comfy.utils.save_torch_file(m.diffusion_model.state_dict(), str(base))
-    del m
-    size, n = (8, 8) if toy else (128, 32)
-    ctx, pooled = config["context_dim"], (config["adm_in_channels"] - 6 * 256 if config.get("adm_in_channels") else 0)
-    g = torch.Generator().manual_seed(0)
-    cache = work / "cache.safetensors"
-    write_cache(cache, torch.randn(n, 4, size, size, generator=g).half(),
-                CacheInfo("vae", 0, 0, 0, 0, "text", captions=["", "a", "b"], empty_cond=0, vae_family=fam),
-                cond_index=torch.arange(n) % 2 + 1, cross_attn=torch.randn(3 * 77, ctx, generator=g).half(),
-                cond_offsets=torch.arange(4) * 77,
-                pooled_output=torch.randn(3, pooled, generator=g).half() if pooled else None)
-    rank, batch = (4, 1) if toy else (32, 1)
-    opts = {"run.out_dir": str(work / "run"), "data.cache": str(cache), "model.family": fam, "model.base": str(base),
-            "train.mode": "lora", "train.steps": steps, "train.batch_size": batch, "lora.rank": rank,
-            "lora.alpha": float(rank), "lora.targets": ["transformer_blocks"], "train.mixed_precision": "bf16",
-            "train.gradient_checkpointing": True, "train.ema_decay": 0.0, "run.log_every": 1,
-            "run.checkpoint_every": 0, "monitor.eval_size": 2, "train.caption_dropout_rate": 0.1}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    res = api.finetune(None, opts, log=lambda *a: None)
-    wall = time.perf_counter() - t0
-    rates = [m["samples_per_s"] for m in res.metrics if "samples_per_s" in m][1:]  # first step: warm-up
-    rate = statistics.median(rates) if rates else float("nan")
-    out = {"model": f"{kind} diffusion model, random weights ({'toy' if toy else 'real'} config)",
-           "latent": [batch, 4, size, size], "lora_rank": rank, "mixed_precision": "bf16",
-           "gradient_checkpointing": True, "steps": steps, "wall_s": round(wall, 1),
-           "images_per_s": rate, "step_s": batch / rate if rate else None}
-    if device.type == "cuda":
-        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"trainer: {out['step_s']:.3f} s/step, {rate:.2f} images/s", flush=True)
-    return out
-
-
-def main() -> int:
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="gpu_check.json", help="results file (JSON)")
-    ap.add_argument("--toy", action="store_true", help="tiny models (default when there is no CUDA device)")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps per timing (default 8, toy 2)")
-    ap.add_argument("--repeats", type=int, default=None, help="timings per configuration (default 3, toy 1)")
-    ap.add_argument("--train-steps", type=int, default=None, help="trainer steps (default 30, toy 3)")
-    ap.add_argument("--skip", action="append", default=[], choices=("guidance", "bench_cost", "trainer"))
-    args = ap.parse_args()
+    ap.add_argument("--out", help="results folder: DIR/<part>.json and DIR/run.json")
+    ap.add_argument("--toy", action="store_true", help="tiny models (the default when there is no CUDA device)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help=f"seconds for the whole run (default {DEFAULT_BUDGET_S['gpu']} on a GPU, "
+                         f"{DEFAULT_BUDGET_S['toy']} in toy mode)")
+    ap.add_argument("--report", metavar="DIR", help="print DIR's results as markdown tables and exit")
+    ap.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part in this process
+    ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # internal: epoch seconds
+    args = ap.parse_args(argv)
+    if not args.report and not args.out:
+        ap.error("--out DIR is required")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        ap.error(f"--parts: unknown part(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PARTS)}")
+    args.parts = parts
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.report:
+        from gpu_report import markdown
+
+        print(markdown(Path(args.report)))
+        return 0
+    if args.part:
+        return child(args)
+    return orchestrate(args)
+
+
+def child(args) -> int:
+    """Run one part in this process; its errors go into its results file."""
     import torch
-    from training import comfyui
 
-    comfyui.import_comfy()
-    import comfy.model_management as mm
-
-    toy = args.toy or not torch.cuda.is_available()
-    if not torch.cuda.is_available():
-        torch.set_num_threads(1)
-    device = mm.get_torch_device()
-    results = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-               "torch": torch.__version__, "toy": toy, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    out = Path(args.out)
-
-    def save():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        if "guidance" not in args.skip:
-            steps, repeats = args.steps or (2 if toy else 8), args.repeats or (1 if toy else 3)
-            results["guidance"] = guidance_cost(toy, device, steps, repeats)
-            save()
-        if "bench_cost" not in args.skip:
-            results["bench_cost"] = bench_cost(toy, Path(tmp))
-            save()
-        if "trainer" not in args.skip:
-            results["trainer"] = trainer(toy, device, Path(tmp), args.train_steps or (3 if toy else 30))
-    results["seconds"] = round(time.perf_counter() - t0, 1)
-    save()
-    print(f"wrote {out} ({results['seconds']:.0f} s)")
+    if args.toy and not torch.cuda.is_available():
+        torch.set_num_threads(1)  # tiny models: one thread is fastest on a busy CPU
+    module = importlib.import_module(MODULES[args.part])
+    report = PartReport(Path(args.out), args.part, args.toy, module.settings(args.toy), args.deadline)
+    report.save()
+    try:
+        module.run(report, args.toy, args.deadline)
+    except Exception as e:  # noqa: BLE001 - written down; the orchestrator goes on with the next part
+        report.update(**error_fields(e))
+        print(f"gpu_check: the {args.part} part failed: {report.data['error']}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
+def orchestrate(args) -> int:
+    import torch
+
+    toy = args.toy or not torch.cuda.is_available()
+    mode = "toy" if toy else "gpu"
+    budget = args.budget_s or DEFAULT_BUDGET_S[mode]
+    est = {p: ESTIMATE_S[mode][p] for p in args.parts}
+    out = Path(args.out)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"gpu_check: {mode} mode on {device}; parts {', '.join(args.parts)}; estimated "
+          + ", ".join(f"{p} ~{s} s" for p, s in est.items())
+          + f" (total ~{sum(est.values())} s); budget {budget:.0f} s, hard stop at {budget + GRACE_S:.0f} s", flush=True)
+    t0 = time.time()
+    end = t0 + budget
+    run = {"mode": mode, "device": device, "torch": torch.__version__, "budget_s": budget, "estimates_s": est,
+           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "parts": {}}
+    for i, part in enumerate(args.parts):
+        share = (end - time.time()) * est[part] / sum(est[p] for p in args.parts[i:])
+        run["parts"][part] = run_part(part, out, toy, share, end)
+        run["total_s"] = round(time.time() - t0, 1)
+        write_json(out / "run.json", run)
+    print(f"gpu_check: done in {run['total_s']:.0f} s: "
+          + ", ".join(f"{p} {r['status']} ({r['wall_s']:.0f} s)" for p, r in run["parts"].items()), flush=True)
+    return 0 if all(r["status"] == "ok" for r in run["parts"].values()) else 1
+
+
+def run_part(part: str, out: Path, toy: bool, share: float, end: float) -> dict:
+    """Run ``part`` in a child process with ``share`` seconds (stopped ``GRACE_S`` past it, and never past
+    the run's hard stop); make sure ``out/<part>.json`` says how it ended."""
+    path = out / f"{part}.json"
+    path.unlink(missing_ok=True)  # never report an earlier run's file as this one's
+    t0 = time.time()
+    status = {"allotted_s": round(share, 1), "json": path.name}
+    if share < MIN_SHARE_S:
+        write_json(path, {"part": part, "toy": toy, "skipped": f"only {share:.0f} s of the budget left"})
+        return {**status, "status": "skipped", "wall_s": 0.0}
+    print(f"gpu_check: {part} (up to {share:.0f} s)", flush=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--out", str(out),
+           "--deadline", str(t0 + share), *(["--toy"] if toy else [])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": "1"} if toy else {})}
+    # its own process group (so it can be stopped with the workers it starts), in this session (so whatever
+    # ends this command ends it too)
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    proc = subprocess.Popen(cmd, env=env, **group)
+    rc = None
+    try:
+        rc = proc.wait(max(min(share + GRACE_S, end + GRACE_S - time.time()), 1))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if rc is None:  # over time, or this process is being interrupted: stop the part and its workers
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    wall = round(time.time() - t0, 1)
+    data = json.loads(path.read_text()) if path.exists() else {"part": part, "toy": toy}
+    if rc is None:
+        data["error"] = f"stopped after {wall:.0f} s: past its share of the budget ({share:.0f} s + {GRACE_S} s)"
+    elif rc != 0 and "error" not in data:
+        data["error"] = f"the part's process exited with code {rc} before it wrote an error"
+    if "error" in data and data.get("complete") is not True:
+        write_json(path, data)
+    done = rc == 0 and "error" not in data and data.get("complete") is True
+    state = ("partial" if data.get("problems") else "ok") if done else ("timeout" if rc is None else "error")
+    return {**status, "status": state, "wall_s": wall, **({"error": data["error"]} if "error" in data else {}),
+            **({"problems": data["problems"]} if data.get("problems") else {})}
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())

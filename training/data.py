@@ -402,9 +402,6 @@ def prepare(cfg: Config, log=print) -> Path:
         path = write_cache(out, x, info, labels=y)
     elif d.source == "precomputed":
         path = _prepare_precomputed(d.path, out, d.limit)
-    elif d.source == "generated":
-        from .generate import prepare_generated
-        path = prepare_generated(cfg, log)
     else:
         path = _prepare_folder(cfg, log)
     log(f"wrote {path}: {describe_cache(CacheInfo.from_metadata(read_metadata(path), path))}")
