@@ -18,11 +18,11 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "benchmarks")):
+for _p in (str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-PACK_MODULE = "comfy_nag_pack_under_test"  # the name benchmarks/comfyui_step_cost.py imports the pack under
+from comfy_support import load_pack  # noqa: E402  (imports the pack as ComfyUI does; needs no pytest)
 
 # Import name -> (distribution to carry, why).  The imports that ComfyUI's library modules (comfy.sd,
 # comfy.samplers, comfy.sample, comfy.model_management, comfy_api.latest) and this project's code make at
@@ -128,7 +128,7 @@ def missing_from(exc: BaseException) -> str | None:
 
 def comfy_env(part: str) -> dict:
     """Import ComfyUI's library modules (``COMFYUI_PATH``, relative paths allowed) and this pack under
-    :data:`PACK_MODULE`; returns facts for the results file.  Clear errors for a missing package."""
+    ``comfy_support.PACK_MODULE``; returns facts for the results file.  Clear errors for a missing package."""
     from training import comfyui  # puts ComfyUI in CPU mode first when there is no CUDA
 
     check_packages(part)
@@ -148,17 +148,6 @@ def comfy_env(part: str) -> dict:
     if version is None and root is not None and (root / "comfyui_version.py").is_file():
         version = (root / "comfyui_version.py").read_text().split("__version__ =")[-1].strip().strip("\"'")
     return {"comfyui_version": version, "comfyui_path": clean(str(root)), "stubbed_packages": stubbed}
-
-
-def load_pack():
-    """Import the pack the way ComfyUI does (a package with an arbitrary name; relative imports only)."""
-    if PACK_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_MODULE, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = mod
-        spec.loader.exec_module(mod)
-    return importlib.import_module(PACK_MODULE + ".nodes")
 
 
 # --- the results file ---------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
-
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_MODULE = "comfy_nag_pack_under_test"
 
@@ -25,6 +23,8 @@ def comfy_root() -> Path:
 
 def skip_loudly(msg: str):
     """Skip the calling module with a warning and a line on stderr (seen even without -rs)."""
+    import pytest  # here, so that scripts without pytest (benchmarks/gpu_common.py) can use this module
+
     warnings.warn(msg)
     print("\n" + msg, file=sys.stderr)
     pytest.skip(msg, allow_module_level=True)
