@@ -659,22 +659,24 @@ def _tables(res: dict, cmp: list[dict]) -> list[str]:
             "* The proxy FD uses a classifier trained on the same data; it ranks methods, it is not comparable to published FIDs."]
 
 
-def samples_figure(res: dict):
+def samples_figure(res: dict, per_row: int = 10):
     """The README's picture: per family, the same noise sampled without and with NAG (estimator null branch on the
-    pretrained model; learned null branch on the fine-tuned one), one strip of digits per row."""
+    pretrained model; learned null branch on the fine-tuned one), one strip of digits (one per class) per row."""
     from matplotlib.figure import Figure
 
-    rows = [(fam, label, np.array(imgs)) for fam, s in res["samples"].items() for label, imgs in s["panels"].items()]
-    fig = Figure(figsize=(9.0, 0.62 * len(rows) + 0.6), layout="constrained")
+    rows = [(fam, label, np.array(imgs)[:per_row]) for fam, s in res["samples"].items() for label, imgs in s["panels"].items()]
+    fig = Figure(figsize=(7.2, 0.62 * len(rows) + 0.4), layout="constrained")
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
-    for ax, (fam, label, imgs) in zip(axes, rows):
-        strip = np.concatenate([np.pad(im.reshape(8, 8), 1, constant_values=1.0) for im in imgs], axis=1)
+    for ax, (fam, label, imgs) in zip(axes, rows):  # -1 = background: white gaps between digits
+        strip = np.concatenate([np.pad(im.reshape(8, 8), 1, constant_values=-1.0) for im in imgs], axis=1)
         ax.imshow(strip, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(f"{FAMILY_NAME.get(fam, fam)}: {label}", rotation=0, ha="right", va="center", fontsize=8.5)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_ylabel(f"{FAMILY_NAME.get(fam, fam)}: {label}", rotation=0, ha="right", va="center", fontsize=9)
     first = next(iter(res["samples"].values()))
-    fig.suptitle(f"Same noise, same classes (two of each digit): Euler, {first['steps']} steps", fontsize=10)
+    fig.suptitle(f"The same noise and class per column, Euler {first['steps']} steps", fontsize=10)
     return fig
 
 

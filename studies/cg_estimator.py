@@ -58,7 +58,8 @@ class Variant:
 
 
 BASE = Variant("base")
-VARIANTS = (BASE, Variant("steps_x4", steps=6000), Variant("steps_x20", steps=30000), Variant("width_256", width=256),
+VARIANTS = (BASE, Variant("steps_x4", steps=6000), Variant("steps_x20", steps=30000), Variant("steps_x100", steps=150000),
+            Variant("width_256", width=256),
             Variant("bins_80", bins=80), Variant("soft_targets", target_width=0.5),
             Variant("self_generated", data="generated"))
 GENERATED = 20000  # samples the network generates for the self_generated estimator (Euler, 50 steps)
@@ -163,9 +164,10 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
         dcfg = toolkit.Config(**{**asdict(dcfg), "n_samples": cfg.n_samples})
         gmm = testbed.GaussianMixture.make(dim=dcfg.dim, seed=seed)
         for name in dcfg.families:
-            tr = toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress)
+            nets = stages and harness.Stages(stages.folder / f"seed{seed}", stages.log)  # one network pair per seed
+            tr = toolkit.train_family(name, gmm, dcfg, log=log, stages=nets, progress=progress)
             plain = toolkit.train_family(name, gmm, dataclasses.replace(dcfg, t_dropout=0.0), estimator=tr.estimator,
-                                         log=log, stages=stages, progress=progress, tag="no_dropout").net
+                                         log=log, stages=nets, progress=progress, tag="no_dropout").net
             out["fidelity"] += [{"seed": seed, "family": name, "variant": "ceiling", **r} for r in measure(
                 plain, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed, lams=LAMS,
                 terms=("nag_cf_est_exact", "marginal_null"))]

@@ -36,6 +36,7 @@ METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term") + methods.ESTIMATOR
 # need no dropout, the exact term at nag_cf_est's scale (its ceiling), at Euler and Heun with 25 and 50 steps
 NO_DROPOUT_METHODS = ("baseline", "nag_cf_est", "nag_exact_term", "nag_cg", "eps_scaling", "time_shift")
 NO_DROPOUT_TUNED = ("nag_cf_est", "nag_cg", "eps_scaling", "time_shift")
+NO_DROPOUT_TUNING = ("euler", "heun")  # each knob tuned for both samplers it is read at (one scale for a user's sampler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +118,9 @@ def no_dropout(name: str, gmm: testbed.GaussianMixture, cfg: Config, estimator, 
     much of the exact term the estimator null branch carries (plus its ceilings)."""
     ncfg = dataclasses.replace(cfg, t_dropout=0.0)
     tr = train_family(name, gmm, ncfg, estimator=estimator, log=log, stages=stages, progress=progress, tag="no_dropout")
-    spec = {"stage": "testbed tuning, no dropout", "family": name, "config": asdict(ncfg)}
-    tuned = (stages.value(f"{name}_no_dropout_tuning", spec, lambda: tune(tr, ncfg, log, NO_DROPOUT_TUNED)) if stages
-             else tune(tr, ncfg, log, NO_DROPOUT_TUNED))
+    spec = {"stage": "testbed tuning, no dropout", "family": name, "config": asdict(ncfg), "samplers": NO_DROPOUT_TUNING}
+    make_tuning = lambda: tune(tr, ncfg, log, NO_DROPOUT_TUNED, NO_DROPOUT_TUNING)  # noqa: E731
+    tuned = stages.value(f"{name}_no_dropout_tuning", spec, make_tuning) if stages else make_tuning()
     knobs = {**tuned[0], "nag_cf": tuned[0]["nag_cf_est"]}  # the exact term at the estimator branch's scale
     ev = make_eval(tr, ncfg, cfg.seed)
     rows = []
@@ -440,7 +441,7 @@ def _without_dropout(res: dict) -> list[str]:
             "no null branch). `nag_cf_est` builds the null branch from the network's own conditional branch at the "
             "posterior-mean level of the demo's noise-level estimator (`comfy_nag.posterior_null`, one extra evaluation "
             "per step inside the window, as for a learned null branch). Every method's knob was tuned on the held-out "
-            "seed on this network; `nag_exact_term` adds the exact term at `nag_cf_est`'s scale (its ceiling). Cosines: "
+            "seed on this network, one value for Euler and Heun together (lowest mean quality at the tuning steps); `nag_exact_term` adds the exact term at `nag_cf_est`'s scale (its ceiling). Cosines: "
             "the estimator branch's `c - n` against the exact `c* - n*`, mean over log-SNR 0, 2, 4, 6, on-schedule "
             "states; then the same with the exact posterior over the estimator's bins, and over every training level "
             "(`marginal_null`).\n",

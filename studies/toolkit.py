@@ -280,16 +280,19 @@ def profile_of(cal: dict) -> ScaleProfile:
     return ScaleProfile(tuple(cal["logsnr"]), tuple(max(v, 0.0) for v in cal["estimator"]))
 
 
-def tune(tr: Trained, cfg: Config, log=print, methods=tuple(TUNED)) -> tuple[dict, list]:
-    """Pick each of ``methods``' one knob on a held-out seed (euler, ``tune_steps``), lowest quality metric."""
+def tune(tr: Trained, cfg: Config, log=print, methods=tuple(TUNED), samplers=("euler",)) -> tuple[dict, list]:
+    """Pick each of ``methods``' one knob on a held-out seed (``tune_steps``), lowest quality metric: with several
+    ``samplers``, the lowest mean over them (one knob that serves every sampler it will be used with)."""
     ev = make_eval(tr, cfg, cfg.seed + 1000)
     knobs, table = {}, []
 
     def score(method, v):
         g, lf = method_setup(method, tr, cfg, {method: v})
-        res = run_one(tr, ev, g, lf, "euler", cfg.tune_steps)
-        q = res["quality"] if res["diverged"] == 0 else float("inf")
-        table.append({"method": method, "value": v, "quality": q, "noise_shift": res["shift"]["exact"]["noise_shift"]})
+        runs = [run_one(tr, ev, g, lf, sampler, cfg.tune_steps) for sampler in samplers]
+        q = float(np.mean([r["quality"] for r in runs])) if all(r["diverged"] == 0 for r in runs) else float("inf")
+        table.append({"method": method, "value": v, "quality": q,
+                      "noise_shift": float(np.mean([r["shift"]["exact"]["noise_shift"] for r in runs])),
+                      **({"samplers": "+".join(samplers)} if len(samplers) > 1 else {})})
         return q
 
     for method in methods:
