@@ -10,6 +10,8 @@ TINY = "training/configs/tiny_dit.toml"
 def test_example_configs_load_and_overrides_apply():
     for name in ("tiny_dit", "tiny_sit", "sd15_lora", "sdxl_lora", "sd3_lora", "sd3_full", "flux_lora", "sd3_estimator"):
         config.load(f"training/configs/{name}.toml")
+    for command in ("prepare", "estimator"):  # the stock-checkpoint estimator: generate, then train
+        config.require(config.load("training/configs/sd15_estimator.toml"), command)
     cfg = config.load(TINY, ["train.steps=7", "run.out_dir=runs/x y", "lora.targets=['qkv', 'proj']",
                              "train.mixed_precision=bf16", "run.deterministic=true"])
     assert cfg.train.steps == 7 and cfg.run.out_dir == "runs/x y" and cfg.lora.targets == ["qkv", "proj"]
@@ -86,6 +88,7 @@ def test_threads_auto_rule_and_explicit_counts(monkeypatch, tmp_path):
         if big.data.encoder == "comfyui":  # (sd3_full reads sd3_lora's cache)
             assert cpu_threads.resolve("auto", big, "prepare") is None  # the ComfyUI VAE / text encoders
     assert cpu_threads.resolve("auto", config.load("training/configs/sd3_estimator.toml"), "estimator") is None
+    assert cpu_threads.resolve("auto", config.load("training/configs/sd15_estimator.toml"), "prepare") is None  # generates
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # set by the user (or torchrun): torch already follows it
     assert cpu_threads.resolve("auto", ref, "finetune") is None and cpu_threads.resolve(2, ref, "finetune") == 2
     for bad in (0, -1, "x", 1.5, True):

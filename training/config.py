@@ -161,7 +161,7 @@ class Export:
 @dataclass
 class Estimator:
     family: str = opt("", "schedule the estimator is trained for (default: the cache's family / model.family)")
-    steps: int = opt(8000, "optimizer steps (docs/method.md §2: longer training makes the gradient more faithful)", lo=1)
+    steps: int = opt(30000, "optimizer steps (docs/method.md §2: training length is what makes the estimator faithful)", lo=1)
     batch_size: int = opt(128, "samples per device per step", lo=1)
     learning_rate: float = opt(2e-3, "AdamW learning rate", lo=0.0)
     bins: int = opt(32, "log-SNR bins", lo=2)

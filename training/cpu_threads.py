@@ -69,8 +69,8 @@ def _pixel_cache(path: str) -> bool | None:
 def small_work(cfg: Config, command: str) -> bool:
     """Whether ``command`` on ``cfg`` runs only small networks (see the module's docstring)."""
     from .config import REFERENCE_FAMILIES
-    if command == "prepare":
-        return cfg.data.encoder == "pixels"
+    if command == "prepare":  # a generated cache is made by the model itself
+        return cfg.is_reference if cfg.data.source == "generated" else cfg.data.encoder == "pixels"
     if command == "estimator":
         pixels = _pixel_cache(cfg.data.cache) if cfg.data.cache else None
         if pixels is not None:
