@@ -107,3 +107,8 @@ def test_results_demo_tables_match_the_committed_run(results_block):
     assert results_block("demo") == demo.headline(committed), (
         "docs/results.md's demo tables differ from docs/demo/metrics.json; "
         "paste studies.demo.headline(...) of it between the markers in docs/results.md")
+    assert results_block("no-dropout") == demo.no_dropout_headline(committed), (
+        "docs/results.md's stock-checkpoint table differs from docs/demo/metrics.json; "
+        "paste studies.demo.no_dropout_headline(...) of it between the no-dropout markers in docs/results.md")
+    crit = demo.no_dropout_criterion(committed)  # the claim the results page makes of this run
+    assert [(c["family"], c["both"], c["n"]) for c in crit] == [("sit", 4, 4), ("sd1", 4, 4)]
