@@ -46,3 +46,14 @@ def test_tiny_study_measures_fidelity_and_sampling_against_the_exact_term(monkey
     res["meta"] = {"config": dataclasses.asdict(cfg), "seconds": 1.0, "torch": "x"}
     report = ce.write_report(res)
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sd1 | soft_targets |" in report
+
+
+def test_results_estimator_table_matches_the_committed_run(results_block):
+    """docs/results.md's estimator table is regenerated from docs/estimator/estimator.json, not typed by hand."""
+    import json
+    from pathlib import Path
+
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/estimator/estimator.json").read_text())
+    assert results_block("estimator") == ce.headline(committed), (
+        "docs/results.md's estimator table differs from docs/estimator/estimator.json; paste "
+        "studies.cg_estimator.headline(...) of it between the estimator markers in docs/results.md")
