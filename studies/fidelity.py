@@ -216,15 +216,36 @@ def pretrained_family(name: str, seed: int, cfg: Config, log, stages, progress) 
     return toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress), dcfg
 
 
+STOCK_METHODS = ("baseline", "nag_cf_est", "nag_exact_term")
+STOCK_TERMS = ("nag_cf_est", "nag_cf_est3", "nag_cf_est_exact", "marginal_null")
+
+
+def stock(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Eval, seed: int, log=print) -> dict:
+    """The pretrained network as it is (no fine-tune: a stock checkpoint) with the null branch from the estimator:
+    its scale tuned on the held-out seed for Euler and Heun together, rows of :data:`STOCK_METHODS` at 25 and 50
+    steps (the exact term at the same scale), and how much of the exact term the branch carries."""
+    tuned = toolkit.tune(tr, dcfg, log, methods=("nag_cf_est",), samplers=("euler", "heun"))[0]
+    knobs = {**tuned, "nag_cf": tuned["nag_cf_est"]}
+    rows = [toolkit.sample_row(tr, dcfg, ev, m, sampler, steps, knobs) for sampler in cfg.samplers
+            for steps in sorted({*cfg.steps, 50}) for m in STOCK_METHODS]
+    return {"scale": tuned["nag_cf_est"], "rows": rows,
+            "fidelity": measure(tr.net, tr.estimator, tr.gmm, tr.fam, tr.bins, cfg.n_states, seed, cfg.lams,
+                                terms=STOCK_TERMS)}
+
+
 def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None,
           families: tuple | None = None) -> dict:
-    out = {"fidelity": [], "sampling": [], "finetune": {}, "track": []}
+    out = {"fidelity": [], "sampling": [], "finetune": {}, "track": [], "stock": []}
     for seed in cfg.seeds:
         for name in families or toolkit.Config().families:
             tr, dcfg = pretrained_family(name, seed, cfg, log, stages, progress)
             ev = toolkit.make_eval(tr, dcfg, seed)
             ev = toolkit.Eval(ev.readout, ev.ref_x, ev.ref_y, ev.y[:cfg.n_samples], ev.x0_fwd[:cfg.n_samples], ev.seed)
             tag = {"seed": seed, "family": name}
+            spec = {"stage": "fidelity stock", **tag, "demo": asdict(dcfg), "config": asdict(cfg)}
+            made = (stages.value(f"s{seed}_{name}_stock", spec, lambda: stock(tr, dcfg, cfg, ev, seed, log)) if stages
+                    else stock(tr, dcfg, cfg, ev, seed, log))
+            out["stock"].append({**tag, **made})
             for recipe in cfg.recipe_list(seed):
                 net = recipe_net(tr.net, recipe)
                 spec = {"stage": "fidelity recipe", **tag, "recipe": asdict(recipe), "demo": asdict(dcfg),
@@ -434,6 +455,40 @@ def figure(res: dict):
     return fig
 
 
+def stock_table(res: dict) -> list[dict]:
+    """Per seed and family, the pretrained network without any fine-tune and the null branch from the estimator:
+    settings (Euler/Heun x 25/50) where it lowers the late shift / improves quality against the baseline, its
+    scale, and its cosine with the exact term (log-SNR >= 0, on-schedule) next to its ceilings."""
+    out = []
+    for st in res.get("stock", []):
+        get = {(r["sampler"], r["steps"], r["method"]): r for r in st["rows"]}
+        pairs = [(get[(s, n, "baseline")], r) for (s, n, m), r in get.items() if m == "nag_cf_est"]
+        shift = [e["noise_shift"] < b["noise_shift"] for b, e in pairs]
+        better = [e["quality"] < b["quality"] for b, e in pairs]
+        out.append({"seed": st["seed"], "family": st["family"], "scale": st["scale"], "n": len(pairs),
+                    "shift_lower": sum(shift), "quality_better": sum(better),
+                    "both": sum(a and b for a, b in zip(shift, better)),
+                    **{f"cos_{t}": late_cos(st["fidelity"], t) for t in STOCK_TERMS}})
+    return out
+
+
+def _stock_section(res: dict) -> list[str]:
+    """The report's section on the pretrained network as it is, with the null branch from the estimator."""
+    if not res.get("stock"):
+        return []
+    rows = [{"seed": st["seed"], "family": st["family"], **r} for st in res["stock"] for r in st["rows"]]
+    return ["## The pretrained network as it is: the null branch from the estimator", "",
+            "No fine-tune: NAG-CF with the null branch built from the demo's estimator's posterior "
+            "(`comfy_nag.posterior_null`; `nag_cf_est`, one level), its scale tuned on the held-out seed for Euler "
+            "and Heun together; `nag_exact_term` adds the exact term at that scale (its ceiling). Cosines as in the "
+            "summary (`nag_cf_est3`: three levels; `nag_cf_est_exact`: the exact posterior over the estimator's bins; "
+            "`marginal_null`: over every training level).", "",
+            md_table(stock_table(res), ["seed", "family", "scale", "n", "shift_lower", "quality_better", "both",
+                                        *[f"cos_{t}" for t in STOCK_TERMS]]), "",
+            md_table(rows, ["seed", "family", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift",
+                            "quality"]), ""]
+
+
 def write_report(out: Path, res: dict) -> str:
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["meta"]["config"].items()})
     seeds = " ".join(map(str, cfg.seeds))
@@ -458,6 +513,7 @@ def write_report(out: Path, res: dict) -> str:
          md_table(summary(res), ["seed", "family", "recipe", "finetune_steps", "cos_late", "cos_late_noisier", "ceiling_late",
                                  "readout_late", "share_euler", "share_heun", "quality_w0", "quality_w0_vs_control",
                                  "quality_nag_cf"]), "",
+         *_stock_section(res),
          "## The readout against the exact fidelity", "",
          f"Along the `{TRACKED}` fine-tune, at steps {', '.join(str(round(f * cfg.pretrain_steps)) for f in cfg.track)}: "
          "the readout's cosine against the exact fidelity cosine (NAG-CF vs exact term), over nominal log-SNR >= 0. "

@@ -146,6 +146,13 @@ def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     finally:
         toolkit.Config.make = orig
     assert res["fidelity"] == again["fidelity"] and res["sampling"] == again["sampling"]  # reused, not re-run
+    assert res["stock"] == again["stock"]
+    (st,) = res["stock"]  # the pretrained network as it is, the null branch from the estimator
+    assert {(r["sampler"], r["steps"], r["method"]) for r in st["rows"]} == {
+        ("euler", n, m) for n in (4, 50) for m in fidelity.STOCK_METHODS}
+    assert {r["term"] for r in st["fidelity"]} == set(fidelity.STOCK_TERMS)
+    (row,) = fidelity.stock_table(res)
+    assert row["n"] == 2 and 0 <= row["both"] <= 2 and -1 <= row["cos_nag_cf_est"] <= 1
     assert {r["recipe"] for r in res["fidelity"]} == {"base", "control", "length_30%"}
     assert {r["term"] for r in res["fidelity"] if r["recipe"] == "base"} == set(terms.TERMS)
     assert {r["step"] for r in res["track"]} == {0, 12}
@@ -155,6 +162,7 @@ def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     res["meta"] = {"config": dataclasses_asdict(cfg), "seconds": 1.0}
     report = fidelity.write_report(tmp_path, res)
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sit | length_30% |" in report
+    assert "## The pretrained network as it is" in report
 
 
 def test_results_recipe_table_matches_the_committed_fidelity_run(results_block):
