@@ -86,13 +86,15 @@ class Config:
     recipes: tuple = tuple(r.name for r in RECIPES)
     replicate: tuple = ("base", "control", "dropout_0.1", "dropout_0.3", "length_30%", "distilled")  # on later seeds
     lams: tuple = LAMS           # nominal log-SNRs of the fidelity measurement
+    stock_estimators: tuple = (1500, 30000)  # estimator training steps for the stock block (the demo's, the trainer's)
 
     @classmethod
     def make(cls, quick: bool, seeds: tuple = (0, 1)) -> "Config":
         if not quick:
             return cls(seeds=tuple(seeds))
         return cls(quick=True, seeds=tuple(seeds)[:1], pretrain_steps=800, n_states=128, samplers=("euler",),
-                   n_samples=300, track=(0.0, 0.1, 0.3), recipes=("base", "control", "length_30%", "distilled"))
+                   n_samples=300, track=(0.0, 0.1, 0.3), recipes=("base", "control", "length_30%", "distilled"),
+                   stock_estimators=(400,))
 
     def recipe_list(self, seed: int) -> list[Recipe]:
         """The full grid on the first seed; the ``replicate`` subset on later seeds."""
@@ -220,17 +222,32 @@ STOCK_METHODS = ("baseline", "nag_cf_est", "nag_exact_term")
 STOCK_TERMS = ("nag_cf_est", "nag_cf_est3", "nag_cf_est_exact", "marginal_null")
 
 
-def stock(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Eval, seed: int, log=print) -> dict:
-    """The pretrained network as it is (no fine-tune: a stock checkpoint) with the null branch from the estimator:
-    its scale tuned on the held-out seed for Euler and Heun together, rows of :data:`STOCK_METHODS` at 25 and 50
-    steps (the exact term at the same scale), and how much of the exact term the branch carries."""
-    tuned = toolkit.tune(tr, dcfg, log, methods=("nag_cf_est",), samplers=("euler", "heun"))[0]
-    knobs = {**tuned, "nag_cf": tuned["nag_cf_est"]}
-    rows = [toolkit.sample_row(tr, dcfg, ev, m, sampler, steps, knobs) for sampler in cfg.samplers
-            for steps in sorted({*cfg.steps, 50}) for m in STOCK_METHODS]
-    return {"scale": tuned["nag_cf_est"], "rows": rows,
-            "fidelity": measure(tr.net, tr.estimator, tr.gmm, tr.fam, tr.bins, cfg.n_states, seed, cfg.lams,
-                                terms=STOCK_TERMS)}
+def stock(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Eval, seed: int, log=print) -> list[dict]:
+    """The pretrained network as it is (no fine-tune: a stock checkpoint) with the null branch from an estimator
+    trained for each of ``cfg.stock_estimators`` steps (the demo's recipe otherwise): its scale tuned on the
+    held-out seed for Euler and Heun together, rows of :data:`STOCK_METHODS` at 25 and 50 steps (the exact term at
+    the same scale), and how much of the exact term the branch carries."""
+    out = []
+    for steps in cfg.stock_estimators:
+        trs = tr if steps == dcfg.estimator_steps else dataclasses.replace(tr, estimator=_estimator(tr, steps, seed))
+        tuned = toolkit.tune(trs, dcfg, log, methods=("nag_cf_est",), samplers=("euler", "heun"))[0]
+        knobs = {**tuned, "nag_cf": tuned["nag_cf_est"]}
+        rows = [toolkit.sample_row(trs, dcfg, ev, m, sampler, n, knobs) for sampler in cfg.samplers
+                for n in sorted({*cfg.steps, 50}) for m in STOCK_METHODS]
+        out.append({"estimator_steps": steps, "scale": tuned["nag_cf_est"], "rows": rows,
+                    "fidelity": measure(trs.net, trs.estimator, trs.gmm, trs.fam, trs.bins, cfg.n_states, seed, cfg.lams,
+                                        terms=STOCK_TERMS)})
+    return out
+
+
+def _estimator(tr: toolkit.Trained, steps: int, seed: int):
+    """The demo's estimator recipe trained for ``steps`` on ``tr``'s data (same bins, width and seeds)."""
+    from comfy_nag.estimators import NoiseLevelEstimator, train_estimator
+    torch.manual_seed(seed)
+    est = NoiseLevelEstimator((tr.gmm.dim,), tr.bins, width=128, depth=3)
+    train_estimator(est, lambda n, g: tr.gmm.sample(n, generator=g)[0], tr.fam.schedule, steps, lr=3e-3,
+                    generator=torch.Generator().manual_seed(seed + 1))
+    return est.eval()
 
 
 def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages | None = None,
@@ -245,11 +262,12 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
             spec = {"stage": "fidelity stock", **tag, "demo": asdict(dcfg), "config": asdict(cfg)}
             made = (stages.value(f"s{seed}_{name}_stock", spec, lambda: stock(tr, dcfg, cfg, ev, seed, log)) if stages
                     else stock(tr, dcfg, cfg, ev, seed, log))
-            out["stock"].append({**tag, **made})
+            out["stock"] += [{**tag, **m} for m in made]
             for recipe in cfg.recipe_list(seed):
                 net = recipe_net(tr.net, recipe)
                 spec = {"stage": "fidelity recipe", **tag, "recipe": asdict(recipe), "demo": asdict(dcfg),
-                        "config": {k: v for k, v in asdict(cfg).items() if k not in ("quick", "seeds", "recipes", "replicate")}}
+                        "config": {k: v for k, v in asdict(cfg).items()
+                                   if k not in ("quick", "seeds", "recipes", "replicate", "stock_estimators")}}
 
                 def make(recipe=recipe, net=net):
                     track = []
@@ -465,7 +483,8 @@ def stock_table(res: dict) -> list[dict]:
         pairs = [(get[(s, n, "baseline")], r) for (s, n, m), r in get.items() if m == "nag_cf_est"]
         shift = [e["noise_shift"] < b["noise_shift"] for b, e in pairs]
         better = [e["quality"] < b["quality"] for b, e in pairs]
-        out.append({"seed": st["seed"], "family": st["family"], "scale": st["scale"], "n": len(pairs),
+        out.append({"seed": st["seed"], "family": st["family"], "estimator_steps": st["estimator_steps"],
+                    "scale": st["scale"], "n": len(pairs),
                     "shift_lower": sum(shift), "quality_better": sum(better),
                     "both": sum(a and b for a, b in zip(shift, better)),
                     **{f"cos_{t}": late_cos(st["fidelity"], t) for t in STOCK_TERMS}})
@@ -476,17 +495,20 @@ def _stock_section(res: dict) -> list[str]:
     """The report's section on the pretrained network as it is, with the null branch from the estimator."""
     if not res.get("stock"):
         return []
-    rows = [{"seed": st["seed"], "family": st["family"], **r} for st in res["stock"] for r in st["rows"]]
+    rows = [{"seed": st["seed"], "family": st["family"], "estimator_steps": st["estimator_steps"], **r}
+            for st in res["stock"] for r in st["rows"]]
     return ["## The pretrained network as it is: the null branch from the estimator", "",
-            "No fine-tune: NAG-CF with the null branch built from the demo's estimator's posterior "
-            "(`comfy_nag.posterior_null`; `nag_cf_est`, one level), its scale tuned on the held-out seed for Euler "
-            "and Heun together; `nag_exact_term` adds the exact term at that scale (its ceiling). Cosines as in the "
+            "No fine-tune: NAG-CF with the null branch built from an estimator's posterior "
+            "(`comfy_nag.posterior_null`; `nag_cf_est`, one level), the demo's estimator recipe trained for "
+            "`estimator_steps` (1500: the demo's; 30000: the trainer's default), its scale tuned on the held-out seed "
+            "for Euler and Heun together; `nag_exact_term` adds the exact term at that scale (its ceiling). Cosines as in the "
             "summary (`nag_cf_est3`: three levels; `nag_cf_est_exact`: the exact posterior over the estimator's bins; "
             "`marginal_null`: over every training level).", "",
-            md_table(stock_table(res), ["seed", "family", "scale", "n", "shift_lower", "quality_better", "both",
+            md_table(stock_table(res), ["seed", "family", "estimator_steps", "scale", "n", "shift_lower", "quality_better",
+                                        "both",
                                         *[f"cos_{t}" for t in STOCK_TERMS]]), "",
-            md_table(rows, ["seed", "family", "sampler", "steps", "method", "nfe_per_step", "noise_shift", "signed_shift",
-                            "quality"]), ""]
+            md_table(rows, ["seed", "family", "estimator_steps", "sampler", "steps", "method", "nfe_per_step",
+                            "noise_shift", "signed_shift", "quality"]), ""]
 
 
 def write_report(out: Path, res: dict) -> str:

@@ -130,7 +130,8 @@ def test_recipes_change_one_factor_each():
 
 def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     cfg = fidelity.Config(quick=True, seeds=(0,), pretrain_steps=40, n_states=16, samplers=("euler",), steps=(4,),
-                          n_samples=40, track=(0.0, 0.3), recipes=("base", "control", "length_30%"), lams=(0.0, 4.0))
+                          n_samples=40, track=(0.0, 0.3), recipes=("base", "control", "length_30%"), lams=(0.0, 4.0),
+                          stock_estimators=(30,))
     import studies.toolkit as toolkit
 
     small = lambda quick, seed: toolkit.Config(quick=True, seed=seed, dim=4, families=("sit",), estimator_steps=20,  # noqa: E731
@@ -147,7 +148,8 @@ def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
         toolkit.Config.make = orig
     assert res["fidelity"] == again["fidelity"] and res["sampling"] == again["sampling"]  # reused, not re-run
     assert res["stock"] == again["stock"]
-    (st,) = res["stock"]  # the pretrained network as it is, the null branch from the estimator
+    (st,) = res["stock"]  # the pretrained network as it is, the null branch from the (one, here) estimator
+    assert st["estimator_steps"] == cfg.stock_estimators[0]
     assert {(r["sampler"], r["steps"], r["method"]) for r in st["rows"]} == {
         ("euler", n, m) for n in (4, 50) for m in fidelity.STOCK_METHODS}
     assert {r["term"] for r in st["fidelity"]} == set(fidelity.STOCK_TERMS)
