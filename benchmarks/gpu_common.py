@@ -178,15 +178,8 @@ def device_header(toy: bool) -> dict:
     if cuda:
         device = torch.cuda.get_device_name(0)
     else:
-        device = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        device = f"cpu: {device}, {os.cpu_count()} cores visible"
+        from training.bench import cpu_name
+        device = f"cpu: {cpu_name()}, {os.cpu_count()} cores visible"
     return {"toy": toy, "device": device, "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
             "python": platform.python_version()}
 

@@ -24,7 +24,8 @@ from . import harness, methods, testbed
 from .harness import md_table
 from .terms import measure
 from .terms import ESTIMATOR_TERMS, late_cos
-from .toolkit import (QUALITY_METRIC, SHARE_TARGET, TARGET_SETTINGS, Config, Eval, Trained, calibrate, criterion,
+from .toolkit import (QUALITY_METRIC, SHARE_TARGET, TARGET_SETTINGS, Config, Eval, Trained, against_baseline,
+                      calibrate, criterion,
                       exact_nag, exact_share, estimator_check, make_eval, method_setup, profile_of, run_one,
                       sample_row, train_family, tune)
 
@@ -142,13 +143,7 @@ def no_dropout_criterion(res: dict) -> list[dict]:
     ``nag_cf_est`` lowers the late shift, improves quality, and both, against the baseline."""
     out = []
     for fam, nd in res.get("no_dropout", {}).items():
-        get = {(r["sampler"], r["steps"], r["method"]): r for r in nd["rows"]}
-        pairs = [(get[(s, n, "baseline")], get[(s, n, "nag_cf_est")]) for s, n in sorted(TARGET_SETTINGS)
-                 if (s, n, "baseline") in get and (s, n, "nag_cf_est") in get]
-        shift = [e["noise_shift"] < b["noise_shift"] for b, e in pairs]
-        better = [e["quality"] < b["quality"] for b, e in pairs]
-        out.append({"family": fam, "n": len(pairs), "shift_lower": sum(shift), "quality_better": sum(better),
-                    "both": sum(a and b for a, b in zip(shift, better)), "scale": nd["knobs"]["nag_cf_est"],
+        out.append({"family": fam, **against_baseline(nd["rows"], "nag_cf_est"), "scale": nd["knobs"]["nag_cf_est"],
                     **{f"cos_{t}": late_cos(nd["fidelity"], t) for t in ("nag_cf_est", "nag_cf_est_exact", "marginal_null")}})
     return out
 

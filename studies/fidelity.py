@@ -479,14 +479,8 @@ def stock_table(res: dict) -> list[dict]:
     scale, and its cosine with the exact term (log-SNR >= 0, on-schedule) next to its ceilings."""
     out = []
     for st in res.get("stock", []):
-        get = {(r["sampler"], r["steps"], r["method"]): r for r in st["rows"]}
-        pairs = [(get[(s, n, "baseline")], r) for (s, n, m), r in get.items() if m == "nag_cf_est"]
-        shift = [e["noise_shift"] < b["noise_shift"] for b, e in pairs]
-        better = [e["quality"] < b["quality"] for b, e in pairs]
         out.append({"seed": st["seed"], "family": st["family"], "estimator_steps": st["estimator_steps"],
-                    "scale": st["scale"], "n": len(pairs),
-                    "shift_lower": sum(shift), "quality_better": sum(better),
-                    "both": sum(a and b for a, b in zip(shift, better)),
+                    "scale": st["scale"], **toolkit.against_baseline(st["rows"], "nag_cf_est"),
                     **{f"cos_{t}": late_cos(st["fidelity"], t) for t in STOCK_TERMS}})
     return out
 

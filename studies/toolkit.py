@@ -332,6 +332,17 @@ def exact_share(rows: list[dict]) -> list[dict]:
     return out
 
 
+def against_baseline(rows: list[dict], method: str) -> dict:
+    """Over the settings (sampler, steps) where ``rows`` (one network's) hold both the baseline and ``method``: in how
+    many ``method`` lowers the late shift, improves quality, and both."""
+    get = {(r["sampler"], r["steps"], r["method"]): r for r in rows}
+    pairs = [(get[(s, n, "baseline")], r) for (s, n, m), r in get.items() if m == method and (s, n, "baseline") in get]
+    shift = [e["noise_shift"] < b["noise_shift"] for b, e in pairs]
+    better = [e["quality"] < b["quality"] for b, e in pairs]
+    return {"n": len(pairs), "shift_lower": sum(shift), "quality_better": sum(better),
+            "both": sum(a and b for a, b in zip(shift, better))}
+
+
 def _nanmedian(vals) -> float:
     """Median of the defined values (NaN, without a warning, when none is)."""
     vals = [v for v in vals if v == v]

@@ -25,19 +25,22 @@ from .config import Config, ConfigError
 from .loop import step_generator
 
 
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
     n = torch.get_num_threads()
-    return f"cpu: {cpu}, {n} torch thread{'' if n == 1 else 's'}, {os.cpu_count()} cores visible"
+    return f"cpu: {cpu_name()}, {n} torch thread{'' if n == 1 else 's'}, {os.cpu_count()} cores visible"
 
 
 def _ratio_interval(base: list[float], drop: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
