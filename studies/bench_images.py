@@ -315,21 +315,26 @@ def row(fam: str, model: str, method: str, sampler: str, steps: int, res: dict, 
 # the study
 # ---------------------------------------------------------------------------------------------
 
+def tuning_run(net, fam, est, metric, cfg, x_fwd, data_var, method: str, knobs: dict, table: list, label: dict) -> float:
+    """One run on the held-out seed (Euler, ``tune_steps``): appends ``label`` with its numbers to ``table`` and
+    returns its proxy FD (inf if not finite), the score the tunings minimise."""
+    g, lf = method_setup(method, fam, cfg, knobs, data_var)
+    res = run_one(net, fam, est, metric, g, lf, "euler", cfg.tune_steps, cfg.n_samples, cfg.seed + 1000, x_fwd)
+    table.append({**label, "quality": res["quality"], "noise_shift": res["shift"]["noise_shift"],
+                  "precision": res["precision"], "recall": res["recall"]})
+    return res["quality"] if math.isfinite(res["quality"]) else float("inf")
+
+
 def tune(net, fam, est, metric, cfg, x_fwd, data_var, log=print) -> tuple[dict, list]:
     """Knobs on a held-out seed (Euler, ``tune_steps``), lowest proxy FD.
 
     NAG alone: scale x window grid; then NAG-CG, epsilon scaling, time shift; then the CFG scale, and NAG's scale
     on top of that CFG (the paper tunes NAG separately for with and without CFG).  Every method gets its best knob.
     """
-    seed = cfg.seed + 1000
     knobs, table = {"window": 0.0}, []
 
     def score(method, kn):
-        g, lf = method_setup(method, fam, cfg, kn, data_var)
-        res = run_one(net, fam, est, metric, g, lf, "euler", cfg.tune_steps, cfg.n_samples, seed, x_fwd)
-        table.append({"method": method, **{k: v for k, v in kn.items()}, "quality": res["quality"],
-                      "noise_shift": res["shift"]["noise_shift"], "precision": res["precision"], "recall": res["recall"]})
-        return res["quality"] if math.isfinite(res["quality"]) else float("inf")
+        return tuning_run(net, fam, est, metric, cfg, x_fwd, data_var, method, kn, table, {"method": method, **kn})
 
     score("baseline", {})  # the reference for the replicate in the report
     knobs["nag_cf"], knobs["window"] = harness.first_best(lambda c: score("nag_cf", {"nag_cf": c[0], "window": c[1]}),
@@ -347,12 +352,9 @@ def tune_estimator_null(net, fam, est, metric, cfg, x_fwd, data_var, knobs: dict
     table = []
 
     def score(w):
-        g, lf = method_setup("nag_cf_est", fam, cfg, {**knobs, "nag_cf_est": w}, data_var)
-        res = run_one(net, fam, est, metric, g, lf, "euler", cfg.tune_steps, cfg.n_samples, cfg.seed + 1000, x_fwd)
-        table.append({"method": "nag_cf_est", "model": "pretrained", "nag_cf_est": w, "window": knobs["window"],
-                      "quality": res["quality"], "noise_shift": res["shift"]["noise_shift"],
-                      "precision": res["precision"], "recall": res["recall"]})
-        return res["quality"] if math.isfinite(res["quality"]) else float("inf")
+        label = {"method": "nag_cf_est", "model": "pretrained", "nag_cf_est": w, "window": knobs["window"]}
+        return tuning_run(net, fam, est, metric, cfg, x_fwd, data_var, "nag_cf_est", {**knobs, "nag_cf_est": w}, table,
+                          label)
 
     w = harness.first_best(score, cfg.grid["nag_cf_est"])
     log(f"[{fam.name}] nag_cf_est on the pretrained model, tuned on a held-out seed: {w}")
