@@ -1,54 +1,67 @@
 """Denoising loss with noise-condition dropout (and class dropout for CFG).
 
-With probability ``t_dropout`` a sample's noise condition is replaced by the null condition
-(``drop_t``); its regression target is unchanged, so one set of weights learns both the
+With probability ``noise_condition_dropout_rate`` a sample's noise condition is replaced by the null
+condition (``drop_t``); its regression target is unchanged, so one set of weights learns both the
 noise-conditional prediction and the noise-unconditional one that classifier-free NAG needs.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .predictions import target
 from .schedules import Schedule
-from .tensors import append_dims
 
 
-def denoising_loss(net, x0: torch.Tensor, y: torch.Tensor | None, schedule: Schedule, prediction: str,
-                   t_dropout: float = 0.0, y_dropout: float = 0.0, generator: torch.Generator | None = None,
-                   null_target=None, null_weight: float = 1.0, cond_target=None):
-    """Mean-squared error in the ``prediction`` parameterisation.
+@dataclass(frozen=True)
+class TrainingBatch:
+    """One batch of forward samples and what the network is trained to predict from them."""
 
-    ``null_target(x_net, sigma, y) -> prediction``: the regression target of the dropped rows
-    (default: the ordinary target, as in the paper).  Its minimiser is the same noise-unconditional
-    branch whenever the target's mean given the state is the level-marginal prediction (e.g. the
-    network's own conditional branch averaged over the level posterior: a self-distilled target
-    with far less variance than the raw noise).  ``cond_target``: the same for the kept rows (e.g. a
-    frozen teacher's prediction, which anchors the conditional branch while the null branch learns).
-    ``null_weight``: loss weight of the dropped rows relative to the kept ones (the mean is weighted).
-    Returns ``(loss, per_sample, drop_t)`` so callers can track the dropped rows' loss.
-    """
+    x: torch.Tensor       # network-space noisy states (Schedule.noised)
+    sigma: torch.Tensor   # their sampling sigmas [B]
+    t: torch.Tensor       # network times [B]
+    y: object             # conditions after class dropout (class ids; passed through when not class-conditional)
+    drop_t: torch.Tensor  # bool [B]: rows trained at the null condition
+    target: torch.Tensor  # regression target in the network's parameterisation
+
+
+def training_batch(net, x0: torch.Tensor, y, schedule: Schedule, prediction: str, *,
+                   noise_condition_dropout_rate: float = 0.0, class_dropout_rate: float = 0.0,
+                   generator: torch.Generator | None = None) -> TrainingBatch:
+    """Draw levels, noise and the dropout masks for clean samples ``x0`` (classes ``y`` when ``net.num_classes``)."""
     B = x0.shape[0]
     s = schedule.training_sigmas(B, generator).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     x, a_n, s_n = schedule.noised(x0, s, eps)
-    drop_t = torch.rand(B, generator=generator).to(x0.device) < t_dropout
+    drop_t = torch.rand(B, generator=generator).to(x0.device) < noise_condition_dropout_rate
     num_classes = getattr(net, "num_classes", 0)
     if num_classes:
         if y is None:
             raise ValueError("this model is class-conditional; pass class labels y")
-        drop_y = torch.rand(B, generator=generator).to(x0.device) < y_dropout
+        drop_y = torch.rand(B, generator=generator).to(x0.device) < class_dropout_rate
         y = torch.where(drop_y, torch.full_like(y, num_classes), y)
     tgt = target(prediction, x0, eps, a_n, s_n)
-    for rows, fn in ((~drop_t, cond_target), (drop_t, null_target)):
-        if fn is not None and bool(rows.any()):
-            with torch.no_grad():
-                tgt = torch.where(append_dims(rows, x.dim()), fn(x, s, y).to(tgt), tgt)
-    pred = net(x, schedule.net_time(s).to(x0.device), y, drop_t)
-    per = (pred - tgt).pow(2).flatten(1).mean(1)
-    if null_weight == 1.0:
-        return per.mean(), per.detach(), drop_t
-    w = torch.where(drop_t, torch.full_like(per, float(null_weight)), torch.ones_like(per))
-    return (per * w).sum() / w.sum(), per.detach(), drop_t
+    return TrainingBatch(x, s, schedule.net_time(s).to(x0.device), y, drop_t, tgt)
+
+
+def squared_errors(net, batch: TrainingBatch, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared error [B] of ``net`` on ``batch`` (against ``target``, default the batch's)."""
+    pred = net(batch.x, batch.t, batch.y, batch.drop_t)
+    return (pred - (batch.target if target is None else target)).pow(2).flatten(1).mean(1)
+
+
+def denoising_loss(net, x0: torch.Tensor, y, schedule: Schedule, prediction: str, *,
+                   noise_condition_dropout_rate: float = 0.0, class_dropout_rate: float = 0.0,
+                   generator: torch.Generator | None = None):
+    """Mean-squared error in the ``prediction`` parameterisation, the paper's loss.
+
+    Returns ``(loss, per_sample, drop_t)`` so callers can track the dropped rows' loss.
+    """
+    batch = training_batch(net, x0, y, schedule, prediction, noise_condition_dropout_rate=noise_condition_dropout_rate,
+                           class_dropout_rate=class_dropout_rate, generator=generator)
+    per = squared_errors(net, batch)
+    return per.mean(), per.detach(), batch.drop_t
 
 
 def fit(module: torch.nn.Module, loss_fn, steps: int, lr: float, callback=None, what: str = "loss") -> list[float]:

@@ -105,7 +105,7 @@ class Config:
 # --- null-branch recipes -------------------------------------------------------------------------
 
 def distilled_target(teacher, fam, posterior: str, gmm=None, estimator=None, samples: int = 4, generator=None):
-    """``null_target`` for :func:`comfy_nag.losses.denoising_loss`: the frozen ``teacher``'s conditional
+    """``null_target`` of :class:`studies.testbed.LossRecipe`: the frozen ``teacher``'s conditional
     branch averaged over the level posterior of each state.
 
     ``posterior``: ``"estimator"`` (``samples`` levels drawn from the noise-level estimator's posterior;
@@ -159,12 +159,13 @@ def finetune(tr: toolkit.Trained, net, recipe: Recipe, cfg: Config, seed: int, o
     steps = max(1, round(recipe.length * cfg.pretrain_steps))
     teacher = copy.deepcopy(tr.net).eval()
     g = torch.Generator().manual_seed(seed + 7)
-    opts = {"null_weight": recipe.null_weight}
+    loss_recipe = testbed.LossRecipe(null_weight=recipe.null_weight)
     if recipe.target == "distilled":
-        opts["null_target"] = distilled_target(teacher, tr.fam, "estimator", estimator=tr.estimator,
-                                               samples=cfg.posterior_samples, generator=g)
-        opts["cond_target"] = lambda xn, s, y: teacher(xn, tr.fam.schedule.net_time(s), y,
-                                                       torch.zeros(xn.shape[0], dtype=torch.bool))
+        loss_recipe = testbed.LossRecipe(
+            distilled_target(teacher, tr.fam, "estimator", estimator=tr.estimator, samples=cfg.posterior_samples,
+                             generator=g),
+            lambda xn, s, y: teacher(xn, tr.fam.schedule.net_time(s), y, torch.zeros(xn.shape[0], dtype=torch.bool)),
+            recipe.null_weight)
     elif recipe.target != "noise":
         raise ValueError(f"unknown recipe target {recipe.target!r}; expected 'noise' or 'distilled'")
     ema = copy.deepcopy(net).requires_grad_(False) if recipe.ema else None
@@ -182,7 +183,7 @@ def finetune(tr: toolkit.Trained, net, recipe: Recipe, cfg: Config, seed: int, o
             on_step(step + 1, ema if ema is not None else net)
 
     hist = testbed.train_denoiser(net, tr.gmm, tr.fam.schedule, tr.fam.prediction, steps, lr=cfg.finetune_lr,
-                                  t_dropout=recipe.dropout, seed=seed + 7, callback=callback, **opts)
+                                  t_dropout=recipe.dropout, seed=seed + 7, callback=callback, recipe=loss_recipe)
     bar.close()
     if ema is not None:
         net.load_state_dict(ema.state_dict())

@@ -10,12 +10,14 @@ form.  Covariances are eigendecomposed once; every density evaluation is then O(
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from comfy_nag.estimators import LevelBins, training_log_prior
 from comfy_nag.classifier_guidance import score_to_x0_shift
-from comfy_nag.losses import denoising_loss, fit
+from comfy_nag.losses import TrainingBatch, fit, squared_errors, training_batch
 from comfy_nag.predictions import target, to_x0
 from comfy_nag.schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
 from comfy_nag.tensors import append_dims
@@ -361,16 +363,45 @@ def nll(gmm: GaussianMixture, x: torch.Tensor, y: torch.Tensor | None = None) ->
 
 # --- imperfect denoisers -------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LossRecipe:
+    """Study-only variants of the denoising loss (the fidelity study's recipes); the defaults are the paper's loss.
+
+    ``null_target(x_net, sigma, y) -> prediction``: the regression target of the dropped rows (default: the
+    ordinary target).  Its minimiser is the same noise-unconditional branch whenever the target's mean given
+    the state is the level-marginal prediction (e.g. the network's own conditional branch averaged over the
+    level posterior: a self-distilled target with far less variance than the raw noise).  ``cond_target``:
+    the same for the kept rows (e.g. a frozen teacher's prediction, which anchors the conditional branch while
+    the null branch learns).  ``null_weight``: loss weight of the dropped rows relative to the kept ones."""
+
+    null_target: Callable | None = None
+    cond_target: Callable | None = None
+    null_weight: float = 1.0
+
+    def loss(self, net, batch: TrainingBatch):
+        """``(loss, per_sample, drop_t)`` of ``net`` on ``batch`` (``comfy_nag.losses.training_batch``)."""
+        tgt = batch.target
+        for rows, fn in ((~batch.drop_t, self.cond_target), (batch.drop_t, self.null_target)):
+            if fn is not None and bool(rows.any()):
+                with torch.no_grad():
+                    tgt = torch.where(append_dims(rows, batch.x.dim()), fn(batch.x, batch.sigma, batch.y).to(tgt), tgt)
+        per = squared_errors(net, batch, tgt)
+        if self.null_weight == 1.0:
+            return per.mean(), per.detach(), batch.drop_t
+        w = torch.where(batch.drop_t, torch.full_like(per, float(self.null_weight)), torch.ones_like(per))
+        return (per * w).sum() / w.sum(), per.detach(), batch.drop_t
+
+
 def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, steps: int, batch: int = 256,
                    lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None,
-                   **loss_options):
-    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history.
-
-    ``loss_options``: ``null_target``, ``cond_target``, ``null_weight`` of ``comfy_nag.losses.denoising_loss``."""
+                   recipe: LossRecipe = LossRecipe()):
+    """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history."""
     g = torch.Generator().manual_seed(seed)
 
     def loss(step):
         x0, y = gmm.sample(batch, generator=g)
-        return denoising_loss(net, x0, y, schedule, prediction, t_dropout, y_dropout, g, **loss_options)[0]
+        b = training_batch(net, x0, y, schedule, prediction, noise_condition_dropout_rate=t_dropout,
+                           class_dropout_rate=y_dropout, generator=g)
+        return recipe.loss(net, b)[0]
 
     return fit(net, loss, steps, lr, callback, what="denoiser loss")

@@ -3,7 +3,7 @@ import torch
 
 from comfy_nag import estimators, models
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.losses import denoising_loss
+from comfy_nag.losses import denoising_loss, training_batch
 from comfy_nag.predictions import target
 from comfy_nag.families import family
 from dataclasses import asdict as dataclasses_asdict
@@ -64,16 +64,21 @@ def test_marginal_of_the_exact_conditional_branch_is_the_exact_null_branch():
     assert torch.allclose(got, ref, atol=1e-5)
 
 
+def _recipe_loss(net, x0, y, fam, rate, seed, recipe):
+    batch = training_batch(net, x0, y, fam.schedule, fam.prediction, noise_condition_dropout_rate=rate,
+                           generator=torch.Generator().manual_seed(seed))
+    return recipe.loss(net, batch)
+
+
 def test_null_target_replaces_only_the_dropped_rows_targets():
     fam, gmm = family("sit"), _gmm()
     net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep)
     x0, y = gmm.sample(32, generator=torch.Generator().manual_seed(2))
     zero = lambda xn, s, yy: torch.zeros_like(xn)  # noqa: E731
-    kept = denoising_loss(net, x0, y, fam.schedule, fam.prediction, 0.0, 0.0, torch.Generator().manual_seed(5))[0]
-    same = denoising_loss(net, x0, y, fam.schedule, fam.prediction, 0.0, 0.0, torch.Generator().manual_seed(5), zero)[0]
+    kept = denoising_loss(net, x0, y, fam.schedule, fam.prediction, generator=torch.Generator().manual_seed(5))[0]
+    same = _recipe_loss(net, x0, y, fam, 0.0, 5, testbed.LossRecipe(zero))[0]
     assert torch.equal(kept, same)  # no dropped row: the target is untouched
-    loss, per, drop = denoising_loss(net, x0, y, fam.schedule, fam.prediction, 1.0, 0.0,
-                                     torch.Generator().manual_seed(5), zero)
+    loss, per, drop = _recipe_loss(net, x0, y, fam, 1.0, 5, testbed.LossRecipe(zero))
     assert bool(drop.all())
     g = torch.Generator().manual_seed(5)  # replay the same draws to get the network's output
     s = fam.schedule.training_sigmas(32, g)
@@ -105,16 +110,16 @@ def test_cond_target_and_null_weight_act_on_their_own_rows():
     net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep)
     x0, y = gmm.sample(64, generator=torch.Generator().manual_seed(2))
     zero = lambda xn, s, yy: torch.zeros_like(xn)  # noqa: E731
-    args = (net, x0, y, fam.schedule, fam.prediction, 0.5, 0.0)
-    plain, per, drop = denoising_loss(*args, torch.Generator().manual_seed(5))
+    plain, per, drop = denoising_loss(net, x0, y, fam.schedule, fam.prediction, noise_condition_dropout_rate=0.5,
+                                      generator=torch.Generator().manual_seed(5))
     assert 0 < int(drop.sum()) < 64
     # a cond target changes only the kept rows' losses, a null target only the dropped rows'
-    _, per_c, _ = denoising_loss(*args, torch.Generator().manual_seed(5), cond_target=zero)
-    _, per_n, _ = denoising_loss(*args, torch.Generator().manual_seed(5), null_target=zero)
+    _, per_c, _ = _recipe_loss(net, x0, y, fam, 0.5, 5, testbed.LossRecipe(cond_target=zero))
+    _, per_n, _ = _recipe_loss(net, x0, y, fam, 0.5, 5, testbed.LossRecipe(null_target=zero))
     assert torch.equal(per_c[drop], per[drop]) and not torch.equal(per_c[~drop], per[~drop])
     assert torch.equal(per_n[~drop], per[~drop]) and not torch.equal(per_n[drop], per[drop])
     # null_weight is a weighted mean over rows
-    w3, per3, _ = denoising_loss(*args, torch.Generator().manual_seed(5), null_weight=3.0)
+    w3, per3, _ = _recipe_loss(net, x0, y, fam, 0.5, 5, testbed.LossRecipe(null_weight=3.0))
     want = (per[~drop].sum() + 3 * per[drop].sum()) / (int((~drop).sum()) + 3 * int(drop.sum()))
     assert torch.equal(per3, per) and torch.isclose(w3, want, rtol=1e-6)
 

@@ -129,8 +129,9 @@ class FinetuneTask:
         x0 = a.x0(self.cache, idx).to(device)
         cond = a.conditions(self.cache, idx, g, device)
         rate = 0.0 if plain else self.dropout_rate
-        loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes, plain), x0, cond, a.schedule,
-                                         a.prediction, rate, t.class_dropout_rate, g)
+        loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes, plain), x0, cond, a.schedule, a.prediction,
+                                         noise_condition_dropout_rate=rate, class_dropout_rate=t.class_dropout_rate,
+                                         generator=g)
         keep = ~drop
         return loss, {"loss": (per.sum(), len(per)), "loss_cond": (per[keep].sum(), keep.sum()),
                       "loss_dropped": (per[drop].sum(), drop.sum())}
