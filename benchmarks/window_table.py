@@ -28,7 +28,8 @@ def main() -> None:
     import comfy.model_sampling as cms
     import comfy.samplers
 
-    from comfy_nag.patching import sigma_window
+    from comfy_nag.patching import WindowUnit, sigma_window
+    from comfy_nag.schedules import Space
 
     class Config:
         def __init__(self, **settings):
@@ -37,14 +38,14 @@ def main() -> None:
     def sampling(base, kind, **settings):
         return type("Sampling", (base, kind), {})(Config(**settings))
 
-    families = [("SD1.x / SD2.x / SDXL (eps, discrete)", "ve", sampling(cms.ModelSamplingDiscrete, cms.EPS), ("karras", "normal")),
-                ("SD3 / SD3.5 (flow, shift 3)", "flow", sampling(cms.ModelSamplingDiscreteFlow, cms.CONST, shift=3.0), ("simple",)),
-                ("Flux-style flow, shift 1 (unshifted)", "flow", sampling(cms.ModelSamplingFlux, cms.CONST, shift=0.0), ("simple",)),
-                ("Flux-style flow, shift 3", "flow", sampling(cms.ModelSamplingFlux, cms.CONST, shift=math.log(3.0)), ("simple",))]
+    families = [("SD1.x / SD2.x / SDXL (eps, discrete)", Space.VE, sampling(cms.ModelSamplingDiscrete, cms.EPS), ("karras", "normal")),
+                ("SD3 / SD3.5 (flow, shift 3)", Space.FLOW, sampling(cms.ModelSamplingDiscreteFlow, cms.CONST, shift=3.0), ("simple",)),
+                ("Flux-style flow, shift 1 (unshifted)", Space.FLOW, sampling(cms.ModelSamplingFlux, cms.CONST, shift=0.0), ("simple",)),
+                ("Flux-style flow, shift 3", Space.FLOW, sampling(cms.ModelSamplingFlux, cms.CONST, shift=math.log(3.0)), ("simple",))]
     print(f"| model family | sigma at signal 0.5 | window in sigma | percent of {args.steps} steps (scheduler) |")
     print("|---|---|---|---|")
     for name, space, ms, schedulers in families:
-        lo, hi = sigma_window(0.5, 1.0, "signal", space=space)
+        lo, hi = sigma_window(0.5, 1.0, WindowUnit.SIGNAL, space=space)
         cells = []
         for sch in schedulers:
             sig = comfy.samplers.calculate_sigmas(ms, sch, args.steps)[:-1]  # the sigmas the steps run at

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from .schedules import MIN_ALPHA, logsnr_of, space_alpha
+from .schedules import MIN_ALPHA, Space
 from .tensors import append_dims
 
 
-def score_to_x0_shift(score_term: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str) -> torch.Tensor:
+def score_to_x0_shift(score_term: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: Space) -> torch.Tensor:
     """x0 change caused by adding ``score_term`` to the score: ``s^2 * term / alpha`` (0 where alpha ~ 0)."""
-    a = space_alpha(space, s)
+    a = space.alpha(s)
     coef = torch.where(a > MIN_ALPHA, s * s / a.clamp_min(MIN_ALPHA), torch.zeros_like(a))
     return append_dims(coef, x.dim()) * score_term
 
 
-def level_gradient(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+def level_gradient(estimator, x: torch.Tensor, sigma: torch.Tensor, space: Space, net_scale: torch.Tensor,
                    log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """``grad_x log g(lambda(sigma) | net_scale*x)``: the classifier-guided NAG score term, sampling space.
 
@@ -33,14 +33,14 @@ def level_gradient(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, 
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().float().requires_grad_(True)
         s = sigma.detach().clone().float().reshape(-1).expand(x.shape[0])
-        lam = logsnr_of(space, s)
+        lam = space.logsnr(s)
         c = net_scale.detach().clone().float().reshape(-1).expand(x.shape[0])
         lp = estimator.log_prob(append_dims(c, xg.dim()) * xg, lam, log_prior).sum()
         (g,) = torch.autograd.grad(lp, xg)
     return g.detach().to(x.dtype)
 
 
-def classifier_correction(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+def classifier_correction(estimator, x: torch.Tensor, sigma: torch.Tensor, space: Space, net_scale: torch.Tensor,
                           scale) -> torch.Tensor:
     """x0 ("denoised") change of classifier-guided NAG: the score gets ``scale * level_gradient``.
 
@@ -49,11 +49,10 @@ def classifier_correction(estimator, x: torch.Tensor, sigma: torch.Tensor, space
     """
     g = level_gradient(estimator, x, sigma, space, net_scale)
     s = sigma.detach().float().reshape(-1).expand(x.shape[0]).to(x.device)
-    space_alpha(space, s)  # validates the space
     return score_to_x0_shift(g * append_dims(scale, x.dim()), x, s.to(x.dtype), space)
 
 
-def estimator_x0_term(estimator, x: torch.Tensor, sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+def estimator_x0_term(estimator, x: torch.Tensor, sigma: torch.Tensor, space: Space, net_scale: torch.Tensor,
                       log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """The estimator's NAG term as an x0 change (classifier-guided NAG at scale 1): what the
     classifier-free term ``x0_cond - x0_null`` estimates too.  Arguments as :func:`level_gradient`."""

@@ -3,9 +3,9 @@
 ``Denoiser`` converts states to network space (``Schedule.native``), evaluates every branch a
 :class:`~comfy_nag.guidance.Guidance` needs in **one batched forward** (or one forward per branch
 with ``batched=False``), converts each branch to x0 with the *nominal* level, mixes them, and
-applies classifier guidance and epsilon scaling.  A null branch is the network at its null timestep
-(``null_source="learned"``) or, with ``null_source="estimator"``, the conditional branch at the
-estimator's posterior levels (posterior_null.py), evaluated in the same batched forward.  It counts
+applies classifier guidance and epsilon scaling.  A null branch comes from ``Guidance.null``
+(null_branch.py): the network at its null condition (``LearnedNull``), or the conditional branch at the
+levels a noise-level estimator reads (``EstimatorNull``), evaluated in the same batched forward.  It counts
 network evaluations so benchmarks can report NFE per step.
 """
 from __future__ import annotations
@@ -13,36 +13,29 @@ from __future__ import annotations
 import torch
 
 from .classifier_guidance import classifier_correction
-from .estimators import training_log_prior
 from .guidance import Guidance, branches, combine, eps_scaled_x0, window_mask
-from .posterior_null import mix, null_levels
+from .posterior_null import mix
 from .predictions import check_kind, to_x0
-from .schedules import Schedule, logsnr_of
+from .schedules import Schedule
 from .tensors import append_dims
+
+NULL_BRANCHES = ("null_cond", "null_uncond")
 
 
 class Denoiser:
     """Sampling-space denoiser over ``net(x_net, t_net, y, drop_t)`` predicting ``prediction``.
 
-    ``estimator``: a :class:`~comfy_nag.estimators.NoiseLevelEstimator` on network-space states,
-    needed when ``guidance.cg_scale != 0`` or the null branch comes from it; ``log_prior``: the prior over
-    its bins that the estimator null branch uses (default: the schedule's training levels).
+    ``estimator``: a :class:`~comfy_nag.estimators.NoiseLevelEstimator` on network-space states, needed when
+    ``guidance.cg_scale != 0`` (an estimator null branch carries its own, ``null_branch.EstimatorNull``).
     """
 
     def __init__(self, net, schedule: Schedule, prediction: str, guidance: Guidance | None = None,
-                 estimator=None, batched: bool = True, log_prior: torch.Tensor | None = None):
+                 estimator=None, batched: bool = True):
         self.net, self.schedule, self.prediction = net, schedule, check_kind(prediction)
         self.guidance = guidance or Guidance()
         self.estimator, self.batched = estimator, batched
-        g = self.guidance
-        self.estimator_null = g.nag_scale != 0 and g.null_source == "estimator"
-        for on, what in ((g.cg_scale != 0, "classifier-guided NAG (cg_scale != 0)"),
-                         (self.estimator_null, "the null branch from an estimator (null_source='estimator')")):
-            if on and estimator is None:
-                raise ValueError(f"{what} needs a noise-level estimator; pass estimator=...")
-        self.log_prior = log_prior
-        if self.estimator_null and log_prior is None:
-            self.log_prior = training_log_prior(schedule, estimator.bins)
+        if self.guidance.cg_scale != 0 and estimator is None:
+            raise ValueError("classifier-guided NAG (cg_scale != 0) needs a noise-level estimator; pass estimator=...")
         self.num_classes = getattr(net, "num_classes", 0)
         self.evaluations = 0  # network evaluations, counted per branch (batch rows / B)
         self.calls = 0
@@ -78,26 +71,26 @@ class Denoiser:
         return {n: to_x0(p, self.prediction, xn, a_n.to(x), s_n.to(x)) for n, p in preds.items()}
 
     def _chunks(self, xn: torch.Tensor, s: torch.Tensor, y, names):
-        """``[(branch, t, y, drop_t)]`` per network call of ``names``, and the level weights [B, K] of the null
-        branches taken from the estimator (one chunk per level; ``{}`` with learned null branches)."""
+        """``[(branch, t, y, drop_t)]`` per network call of ``names``, and the weights [B, K] that mix each null
+        branch's K calls (``guidance.null``'s step; ``{}`` for a null branch of one call)."""
         B, dev = xn.shape[0], xn.device
         t = self.schedule.net_time(s).to(dev)
         null_y = torch.full((B,), self.num_classes, dtype=torch.long, device=dev)
         y = null_y if y is None else y
-        nulls = [n for n in names if n.startswith("null")]
-        level_t = weights = None
-        if self.estimator_null and nulls:
-            lv = null_levels(self.estimator, xn, self.guidance.null_levels, self.log_prior.to(dev))
-            level_t = [self.schedule.net_time(self.schedule.sigma_from_logsnr(lam)).to(t) for lam in lv.logsnr.T]
-            weights = lv.weight
+        nulls = [n for n in names if n in NULL_BRANCHES]
+        step = self.guidance.null.step(xn, s) if nulls else None
         chunks = []
         for n in names:
             yy = y if n in ("cond", "null_cond") else null_y
-            if n in nulls and level_t is not None:
-                chunks += [(n, tl, yy, torch.zeros(B, dtype=torch.bool, device=dev)) for tl in level_t]
-            else:
-                chunks.append((n, t, yy, torch.full((B,), n in nulls, device=dev)))
-        return chunks, ({n: weights for n in nulls} if weights is not None else {})
+            if n not in nulls:
+                chunks.append((n, t, yy, torch.zeros(B, dtype=torch.bool, device=dev)))
+                continue
+            for cond in step.conditions:
+                if cond is None:  # the network's null condition
+                    chunks.append((n, t, yy, torch.ones(B, dtype=torch.bool, device=dev)))
+                else:
+                    chunks.append((n, self.schedule.net_time(cond).to(t), yy, torch.zeros(B, dtype=torch.bool, device=dev)))
+        return chunks, ({n: step.weight for n in nulls} if step is not None and step.weight is not None else {})
 
     def __call__(self, x: torch.Tensor, s: torch.Tensor, y=None) -> torch.Tensor:
         """Guided x0 prediction.  ``s``: sampling sigma, scalar or per-sample [B]."""
@@ -111,7 +104,7 @@ class Denoiser:
         outs = self.branch_x0(x, s, y, names)
         scale = g.nag_scale * nag_on.to(x)
         if g.nag_profile is not None and "null_cond" in names:
-            scale = scale * g.nag_profile(logsnr_of(space, s)).to(x)
+            scale = scale * g.nag_profile(space.logsnr(s)).to(x)
         x0 = combine(outs, g.cfg_scale, scale, g.variant)
         if g.cg_scale != 0:
             on = window_mask(s, g.cg_window)

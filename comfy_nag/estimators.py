@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .files import WeightFileError, load_module_weights, load_weights, meta_json, save_weights
 from .losses import fit
 from .metadata import FORMAT
-from .schedules import Schedule, logsnr_of, space_alpha
+from .schedules import Schedule, Space
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: i
     return fit(est, loss, steps, lr, callback, what="estimator loss")
 
 
-def variance_logsnr(x: torch.Tensor, space: str, data_var: float, s_nominal: torch.Tensor | None = None) -> torch.Tensor:
+def variance_logsnr(x: torch.Tensor, space: Space, data_var: float, s_nominal: torch.Tensor | None = None) -> torch.Tensor:
     """Training-free log-SNR estimate of sampling-space states x [B, ...].
 
     Solves ``var(x) = alpha(s)^2*data_var + s^2`` per sample (alpha = 1 in ve, 1-s in flow).
@@ -236,9 +236,9 @@ def variance_logsnr(x: torch.Tensor, space: str, data_var: float, s_nominal: tor
     """
     v = float(data_var)
     var = x.flatten(1).var(1).clamp_min(1e-12)
-    if space == "ve":
+    if space is Space.VE:
         s = (var - v).clamp_min(1e-8).sqrt()
-    elif space == "flow":
+    else:
         disc = (var * (v + 1) - v).clamp_min(0).sqrt()
         hi, lo = ((v + disc) / (v + 1)).clamp(1e-4, 1 - 1e-4), ((v - disc) / (v + 1)).clamp(1e-4, 1 - 1e-4)
         if s_nominal is None:
@@ -246,7 +246,5 @@ def variance_logsnr(x: torch.Tensor, space: str, data_var: float, s_nominal: tor
         else:
             sn = s_nominal.expand_as(hi)
             s = torch.where((hi - sn).abs() <= (lo - sn).abs(), hi, lo)
-    else:
-        space_alpha(space, var)  # raises a clear error
-    return logsnr_of(space, s)
+    return space.logsnr(s)
 

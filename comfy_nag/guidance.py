@@ -6,8 +6,8 @@ Conventions (docs/method.md):
 * ``cfg_scale`` uses ComfyUI's convention: ``u + cfg*(c - u)``; 1 = no CFG.
 * ``nag_scale`` ``w``: ``c + w*(c - n)`` with n the noise-unconditional (null-timestep) branch;
   0 = no NAG, and then the null branch is never evaluated.
-* Variant "A" (default, 3 branches): ``u + cfg*(c - u) + w*(c - n_c)``.
-  Variant "B" (4 branches): NAG inside both CFG branches, then CFG.
+* ``Variant.A`` (default, 3 branches): ``u + cfg*(c - u) + w*(c - n_c)``.
+  ``Variant.B`` (4 branches): NAG inside both CFG branches, then CFG.
 * All mixtures have weights summing to one, so they may be applied to eps, v, x0 or velocity
   predictions alike, as long as every branch is converted with the nominal level.  Here they
   are applied to x0 (denoised) predictions, like ComfyUI's post-CFG hooks.
@@ -15,17 +15,25 @@ Conventions (docs/method.md):
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
 
+from .null_branch import LearnedNull, NullBranch
 from .scale_profiles import ScaleProfile
-from .schedules import MIN_ALPHA, space_alpha
+from .schedules import MIN_ALPHA, Space
 from .tensors import append_dims
 
 BRANCHES = ("cond", "uncond", "null_cond", "null_uncond")
-VARIANTS = ("A", "B")
-NULL_SOURCES = ("learned", "estimator")
+
+
+class Variant(enum.Enum):
+    """How NAG combines with CFG: A adds ``w*(c - n_c)`` to the CFG result (3 branches); B applies NAG inside
+    both CFG branches, then CFG (4 branches)."""
+
+    A = "A"
+    B = "B"
 
 
 @dataclass(frozen=True)
@@ -34,40 +42,37 @@ class Guidance:
 
     cfg_scale: float = 1.0
     nag_scale: float = 0.0
-    variant: str = "A"
+    variant: Variant = Variant.A
     nag_window: tuple[float, float] | None = None
     cg_scale: float = 0.0
     cg_window: tuple[float, float] | None = None
     eps_scale: float = 1.0  # epsilon scaling factor (Ning et al.); 1 = off
     nag_profile: ScaleProfile | None = None  # per-level multiplier of nag_scale (None = 1 everywhere)
-    null_source: str = "learned"  # the null branch: the network's null timestep, or "estimator" (posterior_null.py)
-    null_levels: int = 1  # with null_source="estimator": conditional evaluations per null branch (0 = every bin)
+    null: NullBranch = LearnedNull()  # where the null branch comes from (null_branch.py)
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown NAG+CFG variant {self.variant!r}; expected 'A' (additive, 3 evaluations) "
-                             "or 'B' (NAG inside both CFG branches, 4 evaluations)")
+        if not isinstance(self.variant, Variant):
+            raise ValueError(f"variant must be guidance.Variant.A (additive, 3 evaluations) or Variant.B (NAG inside "
+                             f"both CFG branches, 4 evaluations), got {self.variant!r}")
         for name in ("cfg_scale", "nag_scale", "cg_scale", "eps_scale"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if self.null_source not in NULL_SOURCES:
-            raise ValueError(f"unknown null-branch source {self.null_source!r}; expected 'learned' (a model fine-tuned "
-                             "with noise-condition dropout) or 'estimator' (any model plus a noise-level estimator)")
-        if not isinstance(self.null_levels, int) or self.null_levels < 0:
-            raise ValueError(f"null_levels must be an integer >= 0 (1 = the posterior mean), got {self.null_levels!r}")
+        if not isinstance(self.null, NullBranch):
+            raise ValueError(f"null must be a null-branch source (null_branch.LearnedNull or EstimatorNull), got "
+                             f"{self.null!r}")
         if self.eps_scale <= 0:
             raise ValueError(f"eps_scale must be > 0 (1 = off), got {self.eps_scale}")
 
 
-def branches(cfg_scale: float, nag_scale: float, variant: str = "A") -> tuple[str, ...]:
+def branches(cfg_scale: float, nag_scale: float, variant: Variant = Variant.A) -> tuple[str, ...]:
     """Branches one evaluation needs. Scale 0 / cfg 1 drop their extra branches entirely."""
     out = ["cond"]
     if cfg_scale != 1.0:
         out.append("uncond")
     if nag_scale != 0.0:
         out.append("null_cond")
-        if variant == "B" and cfg_scale != 1.0:
+        if variant is Variant.B and cfg_scale != 1.0:
             out.append("null_uncond")
     return tuple(out)
 
@@ -82,25 +87,25 @@ def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float) -
     return cond if uncond is None else uncond + cfg_scale * (cond - uncond)
 
 
-def nag_correction(cond: torch.Tensor, null_cond: torch.Tensor, scale, variant: str = "A", cfg_scale: float = 1.0,
+def nag_correction(cond: torch.Tensor, null_cond: torch.Tensor, scale, variant: Variant = Variant.A, cfg_scale: float = 1.0,
                    uncond: torch.Tensor | None = None, null_uncond: torch.Tensor | None = None) -> torch.Tensor:
     """What classifier-free NAG adds to the CFG result ``u + cfg*(c - u)`` (how a post-CFG hook applies it).
 
     Variant A: ``w*(c - n_c)``; variant B (NAG inside both CFG branches):
     ``combine(...) - (u + cfg*(c - u))``.  ``scale`` may be per-sample [B].
     """
-    if variant == "B" and uncond is not None and null_uncond is not None:
+    if variant is Variant.B and uncond is not None and null_uncond is not None:
         outs = {"cond": cond, "uncond": uncond, "null_cond": null_cond, "null_uncond": null_uncond}
-        return combine(outs, cfg_scale, scale, "B") - cfg_mix(cond, uncond, cfg_scale)
+        return combine(outs, cfg_scale, scale, Variant.B) - cfg_mix(cond, uncond, cfg_scale)
     return append_dims(scale, cond.dim()) * (cond - null_cond)
 
 
-def combine(outs: dict[str, torch.Tensor], cfg_scale: float, nag_scale, variant: str = "A") -> torch.Tensor:
+def combine(outs: dict[str, torch.Tensor], cfg_scale: float, nag_scale, variant: Variant = Variant.A) -> torch.Tensor:
     """Mix branch predictions (any one parameterisation).  ``nag_scale`` may be per-sample [B]."""
     c = outs["cond"]
     u = outs.get("uncond")
     n_c = outs.get("null_cond")
-    if variant == "B" and u is not None and n_c is not None:
+    if variant is Variant.B and u is not None and n_c is not None:
         return cfg_mix(nag_mix(c, n_c, nag_scale), nag_mix(u, outs["null_uncond"], nag_scale), cfg_scale)
     out = cfg_mix(c, u, cfg_scale)
     return out if n_c is None else out + nag_correction(c, n_c, nag_scale)
@@ -114,7 +119,7 @@ def window_mask(s: torch.Tensor, window: tuple[float, float] | None) -> torch.Te
     return (s >= lo) & (s <= hi)
 
 
-def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str, factor: float) -> torch.Tensor:
+def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: Space, factor: float) -> torch.Tensor:
     """Epsilon scaling (Ning et al., ICLR 2024, uniform schedule): eps <- eps/factor, x0 re-derived.
 
     In ve space this is ComfyUI's ``x - (x - x0)/factor``; in flow space it scales the noise
@@ -122,7 +127,7 @@ def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor, space: str
     """
     if factor == 1.0:
         return x0
-    a = space_alpha(space, s)
+    a = space.alpha(s)
     ok = a > MIN_ALPHA
     ab, sb = append_dims(a.clamp_min(MIN_ALPHA), x.dim()), append_dims(s, x.dim())
     eps = (x - ab * x0) / sb

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .schedules import default_null_timestep
+from .schedules import SamplingKind
 
-VP_NULL = default_null_timestep("discrete")  # the default: a 0..999 discrete-time network
+VP_NULL = SamplingKind.DISCRETE.default_null_timestep()  # the default: a 0..999 discrete-time network
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

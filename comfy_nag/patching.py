@@ -10,59 +10,69 @@ that runs before or after.
 """
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
 
-from .schedules import default_null_timestep, sigma_of_logsnr
+from .schedules import SamplingKind, Space
 
 
-def choose_null_timestep(metadata_value: float | None, kind: str, multiplier: float = 1000.0,
-                         manual: float | None = None, source: str = "auto") -> tuple[float, str]:
-    """Pick the null timestep and say where it came from.
+class NullTimestepSource(enum.Enum):
+    """Where a learned null branch's null timestep comes from: ``AUTO`` (the file's metadata, else the family
+    default), ``METADATA`` (the file's, required) or ``MANUAL`` (a value given by hand)."""
 
-    ``source``: ``auto`` (file metadata, else the family default), ``metadata`` (required),
-    ``manual`` (``manual`` value).  Returns ``(value, origin)``.
-    """
-    if source == "manual":
+    AUTO = "auto"
+    METADATA = "metadata"
+    MANUAL = "manual"
+
+
+def choose_null_timestep(metadata_value: float | None, kind: SamplingKind, multiplier: float = 1000.0,
+                         manual: float | None = None,
+                         source: NullTimestepSource = NullTimestepSource.AUTO) -> tuple[float, NullTimestepSource]:
+    """Pick the null timestep (network units) and say where it came from: ``(value, METADATA | MANUAL | AUTO)``,
+    ``AUTO`` meaning the family default of ``kind`` (``multiplier``: flow network time per unit sigma)."""
+    if source is NullTimestepSource.MANUAL:
         if manual is None or not math.isfinite(manual):
             raise ValueError("null timestep source is 'manual' but no finite manual value was given")
-        return float(manual), "manual"
+        return float(manual), NullTimestepSource.MANUAL
     if metadata_value is not None:
-        return float(metadata_value), "metadata"
-    if source == "metadata":
+        return float(metadata_value), NullTimestepSource.METADATA
+    if source is NullTimestepSource.METADATA:
         raise ValueError("the model carries no comfy-nag metadata (nag.null_timestep): load it with the "
                          "'Noise Awareness Load Diffusion Model/Checkpoint' node, or set the null timestep source "
                          "to 'auto' (family default) or 'manual'")
-    if source != "auto":
-        raise ValueError(f"unknown null timestep source {source!r}; expected auto, metadata or manual")
-    return default_null_timestep(kind, multiplier), f"default for {kind}"
+    return kind.default_null_timestep(multiplier), NullTimestepSource.AUTO
 
 
-def sigma_window(start: float, end: float, unit: str, percent_to_sigma=None, space: str | None = None) -> tuple[float, float]:
+class WindowUnit(enum.Enum):
+    """What a guidance window's ``start``/``end`` mean (:func:`sigma_window`)."""
+
+    SIGNAL = "signal"
+    PERCENT = "percent"
+    SIGMA = "sigma"
+
+
+def sigma_window(start: float, end: float, unit: WindowUnit, percent_to_sigma=None,
+                 space: Space | None = None) -> tuple[float, float]:
     """Guidance window as ``(sigma_lo, sigma_hi)``.
 
-    ``unit="signal"``: ``start``/``end`` are signal shares ``SNR / (1 + SNR)`` in [0, 1] (0 = pure noise,
-    0.5 = signal power equals noise power, i.e. log-SNR 0; 1 = clean), mapped with the sampling ``space``
-    (``"ve"`` or ``"flow"``): the same window means the same noise level on every model family.
-    ``unit="percent"``: ``start``/``end`` are fractions of sampling progress in [0, 1] (ComfyUI's
-    start/end percent; 0 = first step), mapped with the host's ``percent_to_sigma``.
-    ``unit="sigma"``: ``start`` is the high sigma, ``end`` the low one.
+    ``SIGNAL``: ``start``/``end`` are signal shares ``SNR / (1 + SNR)`` in [0, 1] (0 = pure noise, 0.5 = signal
+    power equals noise power, i.e. log-SNR 0; 1 = clean), mapped with the sampling ``space``: the same window means
+    the same noise level on every model family.  ``PERCENT``: fractions of sampling progress in [0, 1] (ComfyUI's
+    start/end percent; 0 = first step), mapped with the host's ``percent_to_sigma``.  ``SIGMA``: ``start`` is the
+    high sigma, ``end`` the low one.
     """
-    if unit in ("signal", "percent"):
-        if not (0.0 <= start <= end <= 1.0):
-            raise ValueError(f"guidance window start={start}, end={end}: {unit} windows need 0 <= start <= end <= 1")
-        if unit == "percent":
-            hi, lo = float(percent_to_sigma(start)), float(percent_to_sigma(end))
-        else:
-            lam = torch.logit(torch.tensor([start, end], dtype=torch.float64))
-            hi, lo = (float(v) for v in sigma_of_logsnr(space, lam))
-    elif unit == "sigma":
+    if unit is WindowUnit.SIGMA:
         hi, lo = float(start), float(end)
         if not (hi >= lo >= 0.0):
             raise ValueError(f"guidance window start={start}, end={end}: sigmas need start >= end >= 0 (start is the noisier end)")
-    else:
-        raise ValueError(f"unknown window unit {unit!r}; expected 'signal', 'percent' or 'sigma'")
+        return lo, hi
+    if not (0.0 <= start <= end <= 1.0):
+        raise ValueError(f"guidance window start={start}, end={end}: {unit.value} windows need 0 <= start <= end <= 1")
+    if unit is WindowUnit.PERCENT:
+        return float(percent_to_sigma(end)), float(percent_to_sigma(start))
+    hi, lo = (float(v) for v in space.sigma_from_logsnr(torch.logit(torch.tensor([start, end], dtype=torch.float64))))
     return lo, hi
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .classifier_guidance import estimator_x0_term
+from .schedules import Space
 
 
 def agreement(learned: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,7 +18,7 @@ def agreement(learned: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Ten
 
 
 def null_branch_readout(x0_cond: torch.Tensor, x0_null: torch.Tensor, estimator, x: torch.Tensor,
-                        sigma: torch.Tensor, space: str, net_scale: torch.Tensor,
+                        sigma: torch.Tensor, space: Space, net_scale: torch.Tensor,
                         log_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """How well a network's classifier-free NAG term agrees with an independent estimator's, per sample.
 

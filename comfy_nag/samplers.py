@@ -3,7 +3,7 @@
 
 ``model(x, s, **extra_args)`` returns the x0 (denoised) prediction for the sampling-space state ``x``
 at sampling sigma ``s`` ([B] tensor); ``sigmas`` decrease to 0 (``Schedule.sigmas``).  Sampling spaces
-(schedules.py): ``"ve"`` (``x = x0 + s*eps``) and ``"flow"`` (``x = (1-s)*x0 + s*eps``).  In both,
+(schedules.py's ``Space``): VE (``x = x0 + s*eps``) and FLOW (``x = (1-s)*x0 + s*eps``).  In both,
 the probability-flow ODE is ``dx/ds = (x - x0)/s``, so Euler and Heun are the same in every space
 and need no space argument; the stochastic samplers (Euler-Maruyama, DDPM) need the signal
 coefficient ``alpha(s)`` and take ``space``.
@@ -26,7 +26,7 @@ import functools
 import torch
 
 from .estimators import variance_logsnr
-from .schedules import logsnr_of, sigma_of_logsnr, space_alpha
+from .schedules import Space
 from .tensors import append_dims
 
 
@@ -76,7 +76,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, level_fn=None)
 
 
 @torch.no_grad()
-def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: str,
+def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: Space,
                           generator=None, diffusion_norm: float = 1.0):
     """Euler-Maruyama on the reverse SDE ``dx = [u - w/2 * score] ds + sqrt(w) dW`` (s decreasing).
 
@@ -87,7 +87,7 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, leve
     :func:`sample_ddpm` there; it is exact for Gaussian transitions.
     """
     def update(x, x0, s, s_next, extra):
-        eps = (x - append_dims(space_alpha(space, s), x.dim()) * x0) / append_dims(s, x.dim())
+        eps = (x - append_dims(space.alpha(s), x.dim()) * x0) / append_dims(s, x.dim())
         w = diffusion_norm * s
         drift = to_d(x, s, x0) + append_dims(w / 2 / s, x.dim()) * eps  # u - w/2 * score, score = -eps/s
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -98,14 +98,14 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, leve
 
 
 @torch.no_grad()
-def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: str, generator=None):
+def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: Space, generator=None):
     """Ancestral sampling from the forward process' posterior q(x_s' | x_s, x0) (DDPM; DDIM eta 1).
 
     With ``a_ts = alpha(s)/alpha(s')`` and ``v_ts = s^2 - a_ts^2 s'^2`` the posterior has mean
     ``a_ts s'^2/s^2 x + alpha(s') v_ts/s^2 x0`` and variance ``v_ts s'^2 / s^2``; valid in both spaces.
     """
     def update(x, x0, s, s_next, extra):
-        a, a_next = space_alpha(space, s), space_alpha(space, s_next)
+        a, a_next = space.alpha(s), space.alpha(s_next)
         a_ts = a / a_next
         v_ts = (s * s - a_ts * a_ts * s_next * s_next).clamp_min(0)
         mean = append_dims(a_ts * s_next ** 2 / s ** 2, x.dim()) * x + append_dims(a_next * v_ts / s ** 2, x.dim()) * x0
@@ -119,7 +119,7 @@ SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "euler_maruyama": sample
 STOCHASTIC = ("euler_maruyama", "ddpm")
 
 
-def get_sampler(name: str, space: str | None = None, generator=None):
+def get_sampler(name: str, space: Space | None = None, generator=None):
     """Sampler ``name`` as ``fn(model, x, sigmas, extra_args=None, callback=None, level_fn=None)``.
 
     The stochastic samplers get ``space`` (required for them) and ``generator`` bound.
@@ -129,7 +129,7 @@ def get_sampler(name: str, space: str | None = None, generator=None):
     if name not in STOCHASTIC:
         return SAMPLERS[name]
     if space is None:
-        raise ValueError(f"sampler {name!r} is stochastic and needs the sampling space ('ve' or 'flow'); "
+        raise ValueError(f"sampler {name!r} is stochastic and needs the sampling space (schedules.Space); "
                          "pass get_sampler(name, schedule.space)")
     return functools.partial(SAMPLERS[name], space=space, generator=generator)
 
@@ -137,10 +137,10 @@ def get_sampler(name: str, space: str | None = None, generator=None):
 def initial_noise(shape, schedule, generator=None, dtype=torch.float32) -> torch.Tensor:
     """Pure noise at the schedule's first sampling sigma (ve: s_max*eps; flow: eps)."""
     s0 = schedule.sigmas(1)[0]
-    return torch.randn(shape, generator=generator, dtype=dtype) * (1.0 if schedule.space == "flow" else float(s0))
+    return torch.randn(shape, generator=generator, dtype=dtype) * (1.0 if schedule.space is Space.FLOW else float(s0))
 
 
-def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_frac: float = 0.0):
+def time_shift_level_fn(space: Space, data_var: float, window: float = 0.5, start_frac: float = 0.0):
     """Time-shift sampler (Li et al., ICLR 2024) as a sampler ``level_fn``.
 
     Each step, the level of each sample is re-read from its variance (``estimators.variance_logsnr``)
@@ -151,9 +151,9 @@ def time_shift_level_fn(space: str, data_var: float, window: float = 0.5, start_
     def level_fn(x, s, i, n_steps):
         if i < start_frac * n_steps:
             return s
-        lam = logsnr_of(space, s)
+        lam = space.logsnr(s)
         lam_hat = variance_logsnr(x, space, data_var, s)
         lam_new = torch.where(torch.isfinite(lam), lam + (lam_hat - lam).clamp(-window, window), lam)
-        return sigma_of_logsnr(space, lam_new).to(s)
+        return space.sigma_from_logsnr(lam_new).to(s)
 
     return level_fn

@@ -5,8 +5,10 @@ Every schedule maps three kinds of numbers onto each other:
 * **sampling sigma** ``s`` - the variable samplers integrate over.  Like ComfyUI and
   k-diffusion, samplers work in one of two *spaces*:
 
-  - ``"ve"``: ``x = x0 + s*eps`` (k-diffusion sigma space; VP/EPS/V models and EDM);
-  - ``"flow"``: ``x = (1-s)*x0 + s*eps`` with ``s`` in [0, 1] (rectified flow: SiT, SD3, Flux).
+  - ``Space.VE``: ``x = x0 + s*eps`` (k-diffusion sigma space; VP/EPS/V models and EDM);
+  - ``Space.FLOW``: ``x = (1-s)*x0 + s*eps`` with ``s`` in [0, 1] (rectified flow: SiT, SD3, Flux).
+
+  :class:`Space` carries each space's coefficient functions (signal coefficient, log-SNR and back).
 
 * **network time** - what the network's timestep input receives (``net_time``):
   the 0..999 index for discrete VP models, ``s * multiplier`` for flow models
@@ -22,14 +24,13 @@ those coefficients (see ``predictions.py``).
 """
 from __future__ import annotations
 
+import enum
 import math
+
 import torch
 
 from .tensors import append_dims
 
-SPACES = ("ve", "flow")
-# Sampling-schedule kinds a host model may use (ComfyUI's names), each with a default null timestep.
-SAMPLING_KINDS = ("discrete", "discrete_flow", "flux", "edm")
 # Below this signal coefficient (flow s -> 1) x0-space corrections are undefined (they divide by alpha).
 MIN_ALPHA = 1e-4
 
@@ -38,56 +39,76 @@ def _as_tensor(s) -> torch.Tensor:
     return s if isinstance(s, torch.Tensor) else torch.as_tensor(s, dtype=torch.float32)
 
 
-def space_alpha(space: str, s: torch.Tensor) -> torch.Tensor:
-    """Signal coefficient of the sampling space: 1 (ve) or 1-s (flow)."""
-    if space == "ve":
-        return torch.ones_like(s)
-    if space == "flow":
-        return 1.0 - s
-    raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
+class Space(enum.Enum):
+    """A sampling space: how a state at sampling sigma ``s`` mixes signal and noise.
 
-
-def logsnr_of(space: str, s) -> torch.Tensor:
-    """log-SNR 2*log(alpha/s) of sampling sigma ``s`` (+inf at s=0, -inf at flow s=1)."""
-    s = _as_tensor(s)
-    return 2.0 * (torch.log(space_alpha(space, s)) - torch.log(s))
-
-
-def sigma_of_logsnr(space: str, lam) -> torch.Tensor:
-    """Inverse of :func:`logsnr_of`."""
-    lam = _as_tensor(lam)
-    if space == "ve":
-        return torch.exp(-lam / 2)
-    if space == "flow":
-        return torch.sigmoid(-lam / 2)
-    raise ValueError(f"unknown sampling space {space!r}; expected one of {SPACES}")
-
-
-def default_null_timestep(kind: str, multiplier: float = 1000.0) -> float:
-    """The family default null timestep in **network units** (docs/method.md, "Null condition").
-
-    -1000 on a 0..999 discrete scale; -1 flow unit times the network multiplier (SD3/WAN: 1000,
-    Flux: 1); 0.25*ln(1e-20) ~ -11.5 for EDM's 0.25*ln(sigma) - each far outside every real value.
-    ``kind``: one of :data:`SAMPLING_KINDS`; ``multiplier``: flow network time per unit sigma.
+    ``VE``: ``x = x0 + s*eps`` (k-diffusion sigma space: VP/EPS/V models and EDM); ``FLOW``:
+    ``x = (1-s)*x0 + s*eps`` with ``s`` in [0, 1] (rectified flow: SiT, SD3, Flux).  ``Space("ve")``
+    reads the value files and JSON store.
     """
-    if kind == "discrete":
-        return -1000.0
-    if kind == "discrete_flow":
-        return -1.0 * float(multiplier)
-    if kind == "flux":
-        return -1.0
-    if kind == "edm":
-        return 0.25 * math.log(1e-20)
-    raise ValueError(f"unsupported sampling schedule {kind!r} for Noise Awareness Guidance; supported: "
-                     "SD1.x/SD2.x/SDXL (discrete), SD3/WAN/AuraFlow (discrete flow), Flux-style flow, EDM")
+
+    VE = "ve"
+    FLOW = "flow"
+
+    def alpha(self, s) -> torch.Tensor:
+        """Signal coefficient at sampling sigma ``s``: 1 (VE) or 1-s (FLOW)."""
+        s = _as_tensor(s)
+        return torch.ones_like(s) if self is Space.VE else 1.0 - s
+
+    def logsnr(self, s) -> torch.Tensor:
+        """log-SNR ``2*log(alpha/s)`` of sampling sigma ``s`` (+inf at s=0, -inf at flow s=1)."""
+        s = _as_tensor(s)
+        return 2.0 * (torch.log(self.alpha(s)) - torch.log(s))
+
+    def sigma_from_logsnr(self, lam) -> torch.Tensor:
+        """Inverse of :meth:`logsnr`."""
+        lam = _as_tensor(lam)
+        return torch.exp(-lam / 2) if self is Space.VE else torch.sigmoid(-lam / 2)
+
+
+class SamplingKind(enum.Enum):
+    """How a host samples a model's levels (ComfyUI's model_sampling kinds); it fixes the default null timestep.
+
+    ``SamplingKind("cascade")`` names the supported kinds in its error."""
+
+    DISCRETE = "discrete"            # 0..999 index: SD1.x / SD2.x / SDXL
+    DISCRETE_FLOW = "discrete_flow"  # flow, network time = sigma * multiplier: SD3, WAN, AuraFlow
+    FLUX = "flux"                    # flow, network time = sigma: Flux-style
+    EDM = "edm"                      # network time 0.25*ln(sigma)
+
+    @classmethod
+    def _missing_(cls, value):
+        raise ValueError(f"unsupported sampling schedule {value!r} for Noise Awareness Guidance; supported: "
+                         "SD1.x/SD2.x/SDXL (discrete), SD3/WAN/AuraFlow (discrete flow), Flux-style flow, EDM")
+
+    def default_null_timestep(self, multiplier: float = 1000.0) -> float:
+        """The family default null timestep in **network units** (docs/method.md, "Null condition").
+
+        -1000 on a 0..999 discrete scale; -1 flow unit times the network multiplier (SD3/WAN: 1000,
+        Flux: 1); 0.25*ln(1e-20) ~ -11.5 for EDM's 0.25*ln(sigma) - each far outside every real value.
+        ``multiplier``: flow network time per unit sigma (DISCRETE_FLOW only).
+        """
+        return {SamplingKind.DISCRETE: -1000.0, SamplingKind.DISCRETE_FLOW: -1.0 * float(multiplier),
+                SamplingKind.FLUX: -1.0, SamplingKind.EDM: 0.25 * math.log(1e-20)}[self]
 
 
 class Schedule:
-    """Base class. Subclasses define the space, the sigma range and the network units."""
+    """Base class. Subclasses define the space, the sigma range and the network units.
 
-    space: str
+    A subclass is registered under its ``type`` (what :meth:`describe` writes) and keeps every
+    constructor argument, resolved, in ``params``: :meth:`describe` writes them all and
+    :func:`schedule_from_description` passes them back, so the round trip cannot drift."""
+
+    space: Space
+    type: str
     name: str
-    null_timestep: float  # network-time sentinel of the noise-unconditional branch (default_null_timestep)
+    null_timestep: float  # network-time sentinel of the noise-unconditional branch (SamplingKind.default_null_timestep)
+    params: dict  # the resolved constructor arguments
+    TYPES: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Schedule.TYPES[cls.type] = cls
 
     # --- units -------------------------------------------------------------------------
     def net_time(self, s: torch.Tensor) -> torch.Tensor:
@@ -98,13 +119,13 @@ class Schedule:
         raise NotImplementedError
 
     def alpha(self, s) -> torch.Tensor:
-        return space_alpha(self.space, _as_tensor(s))
+        return self.space.alpha(_as_tensor(s))
 
     def logsnr(self, s) -> torch.Tensor:
-        return logsnr_of(self.space, s)
+        return self.space.logsnr(s)
 
     def sigma_from_logsnr(self, lam) -> torch.Tensor:
-        return sigma_of_logsnr(self.space, lam)
+        return self.space.sigma_from_logsnr(lam)
 
     # --- ranges ------------------------------------------------------------------------
     sigma_min: float
@@ -140,8 +161,8 @@ class Schedule:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        """JSON-able description, stored in file metadata."""
-        raise NotImplementedError
+        """JSON-able description, stored in file metadata: the type, every constructor argument and the space."""
+        return {"type": self.type, **self.params, "space": self.space.value}
 
 
 class DiscreteVP(Schedule):
@@ -154,7 +175,7 @@ class DiscreteVP(Schedule):
     (DDPM/DiT, 1e-4..0.02).
     """
 
-    space = "ve"
+    space, type = Space.VE, "discrete_vp"
 
     def __init__(self, betas: str = "scaled_linear", beta_start: float | None = None,
                  beta_end: float | None = None, n: int = 1000, null_timestep: float | None = None):
@@ -172,8 +193,9 @@ class DiscreteVP(Schedule):
         self.table = ((1 - abar) / abar).sqrt().float()  # sigma for index 0..n-1
         self.log_table = self.table.log()
         self.sigma_min, self.sigma_max = float(self.table[0]), float(self.table[-1])
-        self.null_timestep = float(default_null_timestep("discrete") if null_timestep is None else null_timestep)
+        self.null_timestep = float(SamplingKind.DISCRETE.default_null_timestep() if null_timestep is None else null_timestep)
         self.name = f"vp-{betas}"
+        self.params = {"betas": betas, "beta_start": b0, "beta_end": b1, "n": n, "null_timestep": self.null_timestep}
 
     def sigma_at(self, t) -> torch.Tensor:
         """Sigma for a (fractional) index t, interpolating log sigma."""
@@ -205,9 +227,6 @@ class DiscreteVP(Schedule):
         t = torch.randint(0, self.n, (n,), generator=generator)
         return self.table[t]
 
-    def describe(self):
-        return {"type": "discrete_vp", "betas": self.betas_kind, "beta_start": self.beta_start,
-                "beta_end": self.beta_end, "n": self.n, "space": self.space}
 
 
 class Flow(Schedule):
@@ -218,7 +237,7 @@ class Flow(Schedule):
     applied to uniformly spaced t for both sampling and training.
     """
 
-    space = "flow"
+    space, type = Space.FLOW, "flow"
 
     def __init__(self, shift: float = 1.0, multiplier: float = 1000.0, null_timestep: float | None = None,
                  sigma_min: float = 1e-3, sigma_max: float = 1.0):
@@ -226,9 +245,11 @@ class Flow(Schedule):
             raise ValueError(f"flow shift must be > 0, got {shift}")
         self.shift, self.multiplier = float(shift), float(multiplier)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        self.null_timestep = float(default_null_timestep("discrete_flow", multiplier) if null_timestep is None
+        self.null_timestep = float(SamplingKind.DISCRETE_FLOW.default_null_timestep(multiplier) if null_timestep is None
                                    else null_timestep)
         self.name = "flow" if shift == 1 else f"flow-shift{shift:g}"
+        self.params = {"shift": self.shift, "multiplier": self.multiplier, "null_timestep": self.null_timestep,
+                       "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
     def _shift(self, t):
         return self.shift * t / (1 + (self.shift - 1) * t)
@@ -252,8 +273,6 @@ class Flow(Schedule):
     def training_sigmas(self, n, generator=None):
         return self._shift(torch.rand(n, generator=generator))
 
-    def describe(self):
-        return {"type": "flow", "shift": self.shift, "multiplier": self.multiplier, "space": self.space}
 
 
 class EDM(Schedule):
@@ -261,17 +280,19 @@ class EDM(Schedule):
 
     ``c = 1/sqrt(s^2 + sigma_data^2)`` (EDM's c_in).  Sampling sigmas follow the rho=7 ramp;
     training draws ln s ~ N(p_mean, p_std).  The null timestep is EDM's family default
-    (:func:`default_null_timestep`), far below any real sigma.
+    (:meth:`SamplingKind.default_null_timestep`), far below any real sigma.
     """
 
-    space = "ve"
+    space, type = Space.VE, "edm"
 
     def __init__(self, sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0,
                  p_mean=-1.2, p_std=1.2, null_timestep: float | None = None):
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
         self.p_mean, self.p_std = p_mean, p_std
-        self.null_timestep = float(default_null_timestep("edm") if null_timestep is None else null_timestep)
+        self.null_timestep = float(SamplingKind.EDM.default_null_timestep() if null_timestep is None else null_timestep)
         self.name = "edm"
+        self.params = {"sigma_min": sigma_min, "sigma_max": sigma_max, "sigma_data": sigma_data, "rho": rho,
+                       "p_mean": p_mean, "p_std": p_std, "null_timestep": self.null_timestep}
 
     def net_time(self, s):
         return 0.25 * _as_tensor(s).float().clamp_min(1e-20).log()
@@ -287,9 +308,6 @@ class EDM(Schedule):
     def training_sigmas(self, n, generator=None):
         return (self.p_mean + self.p_std * torch.randn(n, generator=generator)).exp()
 
-    def describe(self):
-        return {"type": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
-                "sigma_data": self.sigma_data, "rho": self.rho, "space": self.space}
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
@@ -300,12 +318,15 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
 
 
 def schedule_from_description(d: dict) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.describe` output (e.g. file metadata)."""
-    kind = d.get("type")
-    if kind == "discrete_vp":
-        return DiscreteVP(d.get("betas", "scaled_linear"), d.get("beta_start"), d.get("beta_end"), int(d.get("n", 1000)))
-    if kind == "flow":
-        return Flow(float(d.get("shift", 1.0)), float(d.get("multiplier", 1000.0)))
-    if kind == "edm":
-        return EDM(d.get("sigma_min", 0.002), d.get("sigma_max", 80.0), d.get("sigma_data", 0.5), d.get("rho", 7.0))
-    raise ValueError(f"unknown schedule type {kind!r} in {d}; expected 'discrete_vp', 'flow' or 'edm'")
+    """Rebuild a schedule from :meth:`Schedule.describe` output (e.g. file metadata); arguments a description
+    leaves out (older files) take their defaults."""
+    cls = Schedule.TYPES.get(d.get("type"))
+    if cls is None:
+        raise ValueError(f"unknown schedule type {d.get('type')!r} in {d}; expected one of {', '.join(Schedule.TYPES)}")
+    if d.get("space", cls.space.value) != cls.space.value:
+        raise ValueError(f"schedule {d}: a {cls.type} schedule samples in {cls.space.value!r} space, not {d['space']!r}")
+    args = {k: v for k, v in d.items() if k not in ("type", "space")}
+    try:
+        return cls(**args)
+    except TypeError as e:
+        raise ValueError(f"schedule {d} does not fit a {cls.type} schedule ({e})") from None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .estimators import variance_logsnr
-from .schedules import Schedule
+from .schedules import Schedule, Space
 from .tensors import append_dims
 
 
@@ -33,10 +33,10 @@ def estimator_readout(estimator, schedule: Schedule):
     return readout
 
 
-def variance_readout(schedule: Schedule, data_var: float):
-    """Training-free readout (the time-shift sampler's variance matching)."""
+def variance_readout(space: Space, data_var: float):
+    """Training-free readout (the time-shift sampler's variance matching) in sampling ``space``."""
     def readout(x, s):
-        return variance_logsnr(x, schedule.space, data_var, torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0]))
+        return variance_logsnr(x, space, data_var, torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0]))
 
     return readout
 
@@ -51,7 +51,7 @@ class ShiftTrace:
     """
 
     readout: object
-    schedule: Schedule
+    space: Space
     then: object = None
     only: set | None = None
     steps: list = field(default_factory=list)
@@ -67,7 +67,7 @@ class ShiftTrace:
             return
         self.steps.append(int(i))
         self.sigmas.append(s)
-        self.nominal.append(float(self.schedule.logsnr(torch.tensor(s))))
+        self.nominal.append(float(self.space.logsnr(torch.tensor(s))))
         self.estimated.append(self.readout(x, s).detach().float().cpu().numpy())
 
     def arrays(self):

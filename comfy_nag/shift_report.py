@@ -13,28 +13,18 @@ import math
 import numpy as np
 import torch
 
-from .schedules import logsnr_of
+from .schedules import Space
 from .shift import ShiftTrace, summarize, variance_readout
-
-
-class _Space:
-    """The part of a Schedule that ShiftTrace and variance_readout use."""
-
-    def __init__(self, space: str):
-        self.space = space
-
-    def logsnr(self, s):
-        return logsnr_of(self.space, s)
 
 
 class ShiftRecording:
     """Per-step readouts of one sampling run.  ``window``: (sigma_lo, sigma_hi) of active guidance."""
 
-    def __init__(self, space: str, data_variance: float = 1.0, window=None, readout: str = "variance"):
+    def __init__(self, space: Space, data_variance: float = 1.0, window=None, readout: str = "variance"):
         self.space, self.window, self.readout = space, window, readout
-        self._variance = variance_readout(_Space(space), data_variance)
+        self._variance = variance_readout(space, data_variance)
         self._given = None
-        self.trace = ShiftTrace(self._read, _Space(space))
+        self.trace = ShiftTrace(self._read, space)
 
     def _read(self, x, s):
         return self._given if self._given is not None else self._variance(x, s)

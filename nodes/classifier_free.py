@@ -47,7 +47,7 @@ class NagConfig:
             return self.scale
         s = sigma.reshape(-1).float()
         s = s.expand(like.shape[0]) if s.numel() == 1 else s
-        return (self.scale * self.profile(logsnr_of(self.space, s))).to(like)
+        return (self.scale * self.profile(self.space.logsnr(s))).to(like)
 
     def null_conds(self, cond, uncond) -> list:
         """The conds whose null branches NAG needs: cond, and uncond too in variant B (when CFG runs)."""

@@ -104,7 +104,7 @@ class EstimatorNull:
         s = s.expand(x.shape[0]) if s.numel() == 1 else s
         x_net = append_dims(net_scale(model.model_sampling, s), x.dim()) * x
         lv = null_levels(estimator_on(self.estimator, x.device), x_net.float(), self.levels, self.log_prior)
-        sig = sigma_of_logsnr(self.space, lv.logsnr).to(s)
+        sig = self.space.sigma_from_logsnr(lv.logsnr).to(s)
         return NullStep(tuple(sig.unbind(1)), lv.weight)
 
     def describe(self) -> dict:

@@ -279,9 +279,9 @@ def train_level_estimator(cfg: Config, fam, x_train, stages: harness.Stages | No
 # sampling
 # ---------------------------------------------------------------------------------------------
 
-def method_setup(method: str, fam, cfg: Config, knobs: dict, data_var: float):
+def method_setup(method: str, fam, est, knobs: dict, data_var: float):
     """(Guidance, level_fn) of studies.methods with the tuned knobs (``nag_cf_cfg``: NAG scale on top of CFG)."""
-    return methods.setup(method, fam.schedule, knobs, data_var)
+    return methods.setup(method, fam.schedule, knobs, data_var, est)
 
 
 def run_one(net, fam, est, metric: Metric, guidance, level_fn, sampler: str, steps: int, n: int, seed: int,
@@ -318,7 +318,7 @@ def row(fam: str, model: str, method: str, sampler: str, steps: int, res: dict, 
 def tuning_run(net, fam, est, metric, cfg, x_fwd, data_var, method: str, knobs: dict, table: list, label: dict) -> float:
     """One run on the held-out seed (Euler, ``tune_steps``): appends ``label`` with its numbers to ``table`` and
     returns its proxy FD (inf if not finite), the score the tunings minimise."""
-    g, lf = method_setup(method, fam, cfg, knobs, data_var)
+    g, lf = method_setup(method, fam, est, knobs, data_var)
     res = run_one(net, fam, est, metric, g, lf, "euler", cfg.tune_steps, cfg.n_samples, cfg.seed + 1000, x_fwd)
     table.append({**label, "quality": res["quality"], "noise_shift": res["shift"]["noise_shift"],
                   "precision": res["precision"], "recall": res["recall"]})
@@ -399,7 +399,7 @@ def study(cfg: Config, work: Path, log=print, progress: bool = True) -> dict:
             for sampler in (resolve_sampler(sm, name) for sm in cfg.samplers):
                 for steps in cfg.steps:
                     for method in todo:
-                        gd, lf = method_setup(method, fam, cfg, knobs, data_var)
+                        gd, lf = method_setup(method, fam, est, knobs, data_var)
                         res = run_one(nets[model][0], fam, est, metric, gd, lf, sampler, steps, cfg.n_samples, cfg.seed, x_fwd)
                         out["rows"].append(row(name, model, method, sampler, steps, res, knobs))
         out["plots"][name] = plot_data(ft, name, fam, est, metric, cfg, knobs, x_fwd, data_var)
@@ -421,7 +421,7 @@ def sample_panels(nets, fam, est, cfg, knobs, data_var, n: int = 20) -> dict:
     y = torch.arange(n) % 10
     out = {}
     for model, method, label in SAMPLE_PANELS:
-        gd, lf = method_setup(method, fam, cfg, knobs, data_var)
+        gd, lf = method_setup(method, fam, est, knobs, data_var)
         den = Denoiser(nets[model][0], sch, fam.prediction, gd, estimator=est)
         x = samplers.initial_noise((n, 1, 8, 8), sch, torch.Generator().manual_seed(cfg.seed + 77))
         img = samplers.sample_euler(den, x, sch.sigmas(steps), extra_args={"y": y}, level_fn=lf).clamp(-1, 1)
@@ -441,7 +441,7 @@ def plot_data(net, name, fam, est, metric, cfg, knobs, x_fwd, data_var) -> dict:
     kde["groups"]["forward (true states)"] = shift.forward_readout(readout, x_fwd, sig[pick], sch,
                                                                    torch.Generator().manual_seed(5)).tolist()
     for method in ("baseline", "nag_cf", "cfg", "nag_cf+cfg"):
-        gd, lf = method_setup(method, fam, cfg, knobs, data_var)
+        gd, lf = method_setup(method, fam, est, knobs, data_var)
         res = run_one(net, fam, est, metric, gd, lf, sampler, n, cfg.n_samples, cfg.seed, x_fwd, record="all")
         curves[method] = res["shift"]
         if method in ("baseline", "nag_cf"):

@@ -31,7 +31,7 @@ def sample_run(den, schedule: Schedule, sampler: str, steps: int, shape, y, seed
     """
     sig = schedule.sigmas(steps)
     idx = list(range(steps)) if record == "all" else shift.late_steps(steps) if record == "late" else list(record)
-    traces = {k: shift.ShiftTrace(ro, schedule, only=set(idx)) for k, ro in readouts.items()}
+    traces = {k: shift.ShiftTrace(ro, schedule.space, only=set(idx)) for k, ro in readouts.items()}
 
     def callback(info):
         for t in traces.values():

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from comfy_nag.guidance import Guidance
+from comfy_nag.guidance import Guidance, Variant
+from comfy_nag.null_branch import EstimatorNull
 from comfy_nag.samplers import time_shift_level_fn
 from comfy_nag.schedules import Schedule
 
@@ -40,8 +41,9 @@ def nag_window(schedule: Schedule, min_logsnr: float) -> tuple[float, float]:
     return 0.0, float(schedule.sigma_from_logsnr(torch.tensor(min_logsnr)))
 
 
-def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None = None):
-    """``(Guidance, level_fn)`` for ``method``; ``data_var`` (per-dimension data variance) for time_shift."""
+def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None = None, estimator=None):
+    """``(Guidance, level_fn)`` for ``method``; ``data_var`` (per-dimension data variance) for time_shift; ``estimator``
+    (the noise-level estimator) for nag_cf_est."""
     k = {**DEFAULT_KNOBS, **knobs}
     win = nag_window(schedule, k["window"])
     w, w_cfg, c = k["nag_cf"], k.get("nag_cf_cfg", k["nag_cf"]), k["cfg"]
@@ -51,10 +53,10 @@ def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None =
         "nag_cf": lambda: Guidance(nag_scale=w, nag_window=win),
         "nag_cf_full": lambda: Guidance(nag_scale=w),
         "nag_cf_cal": lambda: Guidance(nag_scale=1.0, nag_window=win, nag_profile=_profile(k)),
-        "nag_cf_est": lambda: Guidance(nag_scale=k["nag_cf_est"], nag_window=win, null_source="estimator",
-                                       null_levels=int(k["null_levels"])),
+        "nag_cf_est": lambda: Guidance(nag_scale=k["nag_cf_est"], nag_window=win,
+                                       null=EstimatorNull.for_schedule(estimator, schedule, int(k["null_levels"]))),
         "nag_cf+cfg": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win),
-        "nag_cf+cfg_B": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win, variant="B"),
+        "nag_cf+cfg_B": lambda: Guidance(cfg_scale=c, nag_scale=w_cfg, nag_window=win, variant=Variant.B),
         "nag_cg": lambda: Guidance(cg_scale=k["nag_cg"], cg_window=win),
         "eps_scaling": lambda: Guidance(eps_scale=k["eps_scaling"]),
         "time_shift": lambda: Guidance(),

@@ -26,8 +26,8 @@ from comfy_nag import readout
 from comfy_nag.classifier_guidance import level_gradient
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.guidance import Guidance
+from comfy_nag.null_branch import EstimatorNull
 from comfy_nag.estimators import training_log_prior
-from comfy_nag.schedules import sigma_of_logsnr, space_alpha
 
 from . import testbed
 
@@ -58,8 +58,8 @@ def conditional_branch(net, schedule, y):
 
 def estimator_null_term(net, fam, estimator, levels: int, x, s, y) -> torch.Tensor:
     """``c - n`` (x0 space) with the null branch built from ``estimator``'s posterior at ``levels`` levels."""
-    den = Denoiser(net, fam.schedule, fam.prediction, Guidance(nag_scale=1.0, null_source="estimator", null_levels=levels),
-                   estimator=estimator)
+    den = Denoiser(net, fam.schedule, fam.prediction,
+                   Guidance(nag_scale=1.0, null=EstimatorNull.for_schedule(estimator, fam.schedule, levels)))
     with torch.no_grad():
         br = den.branch_x0(x, s, y, ("cond", "null_cond"))
     return br["cond"] - br["null_cond"]
@@ -82,9 +82,9 @@ def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LA
     for lam in lams:
         for off in offsets:
             x0, y = gmm.sample(n, generator=g)
-            s_true = sigma_of_logsnr(space, torch.tensor(lam - off)).float()
-            x = space_alpha(space, s_true) * x0 + s_true * torch.randn(x0.shape, generator=g)
-            s = sigma_of_logsnr(space, torch.tensor(lam)).float().expand(n)
+            s_true = space.sigma_from_logsnr(torch.tensor(lam - off)).float()
+            x = space.alpha(s_true) * x0 + s_true * torch.randn(x0.shape, generator=g)
+            s = space.sigma_from_logsnr(torch.tensor(lam)).float().expand(n)
             c = sch.native(s)[0]
             with torch.no_grad():
                 br = den.branch_x0(x, s, y, ("cond", "null_cond"))

@@ -19,7 +19,7 @@ from comfy_nag.estimators import LevelBins, training_log_prior
 from comfy_nag.classifier_guidance import score_to_x0_shift
 from comfy_nag.losses import TrainingBatch, fit, squared_errors, training_batch
 from comfy_nag.predictions import target, to_x0
-from comfy_nag.schedules import DiscreteVP, Flow, Schedule, sigma_of_logsnr, space_alpha
+from comfy_nag.schedules import DiscreteVP, Flow, Schedule, Space
 from comfy_nag.tensors import append_dims
 
 
@@ -132,21 +132,21 @@ class GaussianMixture:
         post = self.means[None] + torch.einsum("kdj,bkj->bkd", self.evecs, gain * z)  # per component
         return (r[:, :, None] * post).sum(1), torch.logsumexp(logj, 1)
 
-    def denoise(self, x: torch.Tensor, s, space: str, y=None) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, s, space: Space, y=None) -> torch.Tensor:
         """Exact E[x0 | x] for sampling-space x at sigma s (defined at alpha = 0 too)."""
         s = torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0])
-        return self.posterior_x0(x, space_alpha(space, s), s, y)[0].to(x.dtype)
+        return self.posterior_x0(x, space.alpha(s), s, y)[0].to(x.dtype)
 
     # --- the exact noise-level posterior -----------------------------------------------------
-    def level_loglik(self, x: torch.Tensor, space: str, lams: torch.Tensor) -> torch.Tensor:
+    def level_loglik(self, x: torch.Tensor, space: Space, lams: torch.Tensor) -> torch.Tensor:
         """log p(x | lambda) marginal over classes, for each of L log-SNR values -> [B, L]."""
         proj, lw, out = self._project(x), self.weights.log()[None, None], []
         for chunk in lams.double().split(64):  # bounds the [B, L, K] intermediate
-            s = sigma_of_logsnr(space, chunk)
-            out.append(torch.logsumexp(lw + self._levels_logpdf(proj, space_alpha(space, s), s), 2))
+            s = space.sigma_from_logsnr(chunk)
+            out.append(torch.logsumexp(lw + self._levels_logpdf(proj, space.alpha(s), s), 2))
         return torch.cat(out, 1)
 
-    def level_posterior(self, x: torch.Tensor, space: str, bins: LevelBins, sub: int = 8) -> torch.Tensor:
+    def level_posterior(self, x: torch.Tensor, space: Space, bins: LevelBins, sub: int = 8) -> torch.Tensor:
         """Exact posterior over the estimator's bins under its uniform prior: [B, k] (float32)."""
         fine = bins.lo + bins.width * (torch.arange(bins.k * sub, dtype=torch.float64) + 0.5) / sub
         ll = self.level_loglik(x, space, fine).reshape(x.shape[0], bins.k, sub)
@@ -171,7 +171,7 @@ class ExactLevelPosterior(torch.nn.Module):
         return torch.logsumexp(ll.reshape(xn.shape[0], self.bins.k, self.sub), 2).float()
 
 
-def exact_readout(gmm: GaussianMixture, bins: LevelBins, space: str, sub: int = 4):
+def exact_readout(gmm: GaussianMixture, bins: LevelBins, space: Space, sub: int = 4):
     """Readout (comfy_nag.shift) from the exact posterior mean over ``bins``."""
     def readout(x, s):
         return gmm.level_posterior(x, space, bins, sub) @ bins.centers()
@@ -236,7 +236,7 @@ def _exact_level_average(gmm: GaussianMixture, xn: torch.Tensor, levels: torch.T
     return (w @ A)[:, None] * xn + x0_part
 
 
-def exact_denoiser(gmm: GaussianMixture, space: str):
+def exact_denoiser(gmm: GaussianMixture, space: Space):
     """The Bayes-optimal class-conditional denoiser, as a sampler model ``(x, s, y) -> x0``."""
     def model(x, s, y=None):
         return gmm.denoise(x, s, space, y)

@@ -19,7 +19,6 @@ from comfy_nag.denoiser import Denoiser
 from comfy_nag.families import Family, family
 from comfy_nag.guidance import Guidance
 from comfy_nag.scale_profiles import ScaleFit, ScaleProfile
-from comfy_nag.schedules import logsnr_of, sigma_of_logsnr, space_alpha
 
 from . import harness, methods, testbed
 
@@ -153,7 +152,7 @@ def method_setup(method: str, tr: Trained, cfg: Config, knobs: dict):
     if method == "nag_exact_term":
         return Guidance(), None  # run with exact_nag(...) as the denoiser
     return methods.setup(method, tr.fam.schedule, {**knobs, "cfg": cfg.cfg_scale, "window": cfg.nag_min_logsnr},
-                         tr.data_var)
+                         tr.data_var, tr.estimator)
 
 
 @dataclass
@@ -264,14 +263,14 @@ def calibrate(tr: Trained, cfg: Config, n: int = 512, step: float = 1.0) -> dict
     g = torch.Generator().manual_seed(cfg.seed + 77)
     for lam in knots:
         x0, y = tr.gmm.sample(n, generator=g)
-        s = sigma_of_logsnr(space, torch.tensor(float(lam))).float().expand(n)
-        x = space_alpha(space, s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
+        s = space.sigma_from_logsnr(torch.tensor(float(lam))).float().expand(n)
+        x = space.alpha(s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
         with torch.no_grad():
             br = den.branch_x0(x, s, y, ("cond", "null_cond"))
         learned = br["cond"] - br["null_cond"]
         fits["estimator"].add(learned, estimator_x0_term(tr.estimator, x, s, space, sch.native(s)[0], log_prior),
-                              logsnr_of(space, s))
-        fits["exact"].add(learned, testbed.exact_term(tr.gmm, x, s, sch, tr.fam.prediction, y), logsnr_of(space, s))
+                              space.logsnr(s))
+        fits["exact"].add(learned, testbed.exact_term(tr.gmm, x, s, sch, tr.fam.prediction, y), space.logsnr(s))
     return {"logsnr": [float(k) for k in knots], **{k: f.values() for k, f in fits.items()}}
 
 

@@ -156,7 +156,7 @@ def test_per_level_scale_rule_follows_the_files_profile(models, fam):
     assert torch.allclose(half, sample(cf(m, 1.0), fam), atol=1e-5)
     ms = m.get_model_object("model_sampling")
     sig = comfy.samplers.calculate_sigmas(ms, "simple", STEPS)
-    lam = logsnr_of(model_info.sampling_info(m)[2], sig[:STEPS].double())
+    lam = (model_info.sampling_info(m)[2]).logsnr(sig[:STEPS].double())
     mid = float(lam[1] + lam[2]) / 2  # the profile switches on between the 2nd and 3rd step
     step = sample(cf(tagged([mid - 0.01, mid + 0.01], [0.0, 1.0]), 1.0, rule=per_level), fam)
     s_mid = float(sig[1] + sig[2]) / 2

@@ -22,10 +22,10 @@ def test_training_approaches_the_bayes_posterior():
     est, gmm, hist = _trained()
     g = torch.Generator().manual_seed(9)
     lam = BINS.sample(2000, g)
-    s = schedules.sigma_of_logsnr("flow", lam)
+    s = schedules.Space.FLOW.sigma_from_logsnr(lam)
     x0, _ = gmm.sample(2000, generator=g)
     x = (1 - s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
-    exact = gmm.level_posterior(x, "flow", BINS)
+    exact = gmm.level_posterior(x, schedules.Space.FLOW, BINS)
     idx = BINS.index(lam)
     bayes_ce = float(-exact[torch.arange(2000), idx].clamp_min(1e-12).log().mean())
     with torch.no_grad():
@@ -41,7 +41,7 @@ def test_log_prob_gradient_points_to_the_nominal_level():
     est, gmm, _ = _trained()
     x0, _ = gmm.sample(256, generator=torch.Generator().manual_seed(1))
     x = 0.8 * x0 + 0.45 * torch.randn_like(x0)  # noisier than nominal s = 0.2
-    lam = schedules.logsnr_of("flow", torch.tensor(0.2))
+    lam = schedules.Space.FLOW.logsnr(torch.tensor(0.2))
     xg = x.clone().requires_grad_(True)
     lp = est.log_prob(xg, lam)
     (g,) = torch.autograd.grad(lp.sum(), xg)
@@ -51,11 +51,11 @@ def test_log_prob_gradient_points_to_the_nominal_level():
 
 def test_variance_estimate_recovers_known_levels():
     x0 = torch.randn(32, 4096) * 0.5  # data variance 0.25
-    for space, s in (("ve", 0.8), ("flow", 0.7), ("flow", 0.5)):
-        a = 1.0 if space == "ve" else 1 - s
+    for space, s in ((schedules.Space.VE, 0.8), (schedules.Space.FLOW, 0.7), (schedules.Space.FLOW, 0.5)):
+        a = 1.0 if space is schedules.Space.VE else 1 - s
         x = a * x0 + s * torch.randn_like(x0)
         lam = estimators.variance_logsnr(x, space, 0.25, torch.full((32,), s))
-        true = float(schedules.logsnr_of(space, torch.tensor(s)))
+        true = float(space.logsnr(torch.tensor(s)))
         # unbiased on average; per-sample error is the sampling error of a variance over 4096 dims
         assert abs(float(lam.mean()) - true) < 0.05 and float((lam - true).abs().max()) < 0.4
 

@@ -35,7 +35,7 @@ def test_family_facts_match_the_method(name, space, null, channels):
     """The null timestep is one flow unit (or 1000 indices) outside the trained range, in network units
     (docs/method.md); SD1/SD2 share the SD1.5 VAE's latent space."""
     f = family(name)
-    assert (f.schedule.space, f.null_timestep, f.latent_channels) == (space, null, channels)
+    assert (f.schedule.space.value, f.null_timestep, f.latent_channels) == (space, null, channels)
     assert families.latent_space_families("SD15") == ("sd1", "sd2", "sd2-v")
 
 

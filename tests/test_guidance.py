@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from comfy_nag.guidance import Variant
 from comfy_nag import classifier_guidance, guidance, models, readout, scale_profiles, schedules
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.guidance import Guidance, branches, combine, eps_scaled_x0
@@ -22,16 +23,16 @@ def test_branch_plan_skips_unused_evaluations():
     assert branches(1.0, 0.0) == ("cond",)
     assert branches(1.0, 0.5) == ("cond", "null_cond")
     assert branches(4.0, 0.0) == ("cond", "uncond")
-    assert branches(4.0, 0.5, "A") == ("cond", "uncond", "null_cond")
-    assert branches(4.0, 0.5, "B") == ("cond", "uncond", "null_cond", "null_uncond")
+    assert branches(4.0, 0.5, Variant.A) == ("cond", "uncond", "null_cond")
+    assert branches(4.0, 0.5, Variant.B) == ("cond", "uncond", "null_cond", "null_uncond")
 
 
 def test_variants_formulas():
     c, u, n, nu = (torch.tensor([v]) for v in (1.0, 2.0, 5.0, 7.0))
     outs = {"cond": c, "uncond": u, "null_cond": n, "null_uncond": nu}
-    assert combine(outs, 3.0, 0.5, "A").item() == pytest.approx(2 + 3 * (1 - 2) + 0.5 * (1 - 5))
+    assert combine(outs, 3.0, 0.5, Variant.A).item() == pytest.approx(2 + 3 * (1 - 2) + 0.5 * (1 - 5))
     cp, up = 1 + 0.5 * (1 - 5), 2 + 0.5 * (2 - 7)
-    assert combine(outs, 3.0, 0.5, "B").item() == pytest.approx(up + 3 * (cp - up))
+    assert combine(outs, 3.0, 0.5, Variant.B).item() == pytest.approx(up + 3 * (cp - up))
     assert combine({"cond": c, "null_cond": n}, 1.0, 2.0).item() == pytest.approx(1 + 2 * (1 - 5))
 
 
@@ -55,7 +56,7 @@ def test_null_branch_feeds_the_null_timestep():
     assert drop.tolist() == [False] * 3 + [True] * 3 and torch.allclose(t, torch.full((6,), 500.0))
 
 
-@pytest.mark.parametrize("variant", ["A", "B"])
+@pytest.mark.parametrize("variant", [Variant.A, Variant.B])
 def test_batched_equals_unbatched(variant):
     net, sch = _net()
     x, s, y = torch.randn(4, 6), torch.full((4,), 0.3), torch.tensor([0, 1, 2, 1])
@@ -79,8 +80,8 @@ def test_nag_changes_output_and_window_gates_it():
 
 def test_eps_scaling_matches_comfyui_in_ve_space_and_is_identity_at_one():
     x, x0, s = torch.randn(3, 4), torch.randn(3, 4), torch.full((3,), 2.0)
-    assert torch.allclose(eps_scaled_x0(x0, x, s, "ve", 1.01), x - (x - x0) / 1.01, atol=1e-6)
-    assert eps_scaled_x0(x0, x, s, "ve", 1.0) is x0
+    assert torch.allclose(eps_scaled_x0(x0, x, s, schedules.Space.VE, 1.01), x - (x - x0) / 1.01, atol=1e-6)
+    assert eps_scaled_x0(x0, x, s, schedules.Space.VE, 1.0) is x0
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -90,7 +91,7 @@ def test_bad_inputs_raise_clear_errors():
         d(torch.randn(2, 5), torch.full((2,), 0.5))
     with pytest.raises(FloatingPointError, match="NaN"):
         d(torch.full((2, 6), float("nan")), torch.full((2,), 0.5))
-    with pytest.raises(ValueError, match="unknown NAG\\+CFG variant"):
+    with pytest.raises(ValueError, match="variant must be guidance.Variant"):
         Guidance(variant="C")
     with pytest.raises(ValueError, match="needs a noise-level estimator"):
         Denoiser(net, sch, "velocity", Guidance(cg_scale=1.0))
@@ -107,13 +108,13 @@ def test_null_branch_readout_is_the_bayes_identity_for_an_exact_pair():
     est = NoiseLevelEstimator((6,), LevelBins(-6.0, 6.0, 12), width=16, depth=1)
     x, s = torch.randn(64, 6), torch.full((64,), 0.7)
     c = torch.ones(64)
-    cg = classifier_guidance.score_to_x0_shift(classifier_guidance.level_gradient(est, x, s, "ve", c), x, s, "ve")
+    cg = classifier_guidance.score_to_x0_shift(classifier_guidance.level_gradient(est, x, s, schedules.Space.VE, c), x, s, schedules.Space.VE)
     x0c = torch.randn(64, 6)
-    cos, ratio = readout.null_branch_readout(x0c, x0c - cg, est, x, s, "ve", c)
+    cos, ratio = readout.null_branch_readout(x0c, x0c - cg, est, x, s, schedules.Space.VE, c)
     assert torch.allclose(cos, torch.ones(64, dtype=torch.float64), atol=1e-5) and torch.allclose(ratio, torch.ones(64, dtype=torch.float64), atol=1e-5)
-    cos2, ratio2 = readout.null_branch_readout(x0c, x0c - 2 * cg, est, x, s, "ve", c)
+    cos2, ratio2 = readout.null_branch_readout(x0c, x0c - 2 * cg, est, x, s, schedules.Space.VE, c)
     assert torch.allclose(ratio2, 2 * torch.ones(64, dtype=torch.float64), atol=1e-5)
-    cos3, _ = readout.null_branch_readout(x0c, torch.randn(64, 6), est, x, s, "ve", c)
+    cos3, _ = readout.null_branch_readout(x0c, torch.randn(64, 6), est, x, s, schedules.Space.VE, c)
     assert abs(float(cos3.mean())) < 0.2
 
 
@@ -156,7 +157,7 @@ def test_a_scale_profile_multiplies_the_nag_scale_per_level():
     net, sch = _net()
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
     s = torch.tensor([0.2, 0.2, 0.6, 0.6])
-    lam = schedules.logsnr_of(sch.space, s)
+    lam = sch.space.logsnr(s)
     flat = scale_profiles.ScaleProfile((0.0,), (0.5,))
     a = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=flat))(x, s, y)
     b = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.5))(x, s, y)

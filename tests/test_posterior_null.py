@@ -7,6 +7,7 @@ import torch
 from comfy_nag import estimators, models, posterior_null, schedules
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.guidance import Guidance
+from comfy_nag.null_branch import EstimatorNull
 
 BINS = estimators.LevelBins(-6.0, 6.0, 12)
 
@@ -74,8 +75,7 @@ def test_estimator_null_branch_is_the_weighted_conditional_branch(k, sch, pred):
     logits = torch.randn(B, BINS.k, generator=torch.Generator().manual_seed(3)) * 2
     x, s, y = torch.randn(B, 6), torch.full((B,), 0.4), torch.tensor([0, 1, 2, 0])
     prior = torch.zeros(BINS.k)
-    den = Denoiser(net, sch, pred, Guidance(nag_scale=1.0, null_source="estimator", null_levels=k),
-                   estimator=FixedEstimator(logits), log_prior=prior)
+    den = Denoiser(net, sch, pred, Guidance(nag_scale=1.0, null=EstimatorNull(FixedEstimator(logits), sch.space, k, prior)))
     got = den.branch_x0(x, s, y, ("cond", "null_cond"))
     c, a, sg = sch.native(s)
     xn = c[:, None] * x
@@ -85,8 +85,8 @@ def test_estimator_null_branch_is_the_weighted_conditional_branch(k, sch, pred):
     from comfy_nag.predictions import to_x0
     assert torch.allclose(got["null_cond"], to_x0(want, pred, xn, a, sg), atol=1e-5)
     assert den.evaluations == 1 + lv.count
-    unb = Denoiser(net, sch, pred, Guidance(nag_scale=1.0, null_source="estimator", null_levels=k),
-                   estimator=FixedEstimator(logits), log_prior=prior, batched=False)
+    unb = Denoiser(net, sch, pred, Guidance(nag_scale=1.0, null=EstimatorNull(FixedEstimator(logits), sch.space, k, prior)),
+                   batched=False)
     assert torch.allclose(unb.branch_x0(x, s, y, ("cond", "null_cond"))["null_cond"], got["null_cond"], atol=1e-5)
 
 
@@ -95,10 +95,10 @@ def test_scale_zero_never_reads_the_estimator_and_one_level_costs_what_a_learned
     x, s, y = torch.randn(5, 6), torch.full((5,), 0.6), torch.tensor([0, 1, 2, 0, 1])
     est = FixedEstimator(torch.zeros(5, BINS.k))
     plain = Denoiser(net, sch, "velocity", Guidance(cfg_scale=2.0))
-    zero = Denoiser(net, sch, "velocity", Guidance(cfg_scale=2.0, nag_scale=0.0, null_source="estimator"), estimator=est)
+    zero = Denoiser(net, sch, "velocity", Guidance(cfg_scale=2.0, nag_scale=0.0, null=EstimatorNull.for_schedule(est, sch)))
     assert torch.equal(plain(x, s, y), zero(x, s, y)) and est.calls == 0 and zero.evaluations == plain.evaluations
     learned = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0))
-    from_est = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, null_source="estimator"), estimator=est)
+    from_est = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, null=EstimatorNull.for_schedule(est, sch)))
     learned(x, s, y), from_est(x, s, y)
     assert learned.evaluations == from_est.evaluations == 2
 
@@ -106,8 +106,8 @@ def test_scale_zero_never_reads_the_estimator_and_one_level_costs_what_a_learned
 def test_outside_the_window_the_estimator_is_not_read():
     net, sch = _net()
     est = FixedEstimator(torch.zeros(3, BINS.k))
-    den = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_window=(0.0, 0.2), null_source="estimator"),
-                   estimator=est)
+    den = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_window=(0.0, 0.2),
+                                                  null=EstimatorNull.for_schedule(est, sch)))
     x, y = torch.randn(3, 6), torch.tensor([0, 1, 2])
     assert torch.equal(den(x, torch.full((3,), 0.7), y), Denoiser(net, sch, "velocity")(x, torch.full((3,), 0.7), y))
     assert est.calls == 0
@@ -120,19 +120,19 @@ def test_a_posterior_at_the_nominal_level_gives_no_correction():
     s = sch.sigma_from_logsnr(torch.tensor(BINS.centers()[7].item())).expand(4)
     logits = torch.full((4, BINS.k), -1e4)
     logits[:, 7] = 0
-    den = Denoiser(net, sch, "velocity", Guidance(nag_scale=2.0, null_source="estimator"),
-                   estimator=FixedEstimator(logits), log_prior=torch.zeros(BINS.k))
+    den = Denoiser(net, sch, "velocity",
+                   Guidance(nag_scale=2.0, null=EstimatorNull(FixedEstimator(logits), sch.space, 1, torch.zeros(BINS.k))))
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
     assert torch.allclose(den(x, s, y), Denoiser(net, sch, "velocity")(x, s, y), atol=1e-5)
 
 
 def test_bad_settings_are_refused():
     net, sch = _net()
-    with pytest.raises(ValueError, match="unknown null-branch source"):
-        Guidance(nag_scale=1.0, null_source="posterior")
-    with pytest.raises(ValueError, match="null_levels"):
-        Guidance(nag_scale=1.0, null_source="estimator", null_levels=-2)
-    with pytest.raises(ValueError, match="null_source='estimator'\\) needs a noise-level estimator"):
-        Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, null_source="estimator"))
+    with pytest.raises(ValueError, match="null must be a null-branch source"):
+        Guidance(nag_scale=1.0, null="posterior")
+    with pytest.raises(ValueError, match="levels must be an integer >= 0"):
+        EstimatorNull(FixedEstimator(torch.zeros(1, BINS.k)), sch.space, -2)
+    with pytest.raises(ValueError, match="from an estimator needs a noise-level estimator"):
+        EstimatorNull(None, sch.space)
     assert math.isclose(float(posterior_null.mix([torch.ones(2, 3), 3 * torch.ones(2, 3)],
                                                  torch.tensor([[0.5, 0.5], [0.25, 0.75]]))[1, 0]), 2.5)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from comfy_nag.guidance import Variant
 from comfy_nag import predictions as P
 from comfy_nag import schedules as S
 from comfy_nag.guidance import combine
@@ -38,7 +39,7 @@ def test_velocity_is_flow_only_identity():
     assert torch.allclose(P.target("velocity", x0, eps, a, sig), -x0 + eps)
 
 
-@pytest.mark.parametrize("variant", ["A", "B"])
+@pytest.mark.parametrize("variant", [Variant.A, Variant.B])
 def test_guidance_mixture_agrees_across_spaces(variant):
     sch = S.DiscreteVP()
     g = torch.Generator().manual_seed(1)

@@ -28,7 +28,7 @@ def test_callback_sees_every_step_and_final_step_returns_x0():
     sch = schedules.Flow()
     seen = []
     x = torch.randn(8, 2)
-    den = testbed.exact_denoiser(GMM, "flow")
+    den = testbed.exact_denoiser(GMM, schedules.Space.FLOW)
     out = samplers.sample_euler(den, x, sch.sigmas(5), callback=lambda d: seen.append((d["i"], float(d["sigma"]), d["denoised"])))
     assert [i for i, _, _ in seen] == list(range(5))
     assert [s for _, s, _ in seen] == pytest.approx(sch.sigmas(5)[:-1].tolist())
@@ -37,13 +37,13 @@ def test_callback_sees_every_step_and_final_step_returns_x0():
 
 def test_time_shift_level_fn_is_identity_on_forward_samples_of_known_variance():
     from comfy_nag.samplers import time_shift_level_fn
-    fn = time_shift_level_fn("ve", data_var=1.0, window=10.0)
+    fn = time_shift_level_fn(schedules.Space.VE, data_var=1.0, window=10.0)
     x0 = torch.randn(64, 4096)
     s = torch.full((64,), 0.5)
     got = fn(x0 + 0.5 * torch.randn_like(x0), s, 5, 10)
     # per-sample variance over 4096 dims has ~3% sampling error in sigma
     assert abs(float(got.mean()) - 0.5) < 0.01 and float((got - s).abs().max()) < 0.12
-    assert torch.equal(time_shift_level_fn("ve", 1.0, start_frac=0.6)(x0, s, 5, 10), s)
+    assert torch.equal(time_shift_level_fn(schedules.Space.VE, 1.0, start_frac=0.6)(x0, s, 5, 10), s)
 
 
 def test_unknown_sampler():

@@ -8,7 +8,7 @@ from comfy_nag import schedules as S
 @pytest.mark.parametrize("sch", [S.DiscreteVP(), S.DiscreteVP("linear"), S.Flow(), S.Flow(shift=3.0), S.EDM()])
 def test_logsnr_round_trip_and_monotone(sch):
     s = sch.sigmas(20)[:-1]
-    if sch.space == "flow":
+    if sch.space is S.Space.FLOW:
         s = s.clamp(1e-3, 1 - 1e-3)
     lam = sch.logsnr(s)
     assert torch.all(lam[1:] > lam[:-1]), "log-SNR must increase as sampling proceeds"

@@ -22,7 +22,7 @@ def test_exact_denoiser_is_tweedie_and_beats_any_shrinkage():
     x0, y = gmm.sample(4000, generator=torch.Generator().manual_seed(0))
     s = 0.5
     x = 0.5 * x0 + s * torch.randn_like(x0)
-    d = gmm.denoise(x, s, "flow", y)
+    d = gmm.denoise(x, s, schedules.Space.FLOW, y)
     sc = gmm.score(x, torch.tensor(0.5), torch.tensor(s), y)
     assert torch.allclose(d.double(), (x.double() + s * s * sc) / 0.5, atol=1e-5)
     mse = (d - x0).pow(2).mean()
@@ -36,10 +36,10 @@ def test_level_posterior_is_calibrated_on_forward_samples():
     g = torch.Generator().manual_seed(0)
     n = 3000
     lam = bins.sample(n, g)
-    s = schedules.sigma_of_logsnr("flow", lam)
+    s = schedules.Space.FLOW.sigma_from_logsnr(lam)
     x0, _ = gmm.sample(n, generator=g)
     x = (1 - s)[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g)
-    post = gmm.level_posterior(x, "flow", bins, sub=8)
+    post = gmm.level_posterior(x, schedules.Space.FLOW, bins, sub=8)
     assert torch.allclose(post.sum(1), torch.ones(n), atol=1e-5)
     # a correct Bayes posterior averages to the prior (uniform) ...
     assert (post.mean(0) - 1 / bins.k).abs().max() < 0.02
@@ -53,9 +53,9 @@ def test_level_likelihood_agrees_with_the_density():
     gmm = testbed.GaussianMixture.make(dim=6, seed=2)
     x = torch.randn(3, 6)
     lam = torch.tensor([0.5])
-    s = schedules.sigma_of_logsnr("flow", lam)
+    s = schedules.Space.FLOW.sigma_from_logsnr(lam)
     direct = gmm.log_prob(x, 1 - s, s)
-    assert torch.allclose(gmm.level_loglik(x, "flow", lam)[:, 0], direct, atol=1e-8)
+    assert torch.allclose(gmm.level_loglik(x, schedules.Space.FLOW, lam)[:, 0], direct, atol=1e-8)
 
 
 def test_class_moments_match_samples_and_frechet_distance_is_exact():
@@ -88,7 +88,7 @@ def test_posterior_x0_agrees_with_denoise_and_density():
     x = torch.randn(7, 5, dtype=torch.float64)
     s = torch.tensor(0.3, dtype=torch.float64)
     ex0, logp = gmm.posterior_x0(x, 1 - s, s)
-    assert torch.allclose(ex0.float(), gmm.denoise(x.float(), 0.3, "flow"), atol=1e-5)
+    assert torch.allclose(ex0.float(), gmm.denoise(x.float(), 0.3, schedules.Space.FLOW), atol=1e-5)
     assert torch.allclose(logp, gmm.log_prob(x, 1 - s, s), atol=1e-8)
 
 
@@ -99,7 +99,7 @@ def test_exact_null_branch_reduces_to_the_denoiser_at_a_single_level_and_mixes_l
         sch = fam.schedule
         s = sch.sigma_from_logsnr(torch.tensor(1.0))
         x0, y = gmm.sample(16, generator=torch.Generator().manual_seed(2))
-        alpha = schedules.space_alpha(sch.space, s)
+        alpha = sch.space.alpha(s)
         x = alpha * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
         # a network that never saw any other level would give exactly the level-conditional answer
         one = testbed.exact_null_x0(gmm, x, s, sch, fam.prediction, y, levels=s.reshape(1))
@@ -122,11 +122,11 @@ def test_exact_level_posterior_as_an_estimator_matches_the_exact_posterior():
         sch = families.family(name).schedule
         s = sch.sigma_from_logsnr(torch.tensor([-1.0, 2.5, 5.0]))
         x0, _ = gmm.sample(3, generator=torch.Generator().manual_seed(0))
-        x = schedules.space_alpha(sch.space, s)[:, None] * x0 + s[:, None] * torch.randn(3, 8)
+        x = sch.space.alpha(s)[:, None] * x0 + s[:, None] * torch.randn(3, 8)
         xn = sch.native(s)[0][:, None] * x
         got = torch.softmax(testbed.ExactLevelPosterior(gmm, sch, bins, sub=4)(xn), 1)
         logj = testbed._level_log_joint(gmm, xn, sch.sigma_from_logsnr(fine.float()), sch)[0]
         want = torch.softmax(torch.logsumexp(torch.logsumexp(logj, 2).reshape(3, bins.k, 4), 2), 1).float()
         assert torch.allclose(got, want, atol=1e-5)
-        if sch.space == "flow":
+        if sch.space is schedules.Space.FLOW:
             assert torch.allclose(got, gmm.level_posterior(x, sch.space, bins, sub=4), atol=1e-5)

@@ -192,7 +192,7 @@ def shift_readout(estimator, adapter, x0_probe: torch.Tensor, rows_fn) -> dict:
     def readout(x, s):  # sampler states may live on the GPU; the estimator and forward states on the CPU
         return cpu_readout(x.detach().float().cpu(), s)
 
-    traces = [ShiftTrace(readout, sched) for _ in range(2)]
+    traces = [ShiftTrace(readout, sched.space) for _ in range(2)]
     rows_fn(traces)
     out = {}
     for trace, name in zip(traces, ("noise_shift_nag0", "noise_shift_nag")):
