@@ -70,23 +70,23 @@ def configurations(model, estimator, levels=(1, 3)) -> dict:
     NAG-CF with the learned null branch (batched, unbatched), NAG-CG, and NAG-CF with the null branch from the
     estimator at each of ``levels`` (when the classifier-free node has that input).  ``estimator``: the
     ``(estimator, metadata)`` pair 'Load Noise-Level Estimator' gives."""
-    import inspect
-
     from comfy_nag_pack_under_test.nodes import guidance_nodes
 
-    cf = guidance_nodes.NoiseAwarenessClassifierFree.execute
+    node = guidance_nodes.NoiseAwarenessClassifierFree
+    nag = {"scale": 1.0, "variant": "A", "window_unit": "percent", "start": 0.0, "end": 1.0, "null_timestep_source": "auto",
+           "null_timestep": 0.0}
     out = {
         "plain CFG": model,
-        "NAG-CF batched": cf(model, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, True).result[0],
-        "NAG-CF unbatched": cf(model, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, False).result[0],
+        "NAG-CF batched": node.execute(model, **nag, batched=True).result[0],
+        "NAG-CF unbatched": node.execute(model, **nag, batched=False).result[0],
         "NAG-CG (estimator)": guidance_nodes.NoiseAwarenessClassifierGuided.execute(
-            model, estimator, 0.5, "percent", 0.0, 1.0).result[0],
+            model, estimator=estimator, scale=0.5, window_unit="percent", start=0.0, end=1.0).result[0],
     }
-    if "levels" in inspect.signature(cf).parameters:  # the null branch from an estimator (null_sources.EstimatorNull)
-        branch = guidance_nodes.NULL_BRANCHES[1]
+    if any(i.id == "levels" for i in node.define_schema().inputs):  # the null branch from an estimator
         for k in levels:
-            out[f"NAG-CF estimator K={k}"] = cf(model, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, True,
-                                                guidance_nodes.SCALE_RULES[0], branch, estimator, k).result[0]
+            out[f"NAG-CF estimator K={k}"] = node.execute(model, **nag, batched=True, scale_rule="constant",
+                                                          null_branch="from estimator", estimator=estimator,
+                                                          levels=k).result[0]
     return out
 
 

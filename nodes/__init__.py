@@ -2,11 +2,12 @@
 
 Thin V3 nodes over ``comfy_nag`` (the math) and the ComfyUI glue beside them:
 
-* ``guidance_nodes`` / ``loader_nodes`` / ``shift_nodes``: the node classes (``common``: shared inputs
+* ``guidance_nodes`` / ``loader_nodes`` / ``shift_nodes``: the node classes (``common``: node types, categories
   and the error wrapper);
-* ``classifier_free`` (the null-time wrapper, :class:`~.classifier_free.NagConfig` with the NAG
-  addition, the model patch), ``null_sources`` (the null branch: learned, or from an estimator),
-  ``classifier_guided`` (the estimator patch), ``guider`` (a CFGGuider);
+* ``inputs`` (the NAG inputs: options, widgets, defaults, one parse), ``configure`` (the one check of them and
+  the scale-0 decision, :class:`~.configure.NagConfig` with the NAG addition);
+* ``classifier_free`` (the null-time wrapper, the model patch), ``null_branch`` (the null branch inside ComfyUI:
+  learned, or from an estimator), ``classifier_guided`` (the estimator patch), ``guider`` (a CFGGuider);
 * ``model_info`` (what is read off a ComfyUI model, estimator checks), ``windows`` (guidance windows),
   ``folders`` (the ``noise_estimators`` model folder, registered by the pack's entry point before it
   imports the nodes).

@@ -4,10 +4,10 @@
   ``transformer_options[NULL_FLAG]`` get that chunk's network time (a learned null timestep, or the
   network time of an estimator's level), by a scoped override of ``model_sampling.timestep`` (works for
   every BaseModel, SD3's MMDiT included).  The network output is still converted with the real sigma.
-* ``PREDICT_NOISE`` + ``CALC_COND_BATCH`` wrappers (:class:`NullBranches`): append the null source's
+* ``PREDICT_NOISE`` + ``CALC_COND_BATCH`` wrappers (:class:`NullBranches`): append the null branch's
   copies of cond (and uncond, variant B) to the cond/uncond batch so all branches run in one forward
-  (null_sources.py: one copy per cond for a learned null branch, K for one from an estimator).
-* ``sampler_post_cfg_function``: adds the NAG correction (:meth:`NagConfig.guided`) to the CFG result;
+  (null_branch.py: one copy per cond for a learned null branch, K for one from an estimator).
+* ``sampler_post_cfg_function``: adds the NAG correction (``configure.NagConfig.guided``) to the CFG result;
   falls back to an extra ``calc_cond_batch`` call when nothing was batched (unbatched toggle, or a
   custom guider that does its own batching).
 
@@ -15,51 +15,16 @@ The guider (guider.py) batches the branches itself and shares the wrapper and th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 import comfy.samplers
 
-from ..comfy_nag import guidance, patching
-from ..comfy_nag.scale_profiles import ScaleProfile
-from ..comfy_nag.schedules import logsnr_of
+from ..comfy_nag import patching
+from .configure import NagConfig
 from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError
-from .null_sources import EstimatorNull, LearnedNull
-from .windows import Window
+from .null_branch import chunk_values, copies, labels, prepare
 
 NULL_FLAG = "noise_awareness_null"  # transformer_options: {chunk label: network time, or [B] level sigmas}
-
-
-@dataclass
-class NagConfig:
-    scale: float
-    variant: str
-    window: Window
-    null: LearnedNull | EstimatorNull  # where the null branch comes from (null_sources.py)
-    batched: bool = True
-    profile: ScaleProfile | None = None  # per-level multiplier of ``scale`` (the file's nag.scale_profile)
-    space: str = "ve"  # the model's sampling space, to read each sample's log-SNR from its sigma
-
-    def scale_at(self, sigma: torch.Tensor, like: torch.Tensor):
-        """The NAG scale for the batch ``like`` at ``sigma``: a number, or per sample [B] with a profile."""
-        if self.profile is None:
-            return self.scale
-        s = sigma.reshape(-1).float()
-        s = s.expand(like.shape[0]) if s.numel() == 1 else s
-        return (self.scale * self.profile(self.space.logsnr(s))).to(like)
-
-    def null_conds(self, cond, uncond) -> list:
-        """The conds whose null branches NAG needs: cond, and uncond too in variant B (when CFG runs)."""
-        return [cond] + ([uncond] if self.variant == "B" and uncond is not None else [])
-
-    def guided(self, denoised: torch.Tensor, sigma: torch.Tensor, cfg_scale: float, cond: torch.Tensor,
-               uncond: torch.Tensor | None, nulls: list) -> torch.Tensor:
-        """The CFG result ``denoised`` plus the NAG correction; ``nulls``: the null-branch predictions,
-        ``[null cond]`` (variant A) or ``[null cond, null uncond]`` (variant B)."""
-        null_u = nulls[1] if len(nulls) > 1 else None
-        return denoised + guidance.nag_correction(cond, nulls[0], self.scale_at(sigma, denoised), self.variant, cfg_scale,
-                                                  uncond if null_u is not None else None, null_u)
 
 
 def flagged(model_options: dict, values: dict) -> dict:
@@ -134,9 +99,11 @@ class NullBranches:
         if not self.pending or len(conds) != 2 or conds[0] is None:
             return executor(model, conds, x_in, timestep, model_options)
         self.pending = False
-        step = self.cfg.null.prepare(model, x_in, timestep)
-        extra = step.copies(self.cfg.null_conds(conds[0], conds[1]))
-        out = executor(model, list(conds) + extra, x_in, timestep, flagged(model_options, step.labels(2, len(extra))))
+        null = self.cfg.null
+        step = prepare(null, model, x_in, timestep)
+        extra = copies(step, self.cfg.null_conds(conds[0], conds[1]))
+        mo = flagged(model_options, labels(chunk_values(step, null), 2, len(extra)))
+        out = executor(model, list(conds) + extra, x_in, timestep, mo)
         self.stash = step.collect(out[2:])
         return out[:2]
 
@@ -144,9 +111,10 @@ class NullBranches:
         stash, self.stash = self.stash, None
         if stash is not None:
             return stash
-        step = self.cfg.null.prepare(args["model"], args["input"], args["sigma"])
-        extra = step.copies(self.cfg.null_conds(args["cond"], args["uncond"]))
-        mo = flagged(args["model_options"], step.labels(0, len(extra)))
+        null = self.cfg.null
+        step = prepare(null, args["model"], args["input"], args["sigma"])
+        extra = copies(step, self.cfg.null_conds(args["cond"], args["uncond"]))
+        mo = flagged(args["model_options"], labels(chunk_values(step, null), 0, len(extra)))
         return step.collect(comfy.samplers.calc_cond_batch(args["model"], extra, args["input"], args["sigma"], mo))
 
     def post_cfg(self, args):

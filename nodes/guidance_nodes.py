@@ -1,113 +1,26 @@
 """Guidance nodes: the classifier-free and classifier-guided patches, the guider, and the one-node sampler.
 
-The nodes read their inputs into a :class:`NagConfig` (with its null source, null_sources.py) / :class:`Window`
-and call the patches in classifier_free.py, classifier_guided.py and guider.py.
+Each node parses its NAG inputs once (``inputs.NagInputs``), has ``configure.configure`` check them and decide
+scale 0, and installs the patch from classifier_free.py, classifier_guided.py or guider.py.  ``execute`` takes the
+inputs by keyword, as ComfyUI passes them.
 """
 from __future__ import annotations
-
-import logging
 
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..comfy_nag import metadata as nag_metadata
-from ..comfy_nag import patching
-from .classifier_free import NagConfig, patch_classifier_free
+from .classifier_free import patch_classifier_free
 from .classifier_guided import patch_classifier_guided
-from .common import CATEGORY, Estimator, clear_errors, model_input, window_inputs
-from .guider import BATCHING, NagGuider
-from .model_info import NoiseAwarenessError, check_estimator, file_metadata, sampling_info
-from .null_sources import MAX_LEVELS, NULL_BRANCHES, EstimatorNull, LearnedNull
-from .windows import Window
-
-NULL_SOURCES = ["auto", "metadata", "manual"]
-SCALE_RULES = ["constant", "per level (from file)"]
-log = logging.getLogger("comfy-nag")
+from .common import CATEGORY, Estimator, clear_errors, model_input
+from .configure import Route, configure
+from .guider import NagGuider
+from .inputs import (DEFAULT, Batching, NagInputs, nag_inputs, null_branch_inputs, options, parse, scale_rule_input,
+                     window_inputs)
 
 
 def trained_model_input():
     return model_input("a model fine-tuned with noise-condition dropout (load it with a Noise Awareness loader); "
                        "with a stock checkpoint set null_branch to 'from estimator' and connect an estimator")
-
-
-def _nag_inputs() -> list:
-    return [
-        io.Float.Input("scale", default=1.0, min=0.0, max=20.0, step=0.05,
-                       tooltip="NAG scale w: c + w*(c - null). 0 = off (model returned unchanged). Start with 1.0."),
-        io.Combo.Input("variant", options=["A", "B"], default="A",
-                       tooltip="A: u + cfg*(c-u) + w*(c-n_c) (3 branches). B: NAG inside both CFG branches (4 branches)."),
-        *window_inputs(),
-        io.Combo.Input("null_timestep_source", options=NULL_SOURCES, default="auto",
-                       tooltip="auto: from the model file's comfy-nag metadata, else the family default "
-                               "(-1000 discrete SD1/SDXL, -1000 SD3/WAN flow, -1 Flux). metadata: require it. manual: use the value below. "
-                               "Ignored with null_branch 'from estimator'."),
-        io.Float.Input("null_timestep", default=-1000.0, min=-1e6, max=1e6, step=1.0,
-                       tooltip="null timestep in network units (used when the source is 'manual')"),
-    ]
-
-
-def scale_rule_input():
-    """Last input of every classifier-free node: appended and optional, so workflows and API prompts made
-    before it existed still load and run (as 'constant')."""
-    return io.Combo.Input("scale_rule", options=SCALE_RULES, default=SCALE_RULES[0], optional=True,
-                          tooltip="constant: the same scale at every step. per level (from file): the scale times the "
-                                  "per-noise-level profile the trainer wrote into the file (fine-tunes run with "
-                                  "monitor.estimator); calibrated so the guidance follows the estimator, it fades out "
-                                  "where the null branch stops carrying the correction. Start with scale 1.0")
-
-
-def null_branch_inputs() -> list:
-    """The null branch's source: the last inputs of every classifier-free node, appended and optional, so
-    workflows and API prompts made before them still load and run (with the learned null branch)."""
-    return [
-        io.Combo.Input("null_branch", options=NULL_BRANCHES, default=NULL_BRANCHES[0], optional=True,
-                       tooltip="learned (from file): the model at its null timestep; needs a model fine-tuned with "
-                               "noise-condition dropout. from estimator: for ANY stock checkpoint: the null branch is "
-                               "the model at the noise levels a noise-level estimator reads from the state; connect "
-                               "'Load Noise-Level Estimator' to 'estimator' (the null timestep inputs are then ignored)"),
-        Estimator.Input("estimator", optional=True,
-                        tooltip="only for null_branch 'from estimator': from 'Load Noise-Level Estimator', trained for "
-                                "this model's latent space (the same file the classifier-guided node uses)"),
-        io.Int.Input("levels", default=1, min=1, max=MAX_LEVELS, optional=True,
-                     tooltip="only for 'from estimator': model evaluations per null branch and step inside the window. "
-                             "1: at the estimator's mean level, the cost of a learned null branch; 2-7: that many "
-                             "levels spread over the estimator's posterior (Gauss-Hermite), one evaluation each"),
-    ]
-
-
-def null_source(model, scale, null_timestep_source, null_timestep, null_branch, estimator, levels):
-    """The null branch's source from the node inputs (the null timestep inputs count only for a learned one)."""
-    if null_branch == NULL_BRANCHES[1]:
-        return EstimatorNull.of(model, estimator, levels)
-    if null_branch != NULL_BRANCHES[0]:
-        raise NoiseAwarenessError(f"unknown null branch {null_branch!r}; expected one of {', '.join(NULL_BRANCHES)}")
-    kind, mult, _ = sampling_info(model)
-    meta_null = nag_metadata.null_timestep(file_metadata(model))
-    null, origin = patching.choose_null_timestep(meta_null, kind, mult, null_timestep, null_timestep_source)
-    if origin.startswith("default") and scale:
-        log.warning("Noise Awareness Guidance: the model carries no comfy-nag metadata; using the %s null timestep %g. "
-                    "A learned null branch needs a model fine-tuned with noise-condition dropout (load it with a "
-                    "NoiseAwareness loader); on any other model set null_branch to 'from estimator' and connect a "
-                    "noise-level estimator, or use the classifier-guided node.", origin, null)
-    return LearnedNull(null)
-
-
-def nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched=True,
-               scale_rule=SCALE_RULES[0], null_branch=NULL_BRANCHES[0], estimator=None, levels=1):
-    space = sampling_info(model)[2]
-    meta = file_metadata(model)
-    null = null_source(model, scale, null_timestep_source, null_timestep, null_branch, estimator, levels)
-    profile = None
-    if scale_rule == SCALE_RULES[1]:
-        profile = nag_metadata.scale_profile(meta)
-        if profile is None:
-            raise NoiseAwarenessError(
-                "scale rule 'per level (from file)' needs the nag.scale_profile the trainer writes when a fine-tune runs "
-                "with monitor.estimator; this model file has none. Load a file exported that way (with a Noise "
-                "Awareness loader), or set scale_rule to 'constant'")
-    elif scale_rule != SCALE_RULES[0]:
-        raise NoiseAwarenessError(f"unknown scale rule {scale_rule!r}; expected one of {', '.join(SCALE_RULES)}")
-    return NagConfig(float(scale), variant, Window.of(model, window_unit, start, end), null, bool(batched), profile, space)
 
 
 class NoiseAwarenessClassifierFree(io.ComfyNode):
@@ -123,8 +36,8 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
                         "a noise-level estimator reads (null_branch 'from estimator'). Works with KSampler, "
                         "SamplerCustom and SamplerCustomAdvanced, at cfg 1 and with CFG.",
             inputs=[trained_model_input(),
-                    *_nag_inputs(),
-                    io.Boolean.Input("batched", default=True,
+                    *nag_inputs(),
+                    io.Boolean.Input("batched", default=DEFAULT.batched,
                                      tooltip="run the null branch in the same forward as cond/uncond; turn off if another "
                                              "pack's model wrapper breaks with extra batch entries"),
                     scale_rule_input(),
@@ -134,13 +47,9 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
 
     @classmethod
     @clear_errors
-    def execute(cls, model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched,
-                scale_rule=SCALE_RULES[0], null_branch=NULL_BRANCHES[0], estimator=None, levels=1):
-        cfg = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep, batched,
-                         scale_rule, null_branch, estimator, levels)
-        if scale == 0:
-            return io.NodeOutput(model)
-        return io.NodeOutput(patch_classifier_free(model, cfg))
+    def execute(cls, model, **inputs):
+        cfg = configure(model, NagInputs.parse(inputs))
+        return io.NodeOutput(model if cfg is None else patch_classifier_free(model, cfg))
 
 
 class NoiseAwarenessClassifierGuided(io.ComfyNode):
@@ -162,13 +71,9 @@ class NoiseAwarenessClassifierGuided(io.ComfyNode):
 
     @classmethod
     @clear_errors
-    def execute(cls, model, estimator, scale, window_unit, start, end):
-        est, meta = estimator
-        check_estimator(est, meta, model)
-        window = Window.of(model, window_unit, start, end)
-        if scale == 0:
-            return io.NodeOutput(model)
-        return io.NodeOutput(patch_classifier_guided(model, est, float(scale), window))
+    def execute(cls, model, **inputs):
+        cfg = configure(model, NagInputs.parse(inputs), Route.CLASSIFIER_GUIDED)
+        return io.NodeOutput(model if cfg is None else patch_classifier_guided(model, cfg))
 
 
 class NoiseAwarenessCFGuider(io.ComfyNode):
@@ -186,8 +91,8 @@ class NoiseAwarenessCFGuider(io.ComfyNode):
                     io.Conditioning.Input("negative", tooltip="what it should not show (CFG's unconditional branch)"),
                     io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                    tooltip="classifier-free guidance scale, as in KSampler; 1 = no CFG (NAG alone)"),
-                    *_nag_inputs(),
-                    io.Combo.Input("batching", options=BATCHING, default=BATCHING[0],
+                    *nag_inputs(),
+                    io.Combo.Input("batching", options=options(Batching), default=Batching.ONE_FORWARD.value,
                                    tooltip="one forward: cond, uncond and null branches in one batch (fastest); "
                                            "the others trade speed for memory"),
                     scale_rule_input(),
@@ -197,12 +102,10 @@ class NoiseAwarenessCFGuider(io.ComfyNode):
 
     @classmethod
     @clear_errors
-    def execute(cls, model, positive, negative, cfg, scale, variant, window_unit, start, end,
-                null_timestep_source, null_timestep, batching, scale_rule=SCALE_RULES[0], null_branch=NULL_BRANCHES[0],
-                estimator=None, levels=1):
-        nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep,
-                         scale_rule=scale_rule, null_branch=null_branch, estimator=estimator, levels=levels)
-        g = NagGuider(model, nag, batching)
+    def execute(cls, model, positive, negative, cfg, batching, **inputs):
+        nag = configure(model, NagInputs.parse(inputs))
+        batching = parse(Batching, batching, "batching")
+        g = comfy.samplers.CFGGuider(model) if nag is None else NagGuider(model, nag, batching)
         g.set_conds(positive, negative)
         g.set_cfg(cfg)
         return io.NodeOutput(g)
@@ -232,7 +135,7 @@ class NoiseAwarenessKSampler(io.ComfyNode):
                     io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                    tooltip="how much to denoise; below 1 keeps the input's structure (img2img). "
                                            "The guidance window still counts the steps actually sampled"),
-                    *_nag_inputs(),
+                    *nag_inputs(),
                     scale_rule_input(),
                     *null_branch_inputs()],
             outputs=[io.Latent.Output(tooltip="the denoised latent")],
@@ -240,14 +143,11 @@ class NoiseAwarenessKSampler(io.ComfyNode):
 
     @classmethod
     @clear_errors
-    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                scale, variant, window_unit, start, end, null_timestep_source, null_timestep, scale_rule=SCALE_RULES[0],
-                null_branch=NULL_BRANCHES[0], estimator=None, levels=1):
+    def execute(cls, model, positive, negative, latent_image, **inputs):
         from nodes import common_ksampler  # ComfyUI's own KSampler body (its top-level nodes.py, not this pack's)
 
-        if scale != 0:
-            nag = nag_config(model, scale, variant, window_unit, start, end, null_timestep_source, null_timestep,
-                             scale_rule=scale_rule, null_branch=null_branch, estimator=estimator, levels=levels)
+        nag = configure(model, NagInputs.parse(inputs))
+        if nag is not None:
             model = patch_classifier_free(model, nag)
-        return io.NodeOutput(*common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                              latent_image, denoise=denoise))
+        plain = [inputs[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler")]
+        return io.NodeOutput(*common_ksampler(model, *plain, positive, negative, latent_image, denoise=inputs["denoise"]))

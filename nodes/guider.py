@@ -1,8 +1,9 @@
 """``NagGuider``: a CFGGuider that runs classifier-free NAG with explicit branch batching.
 
 For SamplerCustomAdvanced.  Same math as the classifier-free model patch (classifier_free.py): the
-CFG result plus :meth:`NagConfig.guided`; the null source (null_sources.py) gives the null copies and
-mixes their outputs, and their rows get their network times through the same APPLY_MODEL wrapper.
+CFG result plus ``NagConfig.guided``; the null branch (null_branch.py) gives the null copies and mixes their
+outputs, and their rows get their network times through the same APPLY_MODEL wrapper.  At scale 0 the node
+builds ComfyUI's own CFGGuider instead (configure.py decides).
 Mirrors ``comfy.samplers.sampling_function``, so other packs' ``sampler_calc_cond_batch_function``
 (cond/uncond only: the null rows never go through it), pre-CFG and post-CFG functions still run.
 """
@@ -14,18 +15,16 @@ import comfy.samplers
 import torch
 
 from ..comfy_nag import patching
-from .classifier_free import NagConfig, flagged, with_null_times
-from .null_sources import NullStep
-
-BATCHING = ["one forward", "cond+uncond, then null", "each branch separately"]
+from .classifier_free import flagged, with_null_times
+from .configure import NagConfig
+from .inputs import Batching
+from .null_branch import chunk_values, copies, labels, prepare
 
 
 class NagGuider(comfy.samplers.CFGGuider):
-    """CFGGuider with classifier-free NAG; ``batching`` is one of :data:`BATCHING`."""
+    """CFGGuider with classifier-free NAG (``cfg``), its branches batched as ``batching`` says."""
 
-    def __init__(self, model_patcher, cfg: NagConfig, batching: str):
-        if batching not in BATCHING:
-            raise ValueError(f"unknown batching {batching!r}; expected one of {', '.join(BATCHING)}")
+    def __init__(self, model_patcher, cfg: NagConfig, batching: Batching):
         super().__init__(with_null_times(model_patcher, cfg))
         self.nag, self.batching = cfg, batching
 
@@ -35,29 +34,31 @@ class NagGuider(comfy.samplers.CFGGuider):
             mo = flagged(mo, null_values)
         return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, sigma, mo)
 
-    def branches(self, conds, copies, step: NullStep | None, x, sigma, mo) -> tuple[list, list]:
-        """Predictions of ``[cond, uncond]`` and of the null copies ``copies`` (of ``step``), batched as configured."""
-        n = len(copies)
+    def branches(self, conds, extra, values: tuple, x, sigma, mo) -> tuple[list, list]:
+        """Predictions of ``[cond, uncond]`` and of the null copies ``extra`` (chunk values ``values``), batched as
+        configured."""
+        n = len(extra)
         hook = mo.get("sampler_calc_cond_batch_function")
         if hook is not None:
             main = hook({"conds": conds, "input": x, "sigma": sigma, "model": self.inner_model, "model_options": mo})
-            return main, self._calc(copies, x, sigma, mo, step.labels(0, n)) if n else []
-        if self.batching == "one forward":
-            out = self._calc(conds + copies, x, sigma, mo, step.labels(len(conds), n) if n else None)
+            return main, self._calc(extra, x, sigma, mo, labels(values, 0, n)) if n else []
+        if self.batching is Batching.ONE_FORWARD:
+            out = self._calc(conds + extra, x, sigma, mo, labels(values, len(conds), n) if n else None)
             return out[:2], out[2:]
-        if self.batching == "cond+uncond, then null":
-            return self._calc(conds, x, sigma, mo), self._calc(copies, x, sigma, mo, step.labels(0, n)) if n else []
+        if self.batching is Batching.MAIN_THEN_NULL:
+            return self._calc(conds, x, sigma, mo), self._calc(extra, x, sigma, mo, labels(values, 0, n)) if n else []
         main = [self._calc([c], x, sigma, mo)[0] if c is not None else torch.zeros_like(x) for c in conds]
-        return main, [self._calc([c], x, sigma, mo, step.labels(0, 1, j))[0] for j, c in enumerate(copies)]
+        return main, [self._calc([c], x, sigma, mo, labels(values, 0, 1, j))[0] for j, c in enumerate(extra)]
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         pos, neg = self.conds.get("positive"), self.conds.get("negative")
         cfg1 = math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False)
         uncond = None if cfg1 else neg
-        on = self.nag.scale != 0 and self.nag.window.active(timestep, model_options)
-        step = self.nag.null.prepare(self.inner_model, x, timestep) if on else None
-        copies = step.copies(self.nag.null_conds(pos, uncond)) if on else []
-        main, null_out = self.branches([pos, uncond], copies, step, x, timestep, model_options)
+        on = self.nag.window.active(timestep, model_options)
+        step = prepare(self.nag.null, self.inner_model, x, timestep) if on else None
+        extra = copies(step, self.nag.null_conds(pos, uncond)) if on else []
+        values = chunk_values(step, self.nag.null) if on else ()
+        main, null_out = self.branches([pos, uncond], extra, values, x, timestep, model_options)
         for fn in model_options.get("sampler_pre_cfg_function", []):
             main = fn({"conds": [pos, uncond], "conds_out": main, "cond_scale": self.cfg, "timestep": timestep, "input": x,
                        "sigma": timestep, "model": self.inner_model, "model_options": model_options})

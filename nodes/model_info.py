@@ -1,9 +1,11 @@
 """What the nodes read off a ComfyUI model: its sampling, its file's metadata, and whether an estimator fits it.
 
-``sampling_info`` is the one type dispatch over ComfyUI's model_sampling classes (host-adapter code);
+``sampling`` is the one type dispatch over ComfyUI's model_sampling classes (host-adapter code);
 the families' facts (latent spaces, schedules) come from ``comfy_nag.families``.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -11,33 +13,43 @@ import comfy.model_sampling as cms
 
 from ..comfy_nag import families
 from ..comfy_nag import metadata as nag_metadata
+from ..comfy_nag.schedules import SamplingKind, Space
 
 KEY = "noise_awareness_guidance"  # key of the pack's wrappers
 ATTACH_META = "noise_awareness_metadata"  # model attachment: the file's nag.* metadata
 ATTACH_CONFIG = "noise_awareness_config"  # model attachment: the active guidance window (for the recorder), null branch
-SPACE_KINDS = {"ve": "SD1.x/SDXL-style (discrete/EDM)", "flow": "flow (SD3/Flux-style)"}
+SPACE_KINDS = {Space.VE: "SD1.x/SDXL-style (discrete/EDM)", Space.FLOW: "flow (SD3/Flux-style)"}
 
 
 class NoiseAwarenessError(ValueError):
     """Bad input for a Noise Awareness node; the message names the problem and the fix."""
 
 
-def sampling_info(model) -> tuple[str, float, str]:
-    """``(kind, multiplier, space)`` of a ModelPatcher's sampling; clear error when unsupported."""
+class Sampling(NamedTuple):
+    """How ComfyUI samples a model: its kind (and so its default null timestep), the flow network time per unit
+    sigma, and its sampling space."""
+
+    kind: SamplingKind
+    multiplier: float
+    space: Space
+
+
+def sampling(model) -> Sampling:
+    """A ModelPatcher's :class:`Sampling`; clear error when unsupported."""
     ms = model.get_model_object("model_sampling")
-    space = "flow" if isinstance(ms, cms.CONST) else "ve"
+    space = Space.FLOW if isinstance(ms, cms.CONST) else Space.VE
     if isinstance(ms, cms.ModelSamplingDiscreteFlow):
-        return "discrete_flow", float(ms.multiplier), space
+        return Sampling(SamplingKind.DISCRETE_FLOW, float(ms.multiplier), space)
     if isinstance(ms, cms.ModelSamplingFlux):
-        return "flux", 1.0, space
+        return Sampling(SamplingKind.FLUX, 1.0, space)
     if isinstance(ms, (cms.ModelSamplingContinuousV, cms.ModelSamplingCosmosRFlow)) or not isinstance(
             ms, (cms.ModelSamplingContinuousEDM, cms.ModelSamplingDiscrete)):
         raise NoiseAwarenessError(f"model family not supported by Noise Awareness Guidance (sampling "
                                   f"{type(ms).__name__}); supported: SD1.x/SD2.x/SDXL, SD3/SD3.5, WAN, AuraFlow, Flux-style "
                                   "flow and EDM models")
     if isinstance(ms, (cms.ModelSamplingContinuousEDM, cms.ModelSamplingDiscreteEDM)):
-        return "edm", 1.0, space
-    return "discrete", 1.0, space
+        return Sampling(SamplingKind.EDM, 1.0, space)
+    return Sampling(SamplingKind.DISCRETE, 1.0, space)
 
 
 def latent_space(model) -> tuple[str, int]:
@@ -93,10 +105,10 @@ def check_estimator(estimator, meta: dict, model) -> None:
         raise NoiseAwarenessError(f"the noise-level estimator expects {est_channels} latent channels but this model's "
                                   f"latents have {channels} ({fmt} latents{_families(fmt)}); {fix}")
     sched = nag_metadata.schedule(meta)
-    space = sampling_info(model)[2]
+    space = sampling(model).space
     if sched is not None and sched.space != space:
-        raise NoiseAwarenessError(f"the noise-level estimator was trained for {SPACE_KINDS.get(sched.space, sched.space)} "
-                                  f"models but this model is {SPACE_KINDS.get(space, space)}; load the estimator trained "
+        raise NoiseAwarenessError(f"the noise-level estimator was trained for {SPACE_KINDS[sched.space]} "
+                                  f"models but this model is {SPACE_KINDS[space]}; load the estimator trained "
                                   "for this model family")
 
 

@@ -15,15 +15,16 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..comfy_nag import plots
+from ..comfy_nag.schedules import Space
 from ..comfy_nag.shift_report import ShiftRecording, shift_report
 from .common import CATEGORY, Estimator, ShiftTrace, clear_errors, model_input
-from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError, check_estimator, estimator_on, net_scale, sampling_info
+from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError, check_estimator, estimator_on, net_scale, sampling
 
 
 class Recorder:
     """Trace handle: the SAMPLER_SAMPLE wrapper fills ``last`` on every sampling run of the model."""
 
-    def __init__(self, estimator, data_variance: float, space: str):
+    def __init__(self, estimator, data_variance: float, space: Space):
         self.estimator, self.data_variance, self.space, self.last = estimator, data_variance, space, None
 
     def readout(self, model_sampling, x, sigma):
@@ -72,7 +73,7 @@ class NoiseAwarenessShiftRecorder(io.ComfyNode):
     def execute(cls, model, data_variance, estimator=None):
         from comfy.patcher_extension import WrappersMP
 
-        _, _, space = sampling_info(model)
+        space = sampling(model).space
         est = None
         if estimator is not None:
             est, meta = estimator

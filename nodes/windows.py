@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from ..comfy_nag import patching
-from .model_info import sampling_info
+from ..comfy_nag.patching import WindowUnit
+from .model_info import sampling
 
 
 def progress_sigma(sigmas: torch.Tensor, p: float) -> float:
@@ -27,24 +28,24 @@ def progress_sigma(sigmas: torch.Tensor, p: float) -> float:
 
 @dataclass(frozen=True)
 class Window:
-    """Where guidance is active.  ``unit="signal"``: ``start``/``end`` are signal shares SNR/(1+SNR) (0.5 =
-    log-SNR 0, the same noise level on every family); ``unit="percent"``: fractions of the steps this
-    sampler call samples (0 = its first step); ``unit="sigma"``: ``start`` the high sigma, ``end`` the low.
+    """Where guidance is active.  ``SIGNAL``: ``start``/``end`` are signal shares SNR/(1+SNR) (0.5 = log-SNR 0,
+    the same noise level on every family); ``PERCENT``: fractions of the steps this sampler call samples (0 = its
+    first step); ``SIGMA``: ``start`` the high sigma, ``end`` the low.
     ``full``: ``(sigma_lo, sigma_hi)`` over the model's whole range, used when the sampled sigmas are unknown."""
-    unit: str
+    unit: WindowUnit
     start: float
     end: float
     full: tuple[float, float]
 
     @classmethod
-    def of(cls, model, unit: str, start: float, end: float) -> "Window":
+    def of(cls, model, unit: WindowUnit, start: float, end: float) -> "Window":
         ms = model.get_model_object("model_sampling")
         return cls(unit, float(start), float(end),
-                   patching.sigma_window(start, end, unit, ms.percent_to_sigma, sampling_info(model)[2]))
+                   patching.sigma_window(start, end, unit, ms.percent_to_sigma, sampling(model).space))
 
     def bounds(self, sample_sigmas: torch.Tensor | None = None) -> tuple[float, float]:
         """``(sigma_lo, sigma_hi)`` for a sampler call over ``sample_sigmas``."""
-        if self.unit != "percent" or sample_sigmas is None or sample_sigmas.numel() == 0:
+        if self.unit is not WindowUnit.PERCENT or sample_sigmas is None or sample_sigmas.numel() == 0:
             return self.full
         return progress_sigma(sample_sigmas, self.end), progress_sigma(sample_sigmas, self.start)
 

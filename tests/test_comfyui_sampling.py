@@ -62,13 +62,30 @@ def sample(model, fam, cfg=3.0, seed=0, steps=STEPS, sampler="euler"):
 def cf(model, scale=1.0, variant="A", start=0.0, end=1.0, unit="percent", source="auto", null=-1000.0, batched=True,
        rule="constant", **null_branch):
     """The classifier-free node; ``null_branch``: its optional null_branch/estimator/levels inputs."""
-    return guidance_nodes.NoiseAwarenessClassifierFree.execute(model, scale, variant, unit, start, end, source, null, batched,
-                                                               rule, **null_branch).result[0]
+    return guidance_nodes.NoiseAwarenessClassifierFree.execute(
+        model, scale=scale, variant=variant, window_unit=unit, start=start, end=end, null_timestep_source=source,
+        null_timestep=null, batched=batched, scale_rule=rule, **null_branch).result[0]
+
+
+NAG_WIDGETS = {"variant": "A", "window_unit": "percent", "start": 0.0, "end": 1.0, "null_timestep_source": "auto"}
+BATCHING = ["one forward", "cond+uncond, then null", "each branch separately"]
+
+
+def guider(model, positive, negative, cfg, batching, **nag):
+    """The guider node (NAG widgets as NAG_WIDGETS, null timestep 0, unless given)."""
+    return guidance_nodes.NoiseAwarenessCFGuider.execute(model, positive=positive, negative=negative, cfg=cfg,
+                                                        batching=batching, **{**NAG_WIDGETS, "null_timestep": 0.0, **nag}
+                                                        ).result[0]
+
+
+def classifier_guided(model, estimator, scale, **window):
+    return guidance_nodes.NoiseAwarenessClassifierGuided.execute(
+        model, estimator=estimator, scale=scale, **{"window_unit": "percent", "start": 0.0, "end": 1.0, **window}).result[0]
 
 
 def expected_null(model):
-    kind, mult, _ = model_info.sampling_info(model)
-    return {"discrete": -1000.0, "discrete_flow": -1.0 * mult, "flux": -1.0}[kind]
+    kind, mult, _ = model_info.sampling(model)
+    return {"discrete": -1000.0, "discrete_flow": -1.0 * mult, "flux": -1.0}[kind.value]
 
 
 def null_rows(calls, null):
@@ -142,10 +159,8 @@ def test_per_level_scale_rule_follows_the_files_profile(models, fam):
     import json
 
     import comfy.samplers
-    from comfy_nag_pack_under_test.comfy_nag.schedules import logsnr_of
-
     m = models[fam]
-    per_level = guidance_nodes.SCALE_RULES[1]
+    per_level = "per level (from file)"
 
     def tagged(logsnr, value):
         t = m.clone()
@@ -156,7 +171,7 @@ def test_per_level_scale_rule_follows_the_files_profile(models, fam):
     assert torch.allclose(half, sample(cf(m, 1.0), fam), atol=1e-5)
     ms = m.get_model_object("model_sampling")
     sig = comfy.samplers.calculate_sigmas(ms, "simple", STEPS)
-    lam = (model_info.sampling_info(m)[2]).logsnr(sig[:STEPS].double())
+    lam = model_info.sampling(m).space.logsnr(sig[:STEPS].double())
     mid = float(lam[1] + lam[2]) / 2  # the profile switches on between the 2nd and 3rd step
     step = sample(cf(tagged([mid - 0.01, mid + 0.01], [0.0, 1.0]), 1.0, rule=per_level), fam)
     s_mid = float(sig[1] + sig[2]) / 2
@@ -164,9 +179,8 @@ def test_per_level_scale_rule_follows_the_files_profile(models, fam):
     assert not torch.allclose(step, sample(cf(m, 1.0), fam), atol=1e-4)
     with pytest.raises(ValueError, match="nag.scale_profile.*'constant'"):
         cf(m, 1.0, rule=per_level)
-    g = guidance_nodes.NoiseAwarenessCFGuider.execute(tagged([0.0], [0.5]), conditioning(COND[fam], 1),
-                                                      conditioning(COND[fam], 2), 3.0, 2.0, "A", "percent", 0.0, 1.0,
-                                                      "auto", 0.0, guidance_nodes.BATCHING[0], per_level).result[0]
+    g = guider(tagged([0.0], [0.5]), conditioning(COND[fam], 1), conditioning(COND[fam], 2), 3.0, "one forward",
+               scale=2.0, scale_rule=per_level)
     latent = torch.zeros(SHAPES[fam])
     with torch.inference_mode():
         out = g.sample(comfy.sample.prepare_noise(latent, 0), latent, comfy.samplers.sampler_object("euler"), sig, seed=0,
@@ -202,8 +216,9 @@ def ksampler_node(model, scale, denoise=1.0, seed=0, cfg=3.0):
     latent = {"samples": torch.zeros(SHAPES["eps"])}
     with torch.inference_mode():
         out = guidance_nodes.NoiseAwarenessKSampler.execute(
-            model, seed, STEPS, cfg, "euler", "simple", conditioning("unet", 1), conditioning("unet", 2), latent, denoise,
-            scale, "A", "percent", 0.0, 1.0, "auto", -1000.0).result[0]
+            model, seed=seed, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple",
+            positive=conditioning("unet", 1), negative=conditioning("unet", 2), latent_image=latent, denoise=denoise,
+            **NAG_WIDGETS, scale=scale, null_timestep=-1000.0).result[0]
     return out["samples"]
 
 
@@ -275,8 +290,7 @@ def test_guider_runs_other_packs_calc_cond_batch_function(models):
     latent = torch.zeros(SHAPES["sd3"])
     noise = comfy.sample.prepare_noise(latent, 0)
     sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
-    g = guidance_nodes.NoiseAwarenessCFGuider.execute(m, pos, neg, 3.0, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0,
-                                                      guidance_nodes.BATCHING[0]).result[0]
+    g = guider(m, pos, neg, 3.0, "one forward", scale=1.0)
     with torch.inference_mode(), Spy(m) as spy:
         out = g.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0, disable_pbar=True)
     assert seen == [2] * STEPS
@@ -293,12 +307,12 @@ def test_guider_batching_modes_match_patch(models):
     noise = comfy.sample.prepare_noise(latent, 0)
     sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
     outs = {}
-    for mode in guidance_nodes.BATCHING:
-        g = guidance_nodes.NoiseAwarenessCFGuider.execute(m, pos, neg, 3.0, 1.0, "A", "percent", 0.0, 1.0, "auto", 0.0, mode).result[0]
+    for mode in BATCHING:
+        g = guider(m, pos, neg, 3.0, mode, scale=1.0)
         with torch.inference_mode(), Spy(m) as spy:
             outs[mode] = g.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0, disable_pbar=True)
         assert null_rows(spy.calls, -1000.0).count(1.0) == STEPS
-        assert len(spy.calls) == {0: 1, 1: 2, 2: 3}[guidance_nodes.BATCHING.index(mode)] * STEPS
+        assert len(spy.calls) == {0: 1, 1: 2, 2: 3}[BATCHING.index(mode)] * STEPS
     ref = sample(cf(m, 1.0), "sd3")
     for mode, out in outs.items():
         assert torch.allclose(out, ref, atol=1e-4), (mode, (out - ref).abs().max())
@@ -312,14 +326,14 @@ def test_classifier_guided_gradient_in_inference_mode(models):
     est = NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2)
     meta = {"nag.schedule": '{"type": "flow", "space": "flow"}'}
     node = guidance_nodes.NoiseAwarenessClassifierGuided
-    out = sample(node.execute(m, (est, meta), 2.0, "percent", 0.0, 1.0).result[0], "sd3")
+    out = sample(classifier_guided(m, (est, meta), 2.0), "sd3")
     assert torch.isfinite(out).all() and not torch.allclose(out, sample(m, "sd3"))
-    assert torch.equal(sample(node.execute(m, (est, meta), 0.0, "percent", 0.0, 1.0).result[0], "sd3"), sample(m, "sd3"))
+    assert torch.equal(sample(classifier_guided(m, (est, meta), 0.0), "sd3"), sample(m, "sd3"))
     bad = NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2)
     with pytest.raises(ValueError, match="expects 4 latent channels but this model's latents have 16"):
-        node.execute(m, (bad, {}), 1.0, "percent", 0.0, 1.0)
+        classifier_guided(m, (bad, {}), 1.0)
     with pytest.raises(ValueError, match="trained for SD1.x/SDXL-style"):
-        node.execute(m, (est, {"nag.schedule": '{"type": "discrete_vp", "space": "ve"}'}), 1.0, "percent", 0.0, 1.0)
+        classifier_guided(m, (est, {"nag.schedule": '{"type": "discrete_vp", "space": "ve"}'}), 1.0)
 
 
 PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "FLOW": "velocity", "FLUX": "velocity"}
@@ -334,7 +348,7 @@ def test_nodes_agree_with_the_family_registry(make, name):
     m = patcher(make(0))
     fam = families.from_comfy_config(type(m.model.model_config).__name__, PREDICTIONS[m.model.model_type.name])
     assert fam is not None and fam.name == name, (type(m.model.model_config).__name__, fam)
-    assert model_info.sampling_info(m)[2] == fam.schedule.space
+    assert model_info.sampling(m).space is fam.schedule.space
     auto = cf(m, 1.0, source="auto").get_attachment(model_info.ATTACH_CONFIG)["null_timestep"]  # no metadata: the default
     assert auto == fam.null_timestep == expected_null(m)
     assert model_info.latent_space(m) == (fam.latent_format, fam.latent_channels)
@@ -367,16 +381,16 @@ def test_mismatched_estimator_gives_one_line_naming_both_latent_spaces(models, t
     ]
     m = models["sd3"]
     for estimator, want in cases:
-        for run in (lambda: guidance_nodes.NoiseAwarenessClassifierGuided.execute(m, estimator, 1.0, "percent", 0.0, 1.0),
+        for run in (lambda: classifier_guided(m, estimator, 1.0),
                     lambda: shift_nodes.NoiseAwarenessShiftRecorder.execute(m, 1.0, estimator)):
             with pytest.raises(ValueError) as e:
                 run()
             assert str(e.value) == "Noise Awareness: " + want
     right = saved(16, "sd3", Flow(shift=3.0), **{"nag.family": "sd3", "nag.latent_format": "SD3"})
-    assert guidance_nodes.NoiseAwarenessClassifierGuided.execute(m, right, 1.0, "percent", 0.0, 1.0).result[0] is not m
+    assert classifier_guided(m, right, 1.0) is not m
     est, meta = right
     with pytest.raises(ValueError, match="^Noise Awareness: metadata nag.schedule is damaged"):
-        guidance_nodes.NoiseAwarenessClassifierGuided.execute(m, (est, {**meta, "nag.schedule": "{"}), 1.0, "percent", 0.0, 1.0)
+        classifier_guided(m, (est, {**meta, "nag.schedule": "{"}), 1.0)
 
 
 def test_clear_errors_unsupported_family_and_nan(models):
@@ -515,7 +529,7 @@ def reference_nag(model, estimator, scale, levels):
 
     est, meta = estimator
     prior = training_log_prior(metadata.schedule(meta), est.bins)
-    flow = model_info.sampling_info(model)[2] == "flow"
+    flow = model_info.sampling(model).space.value == "flow"
 
     def post_cfg(args):
         x, sigma, bm = args["input"], args["sigma"], args["model"]
@@ -567,9 +581,8 @@ def guider_sample(m, fam, mode, variant="A", **null_branch):
 
     latent = torch.zeros(SHAPES[fam])
     sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", STEPS)
-    g = guidance_nodes.NoiseAwarenessCFGuider.execute(m, conditioning(COND[fam], 1), conditioning(COND[fam], 2), 3.0, 10.0,
-                                                      variant, "percent", 0.0, 1.0, "auto", 0.0, mode, "constant",
-                                                      **null_branch).result[0]
+    g = guider(m, conditioning(COND[fam], 1), conditioning(COND[fam], 2), 3.0, mode, scale=10.0, variant=variant,
+               **null_branch)
     with torch.inference_mode():
         return g.sample(comfy.sample.prepare_noise(latent, 0), latent, comfy.samplers.sampler_object("euler"), sigmas,
                         seed=0, disable_pbar=True)
@@ -582,7 +595,7 @@ def test_from_estimator_batched_unbatched_and_guider_agree(models, estimators, f
     nb = {"null_branch": FROM_ESTIMATOR, "estimator": estimator_for(estimators, fam), "levels": 2}
     ref = sample(cf(m, 10.0, variant, **nb), fam)
     outs = {"unbatched": sample(cf(m, 10.0, variant, batched=False, **nb), fam)}
-    outs.update({mode: guider_sample(m, fam, mode, variant, **nb) for mode in guidance_nodes.BATCHING})
+    outs.update({mode: guider_sample(m, fam, mode, variant, **nb) for mode in BATCHING})
     err = max(float((out - ref).abs().max()) for out in outs.values())
     assert err <= 1e-6 * float(ref.abs().max()) + 1e-5, {name: (out - ref).abs().max() for name, out in outs.items()}
     other = sample(cf(m, 10.0, "A" if variant == "B" else "B", **nb), fam)
@@ -616,8 +629,9 @@ def test_from_estimator_on_the_ksampler_node(models, estimators):
     latent = {"samples": torch.zeros(SHAPES["eps"])}
     with torch.inference_mode():
         one = guidance_nodes.NoiseAwarenessKSampler.execute(
-            m, 0, STEPS, 3.0, "euler", "simple", conditioning("unet", 1), conditioning("unet", 2), latent, 1.0,
-            1.5, "A", "percent", 0.0, 1.0, "auto", -1000.0, "constant", **nb).result[0]["samples"]
+            m, seed=0, steps=STEPS, cfg=3.0, sampler_name="euler", scheduler="simple", positive=conditioning("unet", 1),
+            negative=conditioning("unet", 2), latent_image=latent, denoise=1.0, **NAG_WIDGETS, scale=1.5,
+            null_timestep=-1000.0, scale_rule="constant", **nb).result[0]["samples"]
     assert torch.equal(one, plain_ksampler(cf(m, 1.5, **nb)))
 
 
@@ -648,4 +662,4 @@ def test_from_estimator_errors_and_log_lines(models, estimators, tmp_path, caplo
         "Noise Awareness Guidance: the noise-level estimator's file declares no schedule (nag.schedule) or family "
         "(nag.family); the null branch from it uses a uniform prior over levels"]
     assert cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=estimators["flow"], levels=3).get_attachment(
-        model_info.ATTACH_CONFIG)["null_levels"] == 3
+        model_info.ATTACH_CONFIG)["levels"] == 3
