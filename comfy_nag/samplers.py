@@ -77,10 +77,10 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, level_fn=None)
 
 @torch.no_grad()
 def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, level_fn=None, *, space: Space,
-                          generator=None, diffusion_norm: float = 1.0):
+                          generator=None):
     """Euler-Maruyama on the reverse SDE ``dx = [u - w/2 * score] ds + sqrt(w) dW`` (s decreasing).
 
-    ``u`` is the PF-ODE drift and ``w(s) = diffusion_norm * s`` (SiT's "sigma" diffusion form);
+    ``u`` is the PF-ODE drift and ``w(s) = s`` (SiT's "sigma" diffusion form);
     every member of this family has the same marginals as the ODE.  1 evaluation per step.
     First order: a step injects noise of std ``sqrt(w*(s - s'))``, which exceeds the target level
     ``s'`` when ``s'/s`` is small (VP at DiT spacing, 10 steps: 0.38 -> 0.01 gets ~0.37).  Use
@@ -88,7 +88,7 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, leve
     """
     def update(x, x0, s, s_next, extra):
         eps = (x - append_dims(space.alpha(s), x.dim()) * x0) / append_dims(s, x.dim())
-        w = diffusion_norm * s
+        w = s
         drift = to_d(x, s, x0) + append_dims(w / 2 / s, x.dim()) * eps  # u - w/2 * score, score = -eps/s
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         std = (w * (s - s_next)).clamp_min(0).sqrt()

@@ -1,13 +1,16 @@
 """The code's shape: no import cycle in any package (imports inside functions count), no study importing
-another study (they share studies/toolkit.py), no module of the nodes importing its package, and no function
-over 80 lines.  Read from the source with ``ast``, so a deferred import cannot hide a cycle."""
+another study (they share studies/toolkit.py), no module of the nodes importing its package; short modules,
+functions and interfaces; options compared as values, never as display strings.  Read from the source with
+``ast``, so a deferred import cannot hide a cycle."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("comfy_nag", "nodes", "training", "studies")
 STUDIES = {"demo", "fidelity", "capacity", "cg_estimator", "last_step", "bench_images", "bench_cost"}
-MAX_LINES = 80
+MAX_LINES = 80  # tests
+CODE = (*PACKAGES, "benchmarks")  # the project's code: the limits below hold there
+MAX_FUNCTION_LINES, MAX_MODULE_LINES, MAX_PARAMETERS = 60, 450, 8
 # Absolute imports of these names are ComfyUI's own top-level modules (its nodes.py): the pack reaches its
 # ``nodes`` package only through relative imports, since ComfyUI imports it under the install folder's name.
 HOST_MODULES = {"nodes"}
@@ -116,6 +119,86 @@ def test_no_function_over_80_lines():
     assert long_functions(paths) == []
 
 
+def code_files(root: Path = ROOT) -> list[Path]:
+    return [p for d in CODE for p in sorted((root / d).rglob("*.py"))]
+
+
+def wide_functions(paths, limit: int = MAX_PARAMETERS) -> list[str]:
+    """Functions with more than ``limit`` named parameters (self/cls not counted; ``*args``/``**kwargs`` neither)."""
+    out = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+                n = len(names) - (names[:1] in (["self"], ["cls"]))
+                if n > limit:
+                    out.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} parameters)")
+    return out
+
+
+def test_functions_modules_and_interfaces_are_short():
+    paths = code_files()
+    assert long_functions(paths, MAX_FUNCTION_LINES) == []
+    assert wide_functions(paths) == []
+    long_modules = [f"{p.relative_to(ROOT)} ({n} lines)" for p in paths if (n := p.read_text().count("\n")) > MAX_MODULE_LINES]
+    assert long_modules == []
+
+
+def ui_strings(root: Path = ROOT) -> set[str]:
+    """The strings the nodes' option enums show in the UI (the values of the enums in nodes/inputs.py and those of
+    comfy_nag it uses: Variant, WindowUnit, NullTimestepSource)."""
+    out = set()
+    for rel in ("nodes/inputs.py", "comfy_nag/guidance.py", "comfy_nag/patching.py"):
+        for cls in ast.walk(ast.parse((root / rel).read_text())):
+            if isinstance(cls, ast.ClassDef) and any(getattr(b, "attr", getattr(b, "id", "")) == "Enum" for b in cls.bases):
+                out |= {n.value.value for n in cls.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)}
+    return out
+
+
+def string_dispatch(paths, strings: set[str]) -> list[str]:
+    """Comparisons of a value with one of ``strings`` (``==``, ``!=``, ``in``), a method-name prefix test
+    (``.startswith("nag_...")``) or an option list indexed by position (``NULL_BRANCHES[...]``)."""
+    out = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            where = f"{p.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                for c in [node.left, *node.comparators]:
+                    if isinstance(c, (ast.Tuple, ast.List, ast.Set)):
+                        consts += [e.value for e in c.elts if isinstance(e, ast.Constant)]
+                if any(isinstance(v, str) and v in strings for v in consts):
+                    out.append(f"{where} compares with a UI string")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "startswith"
+                  and node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("nag_")):
+                out.append(f"{where} dispatches on a method-name prefix")
+            elif isinstance(node, ast.Subscript) and getattr(node.value, "id", "") in ("NULL_BRANCHES", "SCALE_RULES", "BATCHING"):
+                out.append(f"{where} indexes an option list")
+    return out
+
+
+def test_options_are_values_not_display_strings():
+    """The nodes (where UI strings arrive) compare no value with a UI string; no code dispatches on a method-name
+    prefix or indexes an option list."""
+    strings = ui_strings()
+    assert {"one forward", "from estimator", "per level (from file)", "signal", "auto", "A"} <= strings
+    nodes = [p for p in code_files() if p.parts[len(ROOT.parts)] == "nodes"]
+    assert string_dispatch(nodes, strings) == []
+    assert string_dispatch(code_files(), set()) == []
+
+
+def test_the_library_takes_no_space_or_null_source_strings():
+    bad = []
+    for p in sorted((ROOT / "comfy_nag").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.arg) and node.arg == "space" and "Space" not in ast.unparse(node.annotation or ast.Constant(None)):
+                bad.append(f"{p.relative_to(ROOT)}:{node.lineno} space: {ast.unparse(node.annotation) if node.annotation else '?'}")
+            if isinstance(node, (ast.arg, ast.Name, ast.Attribute)) and "null_source" in (getattr(node, "arg", None) or getattr(node, "id", None) or getattr(node, "attr", "")):
+                bad.append(f"{p.relative_to(ROOT)}:{node.lineno} null_source")
+    assert bad == []
+
+
 def test_the_checks_can_fail(tmp_path):
     """A cycle hidden in a function, a study importing a study and an upward import are all seen."""
     for pkg, files in {"pa": {"__init__.py": "", "a.py": "from . import b\n",
@@ -131,3 +214,14 @@ def test_the_checks_can_fail(tmp_path):
     assert study_imports(graph) == ["studies.fidelity imports studies.demo"]
     assert upward_node_imports(graph) == ["nodes.loader"]
     assert long_functions([Path(__file__)], limit=5)
+    (tmp_path / "bad.py").write_text("def f(a, b, c, d, e, f, g, h, i):\n    if v == 'one forward' or m.startswith('nag_cf'):\n"
+                                     "        return BATCHING[0]\n")
+    bad = tmp_path / "bad.py"
+    global ROOT
+    root, ROOT = ROOT, tmp_path
+    try:
+        assert wide_functions([bad]) == ["bad.py:1 f (9 parameters)"]
+        assert [w.split(" ", 1)[1] for w in string_dispatch([bad], {"one forward"})] == [
+            "compares with a UI string", "dispatches on a method-name prefix", "indexes an option list"]
+    finally:
+        ROOT = root
