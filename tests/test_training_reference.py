@@ -423,7 +423,7 @@ def test_an_estimator_without_a_data_set_from_samples_the_checkpoint_generates(t
     made batch by batch with seeded noise, so an interrupted run continues where it stopped and gives the same
     cache; `estimator` trains on it."""
     from training import generate
-    from training.data import Cache
+    from training.latent_cache import Cache
 
     opts = {"data.source": "generated", "model.base": str(base), "data.generate_count": 20, "data.generate_steps": 4,
             "data.encode_batch_size": 8}

@@ -31,7 +31,7 @@ from comfy_nag.metadata import file_sha256, nag_metadata
 from comfy_nag.schedules import Schedule
 
 from .config import Config, ConfigError
-from .data import Cache, CacheError
+from .latent_cache import Cache, CacheError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -48,7 +48,7 @@ def prepare(cfg, overrides=None, log=print, threads=None) -> Path:
     if cfg.data.source == "generated":
         from .generate import prepare_generated as _prepare
     else:
-        from .data import prepare as _prepare
+        from .prepare import prepare as _prepare
     with cpu_threads.using(threads, cfg, "prepare"):
         return _prepare(cfg, log)
 

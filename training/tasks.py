@@ -18,7 +18,7 @@ from comfy_nag.losses import denoising_loss
 
 from . import monitor
 from .config import Config, ConfigError
-from .data import Cache
+from .latent_cache import Cache
 from .adapters import build_adapter, estimator_space, export_dtype
 from .lora import LoRANetwork, kohya_metadata
 
