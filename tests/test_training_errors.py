@@ -15,7 +15,8 @@ from training import api, state
 from training.comfyui import ComfyUnavailable
 from training.config import ConfigError
 from training.latent_cache import CacheError, CacheInfo, write_cache
-from training.loop import DataOrder, TrainingDiverged
+from training.loop import TrainingDiverged
+from training.seeding import DataOrder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "training/configs/tiny_dit.toml")

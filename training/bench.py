@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError
-from .loop import step_generator
+from .seeding import step_generator
 
 
 def cpu_name() -> str:
