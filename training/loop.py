@@ -313,9 +313,11 @@ class Run:
         acc = self.acc
         st = {"fingerprint": self.fingerprint, "scheduler": self.sched.state_dict(),
               "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-        ckpt.write(self.out, step, trainable=self.trainable.state_dict(),
-                   ema=self.ema.state_dict() if self.ema is not None else None, optimizer=self.opt.state_dict(),
-                   state=st, rank=self.rank, is_main=self.main, barrier=acc.wait_for_everyone, keep=self.s.keep_checkpoints)
+        contents = ckpt.Contents(trainable=self.trainable.state_dict(),
+                                 ema=self.ema.state_dict() if self.ema is not None else None,
+                                 optimizer=self.opt.state_dict(), state=st)
+        ckpt.write(self.out, step, contents, rank=self.rank, is_main=self.main, barrier=acc.wait_for_everyone,
+                   keep=self.s.keep_checkpoints)
         self.last_saved = step
 
     # --- export ----------------------------------------------------------------------------------
