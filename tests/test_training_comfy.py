@@ -155,7 +155,8 @@ def probe(cache, base, lora_file=None):
     task = FinetuneTask(cfg, **QUIET)
     if lora_file:
         lora.merge(task.adapter.network, load_file(str(lora_file)))
-    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 8, torch.device("cpu"))
+    return monitor.branch_check(task.adapter.module, task.adapter, monitor.ProbeSet(task.cache, task.probe, 8),
+                                torch.device("cpu"))
 
 
 def test_cache_from_comfyui_vae_and_precomputed_text(tmp_path, vae_cache, sd3_files):

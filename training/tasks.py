@@ -146,7 +146,8 @@ class FinetuneTask:
             return {}
         with ema_weights():
             if monitor_due:
-                out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device,
+                probe = monitor.ProbeSet(self.cache, self.probe, cfg.train.batch_size)
+                out_metrics.update(monitor.branch_check(a.module, a, probe, device,
                                                          estimator=self._estimator and self._estimator.to(device),
                                                          log_prior=self._log_prior))
                 self._scale_profile = out_metrics.get("scale_profile", self._scale_profile)
