@@ -52,7 +52,7 @@ def base_file(toy: bool, device, work: Path) -> Path:
 def cache_file(toy: bool, work: Path) -> Path:
     """A latent cache of random latents with text conditioning of the family's widths."""
     import torch
-    from training.data import CacheInfo, write_cache
+    from training.latent_cache import CacheInfo, write_cache
 
     s = TOY if toy else REAL
     config = SD15_TOY if toy else SDXL

@@ -37,8 +37,9 @@ FORMAT = "comfy-nag/1"
 KINDS = ("diffusion_model", "checkpoint", "lora", "reference_model", "noise_level_estimator")
 
 
-def nag_metadata(kind: str, family: str, prediction: str, schedule=None, null_timestep: float | None = None,
-                 dropout_rate: float | None = None, base_model_hash: str | None = None, **extra) -> dict[str, str]:
+def nag_metadata(kind: str, family: str, prediction: str, schedule=None, null_timestep: float | None = None, *,
+                 noise_condition_dropout_rate: float | None = None, base_model_hash: str | None = None,
+                 **extra) -> dict[str, str]:
     """Build the metadata dict (all values strings)."""
     if kind not in KINDS:
         raise ValueError(f"unknown file kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -48,8 +49,8 @@ def nag_metadata(kind: str, family: str, prediction: str, schedule=None, null_ti
     if null_timestep is not None:
         meta["nag.null_timestep"] = repr(float(null_timestep))
         meta["nag.null_mode"] = "sentinel"
-    if dropout_rate is not None:
-        meta["nag.noise_condition_dropout_rate"] = repr(float(dropout_rate))
+    if noise_condition_dropout_rate is not None:
+        meta["nag.noise_condition_dropout_rate"] = repr(float(noise_condition_dropout_rate))
     if base_model_hash:
         meta["nag.base_model_hash"] = base_model_hash
     for k, v in extra.items():

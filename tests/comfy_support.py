@@ -208,7 +208,7 @@ def make_model_tree(root: Path) -> Path:
     sd = {k: v.contiguous() for k, v in tiny_sd3_model(0).state_dict_for_saving().items()}
     sd.update({f"first_stage_model.{k}": v.contiguous() for k, v in comfy.utils.load_torch_file(str(m / "vae" / "tiny_taesd.safetensors")).items()})
     comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3.safetensors"))  # a stock checkpoint: no metadata
-    meta = nag_metadata("checkpoint", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, dropout_rate=0.1)
+    meta = nag_metadata("checkpoint", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, noise_condition_dropout_rate=0.1)
     comfy.utils.save_torch_file(sd, str(m / "checkpoints" / "tiny_sd3_nag.safetensors"), metadata=meta)
     comfy.utils.save_torch_file({k: v for k, v in sd.items() if k.startswith("model.")},
                                 str(m / "diffusion_models" / "tiny_sd3_nag.safetensors"), metadata=meta)
@@ -217,13 +217,14 @@ def make_model_tree(root: Path) -> Path:
     sd15.update({f"first_stage_model.{k}": v.contiguous()
                  for k, v in comfy.utils.load_torch_file(str(m / "vae" / "tiny_taesd_4ch.safetensors")).items()})
     comfy.utils.save_torch_file(sd15, str(m / "checkpoints" / "tiny_sd15_nag.safetensors"),
-                                metadata=nag_metadata("checkpoint", "sd1", "eps", DiscreteVP(), null_timestep=-1000.0, dropout_rate=0.1))
+                                metadata=nag_metadata("checkpoint", "sd1", "eps", DiscreteVP(), null_timestep=-1000.0,
+                                                      noise_condition_dropout_rate=0.1))
     comfy.utils.save_torch_file(sd15, str(m / "checkpoints" / "tiny_sd15.safetensors"))
     g = torch.Generator().manual_seed(3)
     key = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
     lora = {f"{key}.lora_up.weight": torch.randn(384, 4, generator=g) * 0.01,
             f"{key}.lora_down.weight": torch.randn(4, 128, generator=g) * 0.01, f"{key}.alpha": torch.tensor(4.0)}
-    lora_meta = nag_metadata("lora", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, dropout_rate=0.1)
+    lora_meta = nag_metadata("lora", "sd3", "velocity", Flow(shift=3.0), null_timestep=-1000.0, noise_condition_dropout_rate=0.1)
     comfy.utils.save_torch_file(lora, str(m / "loras" / "tiny_sd3_nag_lora.safetensors"), metadata=lora_meta)
     comfy.utils.save_torch_file(lora, str(m / "loras" / "tiny_sd3_plain_lora.safetensors"))
     torch.manual_seed(0)

@@ -74,8 +74,9 @@ def test_estimator_runs_take_their_latent_space_from_the_registry(tmp_path):
     import torch
 
     from training.adapters import estimator_space, same_latent_space
-    from training.config import ConfigError, load
-    from training.data import Cache, CacheInfo, write_cache
+    from training.config import ConfigError
+    from training.config_loading import load
+    from training.latent_cache import Cache, CacheInfo, write_cache
 
     assert same_latent_space("sd1", "sd2") and not same_latent_space("sd1", "sdxl") and same_latent_space("x", "x")
     path = tmp_path / "c.safetensors"

@@ -37,7 +37,7 @@ from comfy_nag.files import read_metadata  # noqa: E402
 from comfy_support import seed_weights, tiny_flux_model, tiny_from_config, tiny_sd3_model  # noqa: E402
 from comfy_nag.metadata import file_sha256, null_timestep  # noqa: E402
 from training import api, lora, monitor  # noqa: E402
-from training.data import CacheInfo, write_cache  # noqa: E402
+from training.latent_cache import CacheInfo, write_cache  # noqa: E402
 from training.adapters import ComfyDenoiser  # noqa: E402
 from training.tasks import FinetuneTask  # noqa: E402
 
@@ -155,11 +155,12 @@ def probe(cache, base, lora_file=None):
     task = FinetuneTask(cfg, **QUIET)
     if lora_file:
         lora.merge(task.adapter.network, load_file(str(lora_file)))
-    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 8, torch.device("cpu"))
+    return monitor.branch_check(task.adapter.module, task.adapter, monitor.ProbeSet(task.cache, task.probe, 8),
+                                torch.device("cpu"))
 
 
 def test_cache_from_comfyui_vae_and_precomputed_text(tmp_path, vae_cache, sd3_files):
-    from training.data import Cache
+    from training.latent_cache import Cache
     c = Cache(vae_cache)
     assert c.info.latent_space == "vae" and c.info.vae_family == "sd3" and c.sample_shape == (16, 8, 8)
     assert c.info.conditioning == "text" and c.info.empty_cond == 0 and c.info.captions[0] == ""
@@ -193,7 +194,7 @@ def test_full_checkpoint_loads_in_comfyui_and_has_a_null_branch(tmp_path, caplog
 
 
 def _positive(cache):
-    from training.data import Cache
+    from training.latent_cache import Cache
     c = Cache(cache)
     conds, pooled = c.text(torch.tensor([1]))
     return [[conds[0], {"pooled_output": pooled}]], [[torch.zeros_like(conds[0]), {"pooled_output": torch.zeros_like(pooled)}]]
@@ -278,7 +279,7 @@ def test_diffusion_model_export_loads_with_unetloader(tmp_path, caplog, sd3_cach
 
 
 def test_bad_comfyui_inputs_are_refused(tmp_path, sd3_cache, sd3_files):
-    from training.data import CacheError
+    from training.latent_cache import CacheError
     pixels = tmp_path / "pixels.safetensors"
     api.prepare(str(ROOT / "training/configs/tiny_dit.toml"), {"data.cache": str(pixels), "data.limit": 16}, **QUIET)
     with pytest.raises(CacheError, match="holds pixels"):
@@ -487,7 +488,7 @@ def test_prepare_encodes_captions_with_a_comfyui_text_encoder(tmp_path, monkeypa
     out = api.prepare(None, {"data.cache": str(tmp_path / "c.safetensors"), "data.source": "folder",
                              "data.path": str(tmp_path), "data.labels": "captions", "data.resolution": 64,
                              "data.encoder": "comfyui", "data.checkpoint": str(sd3_files[0])}, **QUIET)
-    from training.data import Cache
+    from training.latent_cache import Cache
     c = Cache(out)
     assert c.info.captions == ["", "a cat", "a dog"] and c.info.empty_cond == 0
     assert c.cond_index(torch.arange(3)).tolist() == [1, 2, 1]
@@ -538,7 +539,7 @@ def test_loaded_models_agree_with_the_family_registry(tmp_path, sd3_files):
 def test_generated_latents_from_a_comfyui_checkpoint_train_an_estimator(tmp_path, sd3_files, vae_cache):
     """data.source='generated' on an SD3 checkpoint: raw VAE latents from ComfyUI's own sampler (one prompt per
     batch, from precomputed conditioning), recorded as the sd3 latent space; the estimator trains on them."""
-    from training.data import Cache
+    from training.latent_cache import Cache
 
     path = api.prepare(None, {"data.source": "generated", "model.base": str(sd3_files[0]), "model.family": "sd3",
                               "data.cache": str(tmp_path / "gen.safetensors"), "data.resolution": 64,

@@ -1,7 +1,7 @@
 """The trainer's config: files, overrides and up-front validation with messages that name the key."""
 import pytest
 
-from training import config
+from training import config, config_loading, preflight
 from training.config import ConfigError
 
 TINY = "training/configs/tiny_dit.toml"
@@ -9,14 +9,14 @@ TINY = "training/configs/tiny_dit.toml"
 
 def test_example_configs_load_and_overrides_apply():
     for name in ("tiny_dit", "tiny_sit", "sd15_lora", "sdxl_lora", "sd3_lora", "sd3_full", "flux_lora", "sd3_estimator"):
-        config.load(f"training/configs/{name}.toml")
+        config_loading.load(f"training/configs/{name}.toml")
     for command in ("prepare", "estimator"):  # the stock-checkpoint estimator: generate, then train
-        config.require(config.load("training/configs/sd15_estimator.toml"), command)
-    cfg = config.load(TINY, ["train.steps=7", "run.out_dir=runs/x y", "lora.targets=['qkv', 'proj']",
+        preflight.require(config_loading.load("training/configs/sd15_estimator.toml"), command)
+    cfg = config_loading.load(TINY, ["train.steps=7", "run.out_dir=runs/x y", "lora.targets=['qkv', 'proj']",
                              "train.mixed_precision=bf16", "run.deterministic=true"])
     assert cfg.train.steps == 7 and cfg.run.out_dir == "runs/x y" and cfg.lora.targets == ["qkv", "proj"]
     assert cfg.train.mixed_precision == "bf16" and cfg.run.deterministic is True
-    assert config.load(TINY, {"train.learning_rate": 3}).train.learning_rate == 3.0  # ints widen to floats
+    assert config_loading.load(TINY, {"train.learning_rate": 3}).train.learning_rate == 3.0  # ints widen to floats
     assert cfg.model.family == "dit" and cfg.is_reference and cfg.train.noise_condition_dropout_rate == 0.2
 
 
@@ -33,42 +33,42 @@ def test_example_configs_load_and_overrides_apply():
 ])
 def test_bad_values_name_the_key_and_the_fix(override, words):
     with pytest.raises(ConfigError) as e:
-        config.load(TINY, override)
+        config_loading.load(TINY, override)
     for w in words:
         assert w in str(e.value)
 
 
 def test_command_requirements(tmp_path):
-    cfg = config.load(None, {"model.family": "sd3"})
+    cfg = config_loading.load(None, {"model.family": "sd3"})
     with pytest.raises(ConfigError, match="data.cache is empty"):
-        config.require(cfg, "finetune")
-    cfg = config.load(None, {"model.family": "sd3", "data.cache": "c.safetensors"})
+        preflight.require(cfg, "finetune")
+    cfg = config_loading.load(None, {"model.family": "sd3", "data.cache": "c.safetensors"})
     with pytest.raises(ConfigError, match="model.base is empty"):
-        config.require(cfg, "finetune")
-    cfg = config.load(None, {"data.cache": "c.safetensors", "train.mode": "lora"})
+        preflight.require(cfg, "finetune")
+    cfg = config_loading.load(None, {"data.cache": "c.safetensors", "train.mode": "lora"})
     with pytest.raises(ConfigError, match="needs a base model"):
-        config.require(cfg, "finetune")
-    cfg = config.load(None, {"data.cache": "c", "data.source": "folder", "data.path": "imgs"})
+        preflight.require(cfg, "finetune")
+    cfg = config_loading.load(None, {"data.cache": "c", "data.source": "folder", "data.path": "imgs"})
     with pytest.raises(ConfigError, match="data.resolution"):
-        config.require(cfg, "prepare")
-    cfg = config.load(None, {"data.cache": "c", "model.base": "b", "export.format": "checkpoint"})
+        preflight.require(cfg, "prepare")
+    cfg = config_loading.load(None, {"data.cache": "c", "model.base": "b", "export.format": "checkpoint"})
     with pytest.raises(ConfigError, match="reference models export as 'reference_model'"):
-        config.require(cfg, "finetune")
+        preflight.require(cfg, "finetune")
 
 
 def test_files_and_override_syntax(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        config.load(tmp_path / "missing.toml")
+        config_loading.load(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nsteps = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        config.load(bad)
+        config_loading.load(bad)
     y = tmp_path / "c.yaml"
     y.write_text("train:\n  steps: 12\nmodel:\n  family: sit\n")
-    cfg = config.load(y)
+    cfg = config_loading.load(y)
     assert cfg.train.steps == 12 and cfg.model.family == "sit"
     with pytest.raises(ConfigError, match="section.key=value"):
-        config.load(None, ["steps=3"])
+        config_loading.load(None, ["steps=3"])
     assert "noise_condition_dropout_rate" in config.help_text()
 
 
@@ -77,18 +77,18 @@ def test_threads_auto_rule_and_explicit_counts(monkeypatch, tmp_path):
     alone) for ComfyUI families; a number is that number; anything else is refused naming the fix."""
     from training import cpu_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    ref = config.load("training/configs/tiny_sit.toml")
+    ref = config_loading.load("training/configs/tiny_sit.toml")
     for command in ("prepare", "finetune", "estimator", "bench"):
         assert cpu_threads.resolve("auto", ref, command) == 1
         assert cpu_threads.resolve(None, ref, command) is None  # the api's default: torch left alone
         assert cpu_threads.resolve(3, ref, command) == cpu_threads.resolve("3", ref, command) == 3
     for name in ("sd15_lora", "sdxl_lora", "sd3_lora", "sd3_full", "flux_lora"):
-        big = config.load(f"training/configs/{name}.toml")
+        big = config_loading.load(f"training/configs/{name}.toml")
         assert cpu_threads.resolve("auto", big, "finetune") is None
         if big.data.encoder == "comfyui":  # (sd3_full reads sd3_lora's cache)
             assert cpu_threads.resolve("auto", big, "prepare") is None  # the ComfyUI VAE / text encoders
-    assert cpu_threads.resolve("auto", config.load("training/configs/sd3_estimator.toml"), "estimator") is None
-    assert cpu_threads.resolve("auto", config.load("training/configs/sd15_estimator.toml"), "prepare") is None  # generates
+    assert cpu_threads.resolve("auto", config_loading.load("training/configs/sd3_estimator.toml"), "estimator") is None
+    assert cpu_threads.resolve("auto", config_loading.load("training/configs/sd15_estimator.toml"), "prepare") is None  # generates
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # set by the user (or torchrun): torch already follows it
     assert cpu_threads.resolve("auto", ref, "finetune") is None and cpu_threads.resolve(2, ref, "finetune") == 2
     for bad in (0, -1, "x", 1.5, True):

@@ -14,8 +14,9 @@ from comfy_nag.files import WeightFileError
 from training import api, state
 from training.comfyui import ComfyUnavailable
 from training.config import ConfigError
-from training.data import CacheError, CacheInfo, write_cache
-from training.loop import DataOrder, TrainingDiverged
+from training.latent_cache import CacheError, CacheInfo, write_cache
+from training.loop import TrainingDiverged
+from training.seeding import DataOrder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "training/configs/tiny_dit.toml")
@@ -99,7 +100,7 @@ def test_prepare_reads_an_image_folder(tmp_path):
     out = api.prepare(TINY, {"data.cache": str(tmp_path / "c.safetensors"), "data.source": "folder",
                              "data.path": str(tmp_path / "imgs"), "data.labels": "folders", "data.resolution": 8,
                              "data.channels": 3}, **QUIET)
-    from training.data import Cache
+    from training.latent_cache import Cache
     c = Cache(out)
     assert c.info.class_names == ["a", "b"] and c.sample_shape == (3, 8, 8) and len(c) == 6
     assert c.labels(torch.arange(6)).tolist() == [0, 0, 0, 1, 1, 1]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training import api, data
+from training import api, sources
+from training.latent_cache import Cache, CacheError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +35,7 @@ def opts(folder, cache, **kw):
 def test_prepare_skips_unreadable_images_with_one_line_each(folder, tmp_path):
     lines = []
     path = api.prepare(None, opts(folder, tmp_path / "c.safetensors"), log=lines.append)
-    c = data.Cache(path)
+    c = Cache(path)
     assert len(c) == 10 and c.info.class_names == ["cat", "dog"]
     skipped = [ln for ln in lines if ln.startswith("skipped ")]
     assert len(skipped) == 3 and "03b.png" in skipped[0] and "04b.png" in skipped[1]
@@ -42,14 +43,14 @@ def test_prepare_skips_unreadable_images_with_one_line_each(folder, tmp_path):
     files = sorted(p for p in folder.rglob("*.png") if p.name[2:3] != "b")
     assert c.labels(torch.arange(10)).tolist() == [0 if p.parent.name == "cat" else 1 for p in files]
     # row 0 is the first readable file, resized/cropped to 8x8 in [-1, 1]
-    want = np.asarray(data._square(Image.open(files[0]).convert("RGB"), 8), dtype=np.float32) / 255.0 * 2 - 1
+    want = np.asarray(sources.square(Image.open(files[0]).convert("RGB"), 8), dtype=np.float32) / 255.0 * 2 - 1
     assert torch.allclose(c.latents(torch.tensor([0]))[0], torch.from_numpy(want).permute(2, 0, 1), atol=1e-6)
     assert not list(tmp_path.glob("*.partial"))  # work folder removed once the cache is written
 
 
 def test_interrupted_prepare_resumes_where_it_stopped(folder, tmp_path, monkeypatch):
-    ref = data.Cache(api.prepare(None, opts(folder, tmp_path / "ref.safetensors"), log=lambda *a: None))
-    original, calls = data._read_batch, []
+    ref = Cache(api.prepare(None, opts(folder, tmp_path / "ref.safetensors"), log=lambda *a: None))
+    original, calls = sources.read_batch, []
 
     def interrupted(files, *a):
         calls.append(files[0].name)
@@ -57,14 +58,14 @@ def test_interrupted_prepare_resumes_where_it_stopped(folder, tmp_path, monkeypa
             raise KeyboardInterrupt
         return original(files, *a)
 
-    monkeypatch.setattr(data, "_read_batch", interrupted)
+    monkeypatch.setattr(sources, "read_batch", interrupted)
     cache = tmp_path / "c.safetensors"
     with pytest.raises(KeyboardInterrupt):
         api.prepare(None, opts(folder, cache), log=lambda *a: None)
     assert not cache.exists() and len(list((tmp_path / "c.safetensors.partial").glob("batch_*"))) == 2
     calls.clear()
     lines = []
-    c = data.Cache(api.prepare(None, opts(folder, cache), log=lines.append))
+    c = Cache(api.prepare(None, opts(folder, cache), log=lines.append))
     assert len(calls) == 2 and "(2 of 4 batches already encoded; continuing)" in lines[0]
     assert torch.equal(c.latents(torch.arange(10)), ref.latents(torch.arange(10)))
     assert torch.equal(c.labels(torch.arange(10)), ref.labels(torch.arange(10)))
@@ -74,8 +75,8 @@ def test_interrupted_prepare_resumes_where_it_stopped(folder, tmp_path, monkeypa
         api.prepare(None, opts(folder, tmp_path / "d.safetensors"), log=lambda *a: None)
     assert len(list((tmp_path / "d.safetensors.partial").glob("batch_*"))) == 2
     lines.clear()
-    monkeypatch.setattr(data, "_read_batch", original)
-    c = data.Cache(api.prepare(None, opts(folder, tmp_path / "d.safetensors", **{"data.resolution": 6}),
+    monkeypatch.setattr(sources, "read_batch", original)
+    c = Cache(api.prepare(None, opts(folder, tmp_path / "d.safetensors", **{"data.resolution": 6}),
                                log=lines.append))
     assert "discarding" in lines[0] and "already encoded" not in lines[1] and c.sample_shape == (3, 6, 6)
 
@@ -83,6 +84,6 @@ def test_interrupted_prepare_resumes_where_it_stopped(folder, tmp_path, monkeypa
 def test_a_folder_of_only_unreadable_images_is_refused(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "a.png").write_bytes(b"junk")
-    with pytest.raises(data.CacheError, match="none of the 1 images"):
+    with pytest.raises(CacheError, match="none of the 1 images"):
         api.prepare(None, opts(tmp_path / "x", tmp_path / "c.safetensors", **{"data.labels": "none"}),
                     log=lambda *a: None)

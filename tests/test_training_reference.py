@@ -55,8 +55,8 @@ def probe(path, cache, estimator=None):
     task = FinetuneTask(cfg, **QUIET)
     prior = training_log_prior(task.adapter.schedule, estimator.bins) if estimator is not None else None
     # batch 32 = small()'s train.batch_size: the probe's states are then the ones a run's monitor draws
-    return monitor.branch_check(task.adapter.module, task.adapter, task.cache, task.probe, 32, torch.device("cpu"),
-                                estimator=estimator, log_prior=prior)
+    return monitor.branch_check(task.adapter.module, task.adapter, monitor.ProbeSet(task.cache, task.probe, 32),
+                                torch.device("cpu"), estimator=estimator, log_prior=prior)
 
 
 def test_finetune_teaches_the_noise_unconditional_branch(tmp_path, cache, base):
@@ -423,7 +423,7 @@ def test_an_estimator_without_a_data_set_from_samples_the_checkpoint_generates(t
     made batch by batch with seeded noise, so an interrupted run continues where it stopped and gives the same
     cache; `estimator` trains on it."""
     from training import generate
-    from training.data import Cache
+    from training.latent_cache import Cache
 
     opts = {"data.source": "generated", "model.base": str(base), "data.generate_count": 20, "data.generate_steps": 4,
             "data.encode_batch_size": 8}

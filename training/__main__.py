@@ -73,7 +73,8 @@ def _shipped_configs() -> str:
 def _require_without_config(cfg, command: str) -> None:
     """No ``-c``: if the keys given on the command line are not enough, say that no config was given (the
     missing key alone would send a new user to the wrong place, e.g. to `prepare`)."""
-    from .config import ConfigError, require
+    from .config import ConfigError
+    from .preflight import require
     try:
         require(cfg, command)
     except ConfigError as e:

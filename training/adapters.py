@@ -31,21 +31,21 @@ from comfy_nag.metadata import file_sha256, nag_metadata
 from comfy_nag.schedules import Schedule
 
 from .config import Config, ConfigError
-from .data import Cache, CacheError
+from .latent_cache import Cache, CacheError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # --- reference models -------------------------------------------------------------------------
 
-def save_reference_model(net: nn.Module, path, family: str, dropout_rate: float | None = None,
+def save_reference_model(net: nn.Module, path, family: str, *, noise_condition_dropout_rate: float | None = None,
                          base_hash: str | None = None, extra: dict | None = None) -> Path:
     """Save a comfy_nag reference model (``nag.kind = reference_model``) with everything needed to rebuild it."""
     fam = registry_family(family)
     null_mode = net.kwargs.get("null_mode", "sentinel")
     meta = nag_metadata("reference_model", family, fam.prediction, fam.schedule, net.kwargs.get("null_timestep"),
-                        dropout_rate, base_hash, arch=models.arch_of(net), model=net.kwargs, null_mode=null_mode,
-                        **(extra or {}))
+                        noise_condition_dropout_rate=noise_condition_dropout_rate, base_model_hash=base_hash,
+                        arch=models.arch_of(net), model=net.kwargs, null_mode=null_mode, **(extra or {}))
     return save_weights(path, net.state_dict(), meta)
 
 
@@ -128,8 +128,9 @@ class ReferenceAdapter:
         """Kohya names of LoRA layer paths: the network's own paths."""
         return {}
 
-    def export(self, path, cfg: Config, dropout_rate: float, extra: dict) -> Path:
-        return save_reference_model(self.net, path, self.family, dropout_rate, self.base_hash, extra)
+    def export(self, path, cfg: Config, *, noise_condition_dropout_rate: float, extra: dict) -> Path:
+        return save_reference_model(self.net, path, self.family, noise_condition_dropout_rate=noise_condition_dropout_rate,
+                                    base_hash=self.base_hash, extra=extra)
 
 
 # --- ComfyUI families -------------------------------------------------------------------------
@@ -240,7 +241,7 @@ class ComfyAdapter:
                              "models), which the trainer does not support")
         return {k: _to(v.process_cond(batch_size=B, device=device, area=None).cond, device) for k, v in out.items()}
 
-    def export(self, path, cfg: Config, dropout_rate: float, extra: dict) -> Path:
+    def export(self, path, cfg: Config, *, noise_condition_dropout_rate: float, extra: dict) -> Path:
         L = self.loaded
         extra = {**self.export_extra, **extra}
         fmt = cfg.export.format
@@ -248,7 +249,8 @@ class ComfyAdapter:
         dtype = export_dtype(cfg, L.dtype)
         base_meta = _base_metadata(self.base_path)
         meta = {**base_meta, **nag_metadata(kind, self.family, self.prediction, self.schedule, self.null_timestep,
-                                            dropout_rate, self.base_hash, **extra)}
+                                            noise_condition_dropout_rate=noise_condition_dropout_rate,
+                                            base_model_hash=self.base_hash, **extra)}
         if kind == "checkpoint":
             # ComfyUI's own layout: model.diffusion_model.* (+ v_pred), then the base's VAE / text encoders untouched
             sd = {k: _cast(v, dtype) for k, v in L.model.state_dict_for_saving().items()}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError
-from .loop import step_generator
+from .seeding import step_generator
 
 
 def cpu_name() -> str:
@@ -56,7 +56,7 @@ def _ratio_interval(base: list[float], drop: list[float], seed: int = 0, n: int 
 
 
 def run(cfg: Config, log=print) -> dict:
-    from . import data
+    from .prepare import prepare
     from .tasks import FinetuneTask
 
     cfg = copy.deepcopy(cfg)
@@ -69,7 +69,7 @@ def run(cfg: Config, log=print) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if not cfg.data.cache or not Path(cfg.data.cache).exists():
             cfg.data.source, cfg.data.cache = "digits", str(Path(tmp) / "digits.safetensors")
-            data.prepare(cfg, log=lambda *_: None)
+            prepare(cfg, log=lambda *_: None)
         task = FinetuneTask(cfg, log=lambda *_: None)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         module = task.module.to(device).train()

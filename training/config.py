@@ -1,25 +1,17 @@
-"""The trainer's configuration: one TOML (or YAML) file, overridable from the command line.
+"""The trainer's configuration schema: its sections and keys, declared once.
 
-Sections and keys are declared once below, as dataclasses whose fields carry their checks
-(``choices``, ``lo``/``hi`` bounds) and help text.  :func:`load` reads a file, applies
-``--set section.key=value`` overrides (values in TOML syntax; bare words are strings) and
-validates everything up front, so a typo or a bad value stops the run before any work with a
-message that names the key and says how to fix it.
-
-``python -m training <command> --help-config`` prints every key with its default and help.
+Each section is a dataclass whose fields carry their checks (``choices``, ``lo``/``hi`` bounds) and
+help text (:func:`opt`); :class:`Config` holds one of each.  Reading a file and ``--set`` overrides
+into a validated :class:`Config` is ``config_loading.py``; what each command needs on top is
+``preflight.py``.  ``python -m training <command> --help-config`` prints every key
+(:func:`help_text`) with its default and help.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import get_type_hints
 
 from comfy_nag import families
 
@@ -202,248 +194,15 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def _section_cls(name: str):
+def section_cls(name: str):
     return get_type_hints(Config)[name]
-
-
-def _suggest(word: str, options) -> str:
-    near = difflib.get_close_matches(word, list(options), n=1)
-    return f" Did you mean '{near[0]}'?" if near else ""
-
-
-def _coerce(where: str, value: Any, typ, meta: dict):
-    """Check/convert one value against its declared type and bounds."""
-    how = f"Fix it in the config file or pass --set {where}=..."
-    if get_origin(typ) is list:
-        if isinstance(value, str):
-            value = [value] if value else []
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}. {how}")
-        (inner,) = get_args(typ)
-        return [_coerce(f"{where}[{i}]", v, inner, {}) for i, v in enumerate(value)]
-    if typ is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            value = value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}. {how}")
-    elif typ is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}. {how}")
-    elif typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}. {how}")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where} must be finite, got {value!r}. {how}")
-    elif typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}. {how}")
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(map(repr, choices))}.{_suggest(str(value), map(str, choices))} {how}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{where} = {value!r} must be >= {lo}. {how}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{where} = {value!r} must be <= {hi}. {how}")
-    return value
-
-
-def from_dict(raw: dict, source: str = "config") -> Config:
-    """Build a validated :class:`Config` from nested dicts (unknown keys are errors)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a table of sections ({', '.join(SECTIONS)})")
-    cfg = Config()
-    for sec, body in raw.items():
-        if sec not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{sec}].{_suggest(sec, SECTIONS)} Sections: {', '.join(SECTIONS)}")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{source}: [{sec}] must be a table of keys, got {body!r}")
-        cls = _section_cls(sec)
-        hints = get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        obj = getattr(cfg, sec)
-        for key, value in body.items():
-            if key not in fields:
-                raise ConfigError(f"{source}: unknown key {sec}.{key}.{_suggest(key, fields)} Keys of [{sec}]: {', '.join(fields)}")
-            setattr(obj, key, _coerce(f"{sec}.{key}", value, hints[key], dict(fields[key].metadata)))
-    return cfg
-
-
-def parse_override(item: str) -> tuple[str, str, Any]:
-    """``section.key=value`` -> (section, key, value); value parsed as TOML, else kept as a string."""
-    if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.steps=200")
-    lhs, text = item.split("=", 1)
-    sec, key = lhs.strip().split(".", 1)
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    return sec, key, value
-
-
-def read_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pass an existing .toml file (see training/configs/)")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use TOML") from None
-        try:
-            return yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-
-
-def merge(raw: dict, overrides: dict[str, Any] | list[str] | None) -> dict:
-    """Apply overrides (``{"train.steps": 10}`` or ``["train.steps=10"]``) onto a raw config dict."""
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    items = []
-    if isinstance(overrides, dict):
-        for lhs, value in overrides.items():
-            if "." not in lhs:
-                raise ConfigError(f"override {lhs!r}: expected 'section.key'")
-            items.append((*lhs.split(".", 1), value))
-    else:
-        items = [parse_override(s) for s in overrides or []]
-    for sec, key, value in items:
-        raw.setdefault(sec, {})
-        if not isinstance(raw[sec], dict):
-            raise ConfigError(f"[{sec}] must be a table")
-        raw[sec][key] = value
-    return raw
-
-
-def load(path: str | Path | None = None, overrides: dict | list | None = None) -> Config:
-    """Read a config file (optional), apply overrides and validate."""
-    raw = read_file(path) if path else {}
-    return from_dict(merge(raw, overrides), str(path or "config"))
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The first existing part of ``path`` (itself included) that is not a folder, or None."""
-    try:
-        for p in [*reversed(path.parents), path]:
-            if not p.exists():
-                return None
-            if not p.is_dir():
-                return p
-    except OSError:  # unreadable: let the command meet it and say so
-        return None
-    return None
-
-
-def run_task(out_dir) -> str | None:
-    """The command (``finetune``/``estimator``) whose run a folder holds, from its ``run.json``."""
-    try:
-        return json.loads((Path(out_dir) / "run.json").read_text())["fingerprint"]["task"] or None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _check_paths(cfg: Config, command: str) -> None:
-    """Files where folders go (and the reverse), and a run folder of another command: refused before any
-    work, naming the key, its shortcut and the fix (instead of an OSError after the work)."""
-    d = cfg.data
-    if command == "prepare":
-        cache = Path(d.cache)
-        if cache.is_dir():
-            raise ConfigError(f"data.cache (--cache) {d.cache} is a folder, but `prepare` writes one file there: pass "
-                              f"a file path, e.g. --cache {cache / 'cache.safetensors'}")
-        blocker = _file_in_the_way(cache.parent)
-        if blocker is not None:
-            raise ConfigError(f"data.cache (--cache) {d.cache} cannot be written: {blocker} is a file, not a folder; "
-                              "pass a file path in a folder (missing folders are created)")
-    if command in ("finetune", "estimator"):
-        cache = Path(d.cache)
-        if cache.is_dir():
-            found = sorted(p.name for p in cache.glob("*.safetensors"))
-            held = f" (it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found else ""
-            raise ConfigError(f"data.cache (--cache) {d.cache} is a folder{held}; point it at the cache file "
-                              f"`prepare` wrote, e.g. --cache {cache / (found[0] if found else 'cache.safetensors')}")
-        out = Path(cfg.run.out_dir)
-        blocker = _file_in_the_way(out)
-        if blocker == out:
-            raise ConfigError(f"run.out_dir (--out) {out} is a file, not a folder; pass a folder path (it is created, "
-                              "and the run's checkpoints and exported file go inside it)")
-        if blocker is not None:
-            raise ConfigError(f"run.out_dir (--out) {out} cannot be created: {blocker} is a file, not a folder; pass "
-                              "a folder path (it is created)")
-        other = run_task(out)
-        if other is not None and other != command:
-            raise ConfigError(f"run.out_dir (--out) {out} holds a `{other}` run; {'an' if command[0] in 'aeiou' else 'a'} "
-                              f"`{command}` run needs a folder of its own: pass another --out, e.g. --out {out}-{command}")
-
-
-def require(cfg: Config, command: str) -> None:
-    """Checks that depend on the command (which keys must be set, which combinations make sense, and that
-    the paths it reads and writes are files or folders as they should be)."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-
-    def need(cond, msg):
-        if not cond:
-            raise ConfigError(msg)
-
-    if command == "prepare":
-        need(d.cache, "data.cache is empty: set the file `prepare` writes, e.g. --set data.cache=runs/cache.safetensors")
-        if d.source in ("folder", "precomputed"):
-            need(d.path, f"data.path is empty: data.source='{d.source}' needs the "
-                         f"{'images folder' if d.source == 'folder' else 'precomputed safetensors file'}")
-        if d.source == "folder":
-            need(d.resolution > 0, "data.resolution is 0: set the square size folder images are resized to, e.g. 512")
-        if d.source == "generated":
-            need(m.base, "data.source='generated' samples latents from a checkpoint: set model.base to its .safetensors "
-                         "file (and model.family)")
-            need(cfg.is_reference or d.resolution > 0, "data.source='generated' needs data.resolution, the image size "
-                                                       "to generate (e.g. 512 for SD1.5, 1024 for SDXL)")
-        if d.encoder == "comfyui" and d.source != "generated":
-            need(d.source != "precomputed", "data.encoder='comfyui' encodes images; a precomputed source is already encoded")
-            need(d.checkpoint or d.vae, "data.encoder='comfyui' needs data.checkpoint (VAE + text encoders) or data.vae")
-            if d.labels == "captions":
-                need(d.checkpoint or d.text_encoders or d.conditioning,
-                     "captions need text encoders: set data.checkpoint, data.text_encoders or data.conditioning")
-        elif d.labels == "captions" and not d.conditioning:
-            raise ConfigError("captions with encoder='pixels' need precomputed conditioning (data.conditioning); "
-                              "reference models are class-conditional: use data.labels='folders'")
-    if command in ("finetune", "estimator"):
-        need(d.cache, "data.cache is empty: run `python -m training prepare` first and point data.cache at its file")
-    if command == "finetune":
-        if not cfg.is_reference:
-            need(m.base, f"model.base is empty: family '{m.family}' fine-tunes an existing ComfyUI checkpoint or "
-                         "diffusion model; set model.base to its .safetensors file")
-        if t.mode == "lora":
-            need(m.base, "train.mode='lora' needs a base model to adapt (model.base)")
-        fmt = cfg.export.format
-        if t.mode == "lora":
-            need(fmt in ("auto", "lora"), f"export.format='{fmt}' cannot hold a LoRA run; use 'auto' or 'lora'")
-        else:
-            need(fmt != "lora", "export.format='lora' needs train.mode='lora'")
-            if cfg.is_reference:
-                need(fmt in ("auto", "reference_model"), f"export.format='{fmt}' is for ComfyUI families; "
-                                                        "reference models export as 'reference_model'")
-            else:
-                need(fmt != "reference_model", "export.format='reference_model' is only for dit/sit")
-    e = cfg.estimator
-    if command == "estimator" and (e.logsnr_min or e.logsnr_max):
-        need(e.logsnr_max > e.logsnr_min, f"estimator.logsnr_max ({e.logsnr_max}) must be > logsnr_min ({e.logsnr_min})")
-    _check_paths(cfg, command)
 
 
 def help_text() -> str:
     """Every section and key with default and help (``--help-config``)."""
     lines = []
     for sec in SECTIONS:
-        cls = _section_cls(sec)
+        cls = section_cls(sec)
         lines.append(f"[{sec}]")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

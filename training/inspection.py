@@ -11,7 +11,7 @@ from comfy_nag.files import read_metadata
 from comfy_nag.metadata import describe
 
 from . import state
-from .data import CACHE_FORMAT, CacheInfo, describe_cache
+from .latent_cache import CACHE_FORMAT, CacheInfo, describe_cache
 
 
 def _layout(keys: list[str], meta: dict) -> str:

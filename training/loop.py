@@ -1,19 +1,18 @@
 """The training loop shared by `finetune` and `estimator` (DiT/SiT ``train.py`` style, on accelerate).
 
 accelerate handles devices, multi-GPU (DDP), mixed precision and gradient accumulation; this
-file adds what makes a run reproducible and resumable:
+file runs (or resumes) a run to its end and adds what makes it reproducible and resumable:
 
-* **Seeded, resumable randomness.**  The data order is a fixed permutation per epoch and every
-  micro-batch draws its noise, levels and dropout from a generator seeded by
-  ``(seed, step, global micro-batch index)``; a run is a pure function of its seed, so a resumed run
-  continues exactly as if it had never stopped (bit-identical on CPU), and splitting a step's
-  micro-batches across processes changes nothing but float summation order.
+* **Seeded, resumable randomness** (``seeding.py``): a run is a pure function of its seed, so a
+  resumed run continues exactly as if it had never stopped (bit-identical on CPU), and splitting a
+  step's micro-batches across processes changes nothing but float summation order.
 * **Checkpoints** of weights, EMA, optimizer, scheduler, scaler and RNG (``state.py``), every
   ``run.checkpoint_every`` steps and at the end; SIGINT/SIGTERM finish the current step, save,
   and stop.  A SIGKILL loses only the steps since the last checkpoint.
-* **EMA** of the trainable parameters only (:class:`EMA`; a LoRA's EMA is the size of the LoRA).
+* **EMA** of the trainable parameters only (``ema.py``; a LoRA's EMA is the size of the LoRA).
 * **Refusal on divergence**: a non-finite loss stops the run before the optimizer step, keeps the
   last good checkpoint and says what to change.
+* **Metrics** in ``<out_dir>/metrics.jsonl`` (``metrics.py``).
 
 A *task* supplies the model and the loss: :class:`training.tasks.FinetuneTask` or
 :class:`training.tasks.EstimatorTask`.
@@ -25,17 +24,19 @@ import json
 import math
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from comfy_nag.files import atomic_write_bytes
 
+from . import metrics
 from . import state as ckpt
+from .ema import EMA
+from .seeding import DataOrder, step_generator
+
 
 
 class TrainingDiverged(FloatingPointError):
@@ -76,40 +77,6 @@ class RunResult:
     metrics: list = field(default_factory=list)  # the metric lines written by this process
 
 
-def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """The CPU generator of one micro-batch: a function of (seed, step, global micro-batch index) only.
-
-    The global index of process ``rank``'s micro-batch ``m`` is ``m * world + rank``, the same
-    numbering as the data order, so a run draws the same samples and the same noise whether its
-    micro-batches are split across processes or accumulated in one (2 processes x 1 micro-batch
-    equals 1 process x 2 accumulated micro-batches, up to float summation order).
-    """
-    a, b = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed((int(a) << 32) | int(b))
-
-
-class DataOrder:
-    """Sample indices of global positions: one seeded permutation of the dataset per epoch."""
-
-    def __init__(self, n: int, seed: int):
-        if n <= 0:
-            raise ValueError("the dataset is empty")
-        self.n, self.seed, self._perms = n, seed, {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
-
-    def indices(self, start: int, count: int) -> torch.Tensor:
-        pos = torch.arange(start, start + count)
-        epoch, offset = pos // self.n, pos % self.n
-        return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epoch, offset)])
-
-
 def lr_lambda(s: LoopSettings):
     def f(step: int) -> float:
         if s.warmup_steps and step < s.warmup_steps:
@@ -148,74 +115,6 @@ def _reset_accelerate():
     from accelerate.state import AcceleratorState, GradientState
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-
-
-class EMA:
-    """Exponential moving average of the *trainable* parameters only.
-
-    For a LoRA run that is the LoRA layers, never the frozen base network (``AveragedModel`` would
-    deep-copy the whole module, base included).  The first update copies the weights; later ones
-    lerp by ``1 - decay``.  ``state_dict`` holds one tensor per trainable parameter (same names as
-    ``named_parameters``) plus ``__n_averaged``.
-    """
-
-    def __init__(self, named_params: list, decay: float):
-        self.names = [n for n, _ in named_params]
-        self.params = [p for _, p in named_params]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay, self.n_averaged = float(decay), 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        if self.n_averaged == 0:
-            self._copy(self.shadow, self.params)
-        else:
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
-        self.n_averaged += 1
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**dict(zip(self.names, self.shadow)), "__n_averaged": torch.tensor(self.n_averaged)}
-
-    @torch.no_grad()
-    def load_state_dict(self, sd: dict) -> None:
-        missing = [n for n in self.names if n not in sd]
-        if missing or "__n_averaged" not in sd:
-            raise KeyError(f"EMA state lacks {(missing or ['__n_averaged'])[:3]}")
-        for n, t in zip(self.names, self.shadow):
-            t.copy_(sd[n])
-        self.n_averaged = int(sd["__n_averaged"])
-
-    @staticmethod
-    @torch.no_grad()
-    def _copy(dst: list, src: list) -> None:
-        for d, t in zip(dst, src):
-            d.copy_(t)
-
-    def copy_to_params(self) -> None:
-        self._copy(self.params, self.shadow)
-
-    @contextlib.contextmanager
-    def swapped_in(self):
-        """Temporarily put the EMA weights into the model."""
-        backup = [p.detach().clone() for p in self.params]
-        self.copy_to_params()
-        try:
-            yield
-        finally:
-            self._copy(self.params, backup)
-
-
-def _append_metrics(path: Path, line: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """After a resume, drop metric lines of steps that will be re-run."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
 def train(task, s: LoopSettings, callbacks=(), log=print) -> RunResult:
@@ -323,15 +222,14 @@ class Run:
         ckpt.set_python_rng(ck["state"]["python_rng"])
         self.start = self.last_saved = ck["step"]
         if self.main:
-            _truncate_metrics(self.out / "metrics.jsonl", self.start)
+            metrics.truncate(self.out / "metrics.jsonl", self.start)
             self.log(f"resumed from {path} at step {self.start}")
 
     # --- the loop --------------------------------------------------------------------------------
 
     def fit(self, callbacks=()) -> None:
         s = self.s
-        self.window: dict[str, list] = {}
-        self.t_window, self.steps_window = time.perf_counter(), 0
+        self.window = metrics.Window()
         self.bar = tqdm(total=s.steps, initial=self.start, desc=self.task.name, disable=not self.main,
                         dynamic_ncols=True, unit="step")
         self.module.train()
@@ -366,30 +264,23 @@ class Run:
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
             step_loss += float(loss.detach()) / s.accum
-            for k, (total, count) in stats.items():
-                w = self.window.setdefault(k, [0.0, 0.0])
-                w[0] += float(total)
-                w[1] += float(count)
+            self.window.add(stats)
         self.sched.step()
         if self.ema is not None:
             self.ema.update()
-        self.steps_window += 1
+        self.window.steps += 1
         return step_loss
 
     def log_window(self, done: int) -> None:
         """Mean metrics since the last log line -> progress bar and ``metrics.jsonl``."""
-        dt = time.perf_counter() - self.t_window
-        per_step = self.s.batch_size * self.s.accum * self.world
-        line = {"step": done, "lr": self.sched.get_last_lr()[0],
-                "samples_per_s": self.steps_window * per_step / max(dt, 1e-9)}
-        line.update({k: v[0] / v[1] for k, v in self.window.items() if v[1] > 0})
+        line = self.window.line(done, self.sched.get_last_lr()[0], self.s.batch_size * self.s.accum * self.world)
         self.bar.set_postfix({k: f"{line[k]:.4g}" for k in ("loss", "loss_dropped", "samples_per_s") if k in line})
         self.record(line)
-        self.window, self.t_window, self.steps_window = {}, time.perf_counter(), 0
+        self.window = metrics.Window()
 
     def record(self, line: dict) -> None:
         if self.main:
-            _append_metrics(self.out / "metrics.jsonl", line)
+            metrics.append(self.out / "metrics.jsonl", line)
         self.metrics.append(line)
 
     def periodic(self, done: int, signal_received) -> None:
@@ -412,7 +303,7 @@ class Run:
         extra = self.task.periodic(step, self.out, monitor_due=due, final=final, ema_weights=self.ema_weights)
         if extra:
             self.record({"step": step, "event": "monitor", **extra})
-            _log_monitor(self.bar, step, extra)
+            metrics.log_monitor(self.bar, step, extra)
 
     def ema_weights(self):
         """Context manager: the EMA weights swapped into the model (no-op without EMA)."""
@@ -422,9 +313,11 @@ class Run:
         acc = self.acc
         st = {"fingerprint": self.fingerprint, "scheduler": self.sched.state_dict(),
               "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-        ckpt.write(self.out, step, trainable=self.trainable.state_dict(),
-                   ema=self.ema.state_dict() if self.ema is not None else None, optimizer=self.opt.state_dict(),
-                   state=st, rank=self.rank, is_main=self.main, barrier=acc.wait_for_everyone, keep=self.s.keep_checkpoints)
+        contents = ckpt.Contents(trainable=self.trainable.state_dict(),
+                                 ema=self.ema.state_dict() if self.ema is not None else None,
+                                 optimizer=self.opt.state_dict(), state=st)
+        ckpt.write(self.out, step, contents, rank=self.rank, is_main=self.main, barrier=acc.wait_for_everyone,
+                   keep=self.s.keep_checkpoints)
         self.last_saved = step
 
     # --- export ----------------------------------------------------------------------------------
@@ -442,20 +335,6 @@ class Run:
             path = self.task.export(self.out, final)
         self.acc.wait_for_everyone()
         return RunResult(path=path, step=final, out_dir=self.out, resumed_from=self.start, metrics=self.metrics)
-
-
-_MONITOR_LABELS = (("probe_loss_cond", "loss cond"), ("probe_loss_null", "loss null-t"), ("branch_gap", "branch gap"),
-                   ("null_readout_cos", "null-branch readout cos"),
-                   ("noise_shift_nag0", "late shift w=0"), ("noise_shift_nag", "late shift NAG"),
-                   ("probe_logsnr_mae", "log-SNR MAE"), ("samples", "samples"))
-
-
-def _log_monitor(bar, step: int, extra: dict) -> None:
-    """One readable line per monitor event (the numbers also go to metrics.jsonl)."""
-    parts = [f"{label} {extra[k]:.4g}" if isinstance(extra[k], float) else f"{label} {extra[k]}"
-             for k, label in _MONITOR_LABELS if k in extra]
-    if parts:
-        bar.write(f"[step {step}] " + ", ".join(parts))
 
 
 def _diverged_message(step, loss, last_saved, out, s: LoopSettings) -> str:

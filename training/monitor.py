@@ -1,7 +1,7 @@
 """What a run shows while it trains: the noise-shift check and sample grids.
 
-* :func:`branch_check` (every family): on a fixed probe set (same samples, levels and noise each
-  time) the loss of the noise-conditional branch, the loss of the noise-unconditional branch
+* :func:`branch_check` (every family): on a fixed probe set (:class:`ProbeSet`: same samples, levels
+  and noise each time) the loss of the noise-conditional branch, the loss of the noise-unconditional branch
   (null timestep) and their gap ``mean (pred_cond - pred_null)^2 / mean pred_cond^2``.  Dropout
   training shows as a falling null-branch loss while the conditional loss holds; the gap is the
   size of the correction classifier-free NAG applies.  With an estimator file (``monitor.estimator``)
@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,25 @@ from comfy_nag.samplers import get_sampler, initial_noise
 from comfy_nag.tensors import append_dims
 from comfy_nag.shift import ShiftTrace, estimator_readout, forward_readout, summarize
 
+from .latent_cache import Cache
+
+
+@dataclass
+class ProbeSet:
+    """The fixed probe set of :func:`branch_check`: cache ``rows``, run ``batch`` at a time, with levels and
+    noise drawn from ``seed`` (the same states every time)."""
+
+    cache: Cache
+    rows: torch.Tensor
+    batch: int
+    seed: int = 1234
+
 
 @torch.no_grad()
-def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, seed: int = 1234,
-                 estimator=None, log_prior: torch.Tensor | None = None) -> dict:
+def branch_check(module, adapter, probe: ProbeSet, device, estimator=None, log_prior: torch.Tensor | None = None) -> dict:
     """Conditional vs noise-unconditional branch on a fixed probe set (see the module docstring)."""
-    g = torch.Generator().manual_seed(seed)
+    cache = probe.cache
+    g = torch.Generator().manual_seed(probe.seed)
     sched, pred = adapter.schedule, adapter.prediction
     sums = {"cond": 0.0, "null": 0.0, "diff": 0.0, "norm": 0.0, "diff_lo": 0.0, "norm_lo": 0.0}
     n = 0
@@ -48,7 +62,7 @@ def branch_check(module, adapter, cache, idx: torch.Tensor, batch: int, device, 
     fit = ScaleFit.spanning(0.0, max(float(estimator.bins.hi), 0.0)) if estimator is not None else None
     was_training = module.training
     module.eval()
-    for chunk in idx.split(batch):
+    for chunk in probe.rows.split(probe.batch):
         x0 = adapter.x0(cache, chunk).to(device)
         cond = adapter.conditions(cache, chunk, g, device, dropout=False)
         s = sched.training_sigmas(len(chunk), g)

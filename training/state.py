@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,21 @@ def _json_bytes(obj) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True).encode()
 
 
-def write(out_dir, step: int, *, trainable: dict, ema: dict | None, optimizer: dict, state: dict,
-          rank: int = 0, is_main: bool = True, barrier=lambda: None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically (every process calls this; only the main one writes weights)."""
+@dataclass
+class Contents:
+    """What the main process saves in a checkpoint: state dicts of the trained weights, their EMA (None:
+    no EMA) and the optimizer, and the loop's JSON-able state (fingerprint, scheduler, scaler)."""
+
+    trainable: dict
+    ema: dict | None
+    optimizer: dict
+    state: dict
+
+
+def write(out_dir, step: int, contents: Contents, *, rank: int = 0, is_main: bool = True, barrier=lambda: None,
+          keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically (every process calls this; only the main one writes ``contents``,
+    each writes its own RNG state); ``barrier`` waits for every process, ``keep`` checkpoints stay."""
     root = checkpoint_root(out_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f"step_{step:08d}.partial"
@@ -129,13 +142,13 @@ def write(out_dir, step: int, *, trainable: dict, ema: dict | None, optimizer: d
     barrier()
     save_weights(tmp / f"rng_rank{rank}.safetensors", rng_tensors())
     if is_main:
-        save_weights(tmp / "trainable.safetensors", trainable)
-        if ema is not None:
-            save_weights(tmp / "ema.safetensors", ema)
-        opt_tensors, opt_info = flatten_optimizer(optimizer)
+        save_weights(tmp / "trainable.safetensors", contents.trainable)
+        if contents.ema is not None:
+            save_weights(tmp / "ema.safetensors", contents.ema)
+        opt_tensors, opt_info = flatten_optimizer(contents.optimizer)
         save_weights(tmp / "optimizer.safetensors", opt_tensors)
         atomic_write_bytes(tmp / "optimizer.json", _json_bytes(opt_info))
-        atomic_write_bytes(tmp / "state.json", _json_bytes({**state, "step": step, "python_rng": python_rng(),
+        atomic_write_bytes(tmp / "state.json", _json_bytes({**contents.state, "step": step, "python_rng": python_rng(),
                                                             "saved_at": time.time()}))
     barrier()
     if is_main:

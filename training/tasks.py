@@ -18,7 +18,7 @@ from comfy_nag.losses import denoising_loss
 
 from . import monitor
 from .config import Config, ConfigError
-from .data import Cache
+from .latent_cache import Cache
 from .adapters import build_adapter, estimator_space, export_dtype
 from .lora import LoRANetwork, kohya_metadata
 
@@ -81,7 +81,8 @@ class FinetuneTask:
 
     def __init__(self, cfg: Config, log=print):
         self.cfg = cfg
-        self.dropout_rate = cfg.train.noise_condition_dropout_rate  # the only read of the rate: passed on as a value
+        # the only read of the rate: passed on as a value, by keyword, under this one name
+        self.noise_condition_dropout_rate = cfg.train.noise_condition_dropout_rate
         self.cache = Cache(cfg.data.cache)
         self.adapter = build_adapter(cfg, self.cache)
         a = self.adapter
@@ -113,7 +114,7 @@ class FinetuneTask:
         c = self.cfg
         fp = {"family": self.adapter.family, "base": c.model.base, "base_sha256": self.adapter.base_hash,
               "cache": str(Path(c.data.cache).resolve()), "cache_count": self.dataset_size, "mode": c.train.mode,
-              "noise_condition_dropout_rate": self.dropout_rate,
+              "noise_condition_dropout_rate": self.noise_condition_dropout_rate,
               "class_dropout_rate": c.train.class_dropout_rate, "caption_dropout_rate": c.train.caption_dropout_rate}
         if self.lora is not None:
             fp.update(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha, lora_targets=list(c.lora.targets))
@@ -128,7 +129,7 @@ class FinetuneTask:
         a, t = self.adapter, self.cfg.train
         x0 = a.x0(self.cache, idx).to(device)
         cond = a.conditions(self.cache, idx, g, device)
-        rate = 0.0 if plain else self.dropout_rate
+        rate = 0.0 if plain else self.noise_condition_dropout_rate
         loss, per, drop = denoising_loss(_WithClasses(module, a.num_classes, plain), x0, cond, a.schedule, a.prediction,
                                          noise_condition_dropout_rate=rate, class_dropout_rate=t.class_dropout_rate,
                                          generator=g)
@@ -146,7 +147,8 @@ class FinetuneTask:
             return {}
         with ema_weights():
             if monitor_due:
-                out_metrics.update(monitor.branch_check(a.module, a, self.cache, self.probe, cfg.train.batch_size, device,
+                probe = monitor.ProbeSet(self.cache, self.probe, cfg.train.batch_size)
+                out_metrics.update(monitor.branch_check(a.module, a, probe, device,
                                                          estimator=self._estimator and self._estimator.to(device),
                                                          log_prior=self._log_prior))
                 self._scale_profile = out_metrics.get("scale_profile", self._scale_profile)
@@ -169,14 +171,16 @@ class FinetuneTask:
         if self._scale_profile is not None:  # from the final readout (monitor.estimator set)
             extra["scale_profile"] = self._scale_profile
         if self.lora is None:
-            return self.adapter.export(out / name, c, self.dropout_rate, extra)
+            return self.adapter.export(out / name, c, noise_condition_dropout_rate=self.noise_condition_dropout_rate,
+                                       extra=extra)
         extra.update(lora_rank=str(c.lora.rank), lora_alpha=repr(c.lora.alpha))
         return self.export_lora(out / name, step, extra)
 
     def export_lora(self, path: Path, step: int, extra: dict) -> Path:
         """The LoRA in ``export.lora_format`` (kohya: + ``ss_*``/``modelspec.*`` metadata) with ``nag.*``."""
         a, c = self.adapter, self.cfg
-        meta = nag_metadata("lora", a.family, a.prediction, a.schedule, a.null_timestep, self.dropout_rate, a.base_hash,
+        meta = nag_metadata("lora", a.family, a.prediction, a.schedule, a.null_timestep,
+                            noise_condition_dropout_rate=self.noise_condition_dropout_rate, base_model_hash=a.base_hash,
                             **a.export_extra, **extra)
         fmt, names = c.export.lora_format, {}
         if fmt == "kohya":

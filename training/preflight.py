@@ -1,0 +1,119 @@
+"""Checks before any work that depend on the command: which keys it needs, which combinations make sense,
+and that the paths it reads and writes are files or folders as they should be (a refusal names the key,
+its shortcut and the fix, instead of an OSError after the work)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import Config, ConfigError
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing part of ``path`` (itself included) that is not a folder, or None."""
+    try:
+        for p in [*reversed(path.parents), path]:
+            if not p.exists():
+                return None
+            if not p.is_dir():
+                return p
+    except OSError:  # unreadable: let the command meet it and say so
+        return None
+    return None
+
+
+def run_task(out_dir) -> str | None:
+    """The command (``finetune``/``estimator``) whose run a folder holds, from its ``run.json``."""
+    try:
+        return json.loads((Path(out_dir) / "run.json").read_text())["fingerprint"]["task"] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_paths(cfg: Config, command: str) -> None:
+    """Files where folders go (and the reverse), and a run folder of another command: refused before any
+    work, naming the key, its shortcut and the fix (instead of an OSError after the work)."""
+    d = cfg.data
+    if command == "prepare":
+        cache = Path(d.cache)
+        if cache.is_dir():
+            raise ConfigError(f"data.cache (--cache) {d.cache} is a folder, but `prepare` writes one file there: pass "
+                              f"a file path, e.g. --cache {cache / 'cache.safetensors'}")
+        blocker = _file_in_the_way(cache.parent)
+        if blocker is not None:
+            raise ConfigError(f"data.cache (--cache) {d.cache} cannot be written: {blocker} is a file, not a folder; "
+                              "pass a file path in a folder (missing folders are created)")
+    if command in ("finetune", "estimator"):
+        cache = Path(d.cache)
+        if cache.is_dir():
+            found = sorted(p.name for p in cache.glob("*.safetensors"))
+            held = f" (it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found else ""
+            raise ConfigError(f"data.cache (--cache) {d.cache} is a folder{held}; point it at the cache file "
+                              f"`prepare` wrote, e.g. --cache {cache / (found[0] if found else 'cache.safetensors')}")
+        out = Path(cfg.run.out_dir)
+        blocker = _file_in_the_way(out)
+        if blocker == out:
+            raise ConfigError(f"run.out_dir (--out) {out} is a file, not a folder; pass a folder path (it is created, "
+                              "and the run's checkpoints and exported file go inside it)")
+        if blocker is not None:
+            raise ConfigError(f"run.out_dir (--out) {out} cannot be created: {blocker} is a file, not a folder; pass "
+                              "a folder path (it is created)")
+        other = run_task(out)
+        if other is not None and other != command:
+            raise ConfigError(f"run.out_dir (--out) {out} holds a `{other}` run; {'an' if command[0] in 'aeiou' else 'a'} "
+                              f"`{command}` run needs a folder of its own: pass another --out, e.g. --out {out}-{command}")
+
+
+def require(cfg: Config, command: str) -> None:
+    """Checks that depend on the command (which keys must be set, which combinations make sense, and that
+    the paths it reads and writes are files or folders as they should be)."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    if command == "prepare":
+        need(d.cache, "data.cache is empty: set the file `prepare` writes, e.g. --set data.cache=runs/cache.safetensors")
+        if d.source in ("folder", "precomputed"):
+            need(d.path, f"data.path is empty: data.source='{d.source}' needs the "
+                         f"{'images folder' if d.source == 'folder' else 'precomputed safetensors file'}")
+        if d.source == "folder":
+            need(d.resolution > 0, "data.resolution is 0: set the square size folder images are resized to, e.g. 512")
+        if d.source == "generated":
+            need(m.base, "data.source='generated' samples latents from a checkpoint: set model.base to its .safetensors "
+                         "file (and model.family)")
+            need(cfg.is_reference or d.resolution > 0, "data.source='generated' needs data.resolution, the image size "
+                                                       "to generate (e.g. 512 for SD1.5, 1024 for SDXL)")
+        if d.encoder == "comfyui" and d.source != "generated":
+            need(d.source != "precomputed", "data.encoder='comfyui' encodes images; a precomputed source is already encoded")
+            need(d.checkpoint or d.vae, "data.encoder='comfyui' needs data.checkpoint (VAE + text encoders) or data.vae")
+            if d.labels == "captions":
+                need(d.checkpoint or d.text_encoders or d.conditioning,
+                     "captions need text encoders: set data.checkpoint, data.text_encoders or data.conditioning")
+        elif d.labels == "captions" and not d.conditioning:
+            raise ConfigError("captions with encoder='pixels' need precomputed conditioning (data.conditioning); "
+                              "reference models are class-conditional: use data.labels='folders'")
+    if command in ("finetune", "estimator"):
+        need(d.cache, "data.cache is empty: run `python -m training prepare` first and point data.cache at its file")
+    if command == "finetune":
+        if not cfg.is_reference:
+            need(m.base, f"model.base is empty: family '{m.family}' fine-tunes an existing ComfyUI checkpoint or "
+                         "diffusion model; set model.base to its .safetensors file")
+        if t.mode == "lora":
+            need(m.base, "train.mode='lora' needs a base model to adapt (model.base)")
+        fmt = cfg.export.format
+        if t.mode == "lora":
+            need(fmt in ("auto", "lora"), f"export.format='{fmt}' cannot hold a LoRA run; use 'auto' or 'lora'")
+        else:
+            need(fmt != "lora", "export.format='lora' needs train.mode='lora'")
+            if cfg.is_reference:
+                need(fmt in ("auto", "reference_model"), f"export.format='{fmt}' is for ComfyUI families; "
+                                                        "reference models export as 'reference_model'")
+            else:
+                need(fmt != "reference_model", "export.format='reference_model' is only for dit/sit")
+    e = cfg.estimator
+    if command == "estimator" and (e.logsnr_min or e.logsnr_max):
+        need(e.logsnr_max > e.logsnr_min, f"estimator.logsnr_max ({e.logsnr_max}) must be > logsnr_min ({e.logsnr_min})")
+    _check_paths(cfg, command)
+
