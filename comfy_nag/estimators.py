@@ -19,6 +19,7 @@ Three estimators share one readout (the posterior mean of lambda):
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -82,23 +83,48 @@ def interp_log_prob(log_probs: torch.Tensor, lam: torch.Tensor, bins: LevelBins)
     return mix - math.log(bins.width)
 
 
+class VideoBackbone(enum.Enum):
+    """How an estimator for video latents [B, C, T, H, W] reads the frames: ``FRAMES`` applies the image backbone
+    to each frame and averages the features over frames; ``SPACETIME`` convolves over time as well (3-D)."""
+
+    FRAMES = "frames"
+    SPACETIME = "spatiotemporal"
+
+
 class _ConvBackbone(nn.Module):
-    def __init__(self, channels: int, width: int, depth: int):
+    """Strided convolutions (2-D, or 3-D striding only space), then mean and RMS pooling over every position."""
+
+    def __init__(self, channels: int, width: int, depth: int, dims: int = 2):
         super().__init__()
+        conv, down = (nn.Conv2d, 2) if dims == 2 else (nn.Conv3d, (1, 2, 2))
         layers, c = [], channels
         for i in range(depth):
-            layers += [nn.Conv2d(c, width, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, width), nn.SiLU()]
+            layers += [conv(c, width, 3, stride=1 if i == 0 else down, padding=1), nn.GroupNorm(8, width), nn.SiLU()]
             c = width
         self.net = nn.Sequential(*layers)
         self.out_dim = 2 * width + 2
 
     def forward(self, x):
-        h = self.net(x)
+        h = self.net(x).flatten(2)
         # mean and RMS pooling: noise energy is a second-moment statistic.
-        feats = [h.mean((2, 3)), h.pow(2).mean((2, 3)).add(1e-6).sqrt()]
+        feats = [h.mean(2), h.pow(2).mean(2).add(1e-6).sqrt()]
         flat = x.flatten(1)
         feats += [flat.std(1, keepdim=True).add(1e-6).log(), (x[..., 1:, :] - x[..., :-1, :]).flatten(1).std(1, keepdim=True).add(1e-6).log()]
         return torch.cat(feats, 1)
+
+
+class _FramesBackbone(nn.Module):
+    """The image backbone on each frame of [B, C, T, H, W], its features averaged over the T frames (any T)."""
+
+    def __init__(self, channels: int, width: int, depth: int):
+        super().__init__()
+        self.frame = _ConvBackbone(channels, width, depth)
+        self.out_dim = self.frame.out_dim
+
+    def forward(self, x):
+        B, C, T, H, W = x.shape
+        f = self.frame(x.transpose(1, 2).reshape(B * T, C, H, W))
+        return f.reshape(B, T, -1).mean(1)
 
 
 class _MLPBackbone(nn.Module):
@@ -115,35 +141,52 @@ class _MLPBackbone(nn.Module):
         return self.net(torch.cat([x, x.pow(2).mean(1, keepdim=True).add(1e-8).log()], 1))
 
 
+def _backbone(shape: tuple[int, ...], width: int, depth: int, video: VideoBackbone) -> nn.Module:
+    if len(shape) == 1:
+        return _MLPBackbone(shape[0], width, depth)
+    if len(shape) == 3:
+        return _ConvBackbone(shape[0], width, depth)
+    if len(shape) == 4:
+        return _FramesBackbone(shape[0], width, depth) if video is VideoBackbone.FRAMES else _ConvBackbone(shape[0], width, depth, 3)
+    raise ValueError(f"estimator input shape must be (D,), (C, H, W) or (C, T, H, W) (video), got {shape}")
+
+
+LATENT_KINDS = {1: "vectors", 3: "image latents [B, C, H, W]", 4: "video latents [B, C, T, H, W]"}
+
+
 class NoiseLevelEstimator(nn.Module):
     """g(lambda | x): categorical over log-SNR bins, from the network-space state alone.
 
-    ``shape``: one sample's shape, ``(D,)`` for vectors (MLP) or ``(C, H, W)`` for images and
-    latents (conv net, works at any spatial size).
+    ``shape``: one sample's shape, ``(D,)`` for vectors (MLP), ``(C, H, W)`` for images and latents (conv net, any
+    spatial size) or ``(C, T, H, W)`` for video latents (``video`` says how the frames are read; any number of frames
+    and any spatial size).  Image-model latents that a host hands over as 5-D with one frame (Qwen-Image in ComfyUI)
+    are read by an image estimator as the 4-D latent they are.
     """
 
-    def __init__(self, shape: tuple[int, ...], bins: LevelBins, width: int = 64, depth: int = 3):
+    def __init__(self, shape: tuple[int, ...], bins: LevelBins, width: int = 64, depth: int = 3,
+                 video: VideoBackbone = VideoBackbone.FRAMES):
         super().__init__()
         self.shape, self.bins, self.width, self.depth = tuple(int(s) for s in shape), bins, width, depth
-        if len(self.shape) == 1:
-            self.backbone = _MLPBackbone(self.shape[0], width, depth)
-        elif len(self.shape) == 3:
-            self.backbone = _ConvBackbone(self.shape[0], width, depth)
-        else:
-            raise ValueError(f"estimator input shape must be (D,) or (C, H, W), got {shape}")
+        self.video = video
+        self.backbone = _backbone(self.shape, width, depth, video)
         self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, width), nn.SiLU(), nn.Linear(width, bins.k))
 
-    def check_input(self, x: torch.Tensor) -> None:
-        want = self.shape[0]
-        if x.dim() != len(self.shape) + 1 or x.shape[1] != want:
-            what = "latent channels" if len(self.shape) == 3 else "dimensions"
-            raise ValueError(f"noise-level estimator expects {what}={want} (input shape [B, {', '.join(map(str, self.shape))}]), "
-                             f"got a tensor of shape {list(x.shape)}; load the estimator trained for this model's latent space")
+    def fit_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as this estimator reads it (a one-frame 5-D latent to an image estimator: its frame), or a clear error
+        naming both the expected and the given latent (channels and dimensions)."""
+        want, kind = self.shape[0], LATENT_KINDS[len(self.shape)]
+        if len(self.shape) == 3 and x.dim() == 5 and x.shape[2] == 1:
+            x = x[:, :, 0]
+        if x.dim() == len(self.shape) + 1 and x.shape[1] == want:
+            return x
+        got = LATENT_KINDS.get(x.dim() - 1, f"{x.dim()}-D tensors")
+        what = "dimensions" if len(self.shape) == 1 else "latent channels"
+        raise ValueError(f"noise-level estimator expects {what}={want} ({kind}), got {got} of shape {list(x.shape)}; "
+                         "load the estimator trained for this model's latent space")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, k] over log-SNR bins."""
-        self.check_input(x)
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(self.fit_input(x)))
 
     def log_prob(self, x: torch.Tensor, lam: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
         """log g(lam | x) [B] (density in log-SNR units).
@@ -166,7 +209,8 @@ class NoiseLevelEstimator(nn.Module):
 
     # --- files -------------------------------------------------------------------------
     def config(self) -> dict:
-        return {"shape": list(self.shape), "bins": self.bins.describe(), "width": self.width, "depth": self.depth}
+        cfg = {"shape": list(self.shape), "bins": self.bins.describe(), "width": self.width, "depth": self.depth}
+        return {**cfg, "video": self.video.value} if len(self.shape) == 4 else cfg
 
     def save(self, path, schedule: Schedule | None = None, extra: dict | None = None):
         meta = {"nag.format": FORMAT, "nag.kind": "noise_level_estimator", "nag.estimator": self.config(),
@@ -183,7 +227,8 @@ class NoiseLevelEstimator(nn.Module):
             raise WeightFileError(f"{path}: not a comfy-nag noise-level estimator (metadata nag.kind="
                                   f"{meta.get('nag.kind')!r}); train one with `python -m training estimator`")
         cfg = meta_json(meta, "nag.estimator", path)
-        est = cls(tuple(cfg["shape"]), LevelBins(**cfg["bins"]), cfg.get("width", 64), cfg.get("depth", 3)).to(device)
+        est = cls(tuple(cfg["shape"]), LevelBins(**cfg["bins"]), cfg.get("width", 64), cfg.get("depth", 3),
+                  VideoBackbone(cfg.get("video", VideoBackbone.FRAMES.value))).to(device)
         return load_module_weights(est, tensors, path, "estimator weights"), meta
 
 

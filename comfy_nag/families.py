@@ -41,6 +41,7 @@ class Family:
     latent_channels: int | None = None
     comfy_configs: tuple[str, ...] = ()    # ComfyUI model-config classes detected as this family
     kohya: KohyaBase | None = None
+    latent_dims: int = 2                   # spatial(-temporal) latent dims: 2 = [B, C, H, W]; 3 = [B, C, T, H, W]
 
     @cached_property
     def schedule(self) -> Schedule:
@@ -86,6 +87,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # schnell samples as a plain discrete flow with shift 1 and network time = sigma
     Family("flux-schnell", "velocity", lambda: Flow(shift=1.0, multiplier=1.0), (), "Flux", 16, ("FluxSchnell",),
            KohyaBase("flux1", "flux-1-schnell/lora", _BFL)),
+    # WAN 2.1 (T2V/I2V, 1.3B/14B) and WAN 2.2 A14B, whose high- and low-noise experts are WAN 2.1-architecture
+    # models: ModelSamplingSD3-style discrete flow, shift 8, network time = sigma * 1000; 5-D latents.
+    Family("wan21", "velocity", lambda: Flow(shift=8.0), ("wan2.1", "wan22-a14b", "wan2.2-a14b"), "Wan21", 16,
+           ("WAN21_T2V", "WAN21_I2V"), latent_dims=3),
+    # WAN 2.2 TI2V-5B: its own 48-channel latent space
+    Family("wan22-5b", "velocity", lambda: Flow(shift=8.0), ("wan2.2-5b", "wan22-ti2v"), "Wan22", 48, ("WAN22_T2V",),
+           latent_dims=3),
+    # Qwen-Image: discrete flow, shift 1.15, network time = sigma; the WAN 2.1 VAE's latents, one frame (5-D)
+    Family("qwen-image", "velocity", lambda: Flow(shift=1.15, multiplier=1.0), ("qwen",), "Wan21", 16, ("QwenImage",),
+           latent_dims=3),
 )}
 _BY_ALIAS = {a: f for f in FAMILIES.values() for a in f.aliases}
 

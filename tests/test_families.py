@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_registry_lists_every_supported_family_once():
-    assert list(FAMILIES) == ["dit", "sit", "sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell"]
+    assert list(FAMILIES) == ["dit", "sit", "sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell",
+                             "wan21", "wan22-5b", "qwen-image"]
     assert families.reference_names() == ("dit", "sit")
     names = [a for f in FAMILIES.values() for a in (f.name, *f.aliases)]
     assert len(names) == len(set(names)), "a name or alias is used twice"
@@ -84,7 +85,7 @@ def test_estimator_runs_take_their_latent_space_from_the_registry(tmp_path):
     cfg = load(None, {"data.cache": str(path)})
     with pytest.raises(ConfigError, match="4-channel latents but family 'sd3' uses 16"):
         estimator_space(cfg, Cache(path))
-    cfg = load(None, {"data.cache": str(path), "estimator.family": "wan21"})
+    cfg = load(None, {"data.cache": str(path), "estimator.family": "cascade"})
     with pytest.raises(ConfigError, match="set estimator.family to one of sd1, sd2"):
         estimator_space(cfg, Cache(path))
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -62,3 +64,29 @@ def test_last_step_jump_is_largest_for_dit_schedules():
     j = {r["family"]: r for r in jumps(10)}
     assert j["dit"]["jump"] > j["sd1"]["jump"] > 3 * j["sit"]["jump"] > 0
     assert j["dit"]["last"] > 9 and j["dit"]["second_last"] < 2.5
+
+
+@pytest.mark.parametrize("sch", [S.DiscreteVP("linear", 2e-4, 0.03, 500, -7.0), S.DiscreteVP(),
+                                 S.Flow(2.5, 1.0, -3.0, 0.01, 0.9), S.EDM(0.01, 50.0, 0.6, 5.0, -1.0, 1.1, -9.0)])
+def test_every_schedule_round_trips_through_its_description(sch):
+    """describe() holds every constructor argument, so a file's schedule is the schedule it was trained with:
+    the same sigmas, network times, training levels and null timestep (non-default arguments included)."""
+    assert set(S.Schedule.TYPES) == {"discrete_vp", "flow", "edm"}
+    back = S.schedule_from_description(json.loads(json.dumps(sch.describe())))
+    assert type(back) is type(sch) and back.describe() == sch.describe() and back.space is sch.space
+    assert back.null_timestep == sch.null_timestep
+    assert torch.equal(back.sigmas(12), sch.sigmas(12))
+    s = sch.sigmas(12)[:-1]
+    assert torch.equal(back.net_time(s), sch.net_time(s))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(back.training_sigmas(64, g()), sch.training_sigmas(64, g()))
+
+
+def test_a_damaged_schedule_description_is_refused():
+    with pytest.raises(ValueError, match="unknown schedule type 'cosine'"):
+        S.schedule_from_description({"type": "cosine"})
+    with pytest.raises(ValueError, match="samples in 'flow' space, not 've'"):
+        S.schedule_from_description({"type": "flow", "space": "ve"})
+    with pytest.raises(ValueError, match="does not fit a flow schedule"):
+        S.schedule_from_description({"type": "flow", "betas": "linear"})
+    assert S.schedule_from_description({"type": "flow", "shift": 3.0, "space": "flow"}).describe() == S.Flow(3.0).describe()

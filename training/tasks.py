@@ -100,7 +100,7 @@ class FinetuneTask:
         self._estimator, self._log_prior, self._scale_profile = None, None, None
         if cfg.monitor.estimator:
             self._estimator, meta = NoiseLevelEstimator.load(cfg.monitor.estimator)
-            self._estimator.check_input(torch.zeros(1, *self.cache.sample_shape))
+            self._estimator.fit_input(torch.zeros(1, *self.cache.sample_shape))
             self._log_prior = training_log_prior(a.schedule, self._estimator.bins)
             if meta.get("nag.family") != a.family:
                 raise ConfigError(f"monitor.estimator {cfg.monitor.estimator} was trained for family "
