@@ -94,9 +94,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # WAN 2.2 TI2V-5B: its own 48-channel latent space
     Family("wan22-5b", "velocity", lambda: Flow(shift=8.0), ("wan2.2-5b", "wan22-ti2v"), "Wan22", 48, ("WAN22_T2V",),
            latent_dims=3),
-    # Qwen-Image: discrete flow, shift 1.15, network time = sigma; the WAN 2.1 VAE's latents, one frame (5-D)
-    Family("qwen-image", "velocity", lambda: Flow(shift=1.15, multiplier=1.0), ("qwen",), "Wan21", 16, ("QwenImage",),
-           latent_dims=3),
+    # Qwen-Image: ComfyUI's ModelSamplingFlux with mu 1.15 (Flux's), network time = sigma; the WAN 2.1 VAE's
+    # latents, one frame (5-D)
+    Family("qwen-image", "velocity", lambda: Flow(shift=math.exp(1.15), multiplier=1.0), ("qwen",), "Wan21", 16,
+           ("QwenImage",), latent_dims=3),
 )}
 _BY_ALIAS = {a: f for f in FAMILIES.values() for a in f.aliases}
 

@@ -115,6 +115,32 @@ def tiny_flux_model(seed: int = 0):
     return tiny_from_config(FLUX_CONFIG, seed)
 
 
+WAN21_CONFIG = {"image_model": "wan2.1", "model_type": "t2v", "dim": 32, "ffn_dim": 64, "num_heads": 2, "num_layers": 1,
+                "in_dim": 16, "out_dim": 16, "text_dim": 64, "freq_dim": 32, "patch_size": (1, 2, 2),
+                "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+WAN22_5B_CONFIG = {**WAN21_CONFIG, "in_dim": 48, "out_dim": 48}
+QWEN_IMAGE_CONFIG = {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 1,
+                     "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 64, "patch_size": 2,
+                     "axes_dims_rope": (4, 6, 6)}
+VIDEO_LATENTS = {"wan21": (1, 16, 2, 8, 8), "wan22-5b": (1, 48, 2, 8, 8), "qwen-image": (1, 16, 1, 8, 8)}
+
+
+def tiny_wan21_model(seed: int = 0):
+    """BaseModel of a 29k-parameter WAN 2.1 T2V (detected WAN21_T2V: discrete flow, shift 8, 5-D Wan21 latents);
+    the WAN 2.2 A14B experts have this architecture too.  Conditioning: ``conditioning("wan", seed)``."""
+    return tiny_from_config(WAN21_CONFIG, seed)
+
+
+def tiny_wan22_5b_model(seed: int = 0):
+    """BaseModel of a 37k-parameter WAN 2.2 TI2V-5B (detected WAN22_T2V: 48-channel Wan22 latents)."""
+    return tiny_from_config(WAN22_5B_CONFIG, seed)
+
+
+def tiny_qwen_image_model(seed: int = 0):
+    """BaseModel of a 56k-parameter Qwen-Image (detected QwenImage: ModelSamplingFlux, Wan21 latents with one frame)."""
+    return tiny_from_config(QWEN_IMAGE_CONFIG, seed)
+
+
 def tiny_unet_model(prediction: str = "eps", seed: int = 0):
     """BaseModel of a ~1M-parameter SD1.5-style UNet (discrete schedule), EPS or V prediction; in-process only."""
     import torch
