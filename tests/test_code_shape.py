@@ -1,13 +1,19 @@
 """The code's shape: no import cycle in any package (imports inside functions count), no study importing
-another study (they share studies/toolkit.py), no module of the nodes importing its package, and no function
-over 80 lines.  Read from the source with ``ast``, so a deferred import cannot hide a cycle."""
+another study or its parts (they share studies/toolkit.py, runs.py, harness.py), no module of the nodes importing
+its package, no function over 80 lines, and the studies' and benchmarks' size limits.  Read from the source with
+``ast``, so a deferred import cannot hide a cycle."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("comfy_nag", "nodes", "training", "studies")
 STUDIES = {"demo", "fidelity", "capacity", "cg_estimator", "last_step", "bench_images", "bench_cost"}
+# a study's own modules (its settings, its report): only the modules of that study import them
+STUDY_PARTS = {"demo_report": "demo", "fidelity_recipes": "fidelity", "fidelity_report": "fidelity",
+               "bench_digits": "bench_images", "bench_report": "bench_images"}
 MAX_LINES = 80
+# studies/ and benchmarks/: lines per module, lines per function, parameters per function (self/cls not counted)
+LIMITS = {"module": 450, "function": 60, "parameters": 8}
 # Absolute imports of these names are ComfyUI's own top-level modules (its nodes.py): the pack reaches its
 # ``nodes`` package only through relative imports, since ComfyUI imports it under the install folder's name.
 HOST_MODULES = {"nodes"}
@@ -78,19 +84,25 @@ def test_no_import_cycle_in_any_package():
     assert cycles(import_graph()) == []
 
 
-def is_study(module: str) -> bool:
-    return module.startswith("studies.") and module.split(".")[-1] in STUDIES
+def study_of(module: str) -> str | None:
+    """The study a module of ``studies`` belongs to (itself or one of its :data:`STUDY_PARTS`); None for shared ones."""
+    name = module.split(".")[-1]
+    if not module.startswith("studies."):
+        return None
+    return name if name in STUDIES else STUDY_PARTS.get(name)
 
 
 def study_imports(graph) -> list[str]:
-    return [f"{m} imports {d}" for m, deps in graph.items() if is_study(m) for d in sorted(deps) if is_study(d)]
+    """Imports of a study's module by a module of another study, and of a study's part by any module outside it."""
+    return sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
+                  if study_of(d) and study_of(d) != study_of(m) and (study_of(m) or d.split(".")[-1] in STUDY_PARTS))
 
 
 def upward_node_imports(graph) -> list[str]:
     return [m for m, deps in graph.items() if m.startswith("nodes.") and "nodes" in deps]
 
 
-def test_no_study_imports_another_study():
+def test_no_study_imports_another_study_or_its_parts():
     bad = study_imports(import_graph())
     assert not bad, "studies share the toolkit, not each other:\n" + "\n".join(bad)
 
@@ -116,11 +128,37 @@ def test_no_function_over_80_lines():
     assert long_functions(paths) == []
 
 
+def oversized(paths, root: Path = ROOT) -> list[str]:
+    """Modules, functions and parameter lists past :data:`LIMITS`."""
+    out = []
+    for p in paths:
+        text = p.read_text()
+        lines = text.count("\n")
+        if lines > LIMITS["module"]:
+            out.append(f"{p.relative_to(root)}: {lines} lines")
+        for node in ast.walk(ast.parse(text, str(p))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+                n = len(names) - (names[:1] in (["self"], ["cls"]))
+                if node.end_lineno - node.lineno + 1 > LIMITS["function"] or n > LIMITS["parameters"]:
+                    out.append(f"{p.relative_to(root)}:{node.lineno} {node.name} "
+                               f"({node.end_lineno - node.lineno + 1} lines, {n} parameters)")
+    return out
+
+
+def test_studies_and_benchmarks_keep_their_limits():
+    assert oversized([p for d in ("studies", "benchmarks") for p in sorted((ROOT / d).rglob("*.py"))]) == []
+
+
 def test_the_checks_can_fail(tmp_path):
-    """A cycle hidden in a function, a study importing a study and an upward import are all seen."""
+    """A cycle hidden in a function, a study importing a study or another study's part, a shared module importing a
+    study's part, and an upward import are all seen; a study importing its own part is not."""
     for pkg, files in {"pa": {"__init__.py": "", "a.py": "from . import b\n",
                               "b.py": "def f():\n    from .a import g\n"},
-                       "studies": {"__init__.py": "", "demo.py": "", "toolkit.py": "",
+                       "studies": {"__init__.py": "", "demo.py": "from .demo_report import f\n", "toolkit.py": "",
+                                   "demo_report.py": "", "harness.py": "from . import demo_report\n",
+                                   "capacity.py": "from . import demo_report\n",
                                    "fidelity.py": "def f():\n    from . import demo, toolkit\n"},
                        "nodes": {"__init__.py": "X = 1\n", "loader.py": "from . import X\nfrom nodes import f\n"}}.items():
         (tmp_path / pkg).mkdir()
@@ -128,6 +166,11 @@ def test_the_checks_can_fail(tmp_path):
             (tmp_path / pkg / name).write_text(text)
     graph = import_graph(tmp_path, ("pa", "studies", "nodes"))
     assert cycles(graph) == [["pa.a", "pa.b"]]
-    assert study_imports(graph) == ["studies.fidelity imports studies.demo"]
+    assert study_imports(graph) == ["studies.capacity imports studies.demo_report", "studies.fidelity imports studies.demo",
+                                    "studies.harness imports studies.demo_report"]
     assert upward_node_imports(graph) == ["nodes.loader"]
     assert long_functions([Path(__file__)], limit=5)
+    wide = tmp_path / "wide.py"
+    wide.write_text("class C:\n    def m(self, a, b, c, d, e, f, g, h):\n        pass\n\n\n"
+                    "def f(a, b, c, d, e, f, g, h, i):\n" + "    pass\n" * 60 + "\n" * 400)
+    assert oversized([wide], tmp_path) == ["wide.py: 466 lines", "wide.py:6 f (61 lines, 9 parameters)"]
