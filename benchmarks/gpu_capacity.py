@@ -152,6 +152,36 @@ def on_device(net, device):
     return OnDevice()
 
 
+@dataclasses.dataclass
+class Network:
+    """One network of the part and what it is trained and measured with: the network on the device (:func:`on_device`),
+    the mixture ``gmm``, the family, the noise-level estimator ``est`` with its ``bins``, the demo's Config ``cfg`` and
+    the part's settings ``s`` (:data:`REAL` or :data:`TOY`)."""
+
+    net: object
+    gmm: object
+    fam: object
+    est: object
+    bins: object
+    cfg: object
+    s: dict
+
+    def train(self, net, steps: int, seed: int, callback) -> list:
+        """Train ``net`` (this network or a copy) for ``steps`` steps with the demo's recipe from ``seed``."""
+        from studies import testbed
+
+        training = testbed.Training(steps, t_dropout=self.cfg.t_dropout, y_dropout=self.cfg.y_dropout, seed=seed)
+        return testbed.train_denoiser(net, self.gmm, self.fam.schedule, self.fam.prediction, training, callback=callback)
+
+    def measure(self, which, lams=None, offsets=None) -> list:
+        """``studies.terms.measure`` of ``which`` terms on the part's states: ``n_states`` per level, seed 0, at
+        ``lams`` and ``offsets`` (default: the CPU runs')."""
+        from studies import terms
+
+        states = terms.States(self.s["n_states"], SEED, lams or terms.LAMS, offsets or terms.OFFSETS)
+        return terms.measure(self.net, self.est, self.gmm, self.fam, self.bins, states, which)
+
+
 def measure_terms():
     from studies import terms
 
@@ -188,32 +218,30 @@ def worker(args) -> dict:
                                     generator=torch.Generator().manual_seed(cfg.seed + 1))
     out.update(estimator_steps=cfg.estimator_steps, estimator_loss=sum(eh[-50:]) / len(eh[-50:]),
                estimator_s=round(time.perf_counter() - t0, 1))
-    wrapped = on_device(net, device)
-    plan = plan_steps(wrapped, gmm, fam, est, bins, cfg, s, target, args.deadline)
+    network = Network(on_device(net, device), gmm, fam, est, bins, cfg, s)
+    plan = plan_steps(network, target, args.deadline)
     out.update(plan)
     print(f"capacity {args.family} {args.name}: {out['params'] / 1e6:.2f} M params, {plan['train_steps']} of {target} "
           f"steps fit ({plan['probe_s_per_step'] * 1e3:.1f} ms/step on {device.type})", flush=True)
     if plan["train_steps"] < s["min_steps"]:
         least = f"{s['min_steps']}" + ("" if args.toy else ", the demo's own training length")
         return {**out, "skipped": f"only {plan['train_steps']} steps fit the budget (minimum {least})"}
-    train_and_measure(out, wrapped, gmm, fam, est, bins, cfg, s, plan["train_steps"])
+    train_and_measure(out, network, plan["train_steps"])
     return out
 
 
-def plan_steps(wrapped, gmm, fam, est, bins, cfg, s: dict, target: int, deadline: float) -> dict:
+def plan_steps(network: Network, target: int, deadline: float) -> dict:
     """Training steps that fit before ``deadline``: speed from a short run on a copy of the network, the
     measurement's time from one level of it (x the levels, + 20 %)."""
-    from studies import terms, testbed
+    from studies import terms
 
+    s = network.s
     t0 = time.perf_counter()
-    terms.measure(wrapped, est, gmm, fam, bins, n=s["n_states"], seed=SEED, lams=(terms.LAMS[0],),
-                  offsets=(terms.OFFSETS[0],), terms=measure_terms())
+    network.measure(measure_terms(), (terms.LAMS[0],), (terms.OFFSETS[0],))
     reserve = (time.perf_counter() - t0) * len(terms.LAMS) * len(terms.OFFSETS) * 1.2 + 5
     stamps: list = []
-    probe = copy.deepcopy(wrapped)
-    testbed.train_denoiser(probe, gmm, fam.schedule, fam.prediction, s["probe_steps"], t_dropout=cfg.t_dropout,
-                           y_dropout=cfg.y_dropout, seed=cfg.seed + 7,
-                           callback=lambda *a: stamps.append(time.perf_counter()))
+    probe = copy.deepcopy(network.net)
+    network.train(probe, s["probe_steps"], network.cfg.seed + 7, lambda *a: stamps.append(time.perf_counter()))
     del probe
     diffs = sorted(b - a for a, b in zip(stamps, stamps[1:]))
     s_step = diffs[len(diffs) // 2] * 1.05  # median, + 5 % for the contention of the other workers
@@ -223,20 +251,18 @@ def plan_steps(wrapped, gmm, fam, est, bins, cfg, s: dict, target: int, deadline
             "measure_reserve_s": round(reserve, 1)}
 
 
-def train_and_measure(out: dict, wrapped, gmm, fam, est, bins, cfg, s: dict, steps: int) -> None:
-    from studies import terms, testbed
+def train_and_measure(out: dict, network: Network, steps: int) -> None:
+    from studies import terms
 
     stamps: list = []
     t0 = time.perf_counter()
-    hist = testbed.train_denoiser(wrapped, gmm, fam.schedule, fam.prediction, steps, t_dropout=cfg.t_dropout,
-                                  y_dropout=cfg.y_dropout, seed=cfg.seed,
-                                  callback=lambda *a: stamps.append(time.perf_counter()))
+    hist = network.train(network.net, steps, network.cfg.seed, lambda *a: stamps.append(time.perf_counter()))
     diffs = sorted(b - a for a, b in zip(stamps, stamps[1:]))
     out.update(train_s=round(time.perf_counter() - t0, 1), s_per_step=diffs[len(diffs) // 2],
                train_loss=sum(hist[-100:]) / len(hist[-100:]), train_steps_x_demo=steps / DEMO_STEPS)
     t0 = time.perf_counter()
     which = measure_terms()
-    rows = terms.measure(wrapped, est, gmm, fam, bins, n=s["n_states"], seed=SEED, terms=which)
+    rows = network.measure(which)
     out["measure_s"] = round(time.perf_counter() - t0, 1)
     out["terms"] = {t: {"cos_late": terms.late_cos(rows, t), "cos_late_noisier": terms.late_cos(rows, t, offset=0.5),
                         "norm_ratio_late": median([r["norm_ratio"] for r in rows

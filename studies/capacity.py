@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import harness, testbed, toolkit
 from .harness import md_table
-from .terms import late_cos, measure
+from .terms import States, late_cos, measure
 
 METHODS = ("baseline", "nag_cf", "nag_cf_cal", "nag_exact_term")
 
@@ -76,7 +76,7 @@ def params(net) -> int:
 
 
 def sample_variant(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, w: float, cal: dict, ev: toolkit.Eval) -> list[dict]:
-    """Rows (``studies.toolkit.row``) of :data:`METHODS` at every sampler x steps of ``cfg``."""
+    """Rows (``studies.toolkit.sample_row``) of :data:`METHODS` at every sampler x steps of ``cfg``."""
     knobs = {"nag_cf": w, "nag_profile": toolkit.profile_of(cal)}
     return [toolkit.sample_row(tr, dcfg, ev, method, sampler, steps, knobs)
             for sampler in cfg.samplers for steps in cfg.steps for method in METHODS]
@@ -101,8 +101,8 @@ def study(cfg: Config, log=print, progress: bool = True, work=None, families: tu
                     ev = toolkit.make_eval(tr, dcfg, seed)
                     w = toolkit.tune(tr, dcfg, log, methods=("nag_cf",))[0]["nag_cf"]
                     cal = toolkit.calibrate(tr, dcfg)
-                    fid = measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed,
-                                  terms=("nag_cf", "marginal_null"))
+                    fid = measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, States(cfg.n_states, seed),
+                                  ("nag_cf", "marginal_null"))
                     return {"scale": w, "fidelity": fid, "rows": sample_variant(tr, dcfg, cfg, w, cal, ev)}
 
                 spec = {"stage": "capacity measurement", "family": name, "config": asdict(dcfg), "study": asdict(cfg)}

@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 from comfy_nag import estimators, samplers
 from comfy_nag.denoiser import Denoiser
 
-from . import harness, testbed, toolkit
+from . import harness, runs, testbed, toolkit
 from .harness import md_table
-from .terms import LAMS, late_cos, measure
+from .terms import LAMS, States, late_cos, measure
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ def sample_variant(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: t
     """NAG-CG at the held-out-tuned scale, and the exact score term at that scale, per sampler
     (``exact_runs`` keeps the exact term's runs, which depend only on the scale and the bins)."""
     def run(method, w, sampler, e, den=None):
-        g, lf = toolkit.method_setup(method, tr, dcfg, {"nag_cg": w})
-        return toolkit.run_one(tr, e, g, lf, sampler, cfg.steps, denoiser=den)
+        setup = toolkit.method_setup(method, tr, dcfg, {"nag_cg": w})
+        return toolkit.run_one(tr, e, setup, sampler, cfg.steps, denoiser=den)
 
     def exact(w, sampler):
         key = (w, tr.bins.k, sampler)
@@ -147,7 +147,7 @@ def sample_variant(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: t
         return exact_runs[key]
 
     scores = {w: run("nag_cg", w, "euler", held) for w in cfg.grid}
-    w = harness.first_best(lambda v: scores[v]["quality"] if scores[v]["diverged"] == 0 else float("inf"), cfg.grid)
+    w = runs.first_best(lambda v: scores[v]["quality"] if scores[v]["diverged"] == 0 else float("inf"), cfg.grid)
     rows = []
     for sampler in cfg.samplers:
         for method, res in (("nag_cg", run("nag_cg", w, sampler, ev)), ("exact_score", exact(w, sampler))):
@@ -166,16 +166,17 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
         for name in dcfg.families:
             nets = stages and harness.Stages(stages.folder / f"seed{seed}", stages.log)  # one network pair per seed
             tr = toolkit.train_family(name, gmm, dcfg, log=log, stages=nets, progress=progress)
-            plain = toolkit.train_family(name, gmm, dataclasses.replace(dcfg, t_dropout=0.0), estimator=tr.estimator,
-                                         log=log, stages=nets, progress=progress, tag="no_dropout").net
+            no_dropout = toolkit.NetVariant(estimator=tr.estimator, tag="no_dropout")
+            plain = toolkit.train_family(name, gmm, dataclasses.replace(dcfg, t_dropout=0.0), no_dropout, log, nets,
+                                         progress).net
             out["fidelity"] += [{"seed": seed, "family": name, "variant": "ceiling", **r} for r in measure(
-                plain, tr.estimator, gmm, tr.fam, tr.bins, n=cfg.n_states, seed=seed, lams=LAMS,
-                terms=("nag_cf_est_exact", "marginal_null"))]
+                plain, tr.estimator, gmm, tr.fam, tr.bins, States(cfg.n_states, seed, LAMS),
+                ("nag_cf_est_exact", "marginal_null"))]
             ev, held = toolkit.make_eval(tr, dcfg, seed), toolkit.make_eval(tr, dcfg, seed + 1000)
             base, exact_runs = {}, {}
             sampling = seed in cfg.sample_seeds
             for sampler in cfg.samplers if sampling else ():
-                res = toolkit.run_one(tr, ev, *toolkit.method_setup("baseline", tr, dcfg, {}), sampler, cfg.steps)
+                res = toolkit.run_one(tr, ev, toolkit.method_setup("baseline", tr, dcfg, {}), sampler, cfg.steps)
                 base[sampler] = {"noise_shift": res["shift"]["exact"]["noise_shift"],
                                  "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"]}
             for vname in tqdm(cfg.variants, desc=f"{name} seed {seed}: estimators", disable=not progress):
@@ -186,10 +187,10 @@ def study(cfg: Config, log=print, progress: bool = True, stages: harness.Stages 
                 out["training"].append({**key, "changed": v.changed(), "loss": summ["loss"], "seconds": summ["seconds"],
                                         "cross_entropy": cross_entropy(est, tr, cfg.n_states * 4, seed),
                                         "posterior": toolkit.estimator_check(tr, seed, est, bins)})
-                out["fidelity"] += [{**key, **r} for r in measure(tr.net, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed,
-                                                                  lams=LAMS, offsets=(0.0,), terms=("nag_cg",))]
-                out["fidelity"] += [{**key, **r} for r in measure(plain, est, gmm, tr.fam, bins, n=cfg.n_states, seed=seed,
-                                                                  lams=LAMS, terms=EST_TERMS)]
+                out["fidelity"] += [{**key, **r} for r in measure(tr.net, est, gmm, tr.fam, bins,
+                                                                  States(cfg.n_states, seed, LAMS, (0.0,)), ("nag_cg",))]
+                out["fidelity"] += [{**key, **r} for r in measure(plain, est, gmm, tr.fam, bins,
+                                                                  States(cfg.n_states, seed, LAMS), EST_TERMS)]
                 for r in sample_variant(trv, dcfg, cfg, ev, held, exact_runs) if sampling else ():
                     b = base[r["sampler"]]
                     out["sampling"].append({**key, **r, "shift_baseline": b["noise_shift"], "quality_baseline": b["quality"]})

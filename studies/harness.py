@@ -1,8 +1,5 @@
-"""What every study shares: one sampling run with its noise-shift readout, knob tuning, the
-noise-shift figures, the report's tables, finished stages, and the start and end of a study command.
-
-Seeds (paired comparisons: every method of a study sees the same noise): initial noise
-``seed + 20``, SDE noise ``seed + 30``, the forward (reference) samples ``seed + 40``.
+"""What every study shares: the noise-shift figures, the report's tables, finished stages, and the start
+and end of a study command (one sampling run, its row and knob tuning: ``studies.runs``).
 """
 from __future__ import annotations
 
@@ -12,50 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from comfy_nag import samplers, shift
-from comfy_nag.schedules import Schedule
-
 from . import methods
 
 KDE_FRACTIONS = (0.55, 0.7, 0.85, 1.0)  # where in sampling the KDE panels look
-
-
-def sample_run(den, schedule: Schedule, sampler: str, steps: int, shape, y, seed: int, readouts: dict,
-               x_fwd: torch.Tensor, level_fn=None, record="late") -> dict:
-    """Sample once with ``den`` and read the noise shift with every readout.
-
-    ``record``: ``"late"`` (the last 20 % of steps, shift.py's ``noise_shift``), ``"all"``, or a list of
-    step indices.  Returns ``samples``, ``nfe_per_step`` and, per readout name, ``shift[name]``
-    (:func:`comfy_nag.shift.summarize` against forward samples of ``x_fwd``) and ``estimated[name]``
-    (per-step, per-sample readouts).
-    """
-    sig = schedule.sigmas(steps)
-    idx = list(range(steps)) if record == "all" else shift.late_steps(steps) if record == "late" else list(record)
-    traces = {k: shift.ShiftTrace(ro, schedule.space, only=set(idx)) for k, ro in readouts.items()}
-
-    def callback(info):
-        for t in traces.values():
-            t(info)
-
-    x = samplers.initial_noise(shape, schedule, torch.Generator().manual_seed(seed + 20))
-    run = samplers.get_sampler(sampler, schedule.space, torch.Generator().manual_seed(seed + 30))
-    out = run(den, x, sig, extra_args={"y": y}, callback=callback, level_fn=level_fn)
-    res = {"samples": out, "nfe_per_step": getattr(den, "evaluations", steps) / steps, "shift": {}, "estimated": {}}
-    for k, t in traces.items():
-        ref = shift.forward_readout(t.readout, x_fwd, sig[idx], schedule, torch.Generator().manual_seed(seed + 40))
-        res["shift"][k] = shift.summarize(t, ref, n_steps=steps)
-        res["estimated"][k] = t.estimated
-    return res
-
-
-def first_best(score, candidates):
-    """The first candidate with the lowest ``score(candidate)`` (every candidate is scored, in order)."""
-    best = None
-    for c in candidates:
-        q = score(c)
-        if best is None or q < best[0]:
-            best = (q, c)
-    return best[1]
 
 
 def kde_steps(steps: int) -> list[int]:

@@ -19,7 +19,7 @@ from comfy_nag import shift
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.families import family
 
-from . import harness, testbed, toolkit
+from . import harness, runs, testbed, toolkit
 from .harness import md_table
 
 LAST = 4  # steps shown
@@ -36,8 +36,8 @@ def study(out: Path, seed: int = 0, n: int = 500, log=print) -> list[dict]:
     for who, den in models.items():
         for sampler in ("euler", "heun"):
             for steps in (10, 25):
-                res = harness.sample_run(den, sch, sampler, steps, (n, gmm.dim), ev.y[:n], seed, {"exact": ev.readout},
-                                         ev.x0_fwd[:n], None, "all")
+                draw = runs.Draw(ev.y[:n], ev.x0_fwd[:n], seed, {"exact": ev.readout})
+                res = runs.sample_run(den, sch, sampler, steps, draw, None, "all")
                 sig = sch.sigmas(steps)[:-1]
                 fwd = shift.forward_readout(ev.readout, ev.x0_fwd[:n], sig, sch, torch.Generator().manual_seed(seed + 40))
                 est = res["estimated"]["exact"]

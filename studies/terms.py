@@ -19,6 +19,8 @@ map of the prediction with a per-sample scalar, so cosine and norm ratio are the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -35,6 +37,17 @@ LAMS = (-2.0, 0.0, 2.0, 4.0, 6.0)
 OFFSETS = (0.0, 0.5)
 TERMS = ("nag_cf", "readout", "marginal_null", "nag_cg")
 ESTIMATOR_TERMS = ("nag_cf_est", "nag_cf_est3", "nag_cf_est_exact")  # the null branch from a level posterior
+
+
+@dataclass(frozen=True)
+class States:
+    """The forward states :func:`measure` reads: ``n`` per nominal log-SNR in ``lams`` and offset in ``offsets``,
+    drawn from ``seed`` (generator ``seed + 99``)."""
+
+    n: int = 512
+    seed: int = 0
+    lams: tuple = LAMS
+    offsets: tuple = OFFSETS
 
 
 def agreement(learned: torch.Tensor, exact: torch.Tensor) -> dict:
@@ -65,22 +78,21 @@ def estimator_null_term(net, fam, estimator, levels: int, x, s, y) -> torch.Tens
     return br["cond"] - br["null_cond"]
 
 
-def measure(net, estimator, gmm, fam, bins, n: int = 512, seed: int = 0, lams=LAMS, offsets=OFFSETS,
-            terms=TERMS) -> list[dict]:
+def measure(net, estimator, gmm, fam, bins, states: States = States(), terms=TERMS) -> list[dict]:
     """Rows ``{lam, offset, term, cos, norm_ratio}`` for each of ``terms`` (:data:`TERMS`,
-    :data:`ESTIMATOR_TERMS`).
+    :data:`ESTIMATOR_TERMS`) on ``states``.
 
     ``readout`` is what a user sees without an exact term: the network's ``c - n`` against the estimator's
     gradient under the training levels' prior (``comfy_nag.readout.null_branch_readout``)."""
     sch, space = fam.schedule, fam.schedule.space
     den = Denoiser(net, sch, fam.prediction)
     log_prior = training_log_prior(sch, bins)
-    g = torch.Generator().manual_seed(seed + 99)
+    n, g = states.n, torch.Generator().manual_seed(states.seed + 99)
     posteriors = {"nag_cf_est": (estimator, 1), "nag_cf_est3": (estimator, 3),
                   "nag_cf_est_exact": (testbed.ExactLevelPosterior(gmm, sch, bins), 1)}
     rows = []
-    for lam in lams:
-        for off in offsets:
+    for lam in states.lams:
+        for off in states.offsets:
             x0, y = gmm.sample(n, generator=g)
             s_true = space.sigma_from_logsnr(torch.tensor(lam - off)).float()
             x = space.alpha(s_true) * x0 + s_true * torch.randn(x0.shape, generator=g)

@@ -392,16 +392,29 @@ class LossRecipe:
         return (per * w).sum() / w.sum(), per.detach(), batch.drop_t
 
 
-def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, steps: int, batch: int = 256,
-                   lr: float = 2e-3, t_dropout: float = 0.1, y_dropout: float = 0.1, seed: int = 0, callback=None,
-                   recipe: LossRecipe = LossRecipe()):
+@dataclass(frozen=True)
+class Training:
+    """How :func:`train_denoiser` trains: ``steps`` steps on batches of ``batch`` mixture samples at learning rate
+    ``lr`` (``comfy_nag.losses.fit``), noise-condition dropout ``t_dropout``, class dropout ``y_dropout``, every draw
+    from ``seed``, the loss ``recipe``."""
+
+    steps: int
+    batch: int = 256
+    lr: float = 2e-3
+    t_dropout: float = 0.1
+    y_dropout: float = 0.1
+    seed: int = 0
+    recipe: LossRecipe = LossRecipe()
+
+
+def train_denoiser(net, gmm: GaussianMixture, schedule: Schedule, prediction: str, training: Training, callback=None):
     """Train ``net`` on the mixture with noise-condition and class dropout; returns the loss history."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(training.seed)
 
     def loss(step):
-        x0, y = gmm.sample(batch, generator=g)
-        b = training_batch(net, x0, y, schedule, prediction, noise_condition_dropout_rate=t_dropout,
-                           class_dropout_rate=y_dropout, generator=g)
-        return recipe.loss(net, b)[0]
+        x0, y = gmm.sample(training.batch, generator=g)
+        b = training_batch(net, x0, y, schedule, prediction, noise_condition_dropout_rate=training.t_dropout,
+                           class_dropout_rate=training.y_dropout, generator=g)
+        return training.recipe.loss(net, b)[0]
 
-    return fit(net, loss, steps, lr, callback, what="denoiser loss")
+    return fit(net, loss, training.steps, training.lr, callback, what="denoiser loss")

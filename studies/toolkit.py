@@ -1,12 +1,14 @@
 """The exact-testbed studies' toolkit: one family's denoiser and estimator trained on a Gaussian
-mixture, one sampling run measured against the exact distribution, knob tuning, the per-level
-NAG-CF scale calibration, and the criterion against the exact NAG term.
+mixture, one sampling run scored against the exact distribution and its row (:data:`ROWS`), knob
+tuning, the per-level NAG-CF scale calibration, and the criterion against the exact NAG term.
 
-The demo, fidelity, capacity, cg_estimator and last_step studies build on it; :mod:`studies.terms`
+The demo, fidelity, capacity, cg_estimator and last_step studies build on it; the run, the row format
+and the tuning loop are ``studies.runs``' (shared with the image benchmark); :mod:`studies.terms`
 measures the learned NAG terms against the exact ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,14 +19,19 @@ from comfy_nag import estimators, models
 from comfy_nag.classifier_guidance import estimator_x0_term
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.families import Family, family
-from comfy_nag.guidance import Guidance
 from comfy_nag.scale_profiles import ScaleFit, ScaleProfile
 
-from . import harness, methods, testbed
+from . import harness, methods, runs, testbed
 
 QUALITY_METRIC = "class_frechet_distance"
-TUNED = {"nag_cf": "nag_scale", "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window",
-         "nag_cf_est": "nag_scale"}
+TUNED = ("nag_cf", "nag_cg", "eps_scaling", "time_shift", "nag_cf_est")  # each method's one knob, tuned by tune()
+# A testbed row: the exact readout's late shift, the exact-distribution scores, and the knob each method's row records
+# under the name of what it sets (the CFG scale and the NAG window are the study's, in its Config).
+ROWS = runs.RowFormat(
+    "exact", QUALITY_METRIC, ("energy_distance", "nll", "diverged", "seconds_per_step"),
+    labels={"nag_cf": "nag_scale", "nag_cf_cfg": "nag_scale", "nag_cf_est": "nag_scale", "nag_cf_cal": "nag_scale",
+            "nag_cg": "cg_scale", "eps_scaling": "eps_scale", "time_shift": "window", "nag_profile": "profile"},
+    omitted=frozenset({"cfg", "window"}), shown={"nag_profile": "calibrated to the estimator (calibrate())"})
 
 
 @dataclass
@@ -75,6 +82,17 @@ class Config:
 # one family's trained pieces
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class NetVariant:
+    """A variant of a family's network: its null condition ``null_mode`` (``sentinel``: the null timestep;
+    ``learned``: a learned null embedding), an ``estimator`` to reuse instead of training one, and ``tag`` naming
+    its stage (e.g. ``no_dropout``; the change itself is in the Config) so that it does not replace the plain one."""
+
+    null_mode: str = "sentinel"
+    estimator: estimators.NoiseLevelEstimator | None = None
+    tag: str = ""
+
+
 @dataclass
 class Trained:
     fam: Family
@@ -95,11 +113,11 @@ class Trained:
         return methods.nag_window(self.fam.schedule, min_logsnr)
 
 
-def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode: str = "sentinel",
-                 estimator: estimators.NoiseLevelEstimator | None = None, log=print,
-                 stages: harness.Stages | None = None, progress: bool = True, tag: str = "") -> Trained:
-    """Train (or reuse from ``stages``) one family's denoiser and, unless given, its noise-level estimator.
-    ``tag`` names a variant's stage (e.g. ``no_dropout``) so that it does not replace the plain one."""
+def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, variant: NetVariant = NetVariant(), log=print,
+                 stages: harness.Stages | None = None, progress: bool = True) -> Trained:
+    """Train (or reuse from ``stages``) one family's denoiser and, unless ``variant`` gives one, its noise-level
+    estimator."""
+    null_mode, estimator, tag = variant.null_mode, variant.estimator, variant.tag
     fam = family(name)
     sch = fam.schedule
     torch.manual_seed(cfg.seed)
@@ -114,8 +132,8 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, null_mode
     def make():
         t0 = time.time()
         bar, cb = harness.progress(cfg.train_steps, f"{name}: denoiser", progress)
-        hist = testbed.train_denoiser(net, gmm, sch, fam.prediction, cfg.train_steps, t_dropout=cfg.t_dropout,
-                                      y_dropout=cfg.y_dropout, seed=cfg.seed, callback=cb)
+        training = testbed.Training(cfg.train_steps, t_dropout=cfg.t_dropout, y_dropout=cfg.y_dropout, seed=cfg.seed)
+        hist = testbed.train_denoiser(net, gmm, sch, fam.prediction, training, callback=cb)
         bar.close()
         est_loss = float("nan")
         if own_estimator:
@@ -147,18 +165,18 @@ def exact_nag(tr: Trained, cfg: Config, w: float, term=testbed.ExactTermNAG, bas
     return term(base, tr.gmm, tr.fam, w, tr.window(cfg.nag_min_logsnr), tr.bins)
 
 
-def method_setup(method: str, tr: Trained, cfg: Config, knobs: dict):
-    """(Guidance, level_fn) for a method name (studies.methods), at the study's CFG scale and NAG window."""
-    if method == "nag_exact_term":
-        return Guidance(), None  # run with exact_nag(...) as the denoiser
-    return methods.setup(method, tr.fam.schedule, {**knobs, "cfg": cfg.cfg_scale, "window": cfg.nag_min_logsnr},
-                         tr.data_var, tr.estimator)
+def method_setup(method: str, tr: Trained, cfg: Config, knobs: dict) -> methods.Setup:
+    """What the sampler runs for a method (studies.methods), at the study's CFG scale and NAG window; for
+    ``nag_exact_term``, run it with :func:`exact_nag` as the denoiser."""
+    return methods.setup_for(method, tr, {**knobs, "cfg": cfg.cfg_scale, "window": cfg.nag_min_logsnr})
 
 
 @dataclass
 class Eval:
-    """Shared evaluation data for one family (same seeds for every method: paired comparisons)."""
+    """Shared evaluation data for one family (same seeds for every method: paired comparisons): the exact
+    ``readout``, reference samples for the energy distance, the classes ``y`` and forward samples ``x0_fwd``."""
 
+    gmm: testbed.GaussianMixture
     readout: object
     ref_x: torch.Tensor
     ref_y: torch.Tensor
@@ -166,58 +184,50 @@ class Eval:
     x0_fwd: torch.Tensor
     seed: int
 
+    def head(self, n: int) -> "Eval":
+        """The same evaluation on its first ``n`` samples."""
+        return dataclasses.replace(self, y=self.y[:n], x0_fwd=self.x0_fwd[:n])
+
+    def draw(self, extra_readouts: dict | None = None) -> runs.Draw:
+        """The draw of a run: readout ``exact`` plus ``extra_readouts``, samples scored by :meth:`score`."""
+        return runs.Draw(self.y, self.x0_fwd, self.seed, {"exact": self.readout, **(extra_readouts or {})}, self.score)
+
+    def score(self, out: torch.Tensor, y: torch.Tensor) -> dict:
+        """Samples against the exact distribution: ``diverged`` (non-finite samples), then on the finite ones
+        ``quality`` (class Frechet distance), ``energy_distance`` and ``nll``."""
+        finite = torch.isfinite(out).all(1)
+        o, yy = out[finite], y[finite]
+        return {"diverged": int((~finite).sum()), "quality": testbed.class_frechet_distance(self.gmm, o, yy),
+                "energy_distance": testbed.class_energy_distance(o, yy, self.ref_x, self.ref_y),
+                "nll": testbed.nll(self.gmm, o, yy)}
+
 
 def make_eval(tr: Trained, cfg: Config, seed: int) -> Eval:
     g = torch.Generator().manual_seed(seed + 10)
     ref_x, ref_y = tr.gmm.sample(cfg.n_reference, generator=g)
     x0_fwd, y = tr.gmm.sample(cfg.n_samples, generator=g)
-    return Eval(testbed.exact_readout(tr.gmm, tr.bins, tr.space, sub=2), ref_x, ref_y, y, x0_fwd, seed)
+    return Eval(tr.gmm, testbed.exact_readout(tr.gmm, tr.bins, tr.space, sub=2), ref_x, ref_y, y, x0_fwd, seed)
 
 
-def run_one(tr: Trained, ev: Eval, guidance: Guidance, level_fn, sampler: str, steps: int,
-            record="late", denoiser=None, extra_readouts: dict | None = None) -> dict:
-    """Sample once and measure (harness.sample_run; readout ``exact`` plus ``extra_readouts``)."""
-    den = denoiser or Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction, guidance, estimator=tr.estimator)
-    t0 = time.perf_counter()
-    res = harness.sample_run(den, tr.fam.schedule, sampler, steps, (ev.y.shape[0], tr.gmm.dim), ev.y, ev.seed,
-                             {"exact": ev.readout, **(extra_readouts or {})}, ev.x0_fwd, level_fn, record)
-    res["seconds_per_step"] = (time.perf_counter() - t0) / steps  # with the readouts of the recorded steps
-    out = res["samples"]
-    finite = torch.isfinite(out).all(1)
-    res["diverged"] = int((~finite).sum())
-    o, yy = out[finite], ev.y[finite]
-    res["quality"] = testbed.class_frechet_distance(tr.gmm, o, yy)
-    res["energy_distance"] = testbed.class_energy_distance(o, yy, ev.ref_x, ev.ref_y)
-    res["nll"] = testbed.nll(tr.gmm, o, yy)
-    return res
-
-
-def row(name: str, tr: Trained, method: str, sampler: str, steps: int, res: dict, knobs: dict) -> dict:
-    r = {"family": name, "method": method, "sampler": sampler, "steps": steps,
-         "nfe_per_step": round(res["nfe_per_step"], 3), "noise_shift": res["shift"]["exact"]["noise_shift"],
-         "signed_shift": res["shift"]["exact"]["signed_shift"], "quality": res["quality"], "quality_metric": QUALITY_METRIC,
-         "energy_distance": res["energy_distance"], "nll": res["nll"], "diverged": res["diverged"],
-         "seconds_per_step": res["seconds_per_step"]}
-    if method == "nag_cf_cal":
-        r["knob"] = {"nag_scale": 1.0, "profile": "calibrated to the estimator (calibrate())"}
-    elif method == "nag_cf_est":
-        r["knob"] = {"nag_scale": knobs["nag_cf_est"], "null_levels": knobs.get("null_levels", 1)}
-    elif method in TUNED or method.startswith("nag_cf"):
-        key = "nag_cf" if method.startswith("nag_cf") else method
-        r["knob"] = {TUNED[key]: knobs[key]}
-    if "learned" in res["shift"]:
-        r["noise_shift_learned_estimator"] = res["shift"]["learned"]["noise_shift"]
-    return r
+def run_one(tr: Trained, ev: Eval, setup: methods.Setup, sampler: str, steps: int, record="late", denoiser=None,
+            extra_readouts: dict | None = None) -> dict:
+    """Sample once and measure (runs.sample_run; readout ``exact`` plus ``extra_readouts``); ``denoiser`` replaces
+    the trained network with ``setup``'s guidance."""
+    den = denoiser or Denoiser(tr.net, tr.fam.schedule, tr.fam.prediction, setup.guidance, estimator=tr.estimator)
+    return runs.sample_run(den, tr.fam.schedule, sampler, steps, ev.draw(extra_readouts), setup.level_fn, record)
 
 
 def sample_row(tr: Trained, cfg: Config, ev: Eval, method: str, sampler: str, steps: int, knobs: dict,
                extra_readouts: dict | None = None) -> dict:
-    """One :func:`row`: ``method`` sampled with ``knobs`` (the tuned knobs, plus ``nag_profile`` for
-    ``nag_cf_cal``); ``nag_exact_term`` adds the exact difference term at nag_cf's scale and window."""
-    g, lf = method_setup(method, tr, cfg, knobs)
-    den = exact_nag(tr, cfg, knobs["nag_cf"]) if method == "nag_exact_term" else None
-    res = run_one(tr, ev, g, lf, sampler, steps, denoiser=den, extra_readouts=extra_readouts)
-    return row(tr.fam.name, tr, method, sampler, steps, res, {k: v for k, v in knobs.items() if k != "nag_profile"})
+    """One row (:data:`ROWS`): ``method`` sampled with ``knobs`` (the tuned knobs, plus ``nag_profile`` for
+    ``nag_cf_cal``); ``nag_exact_term`` adds the exact difference term at nag_cf's scale and window; a ``learned``
+    extra readout adds its late shift."""
+    den = exact_nag(tr, cfg, knobs["nag_cf"]) if method == methods.EXACT_TERM else None
+    res = run_one(tr, ev, method_setup(method, tr, cfg, knobs), sampler, steps, denoiser=den, extra_readouts=extra_readouts)
+    r = ROWS.row({"family": tr.fam.name, "method": method, "sampler": sampler, "steps": steps}, res, knobs)
+    if "learned" in res["shift"]:
+        r["noise_shift_learned_estimator"] = res["shift"]["learned"]["noise_shift"]
+    return r
 
 
 def estimator_check(tr: Trained, seed: int, estimator=None, bins=None) -> dict:
@@ -279,25 +289,22 @@ def profile_of(cal: dict) -> ScaleProfile:
     return ScaleProfile(tuple(cal["logsnr"]), tuple(max(v, 0.0) for v in cal["estimator"]))
 
 
-def tune(tr: Trained, cfg: Config, log=print, methods=tuple(TUNED), samplers=("euler",)) -> tuple[dict, list]:
+def tune(tr: Trained, cfg: Config, log=print, methods=TUNED, samplers=("euler",)) -> tuple[dict, list]:
     """Pick each of ``methods``' one knob on a held-out seed (``tune_steps``), lowest quality metric: with several
     ``samplers``, the lowest mean over them (one knob that serves every sampler it will be used with)."""
     ev = make_eval(tr, cfg, cfg.seed + 1000)
-    knobs, table = {}, []
 
-    def score(method, v):
-        g, lf = method_setup(method, tr, cfg, {method: v})
-        runs = [run_one(tr, ev, g, lf, sampler, cfg.tune_steps) for sampler in samplers]
-        q = float(np.mean([r["quality"] for r in runs])) if all(r["diverged"] == 0 for r in runs) else float("inf")
-        table.append({"method": method, "value": v, "quality": q,
-                      "noise_shift": float(np.mean([r["shift"]["exact"]["noise_shift"] for r in runs])),
-                      **({"samplers": "+".join(samplers)} if len(samplers) > 1 else {})})
-        return q
+    def measure(method, knobs):
+        res = [run_one(tr, ev, method_setup(method, tr, cfg, knobs), sampler, cfg.tune_steps) for sampler in samplers]
+        q = float(np.mean([r["quality"] for r in res])) if all(r["diverged"] == 0 for r in res) else float("inf")
+        return q, {"quality": q, "noise_shift": float(np.mean([r["shift"]["exact"]["noise_shift"] for r in res])),
+                   **({"samplers": "+".join(samplers)} if len(samplers) > 1 else {})}
 
-    for method in methods:
-        knobs[method] = harness.first_best(lambda v: score(method, v), cfg.grid[method])
+    tuning = runs.Tuning(measure)
+    knobs = {m: tuning.best(m, cfg.grid[m], lambda v, m=m: {m: v}, lambda v, m=m: {"method": m, "value": v})
+             for m in methods}
     log(f"[{tr.fam.name}] tuned on a held-out seed: {knobs}")
-    return knobs, table
+    return knobs, tuning.table
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from studies import bench_digits, bench_report
 from studies import bench_images as bi
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config():
-    return bi.Config(quick=True, families=("sit",), n_train=300, pretrain_steps=30, finetune_steps=5, batch_size=32,
+    return bench_digits.Config(quick=True, families=("sit",), n_train=300, pretrain_steps=30, finetune_steps=5, batch_size=32,
                      hidden=32, depth=1, samplers=("euler", "sde"), steps=(4,), n_samples=60,
                      classifier_steps=30, estimator_steps=30, bins=8, tune_steps=4, plot_steps=4,
                      estimator_width=16, estimator_depth=2,
@@ -37,7 +38,7 @@ def test_bench_images_writes_report_and_rows(tmp_path):
         for key in ("method", "sampler", "steps", "nfe_per_step", "noise_shift", "quality", "quality_metric",
                     "precision", "recall", "accuracy"):
             assert key in r, key
-        assert r["quality_metric"] == bi.QUALITY_METRIC and math.isfinite(r["quality"]) and r["quality"] >= 0
+        assert r["quality_metric"] == bench_digits.QUALITY_METRIC and math.isfinite(r["quality"]) and r["quality"] >= 0
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["accuracy"] <= 1
     nfe = {(r["model"], r["method"]): r["nfe_per_step"] for r in rows if r["sampler"] == "euler"}
     assert nfe[("pretrained", "baseline")] == 1 and nfe[("ncd_finetune", "cfg")] == 2 and nfe[("ncd_finetune", "nag_cg")] == 1
@@ -46,7 +47,7 @@ def test_bench_images_writes_report_and_rows(tmp_path):
     assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
     for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step"):
         assert q in report
-    assert bi.headline(res) in report and "nag_cf vs baseline" in bi.headline(res)
+    assert bench_report.headline(res) in report and "nag_cf vs baseline" in bench_report.headline(res)
 
 
 def test_bench_images_is_reproducible(tmp_path):
@@ -59,9 +60,9 @@ def test_bench_images_is_reproducible(tmp_path):
 def test_results_image_table_matches_the_committed_benchmark_run(results_block):
     """docs/results.md's image-scale table is regenerated from docs/bench/metrics.json, not typed by hand."""
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/bench/metrics.json").read_text())
-    assert results_block("bench-images") == bi.headline(committed), (
+    assert results_block("bench-images") == bench_report.headline(committed), (
         "docs/results.md's image-scale table differs from docs/bench/metrics.json; paste "
-        "studies.bench_images.headline(...) of it (also in docs/bench/report.md) between the markers in docs/results.md")
+        "studies.bench_report.headline(...) of it (also in docs/bench/report.md) between the markers in docs/results.md")
 
 
 def test_precision_recall_follow_the_knn_definition():
@@ -69,11 +70,11 @@ def test_precision_recall_follow_the_knn_definition():
     real = torch.randn(200, 4, generator=g)
     same = torch.randn(200, 4, generator=g)
     far = torch.randn(200, 4, generator=g) + 10
-    p, r = bi.precision_recall(real, same, 3)
+    p, r = bench_digits.precision_recall(real, same, 3)
     assert p > 0.8 and r > 0.8
-    assert bi.precision_recall(real, far, 3) == (0.0, 0.0)
+    assert bench_digits.precision_recall(real, far, 3) == (0.0, 0.0)
     # a collapsed generator: precise, no recall
-    p, r = bi.precision_recall(real, real[:1].repeat(200, 1) + 1e-3 * same, 3)
+    p, r = bench_digits.precision_recall(real, real[:1].repeat(200, 1) + 1e-3 * same, 3)
     assert p == 1.0 and r < 0.1
 
 

@@ -1,13 +1,16 @@
 """The code's shape: no import cycle in any package (imports inside functions count), no study importing
-another study (they share studies/toolkit.py), no module of the nodes importing its package; short modules,
-functions and interfaces; options compared as values, never as display strings.  Read from the source with
-``ast``, so a deferred import cannot hide a cycle."""
+another study or its parts (they share studies/toolkit.py, runs.py, harness.py), no module of the nodes importing
+its package; short modules, functions and interfaces; options compared as values, never as display strings.  Read
+from the source with ``ast``, so a deferred import cannot hide a cycle."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("comfy_nag", "nodes", "training", "studies")
 STUDIES = {"demo", "fidelity", "capacity", "cg_estimator", "last_step", "bench_images", "bench_cost"}
+# a study's own modules (its settings, its report): only the modules of that study import them
+STUDY_PARTS = {"demo_report": "demo", "fidelity_recipes": "fidelity", "fidelity_report": "fidelity",
+               "bench_digits": "bench_images", "bench_report": "bench_images"}
 MAX_LINES = 80  # tests
 CODE = (*PACKAGES, "benchmarks")  # the project's code: the limits below hold there
 MAX_FUNCTION_LINES, MAX_MODULE_LINES, MAX_PARAMETERS = 60, 450, 8
@@ -81,19 +84,25 @@ def test_no_import_cycle_in_any_package():
     assert cycles(import_graph()) == []
 
 
-def is_study(module: str) -> bool:
-    return module.startswith("studies.") and module.split(".")[-1] in STUDIES
+def study_of(module: str) -> str | None:
+    """The study a module of ``studies`` belongs to (itself or one of its :data:`STUDY_PARTS`); None for shared ones."""
+    name = module.split(".")[-1]
+    if not module.startswith("studies."):
+        return None
+    return name if name in STUDIES else STUDY_PARTS.get(name)
 
 
 def study_imports(graph) -> list[str]:
-    return [f"{m} imports {d}" for m, deps in graph.items() if is_study(m) for d in sorted(deps) if is_study(d)]
+    """Imports of a study's module by a module of another study, and of a study's part by any module outside it."""
+    return sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
+                  if study_of(d) and study_of(d) != study_of(m) and (study_of(m) or d.split(".")[-1] in STUDY_PARTS))
 
 
 def upward_node_imports(graph) -> list[str]:
     return [m for m, deps in graph.items() if m.startswith("nodes.") and "nodes" in deps]
 
 
-def test_no_study_imports_another_study():
+def test_no_study_imports_another_study_or_its_parts():
     bad = study_imports(import_graph())
     assert not bad, "studies share the toolkit, not each other:\n" + "\n".join(bad)
 
@@ -200,10 +209,13 @@ def test_the_library_takes_no_space_or_null_source_strings():
 
 
 def test_the_checks_can_fail(tmp_path):
-    """A cycle hidden in a function, a study importing a study and an upward import are all seen."""
+    """A cycle hidden in a function, a study importing a study or another study's part, a shared module importing a
+    study's part, and an upward import are all seen; a study importing its own part is not."""
     for pkg, files in {"pa": {"__init__.py": "", "a.py": "from . import b\n",
                               "b.py": "def f():\n    from .a import g\n"},
-                       "studies": {"__init__.py": "", "demo.py": "", "toolkit.py": "",
+                       "studies": {"__init__.py": "", "demo.py": "from .demo_report import f\n", "toolkit.py": "",
+                                   "demo_report.py": "", "harness.py": "from . import demo_report\n",
+                                   "capacity.py": "from . import demo_report\n",
                                    "fidelity.py": "def f():\n    from . import demo, toolkit\n"},
                        "nodes": {"__init__.py": "X = 1\n", "loader.py": "from . import X\nfrom nodes import f\n"}}.items():
         (tmp_path / pkg).mkdir()
@@ -211,7 +223,8 @@ def test_the_checks_can_fail(tmp_path):
             (tmp_path / pkg / name).write_text(text)
     graph = import_graph(tmp_path, ("pa", "studies", "nodes"))
     assert cycles(graph) == [["pa.a", "pa.b"]]
-    assert study_imports(graph) == ["studies.fidelity imports studies.demo"]
+    assert study_imports(graph) == ["studies.capacity imports studies.demo_report", "studies.fidelity imports studies.demo",
+                                    "studies.harness imports studies.demo_report"]
     assert upward_node_imports(graph) == ["nodes.loader"]
     assert long_functions([Path(__file__)], limit=5)
     (tmp_path / "bad.py").write_text("def f(a, b, c, d, e, f, g, h, i):\n    if v == 'one forward' or m.startswith('nag_cf'):\n"

@@ -5,7 +5,7 @@ import math
 import pytest
 from PIL import Image
 
-from studies import demo, harness, toolkit
+from studies import demo, demo_report, harness, toolkit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +46,7 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     nd = res["no_dropout"]["sit"]  # the same network without noise-condition dropout: the rows a stock model gets
     assert {(r["sampler"], r["steps"]) for r in nd["rows"]} == {(s, n) for s in ("euler", "heun") for n in (25, 50)}
     assert {r["method"] for r in nd["rows"]} == set(demo.NO_DROPOUT_METHODS) and all(r["model"] == "no_dropout" for r in nd["rows"])
-    crit = demo.no_dropout_criterion(res)
+    crit = demo_report.no_dropout_criterion(res)
     assert crit[0]["family"] == "sit" and crit[0]["n"] == 4 and 0 <= crit[0]["both"] <= 4
     report = (tmp_path / "report.md").read_text()
     assert "noise_shift" in report and "last 20%" in report
@@ -104,11 +104,11 @@ def test_results_demo_tables_match_the_committed_run(results_block):
     from pathlib import Path
 
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/demo/metrics.json").read_text())
-    assert results_block("demo") == demo.headline(committed), (
+    assert results_block("demo") == demo_report.headline(committed), (
         "docs/results.md's demo tables differ from docs/demo/metrics.json; "
-        "paste studies.demo.headline(...) of it between the markers in docs/results.md")
-    assert results_block("no-dropout") == demo.no_dropout_headline(committed), (
+        "paste studies.demo_report.headline(...) of it between the markers in docs/results.md")
+    assert results_block("no-dropout") == demo_report.no_dropout_headline(committed), (
         "docs/results.md's stock-checkpoint table differs from docs/demo/metrics.json; "
-        "paste studies.demo.no_dropout_headline(...) of it between the no-dropout markers in docs/results.md")
-    crit = demo.no_dropout_criterion(committed)  # the claim the results page makes of this run
+        "paste studies.demo_report.no_dropout_headline(...) of it between the no-dropout markers in docs/results.md")
+    crit = demo_report.no_dropout_criterion(committed)  # the claim the results page makes of this run
     assert [(c["family"], c["both"], c["n"]) for c in crit] == [("sit", 4, 4), ("sd1", 4, 4)]

@@ -1,4 +1,5 @@
-"""The fidelity measurement (studies/terms.py) and the fidelity study (studies/fidelity.py) against known answers."""
+"""The fidelity measurement (studies/terms.py) and the fidelity study (studies/fidelity.py, its recipes and report)
+against known answers."""
 import torch
 
 from comfy_nag import estimators, models
@@ -8,7 +9,7 @@ from comfy_nag.predictions import target
 from comfy_nag.families import family
 from dataclasses import asdict as dataclasses_asdict
 
-from studies import fidelity, terms, testbed
+from studies import fidelity, fidelity_recipes, fidelity_report, terms, testbed
 
 
 def _gmm():
@@ -125,16 +126,16 @@ def test_cond_target_and_null_weight_act_on_their_own_rows():
 
 
 def test_recipes_change_one_factor_each():
-    names = [r.name for r in fidelity.RECIPES]
+    names = [r.name for r in fidelity_recipes.RECIPES]
     assert len(set(names)) == len(names) and names[0] == "base"
-    for r in fidelity.RECIPES[1:]:
+    for r in fidelity_recipes.RECIPES[1:]:
         assert r.factor() and "," not in r.factor(), r  # exactly one setting differs from the base
-    learned = fidelity.recipe_net(models.MLPDenoiser(4, 2, 16, 1), fidelity.Recipe("x", null_mode="learned"))
+    learned = fidelity_recipes.recipe_net(models.MLPDenoiser(4, 2, 16, 1), fidelity_recipes.Recipe("x", null_mode="learned"))
     assert learned.cond.null_emb is not None and float(learned.cond.null_emb.detach().abs().sum()) == 0.0
 
 
 def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
-    cfg = fidelity.Config(quick=True, seeds=(0,), pretrain_steps=40, n_states=16, samplers=("euler",), steps=(4,),
+    cfg = fidelity_recipes.Config(quick=True, seeds=(0,), pretrain_steps=40, n_states=16, samplers=("euler",), steps=(4,),
                           n_samples=40, track=(0.0, 0.3), recipes=("base", "control", "length_30%"), lams=(0.0, 4.0),
                           stock_estimators=(30,))
     import studies.toolkit as toolkit
@@ -157,17 +158,17 @@ def test_study_runs_end_to_end_and_reuses_finished_recipes(tmp_path):
     assert st["estimator_steps"] == cfg.stock_estimators[0]
     assert {(r["sampler"], r["steps"], r["method"]) for r in st["rows"]} == {
         ("euler", n, m) for n in (4, 50) for m in fidelity.STOCK_METHODS}
-    assert {r["term"] for r in st["fidelity"]} == set(fidelity.STOCK_TERMS)
-    (row,) = fidelity.stock_table(res)
+    assert {r["term"] for r in st["fidelity"]} == set(fidelity_recipes.STOCK_TERMS)
+    (row,) = fidelity_report.stock_table(res)
     assert row["n"] == 2 and 0 <= row["both"] <= 2 and -1 <= row["cos_nag_cf_est"] <= 1
     assert {r["recipe"] for r in res["fidelity"]} == {"base", "control", "length_30%"}
     assert {r["term"] for r in res["fidelity"] if r["recipe"] == "base"} == set(terms.TERMS)
     assert {r["step"] for r in res["track"]} == {0, 12}
-    rows = fidelity.summary(res)
+    rows = fidelity_report.summary(res)
     assert len(rows) == 3 and all(-1 <= r["cos_late"] <= 1 for r in rows)
     assert [r["quality_w0_vs_control"] for r in rows if r["recipe"] == "control"] == [0.0]
     res["meta"] = {"config": dataclasses_asdict(cfg), "seconds": 1.0}
-    report = fidelity.write_report(tmp_path, res)
+    report = fidelity_report.write_report(tmp_path, res)
     assert "smoke test, not findings" in report.splitlines()[2] and "| 0 | sit | length_30% |" in report
     assert "## The pretrained network as it is" in report
 
@@ -178,6 +179,6 @@ def test_results_recipe_table_matches_the_committed_fidelity_run(results_block):
     from pathlib import Path
 
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/fidelity/fidelity.json").read_text())
-    assert results_block("fidelity") == fidelity.headline(committed), (
+    assert results_block("fidelity") == fidelity_report.headline(committed), (
         "docs/results.md's recipe table differs from docs/fidelity/fidelity.json; "
-        "paste studies.fidelity.headline(...) of it between the markers in docs/results.md")
+        "paste studies.fidelity_report.headline(...) of it between the markers in docs/results.md")

@@ -108,10 +108,10 @@ def test_study_shift_figure_has_a_panel_per_family_in_the_method_colours():
 
 
 def test_fidelity_figures_keep_the_legend_off_the_lines_and_speak_plainly():
-    from studies import demo, fidelity
+    from studies import demo_report, fidelity_report
 
-    for fig in (demo.fidelity_figure(_committed("docs/demo/metrics.json")),
-                fidelity.figure(_committed("docs/fidelity/fidelity.json"))):
+    for fig in (demo_report.fidelity_figure(_committed("docs/demo/metrics.json")),
+                fidelity_report.figure(_committed("docs/fidelity/fidelity.json"))):
         _drawn(fig)
         _legend_is_off_the_data(fig)
         text = " ".join(t.get_text() for lg in fig.legends for t in lg.get_texts())
