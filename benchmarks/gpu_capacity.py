@@ -206,16 +206,17 @@ def worker(args) -> dict:
     fam = family(args.family)
     sch = fam.schedule
     torch.manual_seed(cfg.seed)  # as toolkit.train_family: the network, then the estimator, from this seed
-    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, args.hidden, args.depth, null_mode="sentinel",
-                             null_timestep=sch.null_timestep)
+    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, args.hidden, args.depth,
+                             null=models.NullCondition("sentinel", sch.null_timestep))
     lo, hi = sch.logsnr_range()
     bins = estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), cfg.bins)
     est = estimators.NoiseLevelEstimator((gmm.dim,), bins, width=128, depth=3)
     out = {"params": sum(p.numel() for p in net.parameters()), "target_steps": target, "device": str(device)}
     out["params_x_demo"] = out["params"] / DEMO_PARAMS
     t0 = time.perf_counter()
-    eh = estimators.train_estimator(est, lambda n, g: gmm.sample(n, generator=g)[0], sch, cfg.estimator_steps, lr=3e-3,
-                                    generator=torch.Generator().manual_seed(cfg.seed + 1))
+    eh = estimators.train_estimator(est, lambda n, g: gmm.sample(n, generator=g)[0], sch,
+                                    estimators.EstimatorTraining(cfg.estimator_steps, lr=3e-3),
+                                    torch.Generator().manual_seed(cfg.seed + 1))
     out.update(estimator_steps=cfg.estimator_steps, estimator_loss=sum(eh[-50:]) / len(eh[-50:]),
                estimator_s=round(time.perf_counter() - t0, 1))
     network = Network(on_device(net, device), gmm, fam, est, bins, cfg, s)

@@ -248,16 +248,26 @@ def noised(x0: torch.Tensor, lam: torch.Tensor, schedule: Schedule, generator=No
     return schedule.noised(x0, schedule.sigma_from_logsnr(lam), eps)[0]
 
 
-def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: int, batch: int = 256,
-                    lr: float = 2e-3, generator: torch.Generator | None = None, callback=None,
-                    target_width: float = 0.0) -> list[float]:
+@dataclass(frozen=True)
+class EstimatorTraining:
+    """How long and how an estimator trains: ``steps`` AdamW steps of ``batch`` states at learning rate ``lr``;
+    ``target_width`` > 0 (log-SNR units) trains on soft targets, a Gaussian of that width over the bin centres
+    around the true level, instead of the one-hot bin."""
+
+    steps: int
+    batch: int = 256
+    lr: float = 2e-3
+    target_width: float = 0.0
+
+
+def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, training: EstimatorTraining,
+                    generator: torch.Generator | None = None, callback=None) -> list[float]:
     """Train ``est`` by cross-entropy on forward samples with lambda uniform over its bins.
 
-    ``data(n, generator) -> x0`` draws clean samples (network space x0 units).  ``target_width`` > 0
-    (log-SNR units) trains on soft targets, a Gaussian of that width over the bin centres around the
-    true level, instead of the one-hot bin.  Returns the loss history.  ``callback(step, loss)`` may
-    report progress.
+    ``data(n, generator) -> x0`` draws clean samples (network space x0 units).  Returns the loss history.
+    ``callback(step, loss)`` may report progress.
     """
+    batch, target_width = training.batch, training.target_width
     centers = est.bins.centers()
 
     def loss(step):
@@ -269,7 +279,7 @@ def train_estimator(est: NoiseLevelEstimator, data, schedule: Schedule, steps: i
             return F.cross_entropy(logits, target)
         return F.cross_entropy(logits, est.bins.index(lam))
 
-    return fit(est, loss, steps, lr, callback, what="estimator loss")
+    return fit(est, loss, training.steps, training.lr, callback, what="estimator loss")
 
 
 def variance_logsnr(x: torch.Tensor, space: Space, data_var: float, s_nominal: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,14 +8,15 @@ Both networks share one call convention::
   ``y``: class ids [B] with ``num_classes`` meaning "no class" (DiT's null-class row),
 * ``drop_t``: bool [B], rows whose noise condition is replaced by the null condition.
 
-The null condition (docs/method.md) is ``null_mode="sentinel"`` by default: the timestep
-input is replaced by ``null_timestep`` (e.g. -1000 network units), outside every real value, so the
-weights stay a standard file with no new parameters.  ``null_mode="learned"`` instead swaps the
+The null condition (docs/method.md, :class:`NullCondition`) is ``mode="sentinel"`` by default: the timestep
+input is replaced by the null ``timestep`` (e.g. -1000 network units), outside every real value, so the
+weights stay a standard file with no new parameters.  ``mode="learned"`` instead swaps the
 timestep embedding for a learned vector (the alternative the testbed compares).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,20 @@ import torch.nn.functional as F
 from .schedules import SamplingKind
 
 VP_NULL = SamplingKind.DISCRETE.default_null_timestep()  # the default: a 0..999 discrete-time network
+NULL_MODES = ("sentinel", "learned")
+
+
+@dataclass(frozen=True)
+class NullCondition:
+    """How a network takes the null (noise-unconditional) condition: ``mode="sentinel"`` replaces the timestep input
+    by ``timestep`` (network units); ``"learned"`` swaps the timestep embedding for a learned vector."""
+
+    mode: str = "sentinel"
+    timestep: float = VP_NULL
+
+    def __post_init__(self):
+        if self.mode not in NULL_MODES:
+            raise ValueError(f"null_mode must be 'sentinel' or 'learned', got {self.mode!r}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -37,12 +52,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class Conditioning(nn.Module):
     """Noise-level embedding (+ class embedding) with null handling for both."""
 
-    def __init__(self, hidden: int, num_classes: int = 0, null_mode: str = "sentinel",
-                 null_timestep: float = VP_NULL, freq_dim: int = 256):
+    def __init__(self, hidden: int, num_classes: int = 0, null: NullCondition = NullCondition(), freq_dim: int = 256):
         super().__init__()
-        if null_mode not in ("sentinel", "learned"):
-            raise ValueError(f"null_mode must be 'sentinel' or 'learned', got {null_mode!r}")
-        self.freq_dim, self.null_mode, self.null_timestep, self.num_classes = freq_dim, null_mode, float(null_timestep), num_classes
+        null_mode = null.mode
+        self.freq_dim, self.null_mode, self.null_timestep, self.num_classes = freq_dim, null_mode, float(null.timestep), num_classes
         self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.null_emb = nn.Parameter(torch.zeros(hidden)) if null_mode == "learned" else None
         self.y_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None
@@ -83,12 +96,12 @@ class MLPDenoiser(nn.Module):
     """Residual MLP with adaLN conditioning for low-dimensional data [B, D]."""
 
     def __init__(self, dim: int, num_classes: int = 0, hidden: int = 128, depth: int = 3,
-                 null_mode: str = "sentinel", null_timestep: float = VP_NULL, freq_dim: int = 64):
+                 null: NullCondition = NullCondition(), freq_dim: int = 64):
         super().__init__()
         self.kwargs = dict(dim=dim, num_classes=num_classes, hidden=hidden, depth=depth,
-                           null_mode=null_mode, null_timestep=null_timestep, freq_dim=freq_dim)
+                           null_mode=null.mode, null_timestep=null.timestep, freq_dim=freq_dim)
         self.num_classes, self.in_shape = num_classes, (dim,)
-        self.cond = Conditioning(hidden, num_classes, null_mode, null_timestep, freq_dim)
+        self.cond = Conditioning(hidden, num_classes, null, freq_dim)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_MLPBlock(hidden) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
@@ -143,22 +156,23 @@ class _DiTBlock(nn.Module):
 class DiT(nn.Module):
     """Class-conditional DiT/SiT-style transformer for [B, C, H, W] inputs (H = W = input_size)."""
 
+    MLP_RATIO = 4.0  # DiT's
+
     def __init__(self, input_size: int = 16, patch_size: int = 2, in_channels: int = 1, hidden: int = 128,
-                 depth: int = 4, heads: int = 4, num_classes: int = 10, mlp_ratio: float = 4.0,
-                 null_mode: str = "sentinel", null_timestep: float = VP_NULL):
+                 depth: int = 4, heads: int = 4, num_classes: int = 10, null: NullCondition = NullCondition()):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} must be a multiple of patch_size {patch_size}")
         self.kwargs = dict(input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden=hidden,
-                           depth=depth, heads=heads, num_classes=num_classes, mlp_ratio=mlp_ratio,
-                           null_mode=null_mode, null_timestep=null_timestep)
+                           depth=depth, heads=heads, num_classes=num_classes, mlp_ratio=self.MLP_RATIO,
+                           null_mode=null.mode, null_timestep=null.timestep)
         self.num_classes, self.in_shape = num_classes, (in_channels, input_size, input_size)
         self.p, self.c = patch_size, in_channels
         self.grid = input_size // patch_size
         self.x_embed = nn.Conv2d(in_channels, hidden, patch_size, patch_size)
         self.register_buffer("pos", _sincos_2d(hidden, self.grid)[None], persistent=False)
-        self.cond = Conditioning(hidden, num_classes, null_mode, null_timestep)
-        self.blocks = nn.ModuleList(_DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
+        self.cond = Conditioning(hidden, num_classes, null)
+        self.blocks = nn.ModuleList(_DiTBlock(hidden, heads, self.MLP_RATIO) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.out = nn.Linear(hidden, patch_size * patch_size * in_channels)
@@ -197,9 +211,15 @@ ARCHS = {"mlp": MLPDenoiser, "dit": DiT}
 
 
 def build(arch: str, **kwargs) -> nn.Module:
+    """A reference network from its ``kwargs`` as files store them (``net.kwargs``: flat, the null condition as
+    ``null_mode``/``null_timestep``; DiT's ``mlp_ratio``, which must be DiT's own)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown reference architecture {arch!r}; expected one of {', '.join(ARCHS)}")
-    return ARCHS[arch](**kwargs)
+    kwargs = dict(kwargs)
+    null = NullCondition(kwargs.pop("null_mode", "sentinel"), float(kwargs.pop("null_timestep", VP_NULL)))
+    if arch == "dit" and float(kwargs.pop("mlp_ratio", DiT.MLP_RATIO)) != DiT.MLP_RATIO:
+        raise ValueError(f"this DiT file has an MLP ratio other than {DiT.MLP_RATIO}; comfy-nag's reference DiT has no other")
+    return ARCHS[arch](**kwargs, null=null)
 
 
 def arch_of(net: nn.Module) -> str:

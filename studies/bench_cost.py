@@ -67,7 +67,7 @@ def measure(fam_name: str, batch: int = 256, hidden: int = 64, depth: int = 2, r
     fam = get_family(fam_name)
     torch.manual_seed(seed)
     net = models.DiT(input_size=8, patch_size=2, in_channels=1, hidden=hidden, depth=depth, heads=4, num_classes=10,
-                     null_timestep=fam.schedule.null_timestep).to(device).eval()
+                     null=models.NullCondition(timestep=fam.schedule.null_timestep)).to(device).eval()
     lo, hi = fam.schedule.logsnr_range()
     est = estimators.NoiseLevelEstimator((1, 8, 8), estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), 24), 32, 2).to(device).eval()
     g = torch.Generator().manual_seed(seed)

@@ -173,8 +173,8 @@ def train_level_estimator(cfg: Config, fam, x_train, stages: harness.Stages | No
     def make():
         bar, cb = harness.progress(cfg.estimator_steps, f"{fam.name}: estimator", progress)
         estimators.train_estimator(est, lambda n, g: x_train[torch.randint(0, x_train.shape[0], (n,), generator=g)], sch,
-                                   cfg.estimator_steps, batch=128, lr=2e-3, generator=torch.Generator().manual_seed(cfg.seed + 1),
-                                   callback=cb)
+                                   estimators.EstimatorTraining(cfg.estimator_steps, batch=128, lr=2e-3),
+                                   torch.Generator().manual_seed(cfg.seed + 1), cb)
         bar.close()
         return {}
 

@@ -110,9 +110,9 @@ def train_variant(tr: toolkit.Trained, v: Variant, seed: int, stages: harness.St
             data = lambda n, g: pool[torch.randint(0, len(pool), (n,), generator=g)]  # noqa: E731
         else:
             data = lambda n, g: tr.gmm.sample(n, generator=g)[0]  # noqa: E731
-        hist = estimators.train_estimator(est, data, tr.fam.schedule, v.steps,
-                                          lr=3e-3, generator=torch.Generator().manual_seed(seed + 1),
-                                          target_width=v.target_width)
+        hist = estimators.train_estimator(est, data, tr.fam.schedule,
+                                          estimators.EstimatorTraining(v.steps, lr=3e-3, target_width=v.target_width),
+                                          torch.Generator().manual_seed(seed + 1))
         log(f"[{tr.fam.name} seed {seed}] estimator {v.name} ({v.changed()}): {time.time() - t0:.0f}s")
         return {"loss": float(np.mean(hist[-50:])), "seconds": time.time() - t0}
 

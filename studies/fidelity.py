@@ -80,11 +80,11 @@ def stock(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Ev
 
 def _estimator(tr: toolkit.Trained, steps: int, seed: int):
     """The demo's estimator recipe trained for ``steps`` on ``tr``'s data (same bins, width and seeds)."""
-    from comfy_nag.estimators import NoiseLevelEstimator, train_estimator
+    from comfy_nag.estimators import EstimatorTraining, NoiseLevelEstimator, train_estimator
     torch.manual_seed(seed)
     est = NoiseLevelEstimator((tr.gmm.dim,), tr.bins, width=128, depth=3)
-    train_estimator(est, lambda n, g: tr.gmm.sample(n, generator=g)[0], tr.fam.schedule, steps, lr=3e-3,
-                    generator=torch.Generator().manual_seed(seed + 1))
+    train_estimator(est, lambda n, g: tr.gmm.sample(n, generator=g)[0], tr.fam.schedule, EstimatorTraining(steps, lr=3e-3),
+                    torch.Generator().manual_seed(seed + 1))
     return est.eval()
 
 

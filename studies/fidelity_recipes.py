@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from comfy_nag import models
 from comfy_nag.predictions import from_x0
 from comfy_nag.tensors import append_dims
 
@@ -129,7 +130,7 @@ def recipe_net(pretrained, recipe: Recipe):
     """A copy of the pretrained network set up for ``recipe`` (a learned null embedding starts at zero)."""
     if recipe.null_mode == "sentinel":
         return copy.deepcopy(pretrained)
-    net = type(pretrained)(**{**pretrained.kwargs, "null_mode": recipe.null_mode})
+    net = models.build(models.arch_of(pretrained), **{**pretrained.kwargs, "null_mode": recipe.null_mode})
     missing, unexpected = net.load_state_dict(pretrained.state_dict(), strict=False)
     assert not unexpected and all(k.endswith("null_emb") for k in missing), (missing, unexpected)
     return net

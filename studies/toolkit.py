@@ -121,8 +121,8 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, variant: 
     fam = family(name)
     sch = fam.schedule
     torch.manual_seed(cfg.seed)
-    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, cfg.hidden, cfg.depth, null_mode=null_mode,
-                              null_timestep=sch.null_timestep)
+    net = models.MLPDenoiser(gmm.dim, gmm.num_classes, cfg.hidden, cfg.depth,
+                              null=models.NullCondition(null_mode, sch.null_timestep))
     lo, hi = sch.logsnr_range()
     bins = estimators.LevelBins(max(lo, -10.0), min(hi, 10.0), cfg.bins)
     own_estimator = estimator is None
@@ -139,8 +139,8 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, variant: 
         if own_estimator:
             bar, cb = harness.progress(cfg.estimator_steps, f"{name}: estimator", progress)
             eh = estimators.train_estimator(estimator, lambda n, g: gmm.sample(n, generator=g)[0], sch,
-                                            cfg.estimator_steps, lr=3e-3,
-                                            generator=torch.Generator().manual_seed(cfg.seed + 1), callback=cb)
+                                            estimators.EstimatorTraining(cfg.estimator_steps, lr=3e-3),
+                                            torch.Generator().manual_seed(cfg.seed + 1), cb)
             bar.close()
             est_loss = float(np.mean(eh[-50:]))
         log(f"[{name}] trained {null_mode}-null denoiser{' (' + tag + ')' if tag else ''} ({cfg.train_steps} steps, loss "

@@ -13,8 +13,8 @@ def _trained(steps=300, seed=0):
     torch.manual_seed(seed)
     gmm = testbed.GaussianMixture.make(dim=8, seed=0)
     est = estimators.NoiseLevelEstimator((8,), BINS, width=128, depth=3)
-    hist = estimators.train_estimator(est, lambda n, g: gmm.sample(n, generator=g)[0], schedules.Flow(), steps,
-                                      batch=256, lr=5e-3, generator=torch.Generator().manual_seed(seed))
+    hist = estimators.train_estimator(est, lambda n, g: gmm.sample(n, generator=g)[0], schedules.Flow(),
+                                      estimators.EstimatorTraining(steps, batch=256, lr=5e-3), torch.Generator().manual_seed(seed))
     return est, gmm, hist
 
 
@@ -106,8 +106,8 @@ def test_soft_targets_train_a_wider_posterior_around_the_same_level():
     for width in (0.0, 2.0):
         torch.manual_seed(0)
         ests[width] = estimators.NoiseLevelEstimator((8,), BINS, width=64, depth=2)
-        estimators.train_estimator(ests[width], data, schedules.Flow(), 200, lr=5e-3,
-                                   generator=torch.Generator().manual_seed(0), target_width=width)
+        estimators.train_estimator(ests[width], data, schedules.Flow(), estimators.EstimatorTraining(200, lr=5e-3, target_width=width),
+                                   torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(3)
     lam = BINS.sample(1000, g)
     x0, _ = gmm.sample(1000, generator=g)

@@ -73,7 +73,7 @@ def _recipe_loss(net, x0, y, fam, rate, seed, recipe):
 
 def test_null_target_replaces_only_the_dropped_rows_targets():
     fam, gmm = family("sit"), _gmm()
-    net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep)
+    net = models.MLPDenoiser(4, 2, 16, 1, null=models.NullCondition(timestep=fam.schedule.null_timestep))
     x0, y = gmm.sample(32, generator=torch.Generator().manual_seed(2))
     zero = lambda xn, s, yy: torch.zeros_like(xn)  # noqa: E731
     kept = denoising_loss(net, x0, y, fam.schedule, fam.prediction, generator=torch.Generator().manual_seed(5))[0]
@@ -91,7 +91,7 @@ def test_null_target_replaces_only_the_dropped_rows_targets():
 
 def test_exact_term_nag_adds_the_exact_difference_inside_its_window_only():
     gmm, fam = _gmm(), family("sd1")
-    net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep).eval()
+    net = models.MLPDenoiser(4, 2, 16, 1, null=models.NullCondition(timestep=fam.schedule.null_timestep)).eval()
     x = torch.randn(8, 4) * 3
     s = torch.full((8,), 2.0)
     y = torch.randint(0, 2, (8,))
@@ -108,7 +108,7 @@ def test_exact_term_nag_adds_the_exact_difference_inside_its_window_only():
 
 def test_cond_target_and_null_weight_act_on_their_own_rows():
     fam, gmm = family("sit"), _gmm()
-    net = models.MLPDenoiser(4, 2, 16, 1, null_timestep=fam.schedule.null_timestep)
+    net = models.MLPDenoiser(4, 2, 16, 1, null=models.NullCondition(timestep=fam.schedule.null_timestep))
     x0, y = gmm.sample(64, generator=torch.Generator().manual_seed(2))
     zero = lambda xn, s, yy: torch.zeros_like(xn)  # noqa: E731
     plain, per, drop = denoising_loss(net, x0, y, fam.schedule, fam.prediction, noise_condition_dropout_rate=0.5,

@@ -13,7 +13,7 @@ from comfy_nag.guidance import Guidance, branches, combine, eps_scaled_x0
 def _net(dim=6, classes=3, seed=0, sch=None):
     torch.manual_seed(seed)
     sch = sch or schedules.Flow()
-    net = models.MLPDenoiser(dim, classes, hidden=32, depth=2, null_timestep=sch.null_timestep)
+    net = models.MLPDenoiser(dim, classes, hidden=32, depth=2, null=models.NullCondition(timestep=sch.null_timestep))
     for p in net.parameters():  # make every branch matter (zero-init output would hide bugs)
         torch.nn.init.normal_(p, std=0.3)
     return net.eval(), sch

@@ -59,7 +59,7 @@ def test_training_prior_reweights_the_posterior():
 def _net(seed=0, sch=None):
     torch.manual_seed(seed)
     sch = sch or schedules.Flow()
-    net = models.MLPDenoiser(6, 3, hidden=32, depth=2, null_timestep=sch.null_timestep)
+    net = models.MLPDenoiser(6, 3, hidden=32, depth=2, null=models.NullCondition(timestep=sch.null_timestep))
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return net.eval(), sch

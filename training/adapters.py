@@ -84,9 +84,9 @@ class ReferenceAdapter:
                 raise CacheError(f"a new reference DiT needs square samples; the cache holds {h}x{w}")
             classes = cache.info.num_classes if cache.info.conditioning == "class" else 0
             torch.manual_seed(cfg.run.seed)
-            self.net = models.build("dit", input_size=h, patch_size=m.patch_size, in_channels=c, hidden=m.hidden,
-                                    depth=m.depth, heads=m.heads, num_classes=classes,
-                                    null_timestep=self.schedule.null_timestep)
+            self.net = models.DiT(input_size=h, patch_size=m.patch_size, in_channels=c, hidden=m.hidden, depth=m.depth,
+                                  heads=m.heads, num_classes=classes,
+                                  null=models.NullCondition(timestep=self.schedule.null_timestep))
         null = float(self.net.kwargs.get("null_timestep", self.schedule.null_timestep))
         if null != self.schedule.null_timestep and self.net.kwargs.get("null_mode", "sentinel") == "sentinel":
             raise ConfigError(f"model.base uses null timestep {null}, but family '{m.family}' uses "
