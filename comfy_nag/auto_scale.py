@@ -25,7 +25,7 @@ import torch
 
 from .tensors import append_dims
 
-MAX_SCALE = 4.0  # the rule's one constant (docs/method.md §3c says how it was fixed)
+MAX_SCALE = 1.5  # the rule's one constant, fixed on a development seed (docs/method.md §3c)
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,15 @@ def calibrate_reading(estimator, x0: torch.Tensor, schedule, knots, generator=No
         r = estimator.mean(schedule.noised(x0, s, eps)[0])
         bias.append(round(float(r.mean()) - float(lam), 6))
         spread.append(round(float(r.std()), 6))
-    return ReadingCalibration(tuple(float(k) for k in knots), tuple(bias), tuple(spread),
-                              round(float(estimator.mean(x0).mean()), 6))
+    zero = torch.zeros(x0.shape[0], device=x0.device)
+    clean = estimator.mean(schedule.noised(x0, zero, torch.zeros_like(x0))[0])
+    return ReadingCalibration(tuple(float(k) for k in knots), tuple(bias), tuple(spread), round(float(clean.mean()), 6))
+
+
+def calibration_knots(bins, step: float = 0.5) -> list[float]:
+    """Knots every ``step`` log-SNR inside an estimator's bins (``estimators.LevelBins``)."""
+    lo, hi = math.ceil(bins.lo / step) * step, math.floor(bins.hi / step) * step
+    return [lo + step * i for i in range(int(round((hi - lo) / step)) + 1)]
 
 
 def next_sigma(sample_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -99,11 +106,13 @@ def next_sigma(sample_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
 @dataclass(frozen=True, eq=False)
 class AutoScale:
     """The closed-loop scale rule.  ``estimator``: the noise-level estimator (network-space input); ``calibration``:
-    its readings of forward states; ``max_scale``: the upper bound of the scale."""
+    its readings of forward states; ``max_scale``: the upper bound of the scale; ``trace``: a list that receives
+    ``(sigma, scales [B])`` of every call (what the studies and the Noise Shift Plot show), or None."""
 
     estimator: object
     calibration: ReadingCalibration
     max_scale: float = MAX_SCALE
+    trace: list | None = None
 
     @torch.no_grad()
     def __call__(self, step: "Step") -> torch.Tensor:
@@ -117,7 +126,10 @@ class AutoScale:
         target = self.calibration.expected(step.space.logsnr(s1).masked_fill(s1 <= 0, float("inf")))
         d = r1 - r0
         w = torch.where(d.abs() > 1e-6, (target - r0) / d.where(d.abs() > 1e-6, torch.ones_like(d)), torch.zeros_like(d))
-        return w.clamp(0.0, self.max_scale).to(step.x.dtype)
+        w = w.clamp(0.0, self.max_scale).to(step.x.dtype)
+        if self.trace is not None:
+            self.trace.append((float(s.max()), w.detach().cpu()))
+        return w
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .auto_scale import AutoScale, Step, next_sigma
 from .classifier_guidance import classifier_correction
 from .guidance import Guidance, branches, combine, eps_scaled_x0, window_mask
 from .posterior_null import mix
@@ -92,25 +93,50 @@ class Denoiser:
                     chunks.append((n, self.schedule.net_time(cond).to(t), yy, torch.zeros(B, dtype=torch.bool, device=dev)))
         return chunks, ({n: step.weight for n in nulls} if step is not None and step.weight is not None else {})
 
-    def __call__(self, x: torch.Tensor, s: torch.Tensor, y=None) -> torch.Tensor:
-        """Guided x0 prediction.  ``s``: sampling sigma, scalar or per-sample [B]."""
+    def __call__(self, x: torch.Tensor, s: torch.Tensor, y=None, sample_sigmas: torch.Tensor | None = None) -> torch.Tensor:
+        """Guided x0 prediction.  ``s``: sampling sigma, scalar or per-sample [B]; ``sample_sigmas``: the sampled
+        schedule (what the closed-loop scale rule needs to know the next level; samplers pass it via extra_args)."""
         s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
         self._check(x, s)
         self.calls += 1
         g = self.guidance
-        space = self.schedule.space
         nag_on = window_mask(s, g.nag_window) if g.nag_scale != 0 else torch.zeros_like(s, dtype=torch.bool)
         names = branches(g.cfg_scale, g.nag_scale if bool(nag_on.any()) else 0.0, g.variant)
         outs = self.branch_x0(x, s, y, names)
         scale = g.nag_scale * nag_on.to(x)
-        if g.nag_profile is not None and "null_cond" in names:
-            scale = scale * g.nag_profile(space.logsnr(s)).to(x)
-        x0 = combine(outs, g.cfg_scale, scale, g.variant)
+        if "null_cond" in names and isinstance(g.rule, AutoScale):
+            x0 = combine(outs, g.cfg_scale, 0.0, g.variant)
+            delta = combine(outs, g.cfg_scale, 1.0, g.variant) - x0
+            x0 = x0 + append_dims(scale * self._auto(x, s, x0, delta, sample_sigmas), x.dim()) * delta
+        else:
+            if g.rule is not None and "null_cond" in names:
+                scale = scale * g.rule(self.schedule.space.logsnr(s)).to(x)
+            x0 = combine(outs, g.cfg_scale, scale, g.variant)
         if g.cg_scale != 0:
-            on = window_mask(s, g.cg_window)
-            if bool(on.any()):
-                c, _, _ = self.schedule.native(s)
-                x0 = x0 + classifier_correction(self.estimator, x, s, space, c, g.cg_scale * on.to(x))
+            x0 = self._classifier_guided(x, s, x0, sample_sigmas)
         if g.eps_scale != 1.0:
-            x0 = eps_scaled_x0(x0, x, s, space, g.eps_scale)
+            x0 = eps_scaled_x0(x0, x, s, self.schedule.space, g.eps_scale)
         return x0
+
+    def _classifier_guided(self, x, s, x0, sample_sigmas):
+        g = self.guidance
+        on = window_mask(s, g.cg_window)
+        if not bool(on.any()):
+            return x0
+        c, _, _ = self.schedule.native(s)
+        scale = g.cg_scale * on.to(x)
+        if isinstance(g.rule, AutoScale):
+            delta = classifier_correction(self.estimator, x, s, self.schedule.space, c, 1.0)
+            return x0 + append_dims(scale * self._auto(x, s, x0, delta, sample_sigmas), x.dim()) * delta
+        if g.rule is not None:
+            scale = scale * g.rule(self.schedule.space.logsnr(s)).to(x)
+        return x0 + classifier_correction(self.estimator, x, s, self.schedule.space, c, scale)
+
+    def _auto(self, x, s, x0, delta, sample_sigmas):
+        """The closed-loop scale per sample (``auto_scale.AutoScale``) for NAG's x0 term ``delta``."""
+        if sample_sigmas is None:
+            raise ValueError("the closed-loop scale rule needs the sampled schedule: call the denoiser with "
+                             "sample_sigmas=... (the samplers pass extra_args={'sample_sigmas': sigmas})")
+        s_next = next_sigma(sample_sigmas, s)
+        step = Step(x, s, x0, delta, s_next, self.schedule.native(s_next)[0].to(x), self.schedule.space)
+        return self.guidance.rule(step)

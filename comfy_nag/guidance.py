@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .null_branch import LearnedNull, NullBranch
+from .auto_scale import AutoScale
 from .scale_profiles import ScaleProfile
 from .schedules import MIN_ALPHA, Space
 from .tensors import append_dims
@@ -47,7 +48,7 @@ class Guidance:
     cg_scale: float = 0.0
     cg_window: tuple[float, float] | None = None
     eps_scale: float = 1.0  # epsilon scaling factor (Ning et al.); 1 = off
-    nag_profile: ScaleProfile | None = None  # per-level multiplier of nag_scale (None = 1 everywhere)
+    rule: ScaleProfile | AutoScale | None = None  # how the NAG-CF / NAG-CG scales vary per sample (None: constant)
     null: NullBranch = LearnedNull()  # where the null branch comes from (null_branch.py)
 
     def __post_init__(self):

@@ -24,16 +24,17 @@ from comfy_nag.denoiser import Denoiser
 from . import harness, methods, testbed
 from .demo_report import write_figures_and_report
 from .terms import ESTIMATOR_TERMS, States, measure
-from .toolkit import (TARGET_SETTINGS, Config, Eval, NetVariant, Trained, calibrate, estimator_check, exact_nag,
+from .toolkit import (Config, Eval, NetVariant, Trained, calibrate, estimator_check, exact_nag,
                       make_eval, method_setup, profile_of, run_one, sample_row, train_family, tune)
 
 # every method; NAG-CF with the per-level scale calibrated to the estimator (calibrate()); the learned
-# conditional branch with the exact NAG term (the testbed's ceiling for nag_cf); and NAG-CF with the null
-# branch from the estimator's posterior (no dropout training needed)
-METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term") + methods.ESTIMATOR_NULL
+# conditional branch with the exact NAG term (the testbed's ceiling for nag_cf); NAG-CF with the null
+# branch from the estimator's posterior (no dropout training needed); and the closed-loop scale (no tuned knob)
+METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term") + methods.ESTIMATOR_NULL + methods.AUTO
 # the same network trained without noise-condition dropout (what a community checkpoint is): the methods that
-# need no dropout, the exact term at nag_cf_est's scale (its ceiling), at Euler and Heun with 25 and 50 steps
-NO_DROPOUT_METHODS = ("baseline", "nag_cf_est", "nag_exact_term", "nag_cg", "eps_scaling", "time_shift")
+# need no dropout, the exact term at nag_cf_est's scale (its ceiling), in every sampler x steps setting
+NO_DROPOUT_METHODS = ("baseline", "nag_cf_est", "nag_exact_term", "nag_cg", "eps_scaling", "time_shift",
+                      "nag_cf_est_auto", "nag_cg_auto")
 NO_DROPOUT_TUNED = ("nag_cf_est", "nag_cg", "eps_scaling", "time_shift")
 NO_DROPOUT_TUNING = ("euler", "heun")  # each knob tuned for both samplers it is read at (one scale for a user's sampler)
 
@@ -111,8 +112,8 @@ def no_dropout(name: str, gmm: testbed.GaussianMixture, cfg: Config, estimator, 
                stages: harness.Stages | None = None, progress: bool = True) -> dict:
     """The demo's network trained the same way but **without** noise-condition dropout (a community checkpoint
     has no null branch), with the demo's estimator: its knobs tuned on the held-out seed, rows of
-    :data:`NO_DROPOUT_METHODS` at Euler and Heun, 25 and 50 steps (marked ``"model": "no_dropout"``), and how
-    much of the exact term the estimator null branch carries (plus its ceilings)."""
+    :data:`NO_DROPOUT_METHODS` in every sampler x steps setting (marked ``"model": "no_dropout"``), how much of the
+    exact term the estimator null branch carries (plus its ceilings), and the closed-loop scale's choices per step."""
     ncfg = dataclasses.replace(cfg, t_dropout=0.0)
     tr = train_family(name, gmm, ncfg, NetVariant(estimator=estimator, tag="no_dropout"), log, stages, progress)
     spec = {"stage": "testbed tuning, no dropout", "family": name, "config": asdict(ncfg), "samplers": NO_DROPOUT_TUNING}
@@ -121,7 +122,7 @@ def no_dropout(name: str, gmm: testbed.GaussianMixture, cfg: Config, estimator, 
     knobs = {**tuned[0], "nag_cf": tuned[0]["nag_cf_est"]}  # the exact term at the estimator branch's scale
     ev = make_eval(tr, ncfg, cfg.seed)
     rows = []
-    for sampler, steps in sorted(TARGET_SETTINGS):
+    for sampler, steps in [(s, n) for s in cfg.samplers for n in cfg.steps]:
         for method in NO_DROPOUT_METHODS:
             def make(sampler=sampler, steps=steps, method=method):
                 return {**sample_row(tr, ncfg, ev, method, sampler, steps, knobs), "model": "no_dropout"}
@@ -131,7 +132,23 @@ def no_dropout(name: str, gmm: testbed.GaussianMixture, cfg: Config, estimator, 
                         if stages else make())
     fid = measure(tr.net, tr.estimator, gmm, tr.fam, tr.bins, States(128 if cfg.quick else 512, cfg.seed),
                   terms=("marginal_null",) + ESTIMATOR_TERMS)
-    return {"rows": rows, "knobs": knobs, "tuning": tuned[1], "fidelity": fid, "denoiser_loss": tr.train_loss}
+    return {"rows": rows, "knobs": knobs, "tuning": tuned[1], "fidelity": fid, "denoiser_loss": tr.train_loss,
+            "auto_scale": auto_scale_trace(tr, ncfg, ev, "nag_cf_est_auto")}
+
+
+def auto_scale_trace(tr: Trained, cfg: Config, ev: Eval, method: str) -> dict:
+    """The scale the closed-loop rule chose at each step of one Euler run (``cfg.plot_steps``): per step its
+    nominal log-SNR and the mean, spread (std) and 10th/90th percentiles of the scale over the samples."""
+    setup = method_setup(method, tr, cfg, {})
+    trace = []
+    rule = dataclasses.replace(setup.guidance.rule, trace=trace)
+    setup = setup._replace(guidance=dataclasses.replace(setup.guidance, rule=rule))
+    run_one(tr, ev.head(500), setup, "euler", cfg.plot_steps)
+    w = [t[1].float() for t in trace]
+    return {"method": method, "sampler": "euler", "steps": cfg.plot_steps,
+            "logsnr": [float(tr.fam.schedule.logsnr(torch.tensor(t[0]))) for t in trace],
+            "mean": [float(v.mean()) for v in w], "std": [float(v.std()) for v in w],
+            "p10": [float(v.quantile(0.1)) for v in w], "p90": [float(v.quantile(0.9)) for v in w]}
 
 
 def ablations(tr: Trained, cfg: Config, ev: Eval, knobs: dict, log=print, stages: harness.Stages | None = None) -> dict:

@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from comfy_nag.auto_scale import MAX_SCALE
+
 from . import harness, methods
+from .criteria import COLUMNS, HEADS, auto_verdict
 from .harness import md_table
 from .terms import late_cos
 from .toolkit import QUALITY_METRIC, SHARE_TARGET, Config, against_baseline, criterion, exact_share
@@ -26,6 +29,10 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> lis
     if res.get("fidelity"):
         to_pil(fidelity_figure(res)).save(out / "fidelity.png")
         written.append(out / "fidelity.png")
+    traces = {fam: nd["auto_scale"] for fam, nd in res.get("no_dropout", {}).items() if nd.get("auto_scale")}
+    if traces:
+        to_pil(auto_scale_figure(traces)).save(out / "auto_scale.png")
+        written.append(out / "auto_scale.png")
     report = harness.save_report(out, write_report(res, cfg, res["meta"]["seconds"]), redrawn_by="demo" if redrawn else None)
     return written + [report]
 
@@ -34,7 +41,8 @@ def write_report(res: dict, cfg: Config, seconds: float) -> str:
     """report.md of a finished run (its metrics.json content)."""
     eff = nag_effect(res["rows"])
     L = [*_setup(res, cfg, seconds), *_findings(res, eff), *_calibration(res), *_against_exact_term(res),
-         *_without_dropout(res), *_method_tables(res, cfg, eff), *_ablations(res, cfg), *_fidelity(res), *_appendix(res)]
+         *_without_dropout(res), *_auto_scale(res), *_method_tables(res, cfg, eff), *_ablations(res, cfg), *_fidelity(res),
+         *_appendix(res)]
     return "\n".join(L) + "\n"
 
 
@@ -152,6 +160,60 @@ def _without_dropout(res: dict) -> list[str]:
             no_dropout_headline(res), "",
             md_table(rows, ["family", "sampler", "steps", "method", "nfe_per_step", "seconds_per_step", "noise_shift",
                             "signed_shift", "quality", "nll"]), ""]
+
+
+def auto_verdicts(res: dict) -> list[dict]:
+    """The closed-loop scale against the baseline, the tuned constant and epsilon scaling, per family and network."""
+    out = []
+    for fam in dict.fromkeys(r["family"] for r in res["rows"]):
+        rows = [r for r in res["rows"] if r["family"] == fam]
+        out += [{"network": f"{fam}, dropout", **auto_verdict(rows, m)} for m in methods.AUTO
+                if any(r["method"] == m for r in rows)]
+        nd = res.get("no_dropout", {}).get(fam)
+        if nd:
+            out += [{"network": f"{fam}, no dropout", **auto_verdict(nd["rows"], m)} for m in methods.AUTO
+                    if any(r["method"] == m for r in nd["rows"])]
+    return out
+
+
+def _auto_scale(res: dict) -> list[str]:
+    """NAG that sets its own strength (comfy_nag/auto_scale.py) against what a user could do instead."""
+    verdicts = auto_verdicts(res)
+    if not verdicts:
+        return []
+    return ["## NAG that sets its own strength\n",
+            "`*_auto`: the closed-loop scale (docs/method.md §3c): per sample and step inside the window, the scale at "
+            "which the estimator reads the next state where true forward states at that level read (its bias measured "
+            "on forward states), between 0 and 1.5; two estimator calls per step, no knob tuned. Against the baseline, "
+            "against the same guidance at the constant scale tuned on the held-out seed (`nag_cf`, `nag_cf_est`, "
+            "`nag_cg`), and against epsilon scaling (factor tuned on the held-out seed; in the no-dropout block). "
+            "`auto_scale.png`: the scale chosen per step on the no-dropout network (Euler), its mean and spread over "
+            "samples.\n",
+            md_table(verdicts, COLUMNS, HEADS), ""]
+
+
+def auto_scale_figure(traces: dict):
+    """The closed-loop scale per step: one panel per family, its mean over samples, +- one std and the 10th/90th
+    percentiles (the per-sample scale often sits at a bound: 0 or the maximum)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(traces), figsize=(5.4 * len(traces), 4.0), squeeze=False)
+    for ax, (fam, t) in zip(axes[0], traces.items()):
+        x = np.array(t["logsnr"])
+        mean, sd = np.array(t["mean"]), np.array(t["std"])
+        ax.fill_between(x, np.clip(mean - sd, 0, None), np.clip(mean + sd, None, MAX_SCALE), color=methods.COLORS[t["method"]], alpha=0.25, lw=0,
+                        label="mean +- std over samples")
+        ax.plot(x, t["mean"], "-o", ms=3, color=methods.COLORS[t["method"]], label="mean over samples")
+        ax.plot(x, t["p10"], ":", lw=1, color="#555555", label="10th and 90th percentile")
+        ax.plot(x, t["p90"], ":", lw=1, color="#555555")
+        ax.set(title=f"{harness.family_title(fam)}", xlabel="nominal log-SNR of the step (sampling proceeds to the right)",
+               ylabel="scale chosen", ylim=(-0.05, 1.6))
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(f"Closed-loop NAG scale per step ({harness.display(next(iter(traces.values()))['method'])}, "
+                 f"network without dropout, {next(iter(traces.values()))['sampler']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
 
 
 def _method_tables(res: dict, cfg: Config, eff: list[dict]) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from comfy_nag.auto_scale import AutoScale, ReadingCalibration
 from comfy_nag.guidance import Guidance, Variant
 from comfy_nag.null_branch import EstimatorNull
 from comfy_nag.samplers import time_shift_level_fn
@@ -32,13 +33,16 @@ METHODS = ("baseline", "cfg", "nag_cf", "nag_cf+cfg", "nag_cf+cfg_B", "nag_cg", 
 ABLATIONS = ("nag_cf_full",)  # NAG-CF over the whole noise range (no window)
 CALIBRATED = ("nag_cf_cal",)  # NAG-CF with a per-level scale (needs knobs["nag_profile"])
 ESTIMATOR_NULL = ("nag_cf_est",)  # NAG-CF on any network: the null branch from the estimator's posterior
+# the same with the closed-loop scale (comfy_nag.auto_scale: no tuned knob; ``auto_scale`` multiplies it, default 1)
+AUTO = ("nag_cf_auto", "nag_cf_est_auto", "nag_cg_auto")
 EXACT_TERM = "nag_exact_term"  # the testbed's ceiling: the study adds the exact NAG term to the plain network
 DEFAULT_KNOBS = {"cfg": 1.5, "nag_cf": 0.5, "window": 0.0, "nag_cg": 1.0, "eps_scaling": 1.005, "time_shift": 0.1,
-                 "nag_cf_est": 1.0, "null_levels": 1, "nag_cf_cal": 1.0}
+                 "nag_cf_est": 1.0, "null_levels": 1, "nag_cf_cal": 1.0, "auto_scale": 1.0}
 # One colour per method in every figure of every study (no two alike; grey is kept for forward states).
 COLORS = {"baseline": "#1f77b4", "nag_cf": "#d62728", "cfg": "#2ca02c", "nag_cf+cfg": "#9467bd",
           "nag_cf+cfg_B": "#ff7f0e", "nag_cg": "#8c564b", "eps_scaling": "#e377c2", "time_shift": "#17becf",
-          "nag_cf_full": "#bcbd22", "nag_cf_cal": "#7f3b08", "nag_cf_est": "#393b79"}
+          "nag_cf_full": "#bcbd22", "nag_cf_cal": "#7f3b08", "nag_cf_est": "#393b79", "nag_cf_auto": "#fb9a99",
+          "nag_cf_est_auto": "#6b6ecf", "nag_cg_auto": "#c49c94"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class On:
     window: tuple[float, float]
     data_var: float | None
     estimator: object
+    calibration: ReadingCalibration | None = None  # the estimator's readings of forward states (the *_auto methods)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,17 @@ def _estimator_null(k: dict, on: On) -> Guidance:
     return Guidance(nag_scale=k["nag_cf_est"], nag_window=on.window, null=null)
 
 
+def _auto(on: On) -> AutoScale:
+    if on.estimator is None or on.calibration is None:
+        raise ValueError("the *_auto methods need the noise-level estimator and its reading calibration")
+    return AutoScale(on.estimator, on.calibration)
+
+
+def _estimator_null_auto(k: dict, on: On) -> Guidance:
+    null = EstimatorNull.for_schedule(on.estimator, on.schedule, int(k["null_levels"]))
+    return Guidance(nag_scale=k["auto_scale"], nag_window=on.window, null=null, rule=_auto(on))
+
+
 def _profile(k: dict):
     if k.get("nag_profile") is None:
         raise ValueError("nag_cf_cal needs knobs['nag_profile'] (a ScaleProfile calibrated on forward states)")
@@ -93,7 +109,7 @@ TABLE = {
     "nag_cf": Method(("nag_cf", "window"), lambda k, on: Guidance(nag_scale=k["nag_cf"], nag_window=on.window)),
     "nag_cf_full": Method(("nag_cf",), lambda k, on: Guidance(nag_scale=k["nag_cf"])),
     "nag_cf_cal": Method(("nag_cf_cal", "nag_profile", "window"),
-                         lambda k, on: Guidance(nag_scale=k["nag_cf_cal"], nag_window=on.window, nag_profile=_profile(k))),
+                         lambda k, on: Guidance(nag_scale=k["nag_cf_cal"], nag_window=on.window, rule=_profile(k))),
     "nag_cf_est": Method(("nag_cf_est", "window", "null_levels"), _estimator_null),
     "nag_cf+cfg": _cf_cfg(Variant.A),
     "nag_cf+cfg_B": _cf_cfg(Variant.B),
@@ -101,6 +117,11 @@ TABLE = {
     "eps_scaling": Method(("eps_scaling",), lambda k, on: Guidance(eps_scale=k["eps_scaling"])),
     "time_shift": Method(("time_shift",), lambda k, on: Guidance(),
                          lambda k, on: time_shift_level_fn(on.schedule.space, on.data_var, k["time_shift"])),
+    "nag_cf_auto": Method(("auto_scale", "window"), lambda k, on: Guidance(nag_scale=k["auto_scale"], nag_window=on.window,
+                                                                          rule=_auto(on))),
+    "nag_cf_est_auto": Method(("auto_scale", "window", "null_levels"), _estimator_null_auto),
+    "nag_cg_auto": Method(("auto_scale",), lambda k, on: Guidance(cg_scale=k["auto_scale"], cg_window=on.window,
+                                                                 rule=_auto(on))),
     EXACT_TERM: Method((), lambda k, on: Guidance()),  # the study supplies the denoiser (toolkit.exact_nag)
 }
 
@@ -117,17 +138,20 @@ def values(knobs: dict) -> dict:
     return k
 
 
-def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None = None, estimator=None) -> Setup:
+def setup(method: str, schedule: Schedule, knobs: dict, data_var: float | None = None, estimator=None,
+          calibration: ReadingCalibration | None = None) -> Setup:
     """What the sampler runs for ``method`` (:data:`TABLE`) with ``knobs``; ``data_var`` (per-dimension data
-    variance) for time_shift; ``estimator`` (the noise-level estimator) for nag_cf_est."""
+    variance) for time_shift; ``estimator`` (the noise-level estimator) for nag_cf_est, NAG-CG and the *_auto methods,
+    with its ``calibration`` for the latter."""
     if method not in TABLE:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TABLE)}")
     k = values(knobs)
-    on, m = On(schedule, nag_window(schedule, k["window"]), data_var, estimator), TABLE[method]
+    on, m = On(schedule, nag_window(schedule, k["window"]), data_var, estimator, calibration), TABLE[method]
     return Setup(m.guidance(k, on), m.level_fn(k, on) if m.level_fn else None)
 
 
 def setup_for(method: str, trained, knobs: dict) -> Setup:
     """:func:`setup` on a study's trained family: anything with ``fam``, ``data_var`` and ``estimator`` (the testbed's
     ``toolkit.Trained``, the image benchmark's ``bench_images.Trained``)."""
-    return setup(method, trained.fam.schedule, knobs, trained.data_var, trained.estimator)
+    return setup(method, trained.fam.schedule, knobs, trained.data_var, trained.estimator,
+                 getattr(trained, "calibration", None))

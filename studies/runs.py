@@ -56,7 +56,7 @@ def sample_run(den, schedule: Schedule, sampler: str, steps: int, draw: Draw, le
 
     x = samplers.initial_noise(draw.shape, schedule, torch.Generator().manual_seed(draw.seed + 20))
     run = samplers.get_sampler(sampler, schedule.space, torch.Generator().manual_seed(draw.seed + 30))
-    out = run(den, x, sig, extra_args={"y": draw.y}, callback=callback, level_fn=level_fn)
+    out = run(den, x, sig, extra_args={"y": draw.y, "sample_sigmas": sig}, callback=callback, level_fn=level_fn)
     res = {"samples": out, "nfe_per_step": getattr(den, "evaluations", steps) / steps, "shift": {}, "estimated": {}}
     for k, t in traces.items():
         ref = shift.forward_readout(t.readout, draw.x_fwd, sig[idx], schedule, torch.Generator().manual_seed(draw.seed + 40))

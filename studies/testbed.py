@@ -237,8 +237,9 @@ def _exact_level_average(gmm: GaussianMixture, xn: torch.Tensor, levels: torch.T
 
 
 def exact_denoiser(gmm: GaussianMixture, space: Space):
-    """The Bayes-optimal class-conditional denoiser, as a sampler model ``(x, s, y) -> x0``."""
-    def model(x, s, y=None):
+    """The Bayes-optimal class-conditional denoiser, as a sampler model ``(x, s, y) -> x0`` (a closed-loop scale
+    rule's ``sample_sigmas`` is accepted and not needed)."""
+    def model(x, s, y=None, sample_sigmas=None):
         return gmm.denoise(x, s, space, y)
     return model
 
@@ -290,9 +291,9 @@ class ExactTermNAG:
     def term(self, x, s, y):
         return exact_term(self.gmm, x, s, self.fam.schedule, self.fam.prediction, y)
 
-    def __call__(self, x, s, y=None):
+    def __call__(self, x, s, y=None, sample_sigmas=None):
         s = torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0])
-        out = self.base(x, s, y)
+        out = self.base(x, s, y, sample_sigmas)
         on = (s >= self.window[0]) & (s <= self.window[1])
         if self.w == 0 or not bool(on.any()):
             return out

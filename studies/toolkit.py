@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from comfy_nag import estimators, models
+from comfy_nag.auto_scale import ReadingCalibration, calibrate_reading, calibration_knots
 from comfy_nag.classifier_guidance import estimator_x0_term
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.families import Family, family
@@ -104,6 +105,7 @@ class Trained:
     train_loss: float
     estimator_loss: float
     null_mode: str = "sentinel"
+    calibration: ReadingCalibration | None = None  # the estimator's readings of forward states (auto_scale)
 
     @property
     def space(self):
@@ -152,7 +154,9 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, variant: 
     stage = f"{name}_{null_mode}{'_' + tag if tag else ''}_dim{gmm.dim}"
     done = stages.modules(stage, spec, mods, make) if stages else make()
     data_var = float(gmm.sample(4000, generator=torch.Generator().manual_seed(cfg.seed + 2))[0].var(0).mean())
-    return Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode)
+    cal = calibrate_reading(estimator, gmm.sample(2000, generator=torch.Generator().manual_seed(cfg.seed + 3))[0], sch,
+                            calibration_knots(bins), torch.Generator().manual_seed(cfg.seed + 4))
+    return Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode, cal)
 
 
 # ---------------------------------------------------------------------------------------------

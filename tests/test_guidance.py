@@ -159,13 +159,13 @@ def test_a_scale_profile_multiplies_the_nag_scale_per_level():
     s = torch.tensor([0.2, 0.2, 0.6, 0.6])
     lam = sch.space.logsnr(s)
     flat = scale_profiles.ScaleProfile((0.0,), (0.5,))
-    a = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=flat))(x, s, y)
+    a = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, rule=flat))(x, s, y)
     b = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.5))(x, s, y)
     assert torch.allclose(a, b, atol=1e-6)
     step = scale_profiles.ScaleProfile((float(lam[2]), float(lam[0])), (0.0, 2.0))  # 0 at s=0.6, 2 at s=0.2
-    out = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, nag_profile=step))(x, s, y)
+    out = Denoiser(net, sch, "velocity", Guidance(nag_scale=1.0, rule=step))(x, s, y)
     two = Denoiser(net, sch, "velocity", Guidance(nag_scale=2.0))(x, s, y)
     plain = Denoiser(net, sch, "velocity")(x, s, y)
     assert torch.allclose(out[:2], two[:2], atol=1e-6) and torch.allclose(out[2:], plain[2:], atol=1e-6)
-    zero = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.0, nag_profile=step))
+    zero = Denoiser(net, sch, "velocity", Guidance(nag_scale=0.0, rule=step))
     assert torch.equal(zero(x, s, y), plain) and zero.evaluations == 1
