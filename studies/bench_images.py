@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from comfy_nag import estimators, samplers, shift
+from comfy_nag.auto_scale import ReadingCalibration, calibrate_reading, calibration_knots
 from comfy_nag.denoiser import Denoiser
 from comfy_nag.families import Family
 from comfy_nag.families import family as get_family
@@ -49,8 +50,9 @@ METHODS = methods.METHODS
 MODELS = ("pretrained", "continued", "ncd_finetune", "ncd_scratch")
 # the methods each model is sampled with: stock fixes on the pretrained model (and NAG-CF with the estimator's null
 # branch: no fine-tune), the control at scale 0, every method on the fine-tuned model, CFG and NAG-CF from scratch
-PLAN = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift", "nag_cf_est"), "continued": ("baseline",),
-        "ncd_finetune": METHODS, "ncd_scratch": ("baseline", "cfg", "nag_cf", "nag_cf+cfg")}
+PLAN = {"pretrained": ("baseline", "cfg", "eps_scaling", "time_shift", "nag_cf_est", "nag_cf_est_auto", "nag_cg_auto"),
+        "continued": ("baseline",), "ncd_finetune": METHODS + ("nag_cf_auto",),
+        "ncd_scratch": ("baseline", "cfg", "nag_cf", "nag_cf+cfg")}
 # A digits row: the learned estimator's late shift, the proxy-FD scores, and each method's knobs under their own names
 # (NAG-CF's scale on top of CFG as ``nag_cf``; the estimator null branch always runs at one level).
 ROWS = runs.RowFormat("learned", QUALITY_METRIC, ("precision", "recall", "accuracy"),
@@ -83,6 +85,7 @@ class Trained:
     x_fwd: torch.Tensor
     data_var: float
     models: dict[str, TrainedModel]
+    calibration: ReadingCalibration | None = None  # the estimator's readings of forward states (the *_auto methods)
 
     def denoiser(self, model: str, setup: methods.Setup) -> Denoiser:
         return Denoiser(self.models[model].net, self.fam.schedule, self.fam.prediction, setup.guidance,
@@ -303,7 +306,9 @@ def study(cfg: Config, work: Path, log=print, progress: bool = True) -> dict:
     for name in cfg.families:
         fam = get_family(name)
         models = train_models(cfg, name, work, log)
-        tr = Trained(fam, train_level_estimator(cfg, fam, x_train, stages, progress), metric, x_fwd, data_var, models)
+        est = train_level_estimator(cfg, fam, x_train, stages, progress)
+        cal = calibrate_reading(est, x_train, fam.schedule, calibration_knots(est.bins), torch.Generator().manual_seed(cfg.seed + 9))
+        tr = Trained(fam, est, metric, x_fwd, data_var, models, cal)
         out["training"][name] = {m: {"seconds": t.seconds, "file": str(t.file), **t.probe} for m, t in models.items()}
         knobs, out["tuning"][name] = tuned(tr, cfg, stages, log)
         out["knobs"][name] = knobs

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import harness, methods
 from .bench_digits import QUALITY_METRIC, Config, resolve_sampler
+from .criteria import AUTO_OF, COLUMNS, HEADS, auto_verdict
 from .harness import find_row as _get
 from .harness import md_table
 
@@ -44,7 +45,7 @@ def write_figures_and_report(out: Path, res: dict, redrawn: bool = False) -> lis
 def write_report(res: dict, cfg: Config, seconds: float) -> str:
     """report.md of a finished run (its metrics.json content)."""
     cmp = comparisons(res["rows"])
-    L = [*_setup(res, cfg, seconds), *_warnings(res), *_answers(res, cfg, cmp), *_tables(res, cmp)]
+    L = [*_setup(res, cfg, seconds), *_warnings(res), *_answers(res, cfg, cmp), *_auto_scale(res), *_tables(res, cmp)]
     return "\n".join(L) + "\n"
 
 
@@ -134,6 +135,28 @@ def _answers(res: dict, cfg: Config, cmp: list[dict]) -> list[str]:
              + ". NAG-CF adds one batched branch only inside its window; NAG-CG adds no network call but one estimator "
                "forward+backward; wall-time and memory ratios: `python -m studies bench cost`.\n")
     return L
+
+
+def auto_verdicts(res: dict) -> list[dict]:
+    """The closed-loop scale per family and model against the baseline, the tuned constant and epsilon scaling."""
+    out = []
+    for fam in res["training"]:
+        for model in ("pretrained", "ncd_finetune"):
+            rows = [r for r in res["rows"] if r["family"] == fam and r["model"] == model]
+            out += [{"network": f"{fam} {model}", **auto_verdict(rows, m)} for m in AUTO_OF
+                    if any(r["method"] == m for r in rows)]
+    return out
+
+
+def _auto_scale(res: dict) -> list[str]:
+    verdicts = auto_verdicts(res)
+    if not verdicts:
+        return []
+    return ["## NAG that sets its own strength\n",
+            "`*_auto`: the closed-loop scale (docs/method.md §3c; no knob tuned) on the pretrained models (no "
+            "fine-tune: the null branch from the estimator, or its gradient) and on the dropout fine-tune, against the "
+            "baseline, the same guidance at its scale tuned on the held-out seed, and epsilon scaling (tuned likewise). "
+            "Quality: proxy FD.\n", md_table(verdicts, COLUMNS, HEADS), ""]
 
 
 def _answer(cmp, label):

@@ -57,7 +57,7 @@ def pretrained_family(name: str, seed: int, cfg: Config, log, stages, progress) 
     return toolkit.train_family(name, gmm, dcfg, log=log, stages=stages, progress=progress), dcfg
 
 
-STOCK_METHODS = ("baseline", "nag_cf_est", "nag_exact_term")
+STOCK_METHODS = ("baseline", "nag_cf_est", "nag_exact_term", "nag_cf_est_auto")
 
 
 def stock(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Eval, seed: int, log=print) -> list[dict]:
@@ -67,7 +67,7 @@ def stock(tr: toolkit.Trained, dcfg: toolkit.Config, cfg: Config, ev: toolkit.Ev
     the same scale), and how much of the exact term the branch carries."""
     out = []
     for steps in cfg.stock_estimators:
-        trs = tr if steps == dcfg.estimator_steps else dataclasses.replace(tr, estimator=_estimator(tr, steps, seed))
+        trs = tr if steps == dcfg.estimator_steps else toolkit.with_estimator(tr, _estimator(tr, steps, seed), seed)
         tuned = toolkit.tune(trs, dcfg, log, methods=("nag_cf_est",), samplers=("euler", "heun"))[0]
         knobs = {**tuned, "nag_cf": tuned["nag_cf_est"]}
         rows = [toolkit.sample_row(trs, dcfg, ev, m, sampler, n, knobs) for sampler in cfg.samplers

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import harness, toolkit
 from .fidelity_recipes import BASE, RECIPE_BY_NAME, RECIPE_ORDER, RECIPES, STOCK_TERMS, TRACKED, Config
+from .criteria import COLUMNS, HEADS, auto_verdict
 from .harness import md_table
 from .terms import OFFSETS, TERMS, late_cos
 
@@ -279,5 +280,10 @@ def _stock_section(res: dict) -> list[str]:
             md_table(stock_table(res), ["seed", "family", "estimator_steps", "scale", "n", "shift_lower", "quality_better",
                                         "both",
                                         *[f"cos_{t}" for t in STOCK_TERMS]]), "",
+            "The closed-loop scale (`nag_cf_est_auto`, docs/method.md §3c; no knob tuned) on the same networks and "
+            "estimators:", "",
+            md_table([{"network": f"seed {st['seed']} {st['family']}, estimator {st['estimator_steps']} steps",
+                       **auto_verdict(st["rows"], "nag_cf_est_auto")} for st in res["stock"]
+                      if any(r["method"] == "nag_cf_est_auto" for r in st["rows"])], COLUMNS[:8], HEADS[:8]), "",
             md_table(rows, ["seed", "family", "estimator_steps", "sampler", "steps", "method", "nfe_per_step",
                             "noise_shift", "signed_shift", "quality"]), ""]

@@ -154,9 +154,16 @@ def train_family(name: str, gmm: testbed.GaussianMixture, cfg: Config, variant: 
     stage = f"{name}_{null_mode}{'_' + tag if tag else ''}_dim{gmm.dim}"
     done = stages.modules(stage, spec, mods, make) if stages else make()
     data_var = float(gmm.sample(4000, generator=torch.Generator().manual_seed(cfg.seed + 2))[0].var(0).mean())
-    cal = calibrate_reading(estimator, gmm.sample(2000, generator=torch.Generator().manual_seed(cfg.seed + 3))[0], sch,
-                            calibration_knots(bins), torch.Generator().manual_seed(cfg.seed + 4))
-    return Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode, cal)
+    tr = Trained(fam, gmm, net, estimator, bins, data_var, done["train_loss"], done["estimator_loss"], null_mode)
+    return with_estimator(tr, estimator, cfg.seed)
+
+
+def with_estimator(tr: Trained, estimator, seed: int) -> Trained:
+    """``tr`` with ``estimator`` (over ``tr.bins``) and its reading calibration, measured on forward states of the
+    mixture (seeds ``seed + 3``, ``seed + 4``: apart from every evaluation draw), as the trainer measures it."""
+    x0 = tr.gmm.sample(2000, generator=torch.Generator().manual_seed(seed + 3))[0]
+    cal = calibrate_reading(estimator, x0, tr.fam.schedule, calibration_knots(tr.bins), torch.Generator().manual_seed(seed + 4))
+    return dataclasses.replace(tr, estimator=estimator, calibration=cal)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,12 +43,19 @@ def test_demo_writes_the_promised_files_and_rows(tmp_path):
     assert nfe[("euler", "baseline")] == 1 and nfe[("euler", "cfg")] == 2 and nfe[("euler", "nag_cg")] == 1
     assert 1 < nfe[("euler", "nag_cf")] < 2
     assert nfe[("euler", "nag_cf_est")] == nfe[("euler", "nag_cf")]  # one level: the cost of a learned null branch
+    report = (tmp_path / "report.md").read_text()
     nd = res["no_dropout"]["sit"]  # the same network without noise-condition dropout: the rows a stock model gets
-    assert {(r["sampler"], r["steps"]) for r in nd["rows"]} == {(s, n) for s in ("euler", "heun") for n in (25, 50)}
+    assert {(r["sampler"], r["steps"]) for r in nd["rows"]} == {("euler", 6), ("ddpm", 6)}  # every setting of the run
     assert {r["method"] for r in nd["rows"]} == set(demo.NO_DROPOUT_METHODS) and all(r["model"] == "no_dropout" for r in nd["rows"])
     crit = demo_report.no_dropout_criterion(res)
-    assert crit[0]["family"] == "sit" and crit[0]["n"] == 4 and 0 <= crit[0]["both"] <= 4
-    report = (tmp_path / "report.md").read_text()
+    assert crit[0]["family"] == "sit" and crit[0]["n"] == 2 and 0 <= crit[0]["both"] <= 2
+    # the closed-loop scale: at most two estimator calls' worth of work, no extra network evaluation, its choices traced
+    nd_nfe = {(r["sampler"], r["method"]): r["nfe_per_step"] for r in nd["rows"]}
+    assert nd_nfe[("euler", "nag_cf_est_auto")] == nd_nfe[("euler", "nag_cf_est")] and nd_nfe[("euler", "nag_cg_auto")] == 1
+    assert nfe[("euler", "nag_cf_auto")] == nfe[("euler", "nag_cf")]
+    trace = nd["auto_scale"]
+    assert len(trace["mean"]) == len(trace["logsnr"]) > 0 and all(0 <= m <= 1.5 for m in trace["mean"])
+    assert (tmp_path / "auto_scale.png").stat().st_size > 0 and "## NAG that sets its own strength" in report
     assert "noise_shift" in report and "last 20%" in report
     assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
     assert "| sit | euler | nag_cf |" in report
