@@ -51,6 +51,10 @@ def comfy_or_skip() -> Path:
     from comfy.cli_args import args
 
     args.cpu = True
+    # ComfyUI's top-level nodes.py (common_ksampler, KSamplerAdvanced), bound now: pytest puts a checkout whose folder
+    # name is no Python identifier (a clone called comfy-nag) first on sys.path, where the pack's own nodes/ package
+    # would shadow it for a later ``from nodes import ...``
+    sys.modules["nodes"] = importlib.import_module("nodes")
     import torch
 
     # Tiny models: one thread is fastest, and avoids OpenMP spin contention on busy shared CPUs.
@@ -141,6 +145,33 @@ def tiny_qwen_image_model(seed: int = 0):
     return tiny_from_config(QWEN_IMAGE_CONFIG, seed)
 
 
+HUNYUAN_VIDEO_CONFIG = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+                        "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+                        "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+                        "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False}
+LUMINA2_CONFIG = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 32, "n_layers": 1,
+                  "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 1, "qk_norm": True, "axes_dims": [8, 12, 12],
+                  "axes_lens": [300, 512, 512], "multiple_of": 16}
+
+
+def tiny_hunyuan_video_model(seed: int = 0):
+    """BaseModel of a tiny HunyuanVideo (detected HunyuanVideo: discrete flow, shift 7, 5-D HunyuanVideo latents);
+    conditioning ``conditioning("hunyuan_video", seed)``.  Keys this ComfyUI's model does not take are dropped (0.3.52
+    has no byt5/meanflow)."""
+    from dataclasses import fields
+
+    from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
+
+    known = {f.name for f in fields(HunyuanVideoParams)} | {"image_model"}
+    return tiny_from_config({k: v for k, v in HUNYUAN_VIDEO_CONFIG.items() if k in known}, seed)
+
+
+def tiny_lumina2_model(seed: int = 0):
+    """BaseModel of a tiny Lumina 2 (detected Lumina2: discrete flow, shift 6, network time = sigma, Flux latents);
+    conditioning ``conditioning("lumina2", seed)``."""
+    return tiny_from_config(LUMINA2_CONFIG, seed)
+
+
 def tiny_unet_model(prediction: str = "eps", seed: int = 0):
     """BaseModel of a ~1M-parameter SD1.5-style UNet (discrete schedule), EPS or V prediction; in-process only."""
     import torch
@@ -192,7 +223,33 @@ def conditioning(kind: str, seed: int, tokens: int = 8):
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5}]]
     if kind == "sd3":
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    if kind == "hunyuan_video":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 6.0}]]
+    if kind == "lumina2":
+        return [[torch.randn(1, tokens, 32, generator=g), {"attention_mask": torch.ones(1, tokens, dtype=torch.long)}]]
     return [[torch.randn(1, tokens, 64, generator=g), {}]]
+
+
+class ForwardSpy:
+    """Records ``(timesteps, cond_or_uncond)`` of every forward of a model's diffusion network (a forward pre-hook)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.h = model.model.diffusion_model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, mod, args, kwargs):
+        to = kwargs.get("transformer_options", {})
+        self.calls.append((args[1].detach().clone().float(), list(to.get("cond_or_uncond", []))))
+
+    def null_rows(self, null: float) -> list[float]:
+        """Rows per forward whose network time is ``null``."""
+        return [float((t == null).float().sum()) for t, _ in self.calls]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.h.remove()
 
 
 def save_tiny_sd3(path, seed: int = 0):
