@@ -317,6 +317,12 @@ def make_model_tree(root: Path) -> Path:
         m / "noise_estimators" / "tiny_4ch_estimator.safetensors", Flow(shift=3.0))
     NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
         m / "noise_estimators" / "tiny_sd15_estimator.safetensors", DiscreteVP())
+    from comfy_nag_pack_under_test.comfy_nag.families import family
+
+    for name, shape in (("wan21", (16, 2, 8, 8)), ("wan22-5b", (48, 2, 8, 8)), ("qwen-image", (16, 8, 8))):
+        NoiseLevelEstimator(shape, LevelBins(-10, 10, 16), width=16, depth=2).save(
+            m / "noise_estimators" / f"tiny_{name.replace('-', '_')}_estimator.safetensors", family(name).schedule,
+            {"nag.family": name})
     cn = root / "custom_nodes"
     cn.mkdir(exist_ok=True)
     (cn / "comfy-nag").symlink_to(PACK_ROOT)  # hyphenated folder name, like a git clone
