@@ -154,6 +154,15 @@ LUMINA2_CONFIG = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, 
                   "axes_lens": [300, 512, 512], "multiple_of": 16}
 
 
+CHROMA_CONFIG = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": 64, "hidden_size": 64,
+                 "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
+                 "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64, "hidden_dim": 64, "n_layers": 1}
+HIDREAM_CONFIG = {"image_model": "hidream", "attention_head_dim": 32, "axes_dims_rope": [16, 8, 8], "caption_channels": [64, 64],
+                  "max_resolution": [128, 128], "in_channels": 16, "llama_layers": [0, 1], "num_attention_heads": 2,
+                  "num_routed_experts": 2, "num_activated_experts": 1, "num_layers": 1, "num_single_layers": 1,
+                  "out_channels": 16, "patch_size": 2, "text_emb_dim": 32}
+
+
 def tiny_hunyuan_video_model(seed: int = 0):
     """BaseModel of a tiny HunyuanVideo (detected HunyuanVideo: discrete flow, shift 7, 5-D HunyuanVideo latents);
     conditioning ``conditioning("hunyuan_video", seed)``.  Keys this ComfyUI's model does not take are dropped (0.3.52
@@ -225,6 +234,11 @@ def conditioning(kind: str, seed: int, tokens: int = 8):
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
     if kind == "hunyuan_video":
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 6.0}]]
+    if kind == "chroma":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.zeros(1, 32)}]]
+    if kind == "hidream":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g),
+                                                           "conditioning_llama3": torch.randn(1, 2, tokens, 64, generator=g)}]]
     if kind == "lumina2":
         return [[torch.randn(1, tokens, 32, generator=g), {"attention_mask": torch.ones(1, tokens, dtype=torch.long)}]]
     return [[torch.randn(1, tokens, 64, generator=g), {}]]

@@ -25,9 +25,9 @@ from comfy_nag_pack_under_test.nodes import guidance_nodes, model_info, shift_no
 
 STEPS = 4
 SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8), "flux": (1, 16, 8, 8), **VIDEO_LATENTS,
-          "hunyuan-video": (1, 16, 2, 8, 8), "lumina2": (1, 16, 8, 8)}
+          "hunyuan-video": (1, 16, 2, 8, 8), "lumina2": (1, 16, 8, 8), "chroma": (1, 16, 8, 8), "hidream": (1, 16, 8, 8)}
 COND = {"sd3": "sd3", "flux": "flux", "eps": "unet", "v": "unet", "wan21": "wan", "wan22-5b": "wan", "qwen-image": "wan",
-        "hunyuan-video": "hunyuan_video", "lumina2": "lumina2"}
+        "hunyuan-video": "hunyuan_video", "lumina2": "lumina2", "chroma": "chroma", "hidream": "hidream"}
 TINY = {"sd3": tiny_sd3_model, "flux": tiny_flux_model, "wan21": tiny_wan21_model, "wan22-5b": tiny_wan22_5b_model,
         "qwen-image": tiny_qwen_image_model, "hunyuan-video": tiny_hunyuan_video_model, "lumina2": tiny_lumina2_model}
 
@@ -740,3 +740,18 @@ def test_two_patches_each_keep_their_own_null_branch(models):
     assert spy.null_rows(-1000.0) == [1.0, 2.0] * STEPS and len(spy.calls) == 2 * STEPS
     assert torch.equal(sample(one, "sd3"), sample(cf(m, 1.0), "sd3"))
     assert torch.equal(sample(two, "sd3"), sample(cf(m, 0.5, "B"), "sd3"))
+
+
+@pytest.mark.parametrize("config, kind, null", [("CHROMA_CONFIG", "chroma", -1.0), ("HIDREAM_CONFIG", "hidream", -1000.0)])
+def test_families_outside_the_registry_still_run(config, kind, null):
+    """Chroma and HiDream: ComfyUI detects them and the nodes run on them (null timestep from their sampling), but the
+    registry has no entry (docs/comfyui.md, "Per model family": their default sampling is not what their variants
+    are sampled with)."""
+    import comfy_support
+
+    m = patcher(comfy_support.tiny_from_config(getattr(comfy_support, config), 0))
+    assert model_info.model_family(m) is None
+    plain = sample(m, kind)
+    with ForwardSpy(m) as spy:
+        out = sample(cf(m, 1.0), kind)
+    assert spy.null_rows(null) == [1.0] * STEPS and torch.isfinite(out).all() and not torch.allclose(out, plain)

@@ -330,3 +330,19 @@ def test_null_branch_training_levels_come_from_the_models_family(models, estimat
         assert not caplog.records
         assert null_branch.estimator_log_prior(est, {}) is None
     assert [r.getMessage() for r in caplog.records if "uniform prior" in r.getMessage()]
+
+
+def test_the_docs_window_table_is_the_benchmarks_output():
+    """docs/comfyui.md's window table is what benchmarks/window_table.py prints for this ComfyUI."""
+    import sys
+
+    import comfy_support as cs
+
+    sys.path.insert(0, str(cs.PACK_ROOT / "benchmarks"))
+    try:
+        import window_table
+    finally:
+        sys.path.remove(str(cs.PACK_ROOT / "benchmarks"))
+    docs = (cs.PACK_ROOT / "docs" / "comfyui.md").read_text()
+    block = docs.split("<!-- window-table:start -->")[1].split("<!-- window-table:end -->")[0].strip()
+    assert block.splitlines() == window_table.table(cs, 20)
