@@ -42,6 +42,7 @@ class Family:
     comfy_configs: tuple[str, ...] = ()    # ComfyUI model-config classes detected as this family
     kohya: KohyaBase | None = None
     latent_dims: int = 2                   # spatial(-temporal) latent dims: 2 = [B, C, H, W]; 3 = [B, C, T, H, W]
+    frames: int | None = None              # frames of every latent on a 3-D latent space: 1 = an image model (Qwen-Image)
 
     @cached_property
     def schedule(self) -> Schedule:
@@ -97,7 +98,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # Qwen-Image: ComfyUI's ModelSamplingFlux with mu 1.15 (Flux's), network time = sigma; the WAN 2.1 VAE's
     # latents, one frame (5-D)
     Family("qwen-image", "velocity", lambda: Flow(shift=math.exp(1.15), multiplier=1.0), ("qwen",), "Wan21", 16,
-           ("QwenImage",), latent_dims=3),
+           ("QwenImage",), latent_dims=3, frames=1),
+    # HunyuanVideo (T2V, I2V, SkyReels I2V): ModelSamplingSD3-style discrete flow, shift 7, network time = sigma * 1000;
+    # its own 16-channel video latents
+    Family("hunyuan-video", "velocity", lambda: Flow(shift=7.0), ("hunyuanvideo",), "HunyuanVideo", 16,
+           ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"), latent_dims=3),
+    # Lumina-Image 2.0: discrete flow, shift 6, network time = sigma; Flux latents
+    Family("lumina2", "velocity", lambda: Flow(shift=6.0, multiplier=1.0), ("lumina-image-2",), "Flux", 16, ("Lumina2",)),
 )}
 _BY_ALIAS = {a: f for f in FAMILIES.values() for a in f.aliases}
 

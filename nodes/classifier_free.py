@@ -82,10 +82,19 @@ def with_null_times(model, cfg: NagConfig):
 
 
 class NullBranches:
-    """Per-patch state of classifier-free NAG (one prompt runs at a time in ComfyUI)."""
+    """Per-patch state of classifier-free NAG (one prompt runs at a time in ComfyUI), shared by its wrappers and its
+    post-CFG function.
+
+    ``ModelPatcher.clone()`` (every node placed after this patch: a recorder, PAG, a LoRA loader) shallow-copies the
+    wrappers but deep-copies ``model_options``, where the post-CFG function (a bound method) lives: this object deep-
+    copies to itself, so the post-CFG step of every clone reads what the batched forward stashed.  Each patch has its
+    own (two NAG patches in one graph, the two experts of WAN 2.2 A14B)."""
 
     def __init__(self, cfg: NagConfig):
         self.cfg, self.pending, self.stash = cfg, False, None
+
+    def __deepcopy__(self, memo):
+        return self
 
     def predict_noise(self, executor, x, timestep, model_options, seed):
         self.pending = self.cfg.batched and self.cfg.window.active(timestep, model_options)
@@ -111,6 +120,7 @@ class NullBranches:
         stash, self.stash = self.stash, None
         if stash is not None:
             return stash
+        self.pending = False  # this call is the null branch itself, never the main batch to extend
         null = self.cfg.null
         step = prepare(null, args["model"], args["input"], args["sigma"])
         extra = copies(step, self.cfg.null_conds(args["cond"], args["uncond"]))

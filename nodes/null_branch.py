@@ -21,7 +21,8 @@ from ..comfy_nag import metadata as nag_metadata
 from ..comfy_nag.estimators import training_log_prior
 from ..comfy_nag.null_branch import EstimatorNull, NullBranch, NullStep
 from ..comfy_nag.tensors import append_dims
-from .model_info import NoiseAwarenessError, check_estimator, estimator_family, estimator_on, net_scale, sampling
+from .model_info import (NoiseAwarenessError, check_estimator, estimator_family, estimator_on, model_family, net_scale,
+                         sampling)
 
 MAX_LEVELS = 7  # the most evaluations per null branch and step the nodes offer
 log = logging.getLogger("comfy-nag")
@@ -37,13 +38,16 @@ def estimator_null(model, estimator, levels: int) -> EstimatorNull:
         raise NoiseAwarenessError(f"levels must be 1..{MAX_LEVELS}, got {levels}")
     est, meta = estimator
     check_estimator(est, meta, model)
-    return EstimatorNull(est, sampling(model).space, int(levels), estimator_log_prior(est, meta))
+    return EstimatorNull(est, sampling(model).space, int(levels), estimator_log_prior(est, meta, model))
 
 
-def estimator_log_prior(estimator, meta: dict) -> torch.Tensor | None:
-    """The training levels' log prior over the estimator's bins, from the schedule its file declares
-    (``nag.schedule``, else its ``nag.family``'s in the registry); None (uniform) with one log line if neither."""
-    sched = nag_metadata.schedule(meta)
+def estimator_log_prior(estimator, meta: dict, model=None) -> torch.Tensor | None:
+    """The training levels' log prior over the estimator's bins: those of the diffusion model's family (registry,
+    detected from ``model``) when comfy-nag knows it, since one estimator serves every family of its latent space
+    (WAN 2.1 and Qwen-Image share one, with different training levels); else the schedule the estimator's file
+    declares (``nag.schedule``, else its ``nag.family``'s); None (uniform) with one log line if none of them."""
+    fam = model_family(model) if model is not None else None
+    sched = fam.schedule if fam is not None else nag_metadata.schedule(meta)
     if sched is None:
         fam = estimator_family(meta)
         sched = fam.schedule if fam is not None else None

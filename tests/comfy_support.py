@@ -51,6 +51,10 @@ def comfy_or_skip() -> Path:
     from comfy.cli_args import args
 
     args.cpu = True
+    # ComfyUI's top-level nodes.py (common_ksampler, KSamplerAdvanced), bound now: pytest puts a checkout whose folder
+    # name is no Python identifier (a clone called comfy-nag) first on sys.path, where the pack's own nodes/ package
+    # would shadow it for a later ``from nodes import ...``
+    sys.modules["nodes"] = importlib.import_module("nodes")
     import torch
 
     # Tiny models: one thread is fastest, and avoids OpenMP spin contention on busy shared CPUs.
@@ -141,6 +145,42 @@ def tiny_qwen_image_model(seed: int = 0):
     return tiny_from_config(QWEN_IMAGE_CONFIG, seed)
 
 
+HUNYUAN_VIDEO_CONFIG = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+                        "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+                        "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+                        "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False}
+LUMINA2_CONFIG = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 32, "n_layers": 1,
+                  "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 1, "qk_norm": True, "axes_dims": [8, 12, 12],
+                  "axes_lens": [300, 512, 512], "multiple_of": 16}
+
+
+CHROMA_CONFIG = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": 64, "hidden_size": 64,
+                 "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
+                 "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64, "hidden_dim": 64, "n_layers": 1}
+HIDREAM_CONFIG = {"image_model": "hidream", "attention_head_dim": 32, "axes_dims_rope": [16, 8, 8], "caption_channels": [64, 64],
+                  "max_resolution": [128, 128], "in_channels": 16, "llama_layers": [0, 1], "num_attention_heads": 2,
+                  "num_routed_experts": 2, "num_activated_experts": 1, "num_layers": 1, "num_single_layers": 1,
+                  "out_channels": 16, "patch_size": 2, "text_emb_dim": 32}
+
+
+def tiny_hunyuan_video_model(seed: int = 0):
+    """BaseModel of a tiny HunyuanVideo (detected HunyuanVideo: discrete flow, shift 7, 5-D HunyuanVideo latents);
+    conditioning ``conditioning("hunyuan_video", seed)``.  Keys this ComfyUI's model does not take are dropped (0.3.52
+    has no byt5/meanflow)."""
+    from dataclasses import fields
+
+    from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
+
+    known = {f.name for f in fields(HunyuanVideoParams)} | {"image_model"}
+    return tiny_from_config({k: v for k, v in HUNYUAN_VIDEO_CONFIG.items() if k in known}, seed)
+
+
+def tiny_lumina2_model(seed: int = 0):
+    """BaseModel of a tiny Lumina 2 (detected Lumina2: discrete flow, shift 6, network time = sigma, Flux latents);
+    conditioning ``conditioning("lumina2", seed)``."""
+    return tiny_from_config(LUMINA2_CONFIG, seed)
+
+
 def tiny_unet_model(prediction: str = "eps", seed: int = 0):
     """BaseModel of a ~1M-parameter SD1.5-style UNet (discrete schedule), EPS or V prediction; in-process only."""
     import torch
@@ -192,7 +232,38 @@ def conditioning(kind: str, seed: int, tokens: int = 8):
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5}]]
     if kind == "sd3":
         return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    if kind == "hunyuan_video":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 6.0}]]
+    if kind == "chroma":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.zeros(1, 32)}]]
+    if kind == "hidream":
+        return [[torch.randn(1, tokens, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g),
+                                                           "conditioning_llama3": torch.randn(1, 2, tokens, 64, generator=g)}]]
+    if kind == "lumina2":
+        return [[torch.randn(1, tokens, 32, generator=g), {"attention_mask": torch.ones(1, tokens, dtype=torch.long)}]]
     return [[torch.randn(1, tokens, 64, generator=g), {}]]
+
+
+class ForwardSpy:
+    """Records ``(timesteps, cond_or_uncond)`` of every forward of a model's diffusion network (a forward pre-hook)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.h = model.model.diffusion_model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, mod, args, kwargs):
+        to = kwargs.get("transformer_options", {})
+        self.calls.append((args[1].detach().clone().float(), list(to.get("cond_or_uncond", []))))
+
+    def null_rows(self, null: float) -> list[float]:
+        """Rows per forward whose network time is ``null``."""
+        return [float((t == null).float().sum()) for t, _ in self.calls]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.h.remove()
 
 
 def save_tiny_sd3(path, seed: int = 0):
@@ -260,6 +331,12 @@ def make_model_tree(root: Path) -> Path:
         m / "noise_estimators" / "tiny_4ch_estimator.safetensors", Flow(shift=3.0))
     NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(
         m / "noise_estimators" / "tiny_sd15_estimator.safetensors", DiscreteVP())
+    from comfy_nag_pack_under_test.comfy_nag.families import family
+
+    for name, shape in (("wan21", (16, 2, 8, 8)), ("wan22-5b", (48, 2, 8, 8)), ("qwen-image", (16, 8, 8))):
+        NoiseLevelEstimator(shape, LevelBins(-10, 10, 16), width=16, depth=2).save(
+            m / "noise_estimators" / f"tiny_{name.replace('-', '_')}_estimator.safetensors", family(name).schedule,
+            {"nag.family": name})
     cn = root / "custom_nodes"
     cn.mkdir(exist_ok=True)
     (cn / "comfy-nag").symlink_to(PACK_ROOT)  # hyphenated folder name, like a git clone

@@ -32,7 +32,7 @@ from workflow_specs import SCREENSHOT_DIR, WORKFLOW_DIR, slug  # noqa: E402
 
 WORKFLOWS = sorted((PACK_ROOT / WORKFLOW_DIR).glob("*.json"))
 PACK = "comfy-nag"  # the custom_nodes folder name the test server installs the pack under
-FILE_INPUTS = ("ckpt_name", "unet_name", "lora_name", "estimator_name")  # user's own files: any name is valid
+FILE_INPUTS = ("ckpt_name", "unet_name", "lora_name", "estimator_name", "clip_name", "vae_name")  # user's own files: any name is valid
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,20 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.model_sampling  # noqa: E402
 
-from comfy_support import (conditioning, load_pack, patcher, tiny_flux_model, tiny_sd15_model, tiny_sd3_model,  # noqa: E402
-                          tiny_unet_model)
+from comfy_support import (VIDEO_LATENTS, ForwardSpy, conditioning, load_pack, patcher, tiny_flux_model,  # noqa: E402
+                          tiny_hunyuan_video_model, tiny_lumina2_model, tiny_qwen_image_model, tiny_sd15_model, tiny_sd3_model,
+                          tiny_unet_model, tiny_wan21_model, tiny_wan22_5b_model)
 
 pack = load_pack()
 from comfy_nag_pack_under_test.nodes import guidance_nodes, model_info, shift_nodes  # noqa: E402
 
 STEPS = 4
-SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8), "flux": (1, 16, 8, 8)}
-COND = {"sd3": "sd3", "flux": "flux", "eps": "unet", "v": "unet"}
+SHAPES = {"sd3": (1, 16, 8, 8), "eps": (1, 4, 8, 8), "v": (1, 4, 8, 8), "flux": (1, 16, 8, 8), **VIDEO_LATENTS,
+          "hunyuan-video": (1, 16, 2, 8, 8), "lumina2": (1, 16, 8, 8), "chroma": (1, 16, 8, 8), "hidream": (1, 16, 8, 8)}
+COND = {"sd3": "sd3", "flux": "flux", "eps": "unet", "v": "unet", "wan21": "wan", "wan22-5b": "wan", "qwen-image": "wan",
+        "hunyuan-video": "hunyuan_video", "lumina2": "lumina2", "chroma": "chroma", "hidream": "hidream"}
+TINY = {"sd3": tiny_sd3_model, "flux": tiny_flux_model, "wan21": tiny_wan21_model, "wan22-5b": tiny_wan22_5b_model,
+        "qwen-image": tiny_qwen_image_model, "hunyuan-video": tiny_hunyuan_video_model, "lumina2": tiny_lumina2_model}
 
 
 @pytest.fixture(scope="module")
@@ -339,20 +344,30 @@ def test_classifier_guided_gradient_in_inference_mode(models):
 PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "FLOW": "velocity", "FLUX": "velocity"}
 
 
-@pytest.mark.parametrize("make, name", [(tiny_sd15_model, "sd1"), (tiny_sd3_model, "sd3"), (tiny_flux_model, "flux")])
+@pytest.mark.parametrize("make, name", [(tiny_sd15_model, "sd1"), (tiny_sd3_model, "sd3"), (tiny_flux_model, "flux"),
+                                        (tiny_wan21_model, "wan21"), (tiny_wan22_5b_model, "wan22-5b"),
+                                        (tiny_qwen_image_model, "qwen-image"), (tiny_hunyuan_video_model, "hunyuan-video"),
+                                        (tiny_lumina2_model, "lumina2")])
 def test_nodes_agree_with_the_family_registry(make, name):
     """The family ComfyUI's model config is registered as (comfy_nag.families) has the sampling space, the null
     timestep and the latent space the nodes derive from the ComfyUI model itself."""
+    import comfy.samplers
     from comfy_nag_pack_under_test.comfy_nag import families
 
     m = patcher(make(0))
     fam = families.from_comfy_config(type(m.model.model_config).__name__, PREDICTIONS[m.model.model_type.name])
     assert fam is not None and fam.name == name, (type(m.model.model_config).__name__, fam)
+    assert model_info.model_family(m) is fam
     assert model_info.sampling(m).space is fam.schedule.space
     auto = cf(m, 1.0, source="auto").get_attachment(model_info.ATTACH_CONFIG)["null_timestep"]  # no metadata: the default
     assert auto == fam.null_timestep == expected_null(m)
     assert model_info.latent_space(m) == (fam.latent_format, fam.latent_channels)
+    assert model_info.latent_dims(m) == fam.latent_dims
     assert name in families.latent_space_families(model_info.latent_space(m)[0])
+    if fam.schedule.space.value == "flow":  # the registry's schedule is ComfyUI's default sampling (shift, multiplier)
+        ms = m.get_model_object("model_sampling")
+        assert torch.allclose(comfy.samplers.calculate_sigmas(ms, "simple", 20).double(), fam.schedule.sigmas(20).double(),
+                              atol=1e-4)
 
 
 def test_mismatched_estimator_gives_one_line_naming_both_latent_spaces(models, tmp_path):
@@ -376,8 +391,8 @@ def test_mismatched_estimator_gives_one_line_naming_both_latent_spaces(models, t
          f"the noise-level estimator was trained on SD15 latents (4 channels; families sd1, sd2, sd2-v) but this model "
          f"uses SD3 latents (16 channels; families sd3); {fix}"),
         (saved(16, "flux", Flow(shift=3.0), **{"nag.family": "flux", "nag.latent_format": "Flux"}),
-         f"the noise-level estimator was trained on Flux latents (16 channels; families flux, flux-schnell) but this "
-         f"model uses SD3 latents (16 channels; families sd3); {fix}"),
+         f"the noise-level estimator was trained on Flux latents (16 channels; families flux, flux-schnell, lumina2) but "
+         f"this model uses SD3 latents (16 channels; families sd3); {fix}"),
     ]
     m = models["sd3"]
     for estimator, want in cases:
@@ -656,10 +671,87 @@ def test_from_estimator_errors_and_log_lines(models, estimators, tmp_path, caplo
         assert not caplog.records
         NoiseLevelEstimator((16, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(tmp_path / "bare.safetensors")
         bare = NoiseLevelEstimator.load(tmp_path / "bare.safetensors")
-        out = sample(cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=bare), "sd3")
+        cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=bare)  # the model's family (SD3) gives the training levels
+        assert not caplog.records
+        # a model of no registered family (the tiny UNet) and a bare estimator: nothing says the training levels
+        NoiseLevelEstimator((4, 8, 8), LevelBins(-10, 10, 16), width=16, depth=2).save(tmp_path / "bare4.safetensors")
+        bare4 = NoiseLevelEstimator.load(tmp_path / "bare4.safetensors")
+        out = sample(cf(models["eps"], 1.0, null_branch=FROM_ESTIMATOR, estimator=bare4), "eps")
     assert torch.isfinite(out).all()
     assert [r.getMessage() for r in caplog.records if "uniform prior" in r.getMessage()] == [
         "Noise Awareness Guidance: the noise-level estimator's file declares no schedule (nag.schedule) or family "
         "(nag.family); the null branch from it uses a uniform prior over levels"]
     assert cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=estimators["flow"], levels=3).get_attachment(
         model_info.ATTACH_CONFIG)["levels"] == 3
+
+
+def lora_for(model, seed: int = 5) -> dict:
+    """A LoRA (generic key format) on the first 2-D weight of the model's diffusion network."""
+    name, w = next((n, p) for n, p in model.model.diffusion_model.named_parameters() if p.dim() == 2)
+    key = "diffusion_model." + name[: -len(".weight")]
+    g = torch.Generator().manual_seed(seed)
+    return {f"{key}.lora_up.weight": torch.randn(w.shape[0], 2, generator=g) * 0.1,
+            f"{key}.lora_down.weight": torch.randn(2, w.shape[1], generator=g) * 0.1}
+
+
+def pag(model, scale):
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance as node  # V3 from ComfyUI 0.3.6x on, V1 before
+
+    return node.execute(model, scale).result[0] if hasattr(node, "execute") else node().patch(model, scale)[0]
+
+
+@pytest.mark.parametrize("fam", ["eps", "sd3", "flux", "wan21", "wan22-5b", "qwen-image", "hunyuan-video", "lumina2"])
+def test_patches_placed_after_keep_the_batched_null_branch(models, fam):
+    """Regression, every family: ModelPatcher.clone() deep-copies model_options, so a node placed after the
+    classifier-free patch (the Noise Shift Recorder, PAG, a LoRA loader) left the post-CFG function a copy of the state
+    the batched forward fills: it ran the null branch again, unbatched, every step (two null evaluations per step, the
+    output that of the unbatched path).  Now: one null evaluation per step, in the batched forward, and the output of the
+    patch alone, bit for bit."""
+    import comfy.sd
+
+    m = models[fam] if fam in models else patcher(TINY[fam](0))
+    null, lora = expected_null(m), lora_for(m)
+    patched = cf(m, 1.0)
+    alone = sample(patched, fam)
+    recorder = shift_nodes.NoiseAwarenessShiftRecorder.execute(patched, 1.0).result[0]
+    after, _ = comfy.sd.load_lora_for_models(pag(recorder, 0.0), None, lora, 1.0, 0.0)
+    lora_first, _ = comfy.sd.load_lora_for_models(m, None, lora, 1.0, 0.0)
+    with ForwardSpy(m) as spy:
+        assert torch.equal(sample(recorder, fam), alone)
+    assert spy.null_rows(null) == [1.0] * STEPS and len(spy.calls) == STEPS
+    with ForwardSpy(m) as spy:
+        out = sample(after, fam)
+    assert spy.null_rows(null) == [1.0] * STEPS and len(spy.calls) == STEPS
+    assert torch.equal(out, sample(cf(lora_first, 1.0), fam)) and not torch.equal(out, alone)
+    with ForwardSpy(m) as spy:
+        sample(pag(patched, 2.0), fam)
+    assert spy.null_rows(null) == [1.0, 0.0] * STEPS  # PAG's own forward after each batched one, no second null
+
+
+def test_two_patches_each_keep_their_own_null_branch(models):
+    """Two classifier-free patches on one model (the second in variant B) and two patched models in one graph: each
+    patch's post-CFG step reads its own batched or unbatched null branch, never the other's."""
+    m = models["sd3"]
+    one, two = cf(m, 1.0), cf(m, 0.5, "B")
+    stacked = cf(one, 0.5, "B")
+    with ForwardSpy(m) as spy:
+        sample(stacked, "sd3")
+    # the first patch's null row in the batched forward, the second's cond and uncond nulls in one more forward
+    assert spy.null_rows(-1000.0) == [1.0, 2.0] * STEPS and len(spy.calls) == 2 * STEPS
+    assert torch.equal(sample(one, "sd3"), sample(cf(m, 1.0), "sd3"))
+    assert torch.equal(sample(two, "sd3"), sample(cf(m, 0.5, "B"), "sd3"))
+
+
+@pytest.mark.parametrize("config, kind, null", [("CHROMA_CONFIG", "chroma", -1.0), ("HIDREAM_CONFIG", "hidream", -1000.0)])
+def test_families_outside_the_registry_still_run(config, kind, null):
+    """Chroma and HiDream: ComfyUI detects them and the nodes run on them (null timestep from their sampling), but the
+    registry has no entry (docs/comfyui.md, "Per model family": their default sampling is not what their variants
+    are sampled with)."""
+    import comfy_support
+
+    m = patcher(comfy_support.tiny_from_config(getattr(comfy_support, config), 0))
+    assert model_info.model_family(m) is None
+    plain = sample(m, kind)
+    with ForwardSpy(m) as spy:
+        out = sample(cf(m, 1.0), kind)
+    assert spy.null_rows(null) == [1.0] * STEPS and torch.isfinite(out).all() and not torch.allclose(out, plain)

@@ -18,6 +18,7 @@ from comfy_support import PACK_ROOT, comfy_or_skip
 comfy_or_skip()
 
 from comfy_support import Server, load_pack, make_model_tree  # noqa: E402
+from workflow_specs import VIDEO_FAMILIES  # noqa: E402
 from workflow_tools import to_api  # noqa: E402
 
 NODE_IDS = ["NoiseAwarenessKSampler", "NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessGuidanceClassifierGuided",
@@ -35,12 +36,45 @@ STOCK = {"sd15": "tiny_sd15.safetensors", "sd3": "tiny_sd3.safetensors"}  # no c
 NULL_BRANCH_INPUTS = ["null_branch", "estimator", "levels"]
 
 
+# Video and Qwen-Image workflows: their models are built in process by the test pack (a loadable WAN or Qwen-Image file
+# is far too big to make here), their VAEs replaced by a stand-in decoder; the estimators are tiny real files.
+# Their steps stay as shipped (the tiny models take milliseconds), so the default window's last steps run NAG.
+VIDEO = {"dim": 64, "pooled_dim": 0, "width": 64, "height": 64, "length": 5}
+VIDEO_ESTIMATORS = {"wan21": "tiny_wan21_estimator.safetensors", "wan22-5b": "tiny_wan22_5b_estimator.safetensors",
+                    "qwen-image": "tiny_qwen_image_estimator.safetensors"}
+
+
 def family(ui: dict) -> str:
+    unets = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "UNETLoader"]
+    if any(u in VIDEO_FAMILIES for u in unets):
+        return VIDEO_FAMILIES[unets[0]]
     return "sd3" if any(n["type"] == "EmptySD3LatentImage" for n in ui["nodes"]) else "sd15"
+
+
+def tiny_video(fam):
+    """Substitute the models, text encoders and VAEs of a video or Qwen-Image workflow (see VIDEO) and shrink it."""
+
+    def swap(node_type, inputs):
+        if node_type == "CLIPTextEncode":
+            return "NoiseAwarenessTestConditioning", {"seed": len(inputs["text"]), "tokens": 8, **{k: VIDEO[k] for k in ("dim", "pooled_dim")}}
+        if node_type == "UNETLoader":
+            return "NoiseAwarenessTestModel", {"family": VIDEO_FAMILIES[inputs["unet_name"]], "seed": len(inputs["unet_name"])}
+        if node_type == "VAELoader":
+            return "NoiseAwarenessTestVAE", {}
+        if node_type == "VAEDecode":
+            return "NoiseAwarenessTestDecode", inputs
+        out = {k: VIDEO.get(k, v) if not isinstance(v, list) else v for k, v in inputs.items()}
+        if node_type == "NoiseAwarenessEstimatorLoader":
+            out["estimator_name"] = VIDEO_ESTIMATORS[fam]
+        return node_type, out
+
+    return swap
 
 
 def tiny(fam):
     """Substitute text encoders by test conditioning, model files by tiny ones, and shrink sizes/steps."""
+    if fam in VIDEO_ESTIMATORS:
+        return tiny_video(fam)
     sub = {**TINY[fam], **SMALL}
 
     def swap(node_type, inputs):
@@ -81,7 +115,8 @@ def test_pack_imports_and_nodes_listed(server, object_info):
         assert nid in object_info, nid
         assert object_info[nid]["python_module"] == "custom_nodes.comfy-nag"
     assert object_info["NoiseAwarenessEstimatorLoader"]["input"]["required"]["estimator_name"][1]["options"] == [
-        "tiny_4ch_estimator.safetensors", "tiny_flow_estimator.safetensors", "tiny_sd15_estimator.safetensors"]
+        "tiny_4ch_estimator.safetensors", "tiny_flow_estimator.safetensors", "tiny_qwen_image_estimator.safetensors",
+        "tiny_sd15_estimator.safetensors", "tiny_wan21_estimator.safetensors", "tiny_wan22_5b_estimator.safetensors"]
     assert sorted(server.get("/api/workflow_templates")["comfy-nag"]) == sorted(p.stem for p in WORKFLOWS)
 
 

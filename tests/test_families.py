@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_registry_lists_every_supported_family_once():
     assert list(FAMILIES) == ["dit", "sit", "sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell",
-                             "wan21", "wan22-5b", "qwen-image"]
+                             "wan21", "wan22-5b", "qwen-image", "hunyuan-video", "lumina2"]
     assert families.reference_names() == ("dit", "sit")
     names = [a for f in FAMILIES.values() for a in (f.name, *f.aliases)]
     assert len(names) == len(set(names)), "a name or alias is used twice"
@@ -31,13 +31,29 @@ def test_the_registry_lists_every_supported_family_once():
 
 @pytest.mark.parametrize("name, space, null, channels", [
     ("sd1", "ve", -1000.0, 4), ("sdxl", "ve", -1000.0, 4), ("sd2-v", "ve", -1000.0, 4), ("sd3", "flow", -1000.0, 16),
-    ("flux", "flow", -1.0, 16), ("flux-schnell", "flow", -1.0, 16), ("dit", "ve", -1000.0, None), ("sit", "flow", -1000.0, None)])
+    ("flux", "flow", -1.0, 16), ("flux-schnell", "flow", -1.0, 16), ("dit", "ve", -1000.0, None), ("sit", "flow", -1000.0, None),
+    ("wan21", "flow", -1000.0, 16), ("wan22-5b", "flow", -1000.0, 48), ("qwen-image", "flow", -1.0, 16),
+    ("hunyuan-video", "flow", -1000.0, 16), ("lumina2", "flow", -1.0, 16)])
 def test_family_facts_match_the_method(name, space, null, channels):
     """The null timestep is one flow unit (or 1000 indices) outside the trained range, in network units
     (docs/method.md); SD1/SD2 share the SD1.5 VAE's latent space."""
     f = family(name)
     assert (f.schedule.space.value, f.null_timestep, f.latent_channels) == (space, null, channels)
     assert families.latent_space_families("SD15") == ("sd1", "sd2", "sd2-v")
+
+
+def test_video_families_and_shared_latent_spaces():
+    """WAN 2.1 (and the WAN 2.2 A14B experts, an alias) and Qwen-Image share the Wan21 latent space (one estimator
+    serves both) with different schedules; Qwen-Image's latents are 5-D with one frame; Lumina 2 samples Flux latents."""
+    assert family("wan22-a14b") is family("wan21")
+    assert families.latent_space_families("Wan21") == ("wan21", "qwen-image")
+    assert families.latent_space_families("Wan22") == ("wan22-5b",)
+    assert families.latent_space_families("Flux") == ("flux", "flux-schnell", "lumina2")
+    dims = {n: (f.latent_dims, f.frames) for n, f in FAMILIES.items() if not f.reference}
+    assert {n for n, d in dims.items() if d != (2, None)} == {"wan21", "wan22-5b", "qwen-image", "hunyuan-video"}
+    assert dims["qwen-image"] == (3, 1) and dims["wan21"] == dims["hunyuan-video"] == (3, None)
+    assert family("wan21").schedule.describe() != family("qwen-image").schedule.describe()
+    assert from_comfy_config("HunyuanVideoSkyreelsI2V", "velocity") is family("hunyuan-video")
 
 
 def test_comfyui_model_configs_map_to_one_family():

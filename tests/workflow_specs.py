@@ -64,6 +64,111 @@ def _ksampler(model_src, col, cfg=6.0, steps=25, nid=7, title=None):
     return {**n, "title": title} if title else n
 
 
+# Video and Qwen-Image workflows: ComfyUI's stock loaders and latents, as its own templates use them for these models.
+WAN21_UNET, WAN22_5B_UNET = "wan2.1_t2v_1.3B_fp16.safetensors", "wan2.2_ti2v_5B_fp16.safetensors"
+WAN22_HIGH_UNET, WAN22_LOW_UNET = "wan2.2_t2v_high_noise_14B_fp16.safetensors", "wan2.2_t2v_low_noise_14B_fp16.safetensors"
+QWEN_IMAGE_UNET = "qwen_image_fp8_e4m3fn.safetensors"
+VIDEO_FAMILIES = {WAN21_UNET: "wan21", WAN22_HIGH_UNET: "wan21", WAN22_LOW_UNET: "wan21", WAN22_5B_UNET: "wan22-5b",
+                  QWEN_IMAGE_UNET: "qwen-image"}  # the registry family of each model file the workflows name
+NOTE_WAN21 = """Classifier-free Noise Awareness Guidance on a stock WAN 2.1 text-to-video model, no fine-tuning: null_branch = from estimator, with an estimator for Wan21 video latents in models/noise_estimators (python -m training estimator -c training/configs/wan21_estimator.toml). The same file serves Qwen-Image (the same latent space); WAN 2.2 5B needs its own.
+Window: the default, signal 0.5 -> 1, the same noise level on every model. On WAN's shift-8 schedule that is the last 10 % of the steps (3 of these 30); lower start (e.g. 0.2) to act earlier. Where the noise shift sits on WAN is not measured yet: a Noise Shift Recorder + Plot with this estimator shows it.
+Starting values: scale 1.0, levels 1, cfg as usual. Scale 0 = the plain model, bit for bit."""
+NOTE_WAN22_A14B = """WAN 2.2 A14B: a high-noise and a low-noise expert (both WAN 2.1-architecture models on Wan21 latents), sampled by two KSamplerAdvanced (steps 0-10, then 10-20), as in ComfyUI's template. One estimator serves both experts; each has its own classifier-free node (null_branch = from estimator).
+Window: with the default, signal 0.5 -> 1, NAG acts in the low-noise expert's last 2 steps only; every step of the high-noise expert is noisier, so its node stays idle (and costs nothing) unless you lower its start.
+Estimator: python -m training estimator -c training/configs/wan21_estimator.toml. Starting values: scale 1.0, levels 1."""
+NOTE_WAN22_5B = """WAN 2.2 TI2V-5B: its own 48-channel latent space (the Wan 2.2 VAE), so its own estimator (python -m training estimator on WAN 2.2 5B latents); a Wan21 estimator is refused in one line. Wan22ImageToVideoLatent as in ComfyUI's template: connect a start image for image-to-video.
+null_branch = from estimator; the default window (signal 0.5 -> 1) covers the last 10 % of the steps on this shift-8 schedule. Starting values: scale 1.0, levels 1."""
+NOTE_QWEN_IMAGE = """Qwen-Image: ComfyUI hands its latents over as one-frame video latents [B, 16, 1, H, W] of the WAN 2.1 VAE, so a Qwen-Image estimator (python -m training estimator -c training/configs/qwen_image_estimator.toml) and a WAN 2.1 one both fit; the null branch weights the levels by Qwen-Image's own training schedule either way.
+ModelSamplingAuraFlow 3.1 and cfg 2.5 as in ComfyUI's template; the default window (signal 0.5 -> 1) covers the last 4 of 20 steps. Starting values: scale 1.0, levels 1."""
+WAN_NEGATIVE = "static, blurry, low quality, jpeg artifacts, deformed, extra limbs, cluttered background"
+
+
+def _stock_loaders(unets, clip, clip_type, vae, estimator, note):
+    """Column 0 of the video and Qwen-Image workflows: ComfyUI's stock loaders (``unets``: nodes, or one file name), the
+    estimator loader and the note."""
+    unets = [{"id": 1, "type": "UNETLoader", "col": 0, "widgets": {"unet_name": unets}}] if isinstance(unets, str) else unets
+    return [*unets,
+            {"id": 12, "type": "CLIPLoader", "col": 0, "widgets": {"clip_name": clip, "type": clip_type}},
+            {"id": 13, "type": "VAELoader", "col": 0, "widgets": {"vae_name": vae}},
+            {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": estimator}}, note]
+
+
+def _video_prompts(text, negative=WAN_NEGATIVE):
+    return [{**PROMPTS[0], "widgets": {"text": text}, "links": {"clip": (12, 0)}},
+            {**PROMPTS[1], "widgets": {"text": negative}, "links": {"clip": (12, 0)}}]
+
+
+def _from_estimator(nid, model, col, title=None):
+    n = {"id": nid, "type": "NoiseAwarenessGuidanceClassifierFree", "col": col,
+         "widgets": {"null_branch": "from estimator", "levels": 1}, "links": {"model": model, "estimator": (5, 0)}}
+    return {**n, "title": title} if title else n
+
+
+def _decode_video(sampler_id, col, prefix, fps=16.0):
+    return [{"id": 8, "type": "VAEDecode", "col": col, "links": {"samples": (sampler_id, 0), "vae": (13, 0)}},
+            {"id": 9, "type": "SaveAnimatedWEBP", "col": col, "size": [300, 330],
+             "widgets": {"filename_prefix": prefix, "fps": fps, "lossless": False, "quality": 90}, "links": {"images": (8, 0)}}]
+
+
+FOX = "a fox running through a snowy forest at dawn, tracking shot, cinematic"
+SPECS_VIDEO = {
+    "WAN 2.1 text-to-video - classifier-free with an estimator": [
+        *_stock_loaders(WAN21_UNET, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "wan_2.1_vae.safetensors",
+                        "wan21_noise_estimator.safetensors", _note(NOTE_WAN21, height=330)),
+        *_video_prompts(FOX),
+        {"id": 4, "type": "EmptyHunyuanLatentVideo", "col": 1, "widgets": {"width": 832, "height": 480, "length": 33}},
+        {"id": 6, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (1, 0)}},
+        _from_estimator(17, (6, 0), 2),
+        {**_ksampler((17, 0), 3, steps=30), "widgets": {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc",
+                                                         "scheduler": "simple"}},
+        *_decode_video(7, 3, "wan21")],
+    "WAN 2.2 A14B text-to-video - estimator, NAG on both experts": [
+        *_stock_loaders([{"id": 1, "type": "UNETLoader", "col": 0, "widgets": {"unet_name": WAN22_HIGH_UNET},
+                          "title": "Load Diffusion Model (high noise)"},
+                         {"id": 11, "type": "UNETLoader", "col": 0, "widgets": {"unet_name": WAN22_LOW_UNET},
+                          "title": "Load Diffusion Model (low noise)"}],
+                        "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "wan_2.1_vae.safetensors",
+                        "wan21_noise_estimator.safetensors", _note(NOTE_WAN22_A14B, height=310)),
+        *_video_prompts(FOX),
+        {"id": 4, "type": "EmptyHunyuanLatentVideo", "col": 1, "widgets": {"width": 640, "height": 640, "length": 81}},
+        {"id": 6, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (1, 0)},
+         "title": "ModelSamplingSD3 (high noise)"},
+        _from_estimator(17, (6, 0), 2, "Noise Awareness Guidance (high noise)"),
+        {"id": 14, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (11, 0)},
+         "title": "ModelSamplingSD3 (low noise)"},
+        _from_estimator(18, (14, 0), 2, "Noise Awareness Guidance (low noise)"),
+        {"id": 7, "type": "KSamplerAdvanced", "col": 3, "title": "KSamplerAdvanced (high noise)",
+         "widgets": {"add_noise": "enable", "noise_seed": 42, "steps": 20, "cfg": 3.5, "sampler_name": "euler", "scheduler": "simple",
+                     "start_at_step": 0, "end_at_step": 10, "return_with_leftover_noise": "enable"},
+         "links": {"model": (17, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
+        {"id": 15, "type": "KSamplerAdvanced", "col": 3, "title": "KSamplerAdvanced (low noise)",
+         "widgets": {"add_noise": "disable", "noise_seed": 0, "steps": 20, "cfg": 3.5, "sampler_name": "euler", "scheduler": "simple",
+                     "start_at_step": 10, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
+         "links": {"model": (18, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (7, 0)}},
+        *_decode_video(15, 4, "wan22_a14b")],
+    "WAN 2.2 5B text-to-video - classifier-free with an estimator": [
+        *_stock_loaders(WAN22_5B_UNET, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "wan2.2_vae.safetensors",
+                        "wan22_5b_noise_estimator.safetensors", _note(NOTE_WAN22_5B, height=250)),
+        *_video_prompts(FOX),
+        {"id": 4, "type": "Wan22ImageToVideoLatent", "col": 1, "widgets": {"width": 1280, "height": 704, "length": 121},
+         "links": {"vae": (13, 0)}},
+        {"id": 6, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (1, 0)}},
+        _from_estimator(17, (6, 0), 2),
+        {**_ksampler((17, 0), 3), "widgets": {"seed": 42, "steps": 20, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple"}},
+        *_decode_video(7, 3, "wan22_5b", fps=24.0)],
+    "Qwen-Image - classifier-free with an estimator": [
+        *_stock_loaders(QWEN_IMAGE_UNET, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", "qwen_image_vae.safetensors",
+                        "qwen_image_noise_estimator.safetensors", _note(NOTE_QWEN_IMAGE, height=270)),
+        *_video_prompts("a red fox in the snow, a wooden sign reading \"Noise Awareness\", detailed photo", ""),
+        {"id": 4, "type": "EmptySD3LatentImage", "col": 1, "widgets": {"width": 1328, "height": 1328, "batch_size": 1}},
+        {"id": 6, "type": "ModelSamplingAuraFlow", "col": 2, "widgets": {"shift": 3.1}, "links": {"model": (1, 0)}},
+        _from_estimator(17, (6, 0), 2),
+        {**_ksampler((17, 0), 3), "widgets": {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple"}},
+        {"id": 8, "type": "VAEDecode", "col": 3, "links": {"samples": (7, 0), "vae": (13, 0)}},
+        {"id": 9, "type": "SaveImage", "col": 3, "size": [260, 280], "widgets": {"filename_prefix": "qwen_image_noise_awareness"},
+         "links": {"images": (8, 0)}}],
+}
+
 SPECS = {
     "KSampler (Noise Awareness) - txt2img": [
         LOADER, _note(NOTE_KSAMPLER, height=230), *PROMPTS, _latent(),
@@ -132,6 +237,7 @@ SPECS = {
         {"id": 12, "type": "VAEDecode", "col": 4, "links": {"samples": (11, 0), "vae": (1, 2)}, "title": "VAE Decode (with)"},
         {"id": 13, "type": "SaveImage", "col": 4, "size": [260, 250], "widgets": {"filename_prefix": "with_nag"}, "links": {"images": (12, 0)},
          "title": "Save Image (with)"}],
+    **SPECS_VIDEO,
 }
 WORKFLOW_DIR = "example_workflows"
 SCREENSHOT_DIR = "docs/img/workflows"

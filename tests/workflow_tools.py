@@ -18,7 +18,10 @@ def _ordered_inputs(info: dict) -> list[tuple[str, str, dict]]:
         for name in info.get("input_order", {}).get(group, list(spec)):
             t = spec[name]
             kind = "COMBO" if isinstance(t[0], list) else t[0]
-            out.append((name, kind, t[1] if len(t) > 1 else {}))
+            opts = dict(t[1]) if len(t) > 1 else {}
+            if isinstance(t[0], list):  # a V1 combo lists its options in place of its type
+                opts.setdefault("options", t[0])
+            out.append((name, kind, opts))
     return out
 
 
