@@ -31,7 +31,7 @@ def test_bench_images_writes_report_and_rows(tmp_path):
     assert res["samples"]["sit"]["panels"].keys() == {label for _, _, label in bi.SAMPLE_PANELS}
     assert len(rows) == len(res["rows"])
     ft = [r for r in rows if r["model"] == "ncd_finetune"]
-    assert {r["method"] for r in ft} == set(bi.METHODS)
+    assert {r["method"] for r in ft} == set(bi.PLAN["ncd_finetune"]) == set(bi.METHODS) | {"nag_cf_auto"}
     assert {r["model"] for r in rows} == set(bi.MODELS)
     assert {r["sampler"] for r in rows} == {"euler", "euler_maruyama"}
     for r in rows:
@@ -43,9 +43,13 @@ def test_bench_images_writes_report_and_rows(tmp_path):
     nfe = {(r["model"], r["method"]): r["nfe_per_step"] for r in rows if r["sampler"] == "euler"}
     assert nfe[("pretrained", "baseline")] == 1 and nfe[("ncd_finetune", "cfg")] == 2 and nfe[("ncd_finetune", "nag_cg")] == 1
     assert nfe[("pretrained", "nag_cf_est")] == nfe[("ncd_finetune", "nag_cf")]  # one level, the same window
+    # the closed-loop scale costs no network evaluation; its verdict is in the report
+    assert nfe[("pretrained", "nag_cf_est_auto")] == nfe[("pretrained", "nag_cf_est")]
+    assert nfe[("pretrained", "nag_cg_auto")] == 1 and nfe[("ncd_finetune", "nag_cf_auto")] == nfe[("ncd_finetune", "nag_cf")]
     report = (tmp_path / "report.md").read_text()
     assert report.splitlines()[2].startswith("> **Quick mode: a smoke test, not findings.**")  # said before any number
-    for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step"):
+    for q in ("cost quality at scale 0", "reduce the measured shift", "On top of CFG", "prior fixes", "Cost per step",
+              "NAG that sets its own strength"):
         assert q in report
     assert bench_report.headline(res) in report and "nag_cf vs baseline" in bench_report.headline(res)
 
