@@ -22,6 +22,9 @@ key                                meaning
                                    to the estimator at the final readout (docs/method.md §3)
 ``nag.latent_channels``            (estimators) channels of the latent space
 ``nag.estimator``                  (estimators) JSON: shape, bins, width, depth
+``nag.reading_calibration``        (estimators) JSON ``{"logsnr", "bias", "spread", "clean"}``: what the estimator
+                                   reads on forward states per level, measured when it was trained (the closed-loop
+                                   NAG scale's targets, auto_scale.py)
 =================================  ==========================================================
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import hashlib
 import json
 import os
 
+from .auto_scale import ReadingCalibration
 from .scale_profiles import ScaleProfile
 from .schedules import Schedule, schedule_from_description
 
@@ -83,6 +87,18 @@ def scale_profile(meta: dict[str, str]) -> ScaleProfile | None:
     except ValueError as e:
         raise ValueError(f"metadata nag.scale_profile is damaged ({e}); re-export the file with the trainer, or use "
                          "the constant scale rule") from None
+
+
+def reading_calibration(meta: dict[str, str]) -> ReadingCalibration | None:
+    """The reading calibration an estimator file declares (``nag.reading_calibration``, written by the trainer), or
+    None when it declares none (files trained before it existed)."""
+    v = meta.get("nag.reading_calibration")
+    if v is None:
+        return None
+    try:
+        return ReadingCalibration.from_json(json.loads(v))
+    except ValueError as e:
+        raise ValueError(f"metadata nag.reading_calibration is damaged ({e}); retrain the estimator with the trainer") from None
 
 
 def schedule(meta: dict[str, str]) -> Schedule | None:

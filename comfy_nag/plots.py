@@ -107,6 +107,14 @@ def _gap_panel(ax, runs, palette, window) -> None:
     what = "true noisy data" if has_ref else "the scheduled level"
     ax.set_title(f"noise shift: the states against {what}", fontsize=10)
     ax.set_ylabel("shift (log-SNR)\nbelow 0: noisier than it should be")
+    scaled = [r for r in runs if r.get("scale_mean") is not None and any(v is not None for v in r["scale_mean"])]
+    if scaled:  # what a self-setting scale chose at each step, on its own axis
+        twin = ax.twinx()
+        for r in scaled:
+            v = np.array([np.nan if u is None else u for u in r["scale_mean"]], dtype=float)
+            twin.plot(np.arange(len(v)), v, "--", color=palette[r["label"]], lw=1.2, zorder=3)
+        twin.set_ylabel("scale chosen (dashed; auto rule)")
+        twin.set_ylim(bottom=0)
 
 
 def _legend(fig, handles_from, extra=(), first=(), ncols: int = 4) -> None:
@@ -131,7 +139,8 @@ def shift_figure(runs: list[dict], window: tuple[int, int] | None = None, title:
 
     ``runs``: dicts with ``label``, ``nominal`` [N] and ``estimated_mean`` [N], optional
     ``estimated_std`` [N] (the spread across the batch, shaded per ``bands``: :func:`_band_runs`) and
-    ``reference_mean`` [N] (the readout of true forward samples; the gap is taken against it when given).
+    ``reference_mean`` [N] (the readout of true forward samples; the gap is taken against it when given) and
+    ``scale_mean`` [N] (the scale a self-setting rule chose per step, None where it did not act; dashed, own axis).
     ``window``: (first_step, last_step) where guidance is active, shaded; ``colors``: fixed colours
     per label (:func:`assign_colors`); ``kde``: ``{"levels", "groups"}`` as :func:`kde_figure` takes, optional
     ``"steps"`` (the sampler step of each level);

@@ -25,9 +25,14 @@ class ShiftRecording:
         self._variance = variance_readout(space, data_variance)
         self._given = None
         self.trace = ShiftTrace(self._read, space)
+        self.scales: dict[int, tuple[float, float]] = {}
 
     def _read(self, x, s):
         return self._given if self._given is not None else self._variance(x, s)
+
+    def add_scales(self, step: int, scales: torch.Tensor) -> None:
+        """The scale a self-setting rule chose per sample at ``step`` (auto_scale.AutoScale's trace)."""
+        self.scales[int(step)] = (float(scales.float().mean()), float(scales.float().std()) if scales.numel() > 1 else 0.0)
 
     def add(self, step: int, sigma: float, x: torch.Tensor, estimate: torch.Tensor | None = None) -> None:
         self._given = estimate
@@ -68,7 +73,10 @@ def shift_report(runs: list[tuple[str, ShiftRecording]]) -> dict:
                     "window_steps": list(ws) if ws else None,
                     **{k: _clean(summ[k]) for k in ("step", "sigma", "nominal_logsnr", "estimated_mean", "estimated_std",
                                                      "gap", "noise_shift", "signed_shift")}})
+        scale_mean = [rec.scales.get(i, (None, None))[0] for i in summ["step"]] if rec.scales else None
+        if scale_mean is not None:
+            out[-1].update(scale_mean=scale_mean, scale_std=[rec.scales.get(i, (None, None))[1] for i in summ["step"]])
         nominal = np.where(np.isfinite(summ["nominal_logsnr"]), summ["nominal_logsnr"], np.nan)
         plot_runs.append({"label": f"{label} ({rec.readout})", "nominal": nominal, "estimated_mean": summ["estimated_mean"],
-                          "estimated_std": summ["estimated_std"]})
+                          "estimated_std": summ["estimated_std"], "scale_mean": scale_mean})
     return {"json": {"units": "log-SNR (lower = noisier)", "runs": out}, "plot_runs": plot_runs, "window_steps": win}

@@ -24,13 +24,14 @@ __all__ = ["NoiseAwarenessExtension", "node_list", "register_folders"]
 
 
 def node_list() -> list[type[io.ComfyNode]]:
-    from .guidance_nodes import (NoiseAwarenessCFGuider, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided,
-                                 NoiseAwarenessKSampler)
+    from .guidance_nodes import (NoiseAwarenessAnyCheckpoint, NoiseAwarenessCFGuider, NoiseAwarenessClassifierFree,
+                                 NoiseAwarenessClassifierGuided, NoiseAwarenessKSampler)
     from .loader_nodes import (NoiseAwarenessCheckpointLoader, NoiseAwarenessDiffusionModelLoader,
                                NoiseAwarenessEstimatorLoader, NoiseAwarenessLoraLoader)
     from .shift_nodes import NoiseAwarenessShiftPlot, NoiseAwarenessShiftRecorder
 
-    return [NoiseAwarenessKSampler, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided, NoiseAwarenessCFGuider,
+    return [NoiseAwarenessKSampler, NoiseAwarenessAnyCheckpoint, NoiseAwarenessClassifierFree, NoiseAwarenessClassifierGuided,
+            NoiseAwarenessCFGuider,
             NoiseAwarenessEstimatorLoader, NoiseAwarenessDiffusionModelLoader, NoiseAwarenessCheckpointLoader,
             NoiseAwarenessLoraLoader, NoiseAwarenessShiftRecorder, NoiseAwarenessShiftPlot]
 

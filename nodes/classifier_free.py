@@ -20,7 +20,7 @@ import torch
 import comfy.samplers
 
 from ..comfy_nag import patching
-from .configure import NagConfig
+from .configure import Evaluation, NagConfig, scale_trace
 from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError
 from .null_branch import chunk_values, copies, labels, prepare
 
@@ -77,7 +77,7 @@ def with_null_times(model, cfg: NagConfig):
 
     m = model.clone()
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, null_apply_model)
-    m.set_attachments(ATTACH_CONFIG, {"window": cfg.window, **cfg.null.describe()})
+    m.set_attachments(ATTACH_CONFIG, {"window": cfg.window, **cfg.null.describe(), "scale_trace": scale_trace(cfg)})
     return m
 
 
@@ -132,8 +132,8 @@ class NullBranches:
         if not self.cfg.window.active(args["sigma"], args["model_options"]):
             return denoised
         patching.check_finite(args["input"], "Noise Awareness Guidance")
-        return self.cfg.guided(denoised, args["sigma"], args["cond_scale"], args["cond_denoised"], args["uncond_denoised"],
-                               self.null_predictions(args))
+        return self.cfg.guided(denoised, args["cond_scale"], args["cond_denoised"], args["uncond_denoised"],
+                               self.null_predictions(args), Evaluation.of(args))
 
 
 def patch_classifier_free(model, cfg: NagConfig):

@@ -3,8 +3,9 @@ estimator's log-likelihood (``comfy_nag.classifier_guidance``); works on unmodif
 from __future__ import annotations
 
 from ..comfy_nag import patching
+from ..comfy_nag.auto_scale import AutoScale
 from ..comfy_nag.classifier_guidance import classifier_correction
-from .configure import NagConfig
+from .configure import Evaluation, NagConfig, scale_trace
 from .model_info import ATTACH_CONFIG, estimator_on, net_scale
 
 
@@ -17,11 +18,13 @@ def patch_classifier_guided(model, cfg: NagConfig):
         if not cfg.window.active(sigma, args["model_options"]):
             return denoised
         patching.check_finite(x, "Noise Awareness Guidance (classifier-guided)")
-        ms = args["model"].model_sampling
-        sig = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
-        est = estimator_on(cfg.estimator, x.device)
-        return denoised + classifier_correction(est, x, sig, cfg.space, net_scale(ms, sig), cfg.scale)
+        ev = Evaluation.of(args)
+        sig, est = ev.sigmas(), estimator_on(cfg.estimator, x.device)
+        c = net_scale(ev.model_sampling, sig)
+        if isinstance(cfg.rule, AutoScale):  # the estimator's term at scale 1, its scale set per sample by the rule
+            return cfg.added(denoised, classifier_correction(est, x, sig, cfg.space, c, 1.0), ev)
+        return denoised + classifier_correction(est, x, sig, cfg.space, c, cfg.scale_at(sigma, denoised))
 
     m.set_model_sampler_post_cfg_function(post_cfg)
-    m.set_attachments(ATTACH_CONFIG, {"window": cfg.window})
+    m.set_attachments(ATTACH_CONFIG, {"window": cfg.window, "scale_trace": scale_trace(cfg)})
     return m

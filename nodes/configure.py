@@ -14,11 +14,13 @@ from ..comfy_nag import metadata as nag_metadata
 from ..comfy_nag.guidance import Variant
 from ..comfy_nag.null_branch import LearnedNull, NullBranch
 from ..comfy_nag.patching import NullTimestepSource, choose_null_timestep
+from ..comfy_nag.auto_scale import AutoScale, Step, next_sigma
 from ..comfy_nag.scale_profiles import ScaleProfile
+from ..comfy_nag.tensors import append_dims
 from ..comfy_nag.schedules import Space
 from .inputs import NagInputs, NullBranchChoice, ScaleRule
-from .model_info import NoiseAwarenessError, check_estimator, file_metadata, sampling
-from .null_branch import estimator_null
+from .model_info import NoiseAwarenessError, check_estimator, estimator_on, file_metadata, net_scale, sampling
+from .null_branch import estimator_null, reading_calibration
 from .windows import Window
 
 log = logging.getLogger("comfy-nag")
@@ -32,9 +34,31 @@ class Route(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """One guided evaluation inside ComfyUI: the state ``x`` (sampling space) at ``sigma``, the model's
+    ``model_sampling`` and the sampler call's ``model_options`` (whose transformer_options hold the sampled schedule)."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    model_sampling: object
+    model_options: dict
+
+    @classmethod
+    def of(cls, args: dict) -> "Evaluation":
+        """From a post-CFG function's ``args``."""
+        return cls(args["input"], args["sigma"], args["model"].model_sampling, args["model_options"])
+
+    def sigmas(self) -> torch.Tensor:
+        """Per-sample sigma [B]."""
+        s = self.sigma.reshape(-1).to(self.x.device)
+        return s.expand(self.x.shape[0]) if s.numel() == 1 else s
+
+
+@dataclass(frozen=True)
 class NagConfig:
     """Checked settings of one NAG patch.  ``null``: the classifier-free null branch (None when classifier-guided);
-    ``estimator``: classifier-guided NAG's noise-level estimator; ``profile``: per-level multiplier of ``scale``."""
+    ``estimator``: classifier-guided NAG's noise-level estimator; ``rule``: how the scale varies per sample and step
+    (None: constant; a ScaleProfile: per level; an AutoScale: closed loop, ``scale`` multiplying it)."""
 
     scale: float
     window: Window
@@ -43,27 +67,54 @@ class NagConfig:
     estimator: object = None
     variant: Variant = Variant.A
     batched: bool = True
-    profile: ScaleProfile | None = None
+    rule: ScaleProfile | AutoScale | None = None
 
     def scale_at(self, sigma: torch.Tensor, like: torch.Tensor):
         """The NAG scale for the batch ``like`` at ``sigma``: a number, or per sample [B] with a profile."""
-        if self.profile is None:
+        if self.rule is None:
             return self.scale
         s = sigma.reshape(-1).float()
         s = s.expand(like.shape[0]) if s.numel() == 1 else s
-        return (self.scale * self.profile(self.space.logsnr(s))).to(like)
+        return (self.scale * self.rule(self.space.logsnr(s))).to(like)
+
+    def added(self, denoised: torch.Tensor, term: torch.Tensor, ev: Evaluation) -> torch.Tensor:
+        """``denoised`` plus NAG's x0 ``term`` (at scale 1) at this patch's scale: the closed-loop scale per sample
+        with an AutoScale rule (``comfy_nag.auto_scale``; the next level from the sampled schedule), else
+        :meth:`scale_at`."""
+        if not isinstance(self.rule, AutoScale):
+            return denoised + append_dims(self.scale_at(ev.sigma, denoised), term.dim()) * term
+        sampled = ev.model_options.get("transformer_options", {}).get("sample_sigmas")
+        if sampled is None:
+            raise NoiseAwarenessError("scale rule 'auto (from estimator)' needs the sampled schedule, which this sampler "
+                                      "does not pass (transformer_options['sample_sigmas']); use a stock sampler node, or "
+                                      "scale_rule 'constant'")
+        s = ev.sigmas()
+        s_next = next_sigma(sampled.to(s), s)
+        estimator_on(self.rule.estimator, ev.x.device)
+        step = Step(ev.x.float(), s.float(), denoised.float(), term.float(), s_next.float(),
+                    net_scale(ev.model_sampling, s_next).float(), self.space)
+        return denoised + append_dims(self.scale * self.rule(step), term.dim()).to(term) * term
 
     def null_conds(self, cond, uncond) -> list:
         """The conds whose null branches NAG needs: cond, and uncond too in variant B (when CFG runs)."""
         return [cond] + ([uncond] if self.variant is Variant.B and uncond is not None else [])
 
-    def guided(self, denoised: torch.Tensor, sigma: torch.Tensor, cfg_scale: float, cond: torch.Tensor,
-               uncond: torch.Tensor | None, nulls: list) -> torch.Tensor:
+    def guided(self, denoised: torch.Tensor, cfg_scale: float, cond: torch.Tensor, uncond: torch.Tensor | None,
+               nulls: list, ev: Evaluation) -> torch.Tensor:
         """The CFG result ``denoised`` plus the NAG correction; ``nulls``: the null-branch predictions,
         ``[null cond]`` (variant A) or ``[null cond, null uncond]`` (variant B)."""
         null_u = nulls[1] if len(nulls) > 1 else None
-        return denoised + guidance.nag_correction(cond, nulls[0], self.scale_at(sigma, denoised), self.variant, cfg_scale,
-                                                  uncond if null_u is not None else None, null_u)
+        u = uncond if null_u is not None else None
+        if isinstance(self.rule, AutoScale):
+            return self.added(denoised, guidance.nag_correction(cond, nulls[0], 1.0, self.variant, cfg_scale, u, null_u), ev)
+        return denoised + guidance.nag_correction(cond, nulls[0], self.scale_at(ev.sigma, denoised), self.variant,
+                                                  cfg_scale, u, null_u)
+
+
+def scale_trace(cfg: NagConfig) -> list | None:
+    """The list the closed-loop scale appends ``(sigma, scales [B])`` to at every evaluation (None for other rules):
+    the Noise Shift Recorder reads it through the model's attachment."""
+    return cfg.rule.trace if isinstance(cfg.rule, AutoScale) else None
 
 
 def configure(model, nag: NagInputs, route: Route = Route.CLASSIFIER_FREE) -> NagConfig | None:
@@ -76,8 +127,8 @@ def configure(model, nag: NagInputs, route: Route = Route.CLASSIFIER_FREE) -> Na
         check_estimator(est, meta, model)
         settings = {"estimator": est}
     else:
-        settings = {"null": _null_branch(model, nag), "variant": nag.variant, "batched": bool(nag.batched),
-                    "profile": _scale_profile(model, nag)}
+        settings = {"null": _null_branch(model, nag), "variant": nag.variant, "batched": bool(nag.batched)}
+    settings["rule"] = _scale_rule(model, nag)
     if nag.scale == 0:
         return None
     return NagConfig(float(nag.scale), window, space, **settings)
@@ -105,9 +156,13 @@ def _null_branch(model, nag: NagInputs) -> NullBranch:
     return LearnedNull(null)
 
 
-def _scale_profile(model, nag: NagInputs) -> ScaleProfile | None:
+def _scale_rule(model, nag: NagInputs) -> ScaleProfile | AutoScale | None:
     if nag.scale_rule is ScaleRule.CONSTANT:
         return None
+    if nag.scale_rule is ScaleRule.AUTO:
+        est, meta = _estimator(nag, "scale rule 'auto (from estimator)'")
+        check_estimator(est, meta, model)
+        return AutoScale(est, reading_calibration(est, meta), trace=[])  # the trace: what the Noise Shift Plot shows
     profile = nag_metadata.scale_profile(file_metadata(model))
     if profile is None:
         raise NoiseAwarenessError(

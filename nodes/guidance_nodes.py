@@ -14,8 +14,8 @@ from .classifier_guided import patch_classifier_guided
 from .common import CATEGORY, Estimator, clear_errors, model_input
 from .configure import Route, configure
 from .guider import NagGuider
-from .inputs import (DEFAULT, Batching, NagInputs, nag_inputs, null_branch_inputs, options, parse, scale_rule_input,
-                     window_inputs)
+from .inputs import (DEFAULT, Batching, NagInputs, NullBranchChoice, ScaleRule, nag_inputs, null_branch_inputs, options,
+                     parse, scale_rule_input, window_inputs)
 
 
 def trained_model_input():
@@ -52,6 +52,37 @@ class NoiseAwarenessClassifierFree(io.ComfyNode):
         return io.NodeOutput(model if cfg is None else patch_classifier_free(model, cfg))
 
 
+class NoiseAwarenessAnyCheckpoint(io.ComfyNode):
+    """The estimator route with only the inputs that matter to it: classifier-free NAG, the null branch from the
+    estimator, the scale set by the estimator (auto), the default window; ``strength`` multiplies that scale."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NoiseAwarenessGuidanceAnyCheckpoint",
+            display_name="Noise Awareness Guidance (any checkpoint)",
+            category=CATEGORY,
+            description="Noise Awareness Guidance on any stock checkpoint, set up for you: the null branch and the "
+                        "strength at each step come from a noise-level estimator trained for the model's latent space "
+                        "(one extra model evaluation per step late in sampling). The classifier-free node has every "
+                        "setting.",
+            inputs=[model_input("any model of the estimator's latent space; it needs no fine-tuning"),
+                    Estimator.Input("estimator", tooltip="from 'Load Noise-Level Estimator'; trained for this model's latent space"),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="multiplies the strength the estimator sets at each step (1 = as it says); "
+                                           "0 = off (model returned unchanged)")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    @clear_errors
+    def execute(cls, model, estimator, strength):
+        nag = NagInputs(scale=float(strength), scale_rule=ScaleRule.AUTO, null_branch=NullBranchChoice.ESTIMATOR,
+                        estimator=estimator)
+        cfg = configure(model, nag)
+        return io.NodeOutput(model if cfg is None else patch_classifier_free(model, cfg))
+
+
 class NoiseAwarenessClassifierGuided(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -64,8 +95,9 @@ class NoiseAwarenessClassifierGuided(io.ComfyNode):
             inputs=[model_input("any model of the estimator's family; it needs no fine-tuning"),
                     Estimator.Input("estimator", tooltip="from 'Load Noise-Level Estimator'; trained for this model's latent space"),
                     io.Float.Input("scale", default=0.5, min=0.0, max=20.0, step=0.05,
-                                   tooltip="classifier guidance scale; 0 = off. Start with 0.5."),
-                    *window_inputs()],
+                                   tooltip="classifier guidance scale; 0 = off. Start with 0.5, or 1.0 with scale_rule auto."),
+                    *window_inputs(),
+                    scale_rule_input()],
             outputs=[io.Model.Output()],
         )
 

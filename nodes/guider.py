@@ -16,7 +16,7 @@ import torch
 
 from ..comfy_nag import patching
 from .classifier_free import flagged, with_null_times
-from .configure import NagConfig
+from .configure import Evaluation, NagConfig
 from .inputs import Batching
 from .null_branch import chunk_values, copies, labels, prepare
 
@@ -67,4 +67,5 @@ class NagGuider(comfy.samplers.CFGGuider):
         if not on:
             return res
         patching.check_finite(x, "Noise Awareness Guider")
-        return self.nag.guided(res, timestep, self.cfg, main[0], main[1], step.collect(null_out))
+        ev = Evaluation(x, timestep, self.inner_model.model_sampling, model_options)
+        return self.nag.guided(res, self.cfg, main[0], main[1], step.collect(null_out), ev)

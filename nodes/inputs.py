@@ -31,6 +31,7 @@ class ScaleRule(enum.Enum):
 
     CONSTANT = "constant"
     PER_LEVEL = "per level (from file)"
+    AUTO = "auto (from estimator)"
 
 
 class Batching(enum.Enum):
@@ -130,8 +131,10 @@ def scale_rule_input():
     return io.Combo.Input("scale_rule", options=options(ScaleRule), default=DEFAULT.scale_rule.value, optional=True,
                           tooltip="constant: the same scale at every step. per level (from file): the scale times the "
                                   "per-noise-level profile the trainer wrote into the file (fine-tunes run with "
-                                  "monitor.estimator); calibrated so the guidance follows the estimator, it fades out "
-                                  "where the null branch stops carrying the correction. Start with scale 1.0")
+                                  "monitor.estimator). auto (from estimator): the scale sets itself per image and step "
+                                  "from what the noise-level estimator reads (connect one to 'estimator'): the strength at "
+                                  "which the next state reads at its nominal noise level, 0 to 1.5; 'scale' multiplies it "
+                                  "(1 = as the rule says). Two estimator calls per step, no extra model evaluation")
 
 
 def null_branch_inputs() -> list:

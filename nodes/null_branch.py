@@ -18,6 +18,7 @@ import uuid
 import torch
 
 from ..comfy_nag import metadata as nag_metadata
+from ..comfy_nag.auto_scale import ReadingCalibration
 from ..comfy_nag.estimators import training_log_prior
 from ..comfy_nag.null_branch import EstimatorNull, NullBranch, NullStep
 from ..comfy_nag.tensors import append_dims
@@ -56,6 +57,21 @@ def estimator_log_prior(estimator, meta: dict, model=None) -> torch.Tensor | Non
                     "or family (nag.family); the null branch from it uses a uniform prior over levels")
         return None
     return training_log_prior(sched, estimator.bins)
+
+
+def reading_calibration(estimator, meta: dict) -> ReadingCalibration:
+    """What the estimator reads on forward states (``nag.reading_calibration``, written by the trainer).  Files trained
+    before it existed: an unbiased reading is assumed (the nominal level; clean data at the top bin), said once in the
+    log (docs/comfyui.md: retrain the estimator, or run `python -m training calibrate` on it)."""
+    cal = nag_metadata.reading_calibration(meta)
+    if cal is not None:
+        return cal
+    log.warning("Noise Awareness Guidance: the noise-level estimator's file has no reading calibration "
+                "(nag.reading_calibration, written by comfy-nag's trainer since the auto scale rule); the auto scale "
+                "assumes the estimator reads forward states without bias. Run `python -m training calibrate` on it, "
+                "or retrain it, for the measured calibration")
+    b = estimator.bins
+    return ReadingCalibration((b.lo, b.hi), (0.0, 0.0), (0.0, 0.0), b.hi - b.width / 2)
 
 
 def prepare(null: NullBranch, model, x: torch.Tensor, sigma: torch.Tensor) -> NullStep:

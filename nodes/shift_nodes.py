@@ -21,6 +21,22 @@ from .common import CATEGORY, Estimator, ShiftTrace, clear_errors, model_input
 from .model_info import ATTACH_CONFIG, KEY, NoiseAwarenessError, check_estimator, estimator_on, net_scale, sampling
 
 
+class ScaleReader:
+    """Reads a closed-loop NAG patch's trace (``configure.scale_trace``) step by step: the scales it chose at the
+    evaluation of each step's own sigma (a second-order sampler's extra evaluations are skipped)."""
+
+    def __init__(self, trace: list | None):
+        self.trace, self.seen = trace, 0
+        if trace is not None:
+            del trace[:]  # a new sampling run
+
+    def at(self, sigma: float):
+        if self.trace is None:
+            return None
+        new, self.seen = self.trace[self.seen:], len(self.trace)
+        return next((w for s, w in new if abs(s - sigma) <= 1e-6 * max(1.0, sigma)), None)
+
+
 class Recorder:
     """Trace handle: the SAMPLER_SAMPLE wrapper fills ``last`` on every sampling run of the model."""
 
@@ -41,9 +57,13 @@ class Recorder:
                              readout="estimator" if self.estimator is not None else "variance")
         self.last = rec
         ms = guider.model_patcher.get_model_object("model_sampling")
+        scales = ScaleReader(config.get("scale_trace"))
 
         def cb(i, x0, x, total):
             rec.add(i, float(sigmas[i]), x.float(), self.readout(ms, x.float(), sigmas[i]))
+            chosen = scales.at(float(sigmas[i]))
+            if chosen is not None:
+                rec.add_scales(i, chosen)
             if callback is not None:
                 callback(i, x0, x, total)
 

@@ -755,3 +755,102 @@ def test_families_outside_the_registry_still_run(config, kind, null):
     with ForwardSpy(m) as spy:
         out = sample(cf(m, 1.0), kind)
     assert spy.null_rows(null) == [1.0] * STEPS and torch.isfinite(out).all() and not torch.allclose(out, plain)
+
+
+# --- NAG that sets its own strength: scale_rule 'auto (from estimator)' -------------------------------------------
+AUTO = "auto (from estimator)"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Small estimators trained for a few seconds on unit-Gaussian latents (so their reading follows the noise level),
+    with the reading calibration the trainer measures, saved and loaded as the loader does."""
+    import json
+
+    from comfy_nag_pack_under_test.comfy_nag import estimators as E
+    from comfy_nag_pack_under_test.comfy_nag.auto_scale import calibrate_reading, calibration_knots
+    from comfy_nag_pack_under_test.comfy_nag.schedules import DiscreteVP, Flow
+
+    d, out = tmp_path_factory.mktemp("trained"), {}
+    for name, channels, sch, family in (("ve", 4, DiscreteVP(), "sd1"), ("flow", 16, Flow(shift=3.0), "sd3")):
+        torch.manual_seed(0)
+        est = E.NoiseLevelEstimator((channels, 8, 8), E.LevelBins(-8, 8, 16), width=16, depth=2)
+        with torch.inference_mode(False):
+            E.train_estimator(est, lambda n, g, c=channels: torch.randn(n, c, 8, 8, generator=g), sch,
+                              E.EstimatorTraining(150, batch=64, lr=5e-3), torch.Generator().manual_seed(1))
+            est.eval()
+            cal = calibrate_reading(est, torch.randn(256, channels, 8, 8, generator=torch.Generator().manual_seed(2)), sch,
+                                    calibration_knots(est.bins, 2.0), torch.Generator().manual_seed(3))
+            est.save(d / f"{name}.safetensors", sch, {"nag.family": family,
+                                                     "nag.reading_calibration": json.dumps(cal.to_json())})
+            out[name] = E.NoiseLevelEstimator.load(d / f"{name}.safetensors")
+        out[name][0].requires_grad_(False)
+    return out
+
+
+@pytest.mark.parametrize("fam", ["eps", "sd3"])
+def test_auto_scale_rule_on_the_estimator_route(models, trained, fam, caplog):
+    """scale 0 is the plain model; otherwise it guides (unlike plain, unlike the constant scale), 'scale' multiplies
+    what the rule decides, it reads the estimator once for the null branch and once (one batch, both probes) for the
+    scale per step inside the window, and its calibration comes from the file (no log line)."""
+    import logging
+
+    m, est = models[fam], estimator_for(trained, fam)
+    nb = {"null_branch": FROM_ESTIMATOR, "estimator": est}
+    with Spy(m) as spy:
+        zero = sample(cf(m, 0.0, rule=AUTO, **nb), fam)
+    assert torch.equal(zero, sample(m, fam)) and len(spy.calls) == STEPS
+    with caplog.at_level(logging.WARNING, logger="comfy-nag"), Reads(est[0]) as reads, Spy(m) as spy:
+        one = sample(cf(m, 1.0, start=0.5, rule=AUTO, **nb), fam)
+    assert not [r for r in caplog.records if "reading calibration" in r.getMessage()]
+    assert reads.n == 2 * 2 and [len(lab) for _, lab in spy.calls] == [2, 2, 3, 3]  # no extra model evaluation
+    assert not torch.allclose(one, sample(m, fam)) and not torch.allclose(one, sample(cf(m, 1.0, start=0.5, **nb), fam))
+    two = sample(cf(m, 2.0, start=0.5, rule=AUTO, **nb), fam)
+    assert not torch.allclose(one, two)
+    assert torch.isfinite(two).all()
+
+
+def test_auto_scale_rule_on_every_entry_point_agrees(models, trained):
+    """KSampler (NA) = the patch + KSampler (bit for bit), the guider = the patch, the basic 'any checkpoint' node = the
+    classifier-free node with its settings; classifier-guided and the learned null branch take the rule too."""
+    m, est = models["eps"], trained["ve"]
+    nb = {"null_branch": FROM_ESTIMATOR, "estimator": est, "scale_rule": AUTO}
+    latent = {"samples": torch.zeros(SHAPES["eps"])}
+    with torch.inference_mode():
+        ks = guidance_nodes.NoiseAwarenessKSampler.execute(
+            m, seed=0, steps=STEPS, cfg=3.0, sampler_name="euler", scheduler="simple", positive=conditioning("unet", 1),
+            negative=conditioning("unet", 2), latent_image=latent, denoise=1.0, **NAG_WIDGETS, scale=1.0,
+            null_timestep=-1000.0, **nb).result[0]["samples"]
+    patched = cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=est, rule=AUTO)
+    assert torch.equal(ks, plain_ksampler(patched))
+    via_guider = guider_sample(m, "eps", "one forward", **nb)
+    assert torch.allclose(via_guider, sample(cf(m, 1.0, null_branch=FROM_ESTIMATOR, estimator=est, rule=AUTO), "eps"),
+                          atol=1e-4)
+    basic = guidance_nodes.NoiseAwarenessAnyCheckpoint.execute(m, estimator=est, strength=1.0).result[0]
+    same = cf(m, 1.0, start=0.5, end=1.0, unit="signal", null_branch=FROM_ESTIMATOR, estimator=est, rule=AUTO)
+    assert torch.equal(sample(basic, "eps"), sample(same, "eps"))
+    assert guidance_nodes.NoiseAwarenessAnyCheckpoint.execute(m, estimator=est, strength=0.0).result[0] is m
+    cg = classifier_guided(m, est, 1.0, scale_rule=AUTO)
+    assert not torch.allclose(sample(cg, "eps"), sample(classifier_guided(m, est, 1.0), "eps"))
+    learned = sample(cf(m, 1.0, rule=AUTO, estimator=est), "eps")
+    assert torch.isfinite(learned).all() and not torch.allclose(learned, sample(m, "eps"))
+
+
+def test_auto_scale_rule_errors_fallback_and_the_plot(models, estimators, caplog):
+    """No estimator: one clear line; an estimator file without a reading calibration: an unbiased reading assumed,
+    said once; the Noise Shift Plot's JSON holds the scale chosen at each step inside the window."""
+    import json
+    import logging
+
+    m = models["sd3"]
+    with pytest.raises(ValueError, match="^Noise Awareness: scale rule 'auto \\(from estimator\\)' needs a noise-level "
+                                         "estimator"):
+        cf(m, 1.0, rule=AUTO)
+    with caplog.at_level(logging.WARNING, logger="comfy-nag"):
+        patched = cf(m, 1.5, start=0.5, null_branch=FROM_ESTIMATOR, estimator=estimators["flow"], rule=AUTO)
+    assert [r for r in caplog.records if "no reading calibration" in r.getMessage()]
+    rec_model, trace = shift_nodes.NoiseAwarenessShiftRecorder.execute(patched, data_variance=1.0).result
+    out = sample(rec_model, "sd3")
+    report = json.loads(shift_nodes.NoiseAwarenessShiftPlot.execute(trace, {"samples": out}, "auto").result[1])
+    scales = report["runs"][0]["scale_mean"]
+    assert scales[:2] == [None, None] and all(s is not None and 0 <= s <= 1.5 * 1.5 for s in scales[2:])
