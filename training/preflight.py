@@ -75,11 +75,17 @@ def require(cfg: Config, command: str) -> None:
 
     if command == "prepare":
         need(d.cache, "data.cache is empty: set the file `prepare` writes, e.g. --set data.cache=runs/cache.safetensors")
-        if d.source in ("folder", "precomputed"):
-            need(d.path, f"data.path is empty: data.source='{d.source}' needs the "
-                         f"{'images folder' if d.source == 'folder' else 'precomputed safetensors file'}")
-        if d.source == "folder":
-            need(d.resolution > 0, "data.resolution is 0: set the square size folder images are resized to, e.g. 512")
+        if d.source in ("folder", "video", "precomputed"):
+            what = {"folder": "images folder", "video": "folder of clips", "precomputed": "precomputed safetensors file"}
+            need(d.path, f"data.path is empty: data.source='{d.source}' needs the {what[d.source]}")
+        if d.source in ("folder", "video"):
+            noun = "frames" if d.source == "video" else "images"
+            need(d.resolution > 0, f"data.resolution is 0: set the square size folder {noun} are resized to, e.g. 512")
+        if d.source == "video":
+            need(d.encoder == "comfyui", "data.source='video' encodes clips with a video VAE: set data.encoder='comfyui' "
+                                         "and data.vae (WAN's VAE) or data.checkpoint")
+            need(d.frames >= 1, "data.frames is 0: set the frames `prepare` reads from each clip (WAN's VAE takes 1 + 4k, "
+                                "e.g. --set data.frames=17)")
         if d.source == "generated":
             need(m.base, "data.source='generated' samples latents from a checkpoint: set model.base to its .safetensors "
                          "file (and model.family)")
