@@ -91,13 +91,13 @@ def _prepare_folder(cfg: Config, log=print) -> Path:
     captions = items.captions(files) if d.labels == "captions" else None
     settings = {"resolution": d.resolution, "mode": items.noun, "encoder": d.encoder, "checkpoint": d.checkpoint,
                 "vae": d.vae, "batch": d.encode_batch_size, "stride": d.frame_stride}
+    enc = _encoding(cfg)
     shards = Shards(out, items.listing, settings, log)
     bs = d.encode_batch_size
     batches = -(-len(files) // bs)
     todo = [k for k in range(batches) if not shards.done(k)]
     log(f"reading {len(files)} {items.noun} from {d.path} at {d.resolution}x{d.resolution}, {bs} per batch"
         + (f" ({batches - len(todo)} of {batches} batches already encoded; continuing)" if len(todo) < batches else ""))
-    enc = _encoding(cfg)
     for k in tqdm(todo, desc="prepare", unit="batch", dynamic_ncols=True):
         pixels, kept, bad = items.read(files[k * bs: (k + 1) * bs])
         for p, why in bad:
