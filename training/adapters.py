@@ -181,8 +181,12 @@ class ComfyDenoiser(nn.Module):
         return torch.cat(outs)[torch.argsort(order)]
 
     def _forward(self, x, t, context, extra: dict):
+        # inputs in the network's compute dtype, as ComfyUI's BaseModel._apply_model casts them (fp32 weights: no-op)
+        dtype = self._base.manual_cast_dtype or self._base.get_dtype()
+        cast = lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+        extra = {k: cast(v) for k, v in extra.items()}
         t = self._base.process_timestep(t, x=x, **extra)
-        out = self.diffusion_model(x, t, context=context, transformer_options={}, **extra)
+        out = self.diffusion_model(cast(x), t, context=cast(context), transformer_options={}, **extra)
         return out.float()
 
 
@@ -192,7 +196,7 @@ class ComfyAdapter:
     def __init__(self, cfg: Config, cache: Cache):
         from . import comfyui
         self.comfyui = comfyui
-        self.loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+        self.loaded = comfyui.load_model(cfg.model.base, cfg.model.family, cfg.model.dtype)
         L = self.loaded
         self.family, self.schedule, self.prediction = L.family, L.schedule, L.prediction
         self.kind, self.base_path = L.kind, cfg.model.base

@@ -94,6 +94,9 @@ class Model:
     heads: int = opt(4, "attention heads of a new reference DiT", lo=1)
     patch_size: int = opt(2, "patch size of a new reference DiT", lo=1)
     guidance: float = opt(1.0, "guidance-embedding value for models that take one (Flux-dev)")
+    dtype: str = opt("fp32", "dtype the base network's weights are held in (ComfyUI families): 'fp32', or 'bf16'/'fp16' "
+                             "for a LoRA on a model whose fp32 weights do not fit (WAN 14B, Qwen-Image 20B: half the "
+                             "memory; the LoRA itself trains in fp32)", choices=("fp32", "bf16", "fp16"))
 
 
 @dataclass

@@ -96,7 +96,7 @@ def _comfy(cfg: Config, log=print):
     import comfy.sample
 
     d = cfg.data
-    loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+    loaded = comfyui.load_model(cfg.model.base, cfg.model.family, cfg.model.dtype)
     patcher = comfy.model_patcher.ModelPatcher(loaded.model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     conds = _conditioning(cfg, log)
@@ -144,7 +144,7 @@ def _conditioning(cfg: Config, log=print) -> list:
     if d.conditioning:
         return _precomputed(d.conditioning, prompts, d.generate_cfg)
     from . import comfyui
-    _, clip, _ = comfyui.load_encoders(d.checkpoint, d.vae, d.text_encoders, d.clip_type)
+    _, clip, _ = comfyui.load_encoders(d.checkpoint, "", d.text_encoders, d.clip_type, need_vae=False)
     if clip is None:
         raise CacheError("data.source='generated' on a text model needs its text encoders: set data.checkpoint (or "
                          "data.text_encoders, or precomputed data.conditioning)")

@@ -133,7 +133,7 @@ def estimator_space(cfg: Config, cache: Cache) -> LatentSpace:
             raise ConfigError(f"estimator.family: {err}") from None
     from . import comfyui
     if cfg.model.base and not cfg.is_reference:
-        loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+        loaded = comfyui.load_model(cfg.model.base, cfg.model.family, cfg.model.dtype)
         fam = FAMILIES.get(loaded.family)
         if fam is not None:
             _check_fits(fam, cache)

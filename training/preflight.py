@@ -108,6 +108,9 @@ def require(cfg: Config, command: str) -> None:
                          "diffusion model; set model.base to its .safetensors file")
         if t.mode == "lora":
             need(m.base, "train.mode='lora' needs a base model to adapt (model.base)")
+        need(t.mode == "lora" or m.dtype == "fp32", f"model.dtype='{m.dtype}' holds the base weights in half precision, "
+                                                   "for a LoRA; train.mode='full' trains the weights themselves: keep "
+                                                   "model.dtype='fp32'")
         fmt = cfg.export.format
         if t.mode == "lora":
             need(fmt in ("auto", "lora"), f"export.format='{fmt}' cannot hold a LoRA run; use 'auto' or 'lora'")
