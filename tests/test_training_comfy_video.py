@@ -40,6 +40,7 @@ from training.config import ConfigError  # noqa: E402
 from training.latent_cache import Cache, CacheError, CacheInfo, write_cache  # noqa: E402
 from training.tasks import FinetuneTask  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a: None)
 KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
 TINY_EST = {"estimator.steps": 6, "estimator.batch_size": 4, "estimator.bins": 8, "estimator.width": 16,
@@ -163,13 +164,15 @@ def test_wan21_clips_make_a_5d_cache_an_estimator_and_a_lora(tmp_path, caplog, f
     est, meta = assert_estimator_file(res.path, "wan21", "Wan21", (16, 2, 4, 4))  # clips: not Qwen-Image's latents
     assert est.video is VideoBackbone.FRAMES and json.loads(meta["nag.estimator"])["video"] == "frames"
     assert est(torch.randn(3, 16, 7, 4, 4)).shape == (3, 8) and est(torch.randn(1, 16, 1, 6, 6)).shape == (1, 8)
-    res = api.finetune(None, lora_opts(tmp_path / "lora", cache.path, files["wan21"], "wan22-a14b"), **QUIET)
+    targets = api.load_config(ROOT / "training/configs/wan22_lora.toml").lora.targets  # the shipped config's layers
+    res = api.finetune(None, lora_opts(tmp_path / "lora", cache.path, files["wan21"], "wan22-a14b", lora__targets=targets),
+                       **QUIET)
     meta = read_metadata(res.path)
     assert meta["nag.family"] == "wan21" and meta["nag.comfy_model_config"] == "WAN21_T2V" and meta["nag.kind"] == "lora"
     assert null_timestep(meta) == -1000.0 and meta["nag.latent_format"] == "Wan21" and meta["modelspec.resolution"] == "32x32"
     sd = assert_lora_loads_in_comfyui(res.path, cache.path, files["wan21"], "wan21", caplog)
     assert {"lora_unet_blocks_0_self_attn_q.lora_up.weight", "lora_unet_blocks_0_cross_attn_k.lora_down.weight",
-            "lora_unet_blocks_0_ffn_0.alpha"} <= set(sd)
+            "lora_unet_blocks_0_ffn_0.alpha"} <= set(sd) and len(sd) == 3 * 10  # q k v o twice, ffn 0 and 2
 
 
 def test_wan22_5b_generated_cache_estimator_and_precomputed_lora(tmp_path, caplog, files):
@@ -214,7 +217,9 @@ def test_qwen_image_images_make_one_frame_latents_an_image_estimator_and_a_lora(
     res = api.estimator(None, {"run.out_dir": str(tmp_path / "est"), "data.cache": str(cache.path), **TINY_EST}, **QUIET)
     est, meta = assert_estimator_file(res.path, "qwen-image", "Wan21", (16, 4, 4))
     assert est(torch.randn(2, 16, 1, 4, 4)).shape == (2, 8) and json.loads(meta["nag.schedule"])["multiplier"] == 1.0
-    res = api.finetune(None, lora_opts(tmp_path / "lora", cache.path, files["qwen-image"]), **QUIET)
+    targets = api.load_config(ROOT / "training/configs/qwen_image_lora.toml").lora.targets
+    res = api.finetune(None, lora_opts(tmp_path / "lora", cache.path, files["qwen-image"], lora__targets=targets),
+                       **QUIET)
     meta = read_metadata(res.path)
     assert meta["nag.family"] == "qwen-image" and meta["nag.comfy_model_config"] == "QwenImage"
     assert null_timestep(meta) == -1.0 and meta["nag.latent_format"] == "Wan21"
