@@ -20,10 +20,10 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
-def opt(default, help: str, choices=None, lo=None, hi=None, canonical=None):
+def opt(default, help: str, choices=None, lo=None, hi=None, canonical=None, synonyms=()):
     """A config key: default value, help text and its checks (``canonical``: maps an accepted synonym, e.g. a
-    family alias, to the value the choices name)."""
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "canonical": canonical}
+    family alias, to the value the choices name; ``synonyms``: those accepted names, offered for typos too)."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "canonical": canonical, "synonyms": synonyms}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -31,7 +31,8 @@ def opt(default, help: str, choices=None, lo=None, hi=None, canonical=None):
 
 REFERENCE_FAMILIES = families.reference_names()
 COMFY_FAMILIES = ("auto",) + families.comfy_names()  # 'auto': whatever ComfyUI detects
-ALIASES = ", ".join(f"{a} = {f.name}" for f in families.FAMILIES.values() for a in f.aliases)
+ALIAS_NAMES = tuple(a for f in families.FAMILIES.values() for a in f.aliases)
+ALIASES = ", ".join(f"{a} = {families.family(a).name}" for a in ALIAS_NAMES)
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Data:
 class Model:
     family: str = opt("dit", "'dit'/'sit' (reference models of comfy_nag), or a ComfyUI family: "
                              + ", ".join(COMFY_FAMILIES) + f" ('auto': whatever ComfyUI detects); aliases: {ALIASES}",
-                      choices=REFERENCE_FAMILIES + COMFY_FAMILIES, canonical=families.canonical_name)
+                      choices=REFERENCE_FAMILIES + COMFY_FAMILIES, canonical=families.canonical_name,
+                      synonyms=ALIAS_NAMES)
     base: str = opt("", "safetensors file to fine-tune (empty: a new reference model, dit/sit only)")
     hidden: int = opt(64, "width of a new reference DiT", lo=8)
     depth: int = opt(2, "blocks of a new reference DiT", lo=1)
