@@ -165,8 +165,11 @@ def test_wan21_clips_make_a_5d_cache_an_estimator_and_a_lora(tmp_path, caplog, f
     assert est.video is VideoBackbone.FRAMES and json.loads(meta["nag.estimator"])["video"] == "frames"
     assert est(torch.randn(3, 16, 7, 4, 4)).shape == (3, 8) and est(torch.randn(1, 16, 1, 6, 6)).shape == (1, 8)
     targets = api.load_config(ROOT / "training/configs/wan22_lora.toml").lora.targets  # the shipped config's layers
-    res = api.finetune(None, lora_opts(tmp_path / "lora", cache.path, files["wan21"], "wan22-a14b", lora__targets=targets),
-                       **QUIET)
+    est_path = res.path
+    res = api.finetune(None, lora_opts(tmp_path / "lora", cache.path, files["wan21"], "wan22-a14b", lora__targets=targets,
+                                       monitor__estimator=str(est_path)), **QUIET)
+    final = [m for m in res.metrics if m.get("event") == "monitor"][-1]  # the null-branch readout on clips
+    assert -1 <= final["null_readout_cos"] <= 1 and final["null_readout_norm_ratio"] > 0
     meta = read_metadata(res.path)
     assert meta["nag.family"] == "wan21" and meta["nag.comfy_model_config"] == "WAN21_T2V" and meta["nag.kind"] == "lora"
     assert null_timestep(meta) == -1000.0 and meta["nag.latent_format"] == "Wan21" and meta["modelspec.resolution"] == "32x32"
