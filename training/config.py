@@ -178,7 +178,8 @@ class Estimator:
     depth: int = opt(3, "estimator depth", lo=1)
     video: str = opt("frames", "video latents [C, T, H, W]: 'frames' (the image network on every frame, features averaged "
                                "over frames) or 'spatiotemporal' (3-D convolutions); both read any number of frames "
-                               "(docs/training.md: the measurement behind the default)",
+                               "(per frame, the default, estimates the level better at every clip length measured, "
+                               "docs/training.md)",
                      choices=("frames", "spatiotemporal"))
 
 
