@@ -52,6 +52,7 @@ class _Items:
     captions: object        # files -> captions
     noun: str               # what the files are, in log lines
     unit: str               # what one file is
+    mode: str = "RGB"       # the pixels' colour mode (images for the reference models may be grey: "L")
 
 
 def _items(cfg: Config) -> _Items:
@@ -63,7 +64,7 @@ def _items(cfg: Config) -> _Items:
     mode = "RGB" if d.encoder == "comfyui" or d.channels == 3 else "L"
     files = sources.list_images(root, d.labels, d.limit)
     return _Items(files, file_listing(files), lambda b: sources.read_batch(b, d.resolution, mode), sources.read_captions,
-                  "images", "image")
+                  "images", "image", mode)
 
 
 def _encoding(cfg: Config) -> encoders.Encoding:
@@ -77,8 +78,9 @@ def _encoding(cfg: Config) -> encoders.Encoding:
     if d.source == "video" and fn is not None and fn(d.frames) == fn(d.frames - 1):
         ok = [a for a in range(1, d.frames + 64) if fn(a) > fn(a - 1)]
         near = [max(a for a in ok if a < d.frames), min(a for a in ok if a > d.frames)]
-        raise ConfigError(f"data.frames={d.frames}: this VAE encodes 1 + 4k frames (one latent frame, then one per 4), so "
-                          f"the last frames would be dropped; set data.frames to {near[0]} or {near[1]}")
+        k = ok[1] - ok[0]
+        raise ConfigError(f"data.frames={d.frames}: this VAE encodes 1 + {k}k frames (one latent frame, then one per {k}), "
+                          f"so the last frames would be dropped; set data.frames to {near[0]} or {near[1]}")
     return enc
 
 
@@ -89,8 +91,10 @@ def _prepare_folder(cfg: Config, log=print) -> Path:
     items = _items(cfg)
     files, root = items.files, Path(d.path)
     captions = items.captions(files) if d.labels == "captions" else None
-    settings = {"resolution": d.resolution, "mode": items.noun, "encoder": d.encoder, "checkpoint": d.checkpoint,
-                "vae": d.vae, "batch": d.encode_batch_size, "stride": d.frame_stride}
+    settings = {"resolution": d.resolution, "mode": items.mode, "encoder": d.encoder, "checkpoint": d.checkpoint,
+                "vae": d.vae, "batch": d.encode_batch_size}
+    if d.source == "video":
+        settings.update(frames=d.frames, stride=d.frame_stride)
     enc = _encoding(cfg)
     shards = Shards(out, items.listing, settings, log)
     bs = d.encode_batch_size
