@@ -42,11 +42,19 @@ class Family:
     comfy_configs: tuple[str, ...] = ()    # ComfyUI model-config classes detected as this family
     kohya: KohyaBase | None = None
     latent_dims: int = 2                   # spatial(-temporal) latent dims: 2 = [B, C, H, W]; 3 = [B, C, T, H, W]
-    frames: int | None = None              # frames of every latent on a 3-D latent space: 1 = an image model (Qwen-Image)
+    spatial_compression: int = 8           # image pixels per latent cell along each side (the VAE's downscale)
+    temporal_compression: int = 0          # video frames per latent frame after the first (WAN: 1 + 4k frames ->
+                                           # 1 + k latent frames); 0: an image family (one latent frame)
 
     @cached_property
     def schedule(self) -> Schedule:
         return self.make_schedule()
+
+    @property
+    def frames(self) -> int | None:
+        """Latent frames of every latent on a 3-D latent space when fixed: 1 for an image model that a host hands
+        5-D latents (Qwen-Image); None otherwise (video families: any number; image latent spaces: no frame axis)."""
+        return 1 if self.latent_dims == 3 and self.temporal_compression == 0 else None
 
     @property
     def null_timestep(self) -> float:
@@ -91,18 +99,18 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # WAN 2.1 (T2V/I2V, 1.3B/14B) and WAN 2.2 A14B, whose high- and low-noise experts are WAN 2.1-architecture
     # models: ModelSamplingSD3-style discrete flow, shift 8, network time = sigma * 1000; 5-D latents.
     Family("wan21", "velocity", lambda: Flow(shift=8.0), ("wan2.1", "wan22-a14b", "wan2.2-a14b"), "Wan21", 16,
-           ("WAN21_T2V", "WAN21_I2V"), latent_dims=3),
-    # WAN 2.2 TI2V-5B: its own 48-channel latent space
+           ("WAN21_T2V", "WAN21_I2V"), latent_dims=3, temporal_compression=4),
+    # WAN 2.2 TI2V-5B: its own 48-channel latent space (16x spatial compression)
     Family("wan22-5b", "velocity", lambda: Flow(shift=8.0), ("wan2.2-5b", "wan22-ti2v"), "Wan22", 48, ("WAN22_T2V",),
-           latent_dims=3),
+           latent_dims=3, spatial_compression=16, temporal_compression=4),
     # Qwen-Image: ComfyUI's ModelSamplingFlux with mu 1.15 (Flux's), network time = sigma; the WAN 2.1 VAE's
     # latents, one frame (5-D)
     Family("qwen-image", "velocity", lambda: Flow(shift=math.exp(1.15), multiplier=1.0), ("qwen",), "Wan21", 16,
-           ("QwenImage",), latent_dims=3, frames=1),
+           ("QwenImage",), latent_dims=3),
     # HunyuanVideo (T2V, I2V, SkyReels I2V): ModelSamplingSD3-style discrete flow, shift 7, network time = sigma * 1000;
     # its own 16-channel video latents
     Family("hunyuan-video", "velocity", lambda: Flow(shift=7.0), ("hunyuanvideo",), "HunyuanVideo", 16,
-           ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"), latent_dims=3),
+           ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"), latent_dims=3, temporal_compression=4),
     # Lumina-Image 2.0: discrete flow, shift 6, network time = sigma; Flux latents
     Family("lumina2", "velocity", lambda: Flow(shift=6.0, multiplier=1.0), ("lumina-image-2",), "Flux", 16, ("Lumina2",)),
 )}
@@ -115,6 +123,12 @@ def family(name: str) -> Family:
     if f is None:
         raise ValueError(f"unknown model family {name!r}; supported: {', '.join(FAMILIES)}")
     return f
+
+
+def canonical_name(name: str) -> str:
+    """``name`` with an alias replaced by its family's name (``wan22-a14b`` -> ``wan21``); other values unchanged."""
+    f = _BY_ALIAS.get(name)
+    return f.name if f is not None else name
 
 
 def reference_names() -> tuple[str, ...]:

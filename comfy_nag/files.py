@@ -128,8 +128,12 @@ def _check_file(path: Path) -> None:
             f"{path}: '{path.suffix}' files are Python pickles and are never loaded here (they can run code). "
             "Convert the weights to .safetensors first, e.g. with safetensors.torch.save_file in a trusted environment.")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        head = f.read(9)
+    # a safetensors file: an 8-byte little-endian header length, then the JSON header; its length's first two bytes
+    # can read like a zip or pickle signature (a 640-byte header starts 80 02), so a real header is never refused
+    header = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    safetensors = head[8:9] == b"{" and 0 < header <= path.stat().st_size - 8
+    if not safetensors and head[:2] in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         raise WeightFileError(f"{path}: this is a pickled/zip PyTorch file renamed to .safetensors; it is refused "
                               "because unpickling can run code. Re-save it as real safetensors.")
 

@@ -430,3 +430,121 @@ class Server:
         except Exception:  # noqa: BLE001
             self.proc.kill()
         self.log.close()
+
+
+# --- tiny video-family files for the trainer (ComfyUI's own file detection and loaders) -----------------------
+# ComfyUI reads a WAN file's width from its weights but fixes num_heads = dim // 128, freq_dim 256 and text_dim 4096:
+# the smallest WAN it detects from a file has dim 128 and one head (0.9M parameters; 4096-wide text conditioning).
+WAN21_FILE_CONFIG = {**WAN21_CONFIG, "dim": 128, "num_heads": 1, "freq_dim": 256, "text_dim": 4096}
+WAN_FILE_CONFIGS = {"wan21": WAN21_FILE_CONFIG, "wan22-5b": {**WAN21_FILE_CONFIG, "in_dim": 48, "out_dim": 48}}
+WAN_TEXT_DIM = 4096
+QWEN_IMAGE_TEXT_DIM = QWEN_IMAGE_CONFIG["joint_attention_dim"]
+
+
+def save_tiny_wan(path, family: str = "wan21", seed: int = 0):
+    """A WAN 2.1 T2V (``wan21``) or WAN 2.2 TI2V-5B (``wan22-5b``) diffusion-model file that ComfyUI's file detection
+    loads as WAN21_T2V / WAN22_T2V (bare network keys, as in models/diffusion_models)."""
+    import comfy.utils
+
+    m = tiny_from_config(WAN_FILE_CONFIGS[family], seed)
+    comfy.utils.save_torch_file({k: v.contiguous() for k, v in m.diffusion_model.state_dict().items()}, str(path))
+    return path
+
+
+def tiny_qwen_image_detection(monkeypatch):
+    """ComfyUI detects a Qwen-Image file's input width and depth but fixes its widths at the real model's (a 3072-wide
+    transformer): during the test, its detection fills in the tiny model's widths (everything else, matching the
+    QwenImage config and loading the weights, is ComfyUI's own)."""
+    import comfy.model_detection
+
+    detect = comfy.model_detection.detect_unet_config
+
+    def tiny(state_dict, key_prefix, metadata=None):
+        out = detect(state_dict, key_prefix, metadata=metadata)
+        if out is not None and out.get("image_model") == "qwen_image":
+            out.update({k: v for k, v in QWEN_IMAGE_CONFIG.items() if k not in out})
+        return out
+
+    monkeypatch.setattr(comfy.model_detection, "detect_unet_config", tiny)
+
+
+def save_tiny_qwen_image(path, seed: int = 0):
+    """The tiny Qwen-Image as a diffusion-model file (load it under :func:`tiny_qwen_image_detection`)."""
+    import comfy.utils
+
+    m = tiny_qwen_image_model(seed)
+    comfy.utils.save_torch_file({k: v.contiguous() for k, v in m.diffusion_model.state_dict().items()}, str(path))
+    return path
+
+
+TINY_WAN_VAE_DIM = 8  # the real Wan 2.1 VAE: 96
+
+
+def tiny_wan_vae(monkeypatch, dim: int = TINY_WAN_VAE_DIM):
+    """ComfyUI's Wan 2.1 VAE class at width ``dim`` while the test runs: ComfyUI detects a Wan 2.1 VAE file by its keys
+    and builds it at the real width (96), so the tiny file loads through ``comfy.sd.VAE`` with the width narrowed."""
+    import comfy.ldm.wan.vae
+
+    real = comfy.ldm.wan.vae.WanVAE
+
+    class TinyWanVAE(real):
+        def __init__(self, dim=96, **kw):
+            super().__init__(dim=TINY_WAN_VAE_DIM, **kw)
+
+    monkeypatch.setattr(comfy.ldm.wan.vae, "WanVAE", TinyWanVAE)
+    return TinyWanVAE
+
+
+def save_tiny_wan_vae(path, seed: int = 0):
+    """A Wan 2.1 VAE file (16-channel video latents, 8x spatial and 4x temporal compression) of width
+    :data:`TINY_WAN_VAE_DIM`; load it under :func:`tiny_wan_vae`."""
+    import torch
+    import comfy.ldm.wan.vae
+    import comfy.utils
+
+    vae = comfy.ldm.wan.vae.WanVAE(dim=TINY_WAN_VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # ComfyUI's layers start uninitialised: fan-in-scaled weights, unit norm gains, zero biases
+        for name, p in vae.named_parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5 if p.dim() > 1 and "gamma" not in name
+                    else torch.ones(p.shape) if "gamma" in name else torch.zeros(p.shape))
+    comfy.utils.save_torch_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
+
+
+def save_tiny_clips(root, count: int = 4, frames: int = 5, size: int = 32, seed: int = 0):
+    """``count`` clips of a bright square moving across a dark background: even ones as .mp4 files (PyAV, mpeg4),
+    odd ones as folders of PNG frames, each with a caption file; returns the clip paths."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i in range(count):
+        y, x, (dy, dx) = *rng.integers(0, size // 2, 2), rng.integers(1, 4, 2)
+        video = []
+        for t in range(frames):
+            f = np.full((size, size, 3), 20 + 10 * i, np.uint8)
+            f[(y + dy * t) % (size - 8):][:8, (x + dx * t) % (size - 8):][:, :8] = (230, 180 - 20 * i, 60)
+            video.append(f)
+        if i % 2 == 0:
+            path = root / f"clip{i}.mp4"
+            with av.open(str(path), "w") as out:
+                stream = out.add_stream("mpeg4", rate=8)
+                stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+                for f in video:
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+                out.mux(stream.encode())
+            (root / f"clip{i}.txt").write_text(f"clip {i % 3}")
+        else:
+            path = root / f"clip{i}"
+            path.mkdir()
+            for t, f in enumerate(video):
+                Image.fromarray(f).save(path / f"{t:04d}.png")
+            (root / f"clip{i}.txt").write_text(f"clip {i % 3}")
+        clips.append(path)
+    return clips

@@ -60,6 +60,26 @@ def test_pickled_corrupt_and_missing_weights_are_refused(tmp_path, cache, model)
     assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any work
 
 
+def test_safetensors_whose_header_length_reads_like_a_pickle_signature_load(tmp_path):
+    """A safetensors file begins with its header's length: 640 bytes (80 02 ...) or 19280 (50 4b = "PK") look like a
+    pickle's or a zip's first bytes, yet the file is safetensors and loads; a real pickle is still refused."""
+    import json
+
+    from comfy_nag.files import load_weights
+    for size in (640, 0x4B50):
+        head = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                           "__metadata__": {"pad": ""}}).encode()
+        head = head.replace(b'"pad": ""', b'"pad": "' + b"x" * (size - len(head)) + b'"')
+        path = tmp_path / f"h{size}.safetensors"
+        path.write_bytes(size.to_bytes(8, "little") + head + torch.tensor([1.0, 2.0]).numpy().tobytes())
+        assert path.read_bytes()[:2] in (b"\x80\x02", b"PK")
+        tensors, meta = load_weights(path)
+        assert tensors["w"].tolist() == [1.0, 2.0] and len(meta["pad"]) > 100
+    torch.save({"w": torch.zeros(2)}, tmp_path / "p.safetensors")
+    with pytest.raises(WeightFileError, match="pickled"):
+        load_weights(tmp_path / "p.safetensors")
+
+
 def test_mismatched_cache_is_refused(tmp_path, cache, model):
     big = tmp_path / "digits16.safetensors"
     api.prepare(TINY, {"data.cache": str(big), "data.resolution": 16, "data.limit": 64}, **QUIET)

@@ -10,8 +10,10 @@ Modules (each short, named for what it holds):
 * ``latent_cache``   - the cache file format: writing, reading and describing a latent cache
 * ``prepare``        - ``prepare``: a dataset -> a latent cache;  ``generate`` - the checkpoint's own samples as one
 * ``sources``        - image folders (+ captions) and digits;  ``encoders`` - pixels and captions -> latents, caption tables
+* ``video``          - folders of clips (video files through PyAV, or folders of frame images) for video families
 * ``shards``         - ``prepare``'s resumable work in progress, one file per batch
-* ``adapters``       - model adapters: reference DiT/SiT and ComfyUI families; native-format export; what an estimator trains for
+* ``adapters``       - model adapters: reference DiT/SiT and ComfyUI families; native-format export
+* ``latent_spaces``  - which latent space a cache holds and which family an estimator is for (image or video latents)
 * ``comfyui``        - ComfyUI as a library (import, loading through its detection, encoders)
 * ``lora``           - a plain LoRA saved in the kohya key format (or ComfyUI's)
 * ``tasks``          - what is trained: noise-condition dropout fine-tuning, noise-level estimators

@@ -26,9 +26,10 @@ SHORTCUTS = {  # command -> {flag: config key}; each command lists only the flag
     "bench": {"cache": "data.cache", "base": "model.base", "family": "model.family", "seed": "run.seed"},
 }
 COMMANDS = {
-    "prepare": ("images + labels/captions -> latent cache",
-                "Read an image folder (or scikit-learn's digits, or precomputed latents), encode it batch by batch "
-                "and write the latent cache data.cache; an interrupted run continues where it stopped."),
+    "prepare": ("images or clips + labels/captions -> latent cache",
+                "Read an image folder (or a folder of clips for video families, scikit-learn's digits, precomputed "
+                "latents, or the model's own samples), encode it batch by batch and write the latent cache data.cache; "
+                "an interrupted run continues where it stopped."),
     "finetune": ("fine-tune with noise-condition dropout",
                  "Fine-tune a model (full or LoRA) with noise-condition dropout and export it with nag.* metadata; "
                  "rerunning the same command resumes from the newest checkpoint."),

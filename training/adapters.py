@@ -26,12 +26,12 @@ import torch.nn as nn
 from comfy_nag import models
 from comfy_nag.families import family as registry_family
 from comfy_nag.files import WeightFileError, load_module_weights, load_weights, meta_json, read_metadata, save_weights
-from comfy_nag.families import FAMILIES, comfy_names
+from comfy_nag.families import FAMILIES
 from comfy_nag.metadata import file_sha256, nag_metadata
-from comfy_nag.schedules import Schedule
 
 from .config import Config, ConfigError
 from .latent_cache import Cache, CacheError
+from .latent_spaces import LatentSpace, estimator_space, latent_kind, same_latent_space  # noqa: F401 (re-exported)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -69,6 +69,9 @@ class ReferenceAdapter:
 
     def __init__(self, cfg: Config, cache: Cache):
         m = cfg.model
+        if cache.video:
+            raise CacheError(f"cache {cache.path} holds {latent_kind(3, shape=cache.sample_shape)}; the reference models "
+                             "(dit/sit) train on images: prepare their cache with data.source='folder' or 'digits'")
         fam = registry_family(m.family)
         self.family, self.schedule, self.prediction = m.family, fam.schedule, fam.prediction
         self.base_path, self.base_hash, self.base_meta = m.base, None, {}
@@ -135,6 +138,23 @@ class ReferenceAdapter:
 
 # --- ComfyUI families -------------------------------------------------------------------------
 
+@dataclass
+class ContextGroups:
+    """A batch's captions of different lengths for a model whose text conditioning ComfyUI does not repeat to a
+    common length (``CONDRegular`` cross-attention: WAN, Qwen-Image, whose joint attention repeated tokens would
+    change): the batch's rows per caption length and their contexts; ComfyUI runs each length as its own batch,
+    and so does :class:`ComfyDenoiser`."""
+
+    rows: list[torch.Tensor]
+    contexts: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, conds: list[torch.Tensor], device) -> "ContextGroups":
+        lengths = torch.tensor([c.shape[1] for c in conds])
+        rows = [torch.nonzero(lengths == n)[:, 0] for n in lengths.unique()]
+        return cls(rows, [torch.cat([conds[int(i)] for i in r]).to(device) for r in rows])
+
+
 class ComfyDenoiser(nn.Module):
     """A ComfyUI diffusion network with comfy_nag's call convention and the sentinel null timestep."""
 
@@ -151,8 +171,22 @@ class ComfyDenoiser(nn.Module):
             t = torch.where(drop_t, torch.full_like(t, self.null_timestep), t)
         extra = dict(cond)
         context = extra.pop("c_crossattn", None)
+        if not isinstance(context, ContextGroups):
+            return self._forward(x, t, context, extra)
+        outs, order = [], torch.cat(context.rows).to(x.device)
+        for rows, ctx in zip(context.rows, context.contexts):
+            rows = rows.to(x.device)
+            sub = {k: v[rows] if isinstance(v, torch.Tensor) and v.shape[:1] == x.shape[:1] else v for k, v in extra.items()}
+            outs.append(self._forward(x[rows], t[rows], ctx, sub))
+        return torch.cat(outs)[torch.argsort(order)]
+
+    def _forward(self, x, t, context, extra: dict):
+        # inputs in the network's compute dtype, as ComfyUI's BaseModel._apply_model casts them (fp32 weights: no-op)
+        dtype = self._base.manual_cast_dtype or self._base.get_dtype()
+        cast = lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+        extra = {k: cast(v) for k, v in extra.items()}
         t = self._base.process_timestep(t, x=x, **extra)
-        out = self.diffusion_model(x, t, context=context, transformer_options={}, **extra)
+        out = self.diffusion_model(cast(x), t, context=cast(context), transformer_options={}, **extra)
         return out.float()
 
 
@@ -162,7 +196,7 @@ class ComfyAdapter:
     def __init__(self, cfg: Config, cache: Cache):
         from . import comfyui
         self.comfyui = comfyui
-        self.loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+        self.loaded = comfyui.load_model(cfg.model.base, cfg.model.family, cfg.model.dtype)
         L = self.loaded
         self.family, self.schedule, self.prediction = L.family, L.schedule, L.prediction
         self.kind, self.base_path = L.kind, cfg.model.base
@@ -197,6 +231,7 @@ class ComfyAdapter:
         if info.latent_space != "vae":
             raise CacheError(f"cache {cache.path} holds pixels; ComfyUI families train on VAE latents - prepare it "
                              "with data.encoder='comfyui' and this model's checkpoint (or its VAE)")
+        self._check_dims(cache)
         if info.channels != L.latent_channels:
             raise CacheError(f"cache {cache.path} holds {info.channels}-channel latents but {L.config_name} uses "
                              f"{L.latent_channels} channels; re-run `prepare` with this model's VAE")
@@ -221,6 +256,22 @@ class ComfyAdapter:
                              "or the text conditioning come from another model - re-run `prepare` with this model's "
                              "checkpoint / text encoders") from e
 
+    def _check_dims(self, cache: Cache) -> None:
+        """Image vs video latents (ComfyUI's latent format says which the model takes), and one frame for an image
+        family with 5-D latents (Qwen-Image); else one line naming both and the fix."""
+        L, dims = self.loaded, 3 if cache.video else 2
+        want = int(getattr(L.model.latent_format, "latent_dimensions", 2))
+        if dims != want:
+            raise CacheError(f"cache {cache.path} holds {latent_kind(dims, shape=cache.sample_shape)} but {L.config_name} "
+                             f"(family '{L.family}') takes {latent_kind(want, L.latent_channels, L.latent_format)}; "
+                             "re-run `prepare` for this model: its VAE (data.vae or data.checkpoint) on "
+                             f"{'clips (data.source=video)' if want == 3 else 'images'}, or data.source='generated'")
+        fam = FAMILIES.get(L.family)
+        if fam is not None and fam.temporal_compression == 0 and cache.info.frames > 1:
+            raise CacheError(f"cache {cache.path} holds {cache.info.frames}-frame latents but {L.config_name} (family "
+                             f"'{L.family}') makes images (one latent frame); prepare its cache from images "
+                             "(data.source='folder') or with data.frames = 1")
+
     def x0(self, cache: Cache, idx) -> torch.Tensor:
         return self.loaded.model.latent_format.process_in(cache.latents(idx))
 
@@ -230,16 +281,28 @@ class ComfyAdapter:
             drop = torch.rand(len(rows), generator=generator) < self.caption_dropout
             rows = torch.where(drop, torch.full_like(rows, cache.info.empty_cond), rows)
         conds, pooled = cache.text(rows)
-        B, (_, h, w) = len(rows), cache.sample_shape
-        size = dict(width=w * 8, height=h * 8, target_width=w * 8, target_height=h * 8, crop_w=0, crop_h=0)
+        B, (h, w), down = len(rows), cache.sample_shape[-2:], self.spatial_compression
+        size = dict(width=w * down, height=h * down, target_width=w * down, target_height=h * down, crop_w=0, crop_h=0)
         noise = torch.zeros((B, *cache.sample_shape), device=device)
         out = self.loaded.model.extra_conds(cross_attn=self.comfyui.concat_cross_attn(conds).to(device),
                                             pooled_output=None if pooled is None else pooled.to(device),
                                             guidance=self.guidance, device=device, noise=noise, **size)
         if "c_concat" in out:
-            raise CacheError(f"{self.loaded.config_name} needs concatenated image conditioning (inpainting/control "
-                             "models), which the trainer does not support")
-        return {k: _to(v.process_cond(batch_size=B, device=device, area=None).cond, device) for k, v in out.items()}
+            raise CacheError(f"{self.loaded.config_name} needs concatenated image conditioning (inpainting, control and "
+                             "image-to-video models), which the trainer does not support; train the text-to-video/image "
+                             "model")
+        cond = {k: _to(v.process_cond(batch_size=B, device=device, area=None).cond, device) for k, v in out.items()}
+        conds_module = self.comfyui.import_comfy().conds  # CONDRegular: ComfyUI batches equal lengths only
+        repeats = isinstance(out.get("c_crossattn"), conds_module.CONDCrossAttn)
+        if not repeats and "c_crossattn" in out and len({c.shape[1] for c in conds}) > 1:
+            cond["c_crossattn"] = ContextGroups.of(conds, device)
+        return cond
+
+    @property
+    def spatial_compression(self) -> int:
+        """Image pixels per latent cell (the registry's; 8 for families it does not know)."""
+        fam = FAMILIES.get(self.loaded.family)
+        return fam.spatial_compression if fam is not None else 8
 
     def export(self, path, cfg: Config, *, noise_condition_dropout_rate: float, extra: dict) -> Path:
         L = self.loaded
@@ -290,45 +353,3 @@ def build_adapter(cfg: Config, cache: Cache):
     if cfg.model.base and not os.path.exists(cfg.model.base):
         raise WeightFileError(f"{cfg.model.base}: file not found; check model.base")
     return ComfyAdapter(cfg, cache)
-
-
-def same_latent_space(a: str, b: str) -> bool:
-    """Whether families ``a`` and ``b`` share one latent space (e.g. sd1 and sd2: the SD1.5 VAE); unknown
-    families only match themselves."""
-    fa, fb = FAMILIES.get(a), FAMILIES.get(b)
-    return a == b or (fa is not None and fb is not None and fa.latent_format == fb.latent_format)
-
-
-@dataclass
-class LatentSpace:
-    """What a noise-level estimator is trained for: a family's schedule on its latent (or pixel) space."""
-
-    family: str
-    schedule: Schedule
-    latent_format: object | None  # ComfyUI latent-format instance (process_in); None for pixel caches
-
-
-def estimator_space(cfg: Config, cache: Cache) -> LatentSpace:
-    """The family, schedule and latent format of an estimator run: from the model file when ``model.base`` is
-    a ComfyUI model (its exact schedule), else from the registry entry of ``estimator.family`` (default: the
-    family whose VAE encoded the cache, or ``model.family`` for pixel caches)."""
-    info = cache.info
-    if info.latent_space == "vae" and cfg.model.base and not cfg.is_reference:
-        from . import comfyui
-        loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
-        return LatentSpace(loaded.family, loaded.schedule, loaded.model.latent_format)
-    name = cfg.estimator.family or (info.vae_family if info.latent_space == "vae" else cfg.model.family)
-    if info.latent_space != "vae":
-        try:
-            return LatentSpace(name, registry_family(name).schedule, None)
-        except ValueError as err:
-            raise ConfigError(f"estimator.family: {err}") from None
-    fam = FAMILIES.get(name)
-    if fam is None or fam.latent_format is None:
-        raise ConfigError(f"the cache holds VAE latents of family '{name or 'unknown'}'; set estimator.family to one "
-                          f"of {', '.join(comfy_names())} or model.base to the model's file")
-    if fam.latent_channels != info.channels:
-        raise ConfigError(f"cache {cache.path} holds {info.channels}-channel latents but family '{name}' uses "
-                          f"{fam.latent_channels}; set estimator.family to the family whose VAE encoded the cache")
-    from . import comfyui
-    return LatentSpace(fam.name, fam.schedule, comfyui.latent_format(fam.latent_format))

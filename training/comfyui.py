@@ -180,8 +180,13 @@ def _float_dtype(tensors: dict) -> torch.dtype:
     return max(counts, key=counts.get) if counts else torch.float32
 
 
-def load_model(path: str | os.PathLike, family: str = "auto") -> Loaded:
-    """Load a checkpoint or diffusion model for training (fp32 weights), through ComfyUI's detection."""
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(path: str | os.PathLike, family: str = "auto", weights: str = "fp32") -> Loaded:
+    """Load a checkpoint or diffusion model for training through ComfyUI's detection, its weights held in ``weights``
+    (``model.dtype``: fp32 by default; bf16/fp16 for a LoRA on a model whose fp32 weights do not fit, computed as
+    ComfyUI computes them)."""
     comfy = import_comfy()
     sd, metadata = load_weights(path)
     prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
@@ -192,7 +197,7 @@ def load_model(path: str | os.PathLike, family: str = "auto") -> Loaded:
         kind, prefix, net_sd, other = "diffusion_model", "", sd, {}
     dtype = _float_dtype(net_sd)
     with captured_warnings() as warns:
-        patcher = comfy.sd.load_diffusion_model_state_dict(dict(net_sd), model_options={"dtype": torch.float32})
+        patcher = comfy.sd.load_diffusion_model_state_dict(dict(net_sd), model_options={"dtype": WEIGHT_DTYPES[weights]})
     if patcher is None:
         raise ValueError(f"{path}: ComfyUI could not detect the model type of this file "
                          "(not a diffusion model ComfyUI can load)")
@@ -213,8 +218,10 @@ def load_model(path: str | os.PathLike, family: str = "auto") -> Loaded:
     return Loaded(model, fam, config_name, schedule, prediction, kind, prefix, other, dtype, discrete)
 
 
-def load_encoders(checkpoint: str = "", vae: str = "", text_encoders=(), clip_type: str = "stable_diffusion"):
-    """ComfyUI VAE and CLIP objects for ``prepare``: ``(vae, clip or None, family or "")``."""
+def load_encoders(checkpoint: str = "", vae: str = "", text_encoders=(), clip_type: str = "stable_diffusion",
+                  need_vae: bool = True):
+    """ComfyUI VAE and CLIP objects for ``prepare``: ``(vae, clip or None, family or "")`` (``need_vae=False``: the
+    text encoders alone, for generated latents)."""
     comfy = import_comfy()
     vae_obj = clip = None
     fam = ""
@@ -234,7 +241,7 @@ def load_encoders(checkpoint: str = "", vae: str = "", text_encoders=(), clip_ty
             raise ValueError(f"data.clip_type={clip_type!r} is not a ComfyUI CLIPType; one of {', '.join(sorted(names))}")
         clip = comfy.sd.load_text_encoder_state_dicts([load_weights(p)[0] for p in text_encoders],
                                                       clip_type=names[clip_type.lower()])
-    if vae_obj is None or getattr(vae_obj, "first_stage_model", None) is None:
+    if need_vae and (vae_obj is None or getattr(vae_obj, "first_stage_model", None) is None):
         raise ValueError("no usable VAE: data.checkpoint has no VAE weights; set data.vae to a VAE file")
     return vae_obj, clip, fam
 

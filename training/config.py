@@ -20,9 +20,10 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
-def opt(default, help: str, choices=None, lo=None, hi=None):
-    """A config key: default value, help text and its checks."""
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi}
+def opt(default, help: str, choices=None, lo=None, hi=None, canonical=None, synonyms=()):
+    """A config key: default value, help text and its checks (``canonical``: maps an accepted synonym, e.g. a
+    family alias, to the value the choices name; ``synonyms``: those accepted names, offered for typos too)."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "canonical": canonical, "synonyms": synonyms}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -30,6 +31,8 @@ def opt(default, help: str, choices=None, lo=None, hi=None):
 
 REFERENCE_FAMILIES = families.reference_names()
 COMFY_FAMILIES = ("auto",) + families.comfy_names()  # 'auto': whatever ComfyUI detects
+ALIAS_NAMES = tuple(a for f in families.FAMILIES.values() for a in f.aliases)
+ALIASES = ", ".join(f"{a} = {families.family(a).name}" for a in ALIAS_NAMES)
 
 
 @dataclass
@@ -47,15 +50,22 @@ class Run:
 @dataclass
 class Data:
     cache: str = opt("", "the latent cache file written by `prepare` and read by `finetune`/`estimator`")
-    source: str = opt("folder", "what `prepare` reads: 'folder' (images), 'digits' (scikit-learn's 8x8 digits), "
+    source: str = opt("folder", "what `prepare` reads: 'folder' (images), 'video' (video files, decoded with PyAV, or "
+                                "one folder of frame images per clip), 'digits' (scikit-learn's 8x8 digits), "
                                 "'precomputed' (a safetensors file of latents + conditioning), 'generated' (latents the "
                                 "model.base checkpoint samples itself: an estimator without a data set)",
-                      choices=("folder", "digits", "precomputed", "generated"))
-    path: str = opt("", "images folder (source='folder') or precomputed safetensors file (source='precomputed')")
+                      choices=("folder", "video", "digits", "precomputed", "generated"))
+    path: str = opt("", "images folder (source='folder'), clips folder (source='video'), precomputed safetensors file "
+                        "(source='precomputed') or prompts file (source='generated')")
     labels: str = opt("none", "conditioning of folder images: 'none', 'folders' (class = first sub-folder), "
                               "'captions' (text in a .txt file beside each image)",
                       choices=("none", "folders", "captions"))
-    resolution: int = opt(0, "square side images are resized/cropped to (0: keep digits at 8, required for folders)", lo=0)
+    resolution: int = opt(0, "square side images (and video frames) are resized/cropped to (0: keep digits at 8, "
+                             "required for folders)", lo=0)
+    frames: int = opt(0, "video families: frames per clip that `prepare` reads (source='video') or generates "
+                         "(source='generated'); WAN's VAE takes 1 + 4k frames (17, 33, 81) and makes 1 + k latent frames "
+                         "(0: one frame, images)", lo=0)
+    frame_stride: int = opt(1, "source='video': read every n-th frame of each clip", lo=1)
     channels: int = opt(3, "pixel channels for encoder='pixels': 1 (grey) or 3 (RGB)", choices=(1, 3))
     encoder: str = opt("pixels", "'pixels': store pixels in [-1, 1] (reference models); 'comfyui': encode with "
                                  "ComfyUI's VAE and text encoders", choices=("pixels", "comfyui"))
@@ -77,14 +87,18 @@ class Data:
 @dataclass
 class Model:
     family: str = opt("dit", "'dit'/'sit' (reference models of comfy_nag), or a ComfyUI family: "
-                             + ", ".join(COMFY_FAMILIES) + " ('auto': whatever ComfyUI detects)",
-                      choices=REFERENCE_FAMILIES + COMFY_FAMILIES)
+                             + ", ".join(COMFY_FAMILIES) + f" ('auto': whatever ComfyUI detects); aliases: {ALIASES}",
+                      choices=REFERENCE_FAMILIES + COMFY_FAMILIES, canonical=families.canonical_name,
+                      synonyms=ALIAS_NAMES)
     base: str = opt("", "safetensors file to fine-tune (empty: a new reference model, dit/sit only)")
     hidden: int = opt(64, "width of a new reference DiT", lo=8)
     depth: int = opt(2, "blocks of a new reference DiT", lo=1)
     heads: int = opt(4, "attention heads of a new reference DiT", lo=1)
     patch_size: int = opt(2, "patch size of a new reference DiT", lo=1)
     guidance: float = opt(1.0, "guidance-embedding value for models that take one (Flux-dev)")
+    dtype: str = opt("fp32", "dtype the base network's weights are held in (ComfyUI families): 'fp32', or 'bf16'/'fp16' "
+                             "for a LoRA on a model whose fp32 weights do not fit (WAN 14B, Qwen-Image 20B: half the "
+                             "memory; the LoRA itself trains in fp32)", choices=("fp32", "bf16", "fp16"))
 
 
 @dataclass
@@ -152,7 +166,8 @@ class Export:
 
 @dataclass
 class Estimator:
-    family: str = opt("", "schedule the estimator is trained for (default: the cache's family / model.family)")
+    family: str = opt("", "family (latent space and schedule) the estimator is trained for (default: the cache's "
+                          "family / model.family)", canonical=families.canonical_name)
     steps: int = opt(30000, "optimizer steps (docs/method.md §2: training length is what makes the estimator faithful)", lo=1)
     batch_size: int = opt(128, "samples per device per step", lo=1)
     learning_rate: float = opt(2e-3, "AdamW learning rate", lo=0.0)
@@ -161,6 +176,11 @@ class Estimator:
     logsnr_max: float = opt(0.0, "highest log-SNR bin edge")
     width: int = opt(64, "estimator width", lo=8)
     depth: int = opt(3, "estimator depth", lo=1)
+    video: str = opt("frames", "video latents [C, T, H, W]: 'frames' (the image network on every frame, features averaged "
+                               "over frames) or 'spatiotemporal' (3-D convolutions); both read any number of frames "
+                               "(per frame, the default, estimates the level better at every clip length measured, "
+                               "docs/training.md)",
+                     choices=("frames", "spatiotemporal"))
 
 
 @dataclass

@@ -52,9 +52,12 @@ def _coerce(where: str, value: Any, typ, meta: dict):
     elif typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}. {how}")
+    if meta.get("canonical") is not None:
+        value = meta["canonical"](value)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(map(repr, choices))}.{_suggest(str(value), map(str, choices))} {how}")
+        near = _suggest(str(value), [*map(str, choices), *meta.get("synonyms", ())])
+        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(map(repr, choices))}.{near} {how}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and value < lo:
         raise ConfigError(f"{where} = {value!r} must be >= {lo}. {how}")

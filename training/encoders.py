@@ -4,6 +4,7 @@ conditioning file)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,17 +57,51 @@ def precomputed_text(path: str, captions: list[str]) -> dict:
                          with_empty="" in lookup)
 
 
-def comfy_encoders(cfg: Config):
-    """``(encode(pixels [n,H,W,C] 0..1) -> fp16 latents, text_table(captions), vae family)`` through ComfyUI."""
-    from . import comfyui
-    d = cfg.data
-    vae, clip, fam = comfyui.load_encoders(d.checkpoint, d.vae, d.text_encoders, d.clip_type)
+@dataclass
+class Encoding:
+    """How ``prepare`` encodes: ``encode(pixels)`` (images [n, H, W, C] or clips [n, T, H, W, C] in 0..1 -> fp16
+    latents), ``text_table(captions)`` (None: pixels, no text encoder), and the latent space it records."""
 
+    encode: object
+    text_table: object | None = None
+    family: str = ""           # the family whose VAE encoded the latents ("" unknown)
+    latent_format: str = ""    # its ComfyUI latent format ("" unknown)
+    video: bool = False        # a video VAE: [n, C, T, H, W] latents (one frame per image)
+    frames: object = None      # frames -> latent frames, ComfyUI's own rule for this VAE (None: images only)
+
+
+def pixel_encoding() -> Encoding:
+    """The reference models' "encoder": pixels in [-1, 1]."""
+    return Encoding(lambda px: torch.from_numpy(px).permute(0, 3, 1, 2) * 2 - 1)
+
+
+def _vae_encode(vae, video: bool):
+    """ComfyUI's VAE on a batch: an image VAE takes the batch at once; a video VAE takes each clip (an image: a
+    one-frame clip) on its own, as ComfyUI's VAEEncode does, which reads a batch of images as the frames of one clip."""
+    @torch.no_grad()  # ComfyUI's nodes encode under inference mode; called as a library, it would track gradients
     def encode(pixels: np.ndarray) -> torch.Tensor:
         img = torch.from_numpy(pixels)
         if img.shape[-1] == 1:
-            img = img.expand(-1, -1, -1, 3)
-        return vae.encode(img).float().cpu().half()
+            img = img.expand(*img.shape[:-1], 3)
+        if not video:
+            if img.dim() == 5:
+                raise CacheError("video clips need a video VAE (WAN's): data.vae / data.checkpoint holds an image VAE")
+            return vae.encode(img).float().cpu().half()
+        clips = img if img.dim() == 5 else img[:, None]
+        return torch.cat([vae.encode(clip).float().cpu() for clip in clips]).half()
+    return encode
+
+
+def comfy_encoders(cfg: Config) -> Encoding:
+    """ComfyUI's VAE (and text encoders) of ``data.checkpoint`` / ``data.vae`` / ``data.text_encoders``."""
+    from . import comfyui
+    from .latent_spaces import vae_family
+    d = cfg.data
+    vae, clip, fam = comfyui.load_encoders(d.checkpoint, d.vae, d.text_encoders, d.clip_type)
+    video = int(getattr(vae, "latent_dim", 2)) == 3
+    family, fmt = vae_family(fam, cfg.model.family, int(vae.latent_channels), 3 if video else 2)
+    ratio = getattr(vae, "downscale_ratio", None)
+    frames = ratio[0] if video and isinstance(ratio, tuple) and callable(ratio[0]) else None
 
     def text_table(captions: list[str]) -> dict:
         if d.conditioning:
@@ -80,4 +115,4 @@ def comfy_encoders(cfg: Config):
             return out["cond"].cpu(), (out.get("pooled_output").cpu() if out.get("pooled_output") is not None else None)
 
         return caption_table(captions, encode_text)
-    return encode, text_table, fam
+    return Encoding(_vae_encode(vae, video), text_table, family, fmt, video, frames)

@@ -10,7 +10,8 @@ checkpoint and no data set can let the checkpoint make them: ``data.generate_cou
 * Reference models (dit/sit): class-conditional samples from comfy_nag's own sampler, classes in turn;
   a pixel cache.
 * ComfyUI families: latents from ComfyUI's own sampler (``comfy.sample.sample``, Euler, simple schedule;
-  raw VAE latents, as KSampler returns them), one prompt per batch in turn from ``data.path`` (a text file,
+  raw VAE latents, as KSampler returns them; clips of ``data.frames`` frames for video families, [C, T, H, W];
+  one frame for Qwen-Image), one prompt per batch in turn from ``data.path`` (a text file,
   one prompt per line; none: the empty prompt), encoded with ``data.checkpoint``'s text encoders (or
   ``data.text_encoders``), or taken from ``data.conditioning`` (precomputed; its captions are the prompts).
 
@@ -23,13 +24,13 @@ from pathlib import Path
 import torch
 
 from comfy_nag.denoiser import Denoiser
-from comfy_nag.families import family
+from comfy_nag.families import FAMILIES, family
 from comfy_nag.files import read_metadata
 from comfy_nag.guidance import Guidance
 from comfy_nag.metadata import file_sha256
 from comfy_nag.samplers import initial_noise, sample_euler
 
-from .config import Config
+from .config import Config, ConfigError
 from .latent_cache import CacheError, CacheInfo, Pieces, describe_cache, write_cache
 from .shards import Shards, shard_latents
 
@@ -46,7 +47,8 @@ def prepare_generated(cfg: Config, log=print) -> Path:
     make, info, shape = _reference(cfg) if cfg.is_reference else _comfy(cfg, log)
     n, bs = d.generate_count, d.encode_batch_size
     settings = {"count": n, "steps": d.generate_steps, "cfg": d.generate_cfg, "batch": bs, "seed": cfg.run.seed,
-                "resolution": d.resolution, "prompts": d.path, "conditioning": d.conditioning}
+                "resolution": d.resolution, "prompts": d.path, "conditioning": d.conditioning,
+                **({"frames": d.frames} if d.frames else {})}
     shards = Shards(out, {"base": file_sha256(cfg.model.base)}, settings, log)
     batches = -(-n // bs)
     todo = [k for k in range(batches) if not shards.done(k)]
@@ -94,11 +96,11 @@ def _comfy(cfg: Config, log=print):
     import comfy.sample
 
     d = cfg.data
-    loaded = comfyui.load_model(cfg.model.base, cfg.model.family)
+    loaded = comfyui.load_model(cfg.model.base, cfg.model.family, cfg.model.dtype)
     patcher = comfy.model_patcher.ModelPatcher(loaded.model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     conds = _conditioning(cfg, log)
-    shape = (loaded.latent_channels, d.resolution // 8, d.resolution // 8)
+    shape = latent_shape(loaded, d.resolution, d.frames)
 
     def make(k, rows):
         positive, negative = conds[k % len(conds)], conds[-1]
@@ -108,7 +110,31 @@ def _comfy(cfg: Config, log=print):
                                   empty, seed=batch_seed(cfg.run.seed, k), disable_pbar=True)
         return out.float().cpu().half()
 
-    return make, CacheInfo("vae", 0, 0, 0, 0, "none", vae_family=loaded.family), shape
+    fam = FAMILIES.get(loaded.family)
+    return make, CacheInfo("vae", 0, 0, 0, 0, "none", vae_family=loaded.family,
+                           latent_format=fam.latent_format if fam is not None else ""), shape
+
+
+def latent_shape(loaded, resolution: int, frames: int) -> tuple[int, ...]:
+    """One generated latent's shape: (C, H, W), or (C, T, H, W) for a video latent format (ComfyUI's
+    ``latent_dimensions``), with the family's compression from the registry (8x spatial, WAN's 1 + 4k frames)."""
+    fam = FAMILIES.get(loaded.family)
+    down = fam.spatial_compression if fam is not None else 8
+    video = int(getattr(loaded.model.latent_format, "latent_dimensions", 2)) == 3
+    step = 2 * down if video else down  # WAN and Qwen-Image patch 2x2 latent cells
+    if resolution % step:
+        raise ConfigError(f"data.resolution={resolution}: family '{loaded.family}' needs a multiple of {step} pixels")
+    side = resolution // down
+    if not video:
+        return (loaded.latent_channels, side, side)
+    per = fam.temporal_compression if fam is not None else 0
+    if per == 0 and frames > 1:
+        raise ConfigError(f"data.frames={frames}: family '{loaded.family}' makes images (one latent frame); set "
+                          "data.frames = 0")
+    if per and (frames < 1 or (frames - 1) % per):
+        raise ConfigError(f"data.frames={frames}: family '{loaded.family}' generates clips of 1 + {per}k frames; set "
+                          f"data.frames to e.g. {1 + per * 4} or {1 + per * 20}")
+    return (loaded.latent_channels, 1 + (frames - 1) // per if per else 1, side, side)
 
 
 def _conditioning(cfg: Config, log=print) -> list:
@@ -118,7 +144,7 @@ def _conditioning(cfg: Config, log=print) -> list:
     if d.conditioning:
         return _precomputed(d.conditioning, prompts, d.generate_cfg)
     from . import comfyui
-    _, clip, _ = comfyui.load_encoders(d.checkpoint, d.vae, d.text_encoders, d.clip_type)
+    _, clip, _ = comfyui.load_encoders(d.checkpoint, "", d.text_encoders, d.clip_type, need_vae=False)
     if clip is None:
         raise CacheError("data.source='generated' on a text model needs its text encoders: set data.checkpoint (or "
                          "data.text_encoders, or precomputed data.conditioning)")

@@ -11,7 +11,7 @@ from comfy_nag.files import read_metadata
 from comfy_nag.metadata import describe
 
 from . import state
-from .latent_cache import CACHE_FORMAT, CacheInfo, describe_cache
+from .latent_cache import CACHE_FORMAT, VIDEO_CACHE_FORMAT, CacheInfo, describe_cache
 
 
 def _layout(keys: list[str], meta: dict) -> str:
@@ -41,8 +41,8 @@ def inspect_path(path) -> str:
     if path.is_dir():
         return _inspect_dir(path)
     meta = read_metadata(path)  # refuses pickles / damaged files with a clear message
-    if meta.get("nag_cache.format") == CACHE_FORMAT:
-        return f"{path}: latent cache ({CACHE_FORMAT})\n{describe_cache(CacheInfo.from_metadata(meta, path))}"
+    if meta.get("nag_cache.format") in (CACHE_FORMAT, VIDEO_CACHE_FORMAT):
+        return f"{path}: latent cache ({meta['nag_cache.format']})\n{describe_cache(CacheInfo.from_metadata(meta, path))}"
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
         dtypes, params = Counter(), 0

@@ -5,7 +5,8 @@ tensor              meaning
 ==================  ===========================================================================
 ``latents``         [N, C, H, W]: pixels in [-1, 1] (``latent_space = "pixels"``, reference
                     models) or raw VAE latents as ComfyUI's VAEEncode returns them
-                    (``"vae"``; the trainer applies the model's ``latent_format.process_in``)
+                    (``"vae"``; the trainer applies the model's ``latent_format.process_in``);
+                    [N, C, T, H, W] for video latents (WAN; Qwen-Image's with T = 1)
 ``labels``          [N] int64 class ids (``conditioning = "class"``)
 ``cond_index``      [N] int64 row of each sample's caption in the caption table (``"text"``)
 ``cross_attn``      [T, D] the caption table's tokens, all captions back to back
@@ -14,8 +15,10 @@ tensor              meaning
 ==================  ===========================================================================
 
 Metadata (``nag_cache.*``, strings) records the format, latent space, shape, conditioning,
-class names or captions, the family of the VAE that encoded it, and the empty caption's row
-(for caption dropout).  :func:`write_cache` validates and writes one (streamed, atomically);
+class names or captions, the family of the VAE that encoded it (and its latent format), and the
+empty caption's row (for caption dropout).  Format 1 holds [N, C, H, W] latents; format 2 (written
+for 5-D latents only, so image caches still read in older trainers) adds ``frames`` (T) and
+``sample_shape``.  :func:`write_cache` validates and writes one (streamed, atomically);
 :class:`Cache` reads it back (small ones in memory, large ones row by row).
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ from safetensors import safe_open
 
 from comfy_nag.files import WeightFileError, load_weights, read_metadata, save_weights_streamed
 
-CACHE_FORMAT = "comfy-nag-cache/1"
+CACHE_FORMAT = "comfy-nag-cache/1"        # [N, C, H, W] latents
+VIDEO_CACHE_FORMAT = "comfy-nag-cache/2"  # [N, C, T, H, W] latents (also read: format 1)
 LAZY_BYTES = 512 << 20  # caches larger than this are read row by row instead of into memory
 
 
@@ -51,18 +55,28 @@ class CacheInfo:
     empty_cond: int = -1              # caption-table row of "" (-1: none)
     vae_family: str = ""              # family of the model whose VAE encoded the latents ("" unknown)
     source: str = ""
+    frames: int = 0                   # T of [N, C, T, H, W] latents; 0: [N, C, H, W]
+    latent_format: str = ""           # ComfyUI latent format of VAE latents ("" unknown)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape: (C, H, W), or (C, T, H, W) for video latents."""
+        return (self.channels, *((self.frames,) if self.frames else ()), self.height, self.width)
 
     def metadata(self) -> dict[str, str]:
-        meta = {"nag_cache.format": CACHE_FORMAT}
+        meta = {"nag_cache.format": VIDEO_CACHE_FORMAT if self.frames else CACHE_FORMAT}
         for k, v in self.__dict__.items():
-            meta[f"nag_cache.{k}"] = v if isinstance(v, str) else json.dumps(v)
+            if k not in ("frames", "latent_format") or v:  # written when set (format 1 readers skip them)
+                meta[f"nag_cache.{k}"] = v if isinstance(v, str) else json.dumps(v)
+        if self.frames:
+            meta["nag_cache.sample_shape"] = json.dumps(list(self.sample_shape))
         return meta
 
     @classmethod
     def from_metadata(cls, meta: dict, path) -> "CacheInfo":
-        if meta.get("nag_cache.format") != CACHE_FORMAT:
-            raise CacheError(f"{path}: not a comfy-nag latent cache (no nag_cache.format={CACHE_FORMAT} metadata); "
-                             "create it with `python -m training prepare`")
+        if meta.get("nag_cache.format") not in (CACHE_FORMAT, VIDEO_CACHE_FORMAT):
+            raise CacheError(f"{path}: not a comfy-nag latent cache (no nag_cache.format={CACHE_FORMAT} or "
+                             f"{VIDEO_CACHE_FORMAT} metadata); create it with `python -m training prepare`")
         kw = {}
         for name, f in cls.__dataclass_fields__.items():
             key = f"nag_cache.{name}"
@@ -86,15 +100,18 @@ def write_cache(path, latents: torch.Tensor | Pieces, info: CacheInfo, labels=No
     """Validate and atomically write a cache file (also the programmatic entry for in-memory data).
 
     ``latents`` is a tensor, or :class:`Pieces` already checked for NaN/Inf piece by piece."""
-    if len(latents.shape) != 4:
-        raise CacheError(f"latents must be [N, C, H, W], got shape {list(latents.shape)}")
+    if len(latents.shape) not in (4, 5):
+        raise CacheError(f"latents must be [N, C, H, W] (images) or [N, C, T, H, W] (video), got shape "
+                         f"{list(latents.shape)}")
     n = latents.shape[0]
     if n == 0:
         raise CacheError("the dataset is empty: no images were found/encoded, nothing to cache")
     if isinstance(latents, torch.Tensor):
         check_finite(latents)
         latents = Pieces(tuple(latents.shape), latents.dtype, lambda t=latents: [t])
-    info.channels, info.height, info.width = (int(s) for s in latents.shape[1:])
+    shape = [int(s) for s in latents.shape[1:]]
+    info.channels, info.height, info.width = shape[0], shape[-2], shape[-1]
+    info.frames = shape[1] if len(shape) == 4 else 0
     info.count = int(n)
     tensors = {}
     if info.conditioning == "class":
@@ -149,7 +166,7 @@ class Cache:
             except WeightFileError as e:
                 raise CacheError(f"data.cache: {e}") from None
             shape = list(self._tensors["latents"].shape)
-        want = [self.info.count, self.info.channels, self.info.height, self.info.width]
+        want = [self.info.count, *self.info.sample_shape]
         if list(shape) != want:
             raise CacheError(f"{self.path}: latents have shape {list(shape)} but the metadata says {want}; "
                              "the cache is damaged - re-run `prepare`")
@@ -158,8 +175,14 @@ class Cache:
         return self.info.count
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return self.info.channels, self.info.height, self.info.width
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W), or (C, T, H, W) for video latents."""
+        return self.info.sample_shape
+
+    @property
+    def video(self) -> bool:
+        """Whether the cache holds 5-D latents [N, C, T, H, W]."""
+        return bool(self.info.frames)
 
     def latents(self, idx: torch.Tensor) -> torch.Tensor:
         if self._file is None:
@@ -184,6 +207,7 @@ class Cache:
 def describe_cache(info: CacheInfo) -> str:
     cond = {"class": f"{info.num_classes} classes", "text": f"{len(info.captions)} captions",
             "none": "unconditional"}[info.conditioning]
-    vae = f", VAE of {info.vae_family}" if info.vae_family else ""
-    return (f"{info.count} samples of {info.channels}x{info.height}x{info.width} {info.latent_space}{vae}, {cond}"
+    vae = f", VAE of {info.vae_family}" if info.vae_family else (f", {info.latent_format} VAE" if info.latent_format else "")
+    shape = "x".join(map(str, info.sample_shape)) + (" (C x T x H x W)" if info.frames else "")
+    return (f"{info.count} samples of {shape} {info.latent_space}{vae}, {cond}"
             + (", empty caption stored" if info.empty_cond >= 0 else ""))

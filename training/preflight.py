@@ -64,36 +64,48 @@ def _check_paths(cfg: Config, command: str) -> None:
                               f"`{command}` run needs a folder of its own: pass another --out, e.g. --out {out}-{command}")
 
 
+def _need(cond, msg) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _require_prepare(cfg: Config) -> None:
+    """``prepare``'s keys and combinations: what each data.source reads, and the encoder it needs."""
+    d, m, need = cfg.data, cfg.model, _need
+    need(d.cache, "data.cache is empty: set the file `prepare` writes, e.g. --set data.cache=runs/cache.safetensors")
+    if d.source in ("folder", "video", "precomputed"):
+        what = {"folder": "images folder", "video": "folder of clips", "precomputed": "precomputed safetensors file"}
+        need(d.path, f"data.path is empty: data.source='{d.source}' needs the {what[d.source]}")
+    if d.source in ("folder", "video"):
+        noun = "frames" if d.source == "video" else "images"
+        need(d.resolution > 0, f"data.resolution is 0: set the square size folder {noun} are resized to, e.g. 512")
+    if d.source == "video":
+        need(d.encoder == "comfyui", "data.source='video' encodes clips with a video VAE: set data.encoder='comfyui' "
+                                     "and data.vae (WAN's VAE) or data.checkpoint")
+        need(d.frames >= 1, "data.frames is 0: set the frames `prepare` reads from each clip (WAN's VAE takes 1 + 4k, "
+                            "e.g. --set data.frames=17)")
+    if d.source == "generated":
+        need(m.base, "data.source='generated' samples latents from a checkpoint: set model.base to its .safetensors "
+                     "file (and model.family)")
+        need(cfg.is_reference or d.resolution > 0, "data.source='generated' needs data.resolution, the image size "
+                                                   "to generate (e.g. 512 for SD1.5, 1024 for SDXL)")
+    if d.encoder == "comfyui" and d.source != "generated":
+        need(d.source != "precomputed", "data.encoder='comfyui' encodes images; a precomputed source is already encoded")
+        need(d.checkpoint or d.vae, "data.encoder='comfyui' needs data.checkpoint (VAE + text encoders) or data.vae")
+        if d.labels == "captions":
+            need(d.checkpoint or d.text_encoders or d.conditioning,
+                 "captions need text encoders: set data.checkpoint, data.text_encoders or data.conditioning")
+    elif d.labels == "captions" and not d.conditioning:
+        raise ConfigError("captions with encoder='pixels' need precomputed conditioning (data.conditioning); "
+                          "reference models are class-conditional: use data.labels='folders'")
+
+
 def require(cfg: Config, command: str) -> None:
     """Checks that depend on the command (which keys must be set, which combinations make sense, and that
     the paths it reads and writes are files or folders as they should be)."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-
-    def need(cond, msg):
-        if not cond:
-            raise ConfigError(msg)
-
+    d, m, t, need = cfg.data, cfg.model, cfg.train, _need
     if command == "prepare":
-        need(d.cache, "data.cache is empty: set the file `prepare` writes, e.g. --set data.cache=runs/cache.safetensors")
-        if d.source in ("folder", "precomputed"):
-            need(d.path, f"data.path is empty: data.source='{d.source}' needs the "
-                         f"{'images folder' if d.source == 'folder' else 'precomputed safetensors file'}")
-        if d.source == "folder":
-            need(d.resolution > 0, "data.resolution is 0: set the square size folder images are resized to, e.g. 512")
-        if d.source == "generated":
-            need(m.base, "data.source='generated' samples latents from a checkpoint: set model.base to its .safetensors "
-                         "file (and model.family)")
-            need(cfg.is_reference or d.resolution > 0, "data.source='generated' needs data.resolution, the image size "
-                                                       "to generate (e.g. 512 for SD1.5, 1024 for SDXL)")
-        if d.encoder == "comfyui" and d.source != "generated":
-            need(d.source != "precomputed", "data.encoder='comfyui' encodes images; a precomputed source is already encoded")
-            need(d.checkpoint or d.vae, "data.encoder='comfyui' needs data.checkpoint (VAE + text encoders) or data.vae")
-            if d.labels == "captions":
-                need(d.checkpoint or d.text_encoders or d.conditioning,
-                     "captions need text encoders: set data.checkpoint, data.text_encoders or data.conditioning")
-        elif d.labels == "captions" and not d.conditioning:
-            raise ConfigError("captions with encoder='pixels' need precomputed conditioning (data.conditioning); "
-                              "reference models are class-conditional: use data.labels='folders'")
+        _require_prepare(cfg)
     if command in ("finetune", "estimator"):
         need(d.cache, "data.cache is empty: run `python -m training prepare` first and point data.cache at its file")
     if command == "finetune":
@@ -102,6 +114,9 @@ def require(cfg: Config, command: str) -> None:
                          "diffusion model; set model.base to its .safetensors file")
         if t.mode == "lora":
             need(m.base, "train.mode='lora' needs a base model to adapt (model.base)")
+        need(t.mode == "lora" or m.dtype == "fp32", f"model.dtype='{m.dtype}' holds the base weights in half precision, "
+                                                   "for a LoRA; train.mode='full' trains the weights themselves: keep "
+                                                   "model.dtype='fp32'")
         fmt = cfg.export.format
         if t.mode == "lora":
             need(fmt in ("auto", "lora"), f"export.format='{fmt}' cannot hold a LoRA run; use 'auto' or 'lora'")

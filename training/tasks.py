@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, noised, training_log_prior
+from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, VideoBackbone, noised, training_log_prior
+from comfy_nag.families import FAMILIES
 from comfy_nag.files import save_weights
 from comfy_nag.metadata import nag_metadata
 from comfy_nag.losses import denoising_loss
@@ -19,7 +20,8 @@ from comfy_nag.losses import denoising_loss
 from . import monitor
 from .config import Config, ConfigError
 from .latent_cache import Cache
-from .adapters import build_adapter, estimator_space, export_dtype
+from .adapters import build_adapter, export_dtype
+from .latent_spaces import estimator_space
 from .lora import LoRANetwork, kohya_metadata
 
 
@@ -184,8 +186,9 @@ class FinetuneTask:
                             **a.export_extra, **extra)
         fmt, names = c.export.lora_format, {}
         if fmt == "kohya":
-            _, h, w = self.cache.sample_shape
-            scale = 8 if self.cache.info.latent_space == "vae" else 1  # every supported VAE downsamples 8x
+            h, w = self.cache.sample_shape[-2:]
+            fam = FAMILIES.get(a.family)
+            scale = (fam.spatial_compression if fam is not None else 8) if self.cache.info.latent_space == "vae" else 1
             title = Path(c.export.name).stem if c.export.name else f"Noise Awareness Guidance LoRA ({a.family})"
             meta.update(kohya_metadata(a.family, a.prediction, c.lora.rank, c.lora.alpha, step,
                                        (h * scale, w * scale), title))
@@ -211,11 +214,15 @@ class EstimatorTask:
         lo, hi = (e.logsnr_min, e.logsnr_max) if (e.logsnr_min or e.logsnr_max) else self.schedule.logsnr_range()
         self.bins = LevelBins(float(lo), float(hi), e.bins)
         torch.manual_seed(cfg.run.seed)
-        self.estimator = NoiseLevelEstimator(self.cache.sample_shape, self.bins, e.width, e.depth)
+        shape = self.cache.sample_shape
+        if space.image and len(shape) == 4 and shape[1] == 1:  # one-frame 5-D latents of an image family (Qwen-Image)
+            shape = (shape[0], *shape[2:])
+        self.estimator = NoiseLevelEstimator(shape, self.bins, e.width, e.depth, VideoBackbone(e.video))
         self.trainable = self.module = self.estimator
         self.dataset_size = len(self.cache)
         self.probe = _probe(self.dataset_size, cfg.monitor.eval_size)
-        log(f"estimator for family '{self.family}' ({self.schedule.name}), {e.bins} log-SNR bins over "
+        video = f", {e.video} backbone over [C, T, H, W]" if len(shape) == 4 else ""
+        log(f"estimator for family '{self.family}' ({self.schedule.name}{video}), {e.bins} log-SNR bins over "
             f"[{self.bins.lo:.2f}, {self.bins.hi:.2f}]")
 
     def config_dict(self) -> dict:
@@ -223,8 +230,9 @@ class EstimatorTask:
 
     def fingerprint(self) -> dict:
         e = self.cfg.estimator
-        return {"family": self.family, "cache": str(Path(self.cfg.data.cache).resolve()), "cache_count": self.dataset_size,
-                "bins": self.bins.describe(), "width": e.width, "depth": e.depth}
+        fp = {"family": self.family, "cache": str(Path(self.cfg.data.cache).resolve()), "cache_count": self.dataset_size,
+              "bins": self.bins.describe(), "width": e.width, "depth": e.depth}
+        return {**fp, "video": e.video} if len(self.estimator.shape) == 4 else fp
 
     def enable_gradient_checkpointing(self) -> int:
         raise ConfigError("gradient checkpointing is not available for the (small) estimator")
