@@ -61,15 +61,15 @@ def estimator_log_prior(estimator, meta: dict, model=None) -> torch.Tensor | Non
 
 def reading_calibration(estimator, meta: dict) -> ReadingCalibration:
     """What the estimator reads on forward states (``nag.reading_calibration``, written by the trainer).  Files trained
-    before it existed: an unbiased reading is assumed (the nominal level; clean data at the top bin), said once in the
-    log (docs/comfyui.md: retrain the estimator, or run `python -m training calibrate` on it)."""
+    before it existed: an unbiased reading is assumed (the nominal level; clean data at the top bin), said in the log
+    (docs/comfyui.md: retrain the estimator with `python -m training estimator`, which writes it)."""
     cal = nag_metadata.reading_calibration(meta)
     if cal is not None:
         return cal
     log.warning("Noise Awareness Guidance: the noise-level estimator's file has no reading calibration "
                 "(nag.reading_calibration, written by comfy-nag's trainer since the auto scale rule); the auto scale "
-                "assumes the estimator reads forward states without bias. Run `python -m training calibrate` on it, "
-                "or retrain it, for the measured calibration")
+                "assumes the estimator reads forward states without bias. Retrain it with `python -m training "
+                "estimator` for the measured calibration")
     b = estimator.bins
     return ReadingCalibration((b.lo, b.hi), (0.0, 0.0), (0.0, 0.0), b.hi - b.width / 2)
 

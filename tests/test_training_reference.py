@@ -336,6 +336,12 @@ def test_estimator_learns_the_noise_level(estimator_file):
     losses = [m["loss"] for m in res.metrics if "loss" in m]
     assert len(maes) == 2 and maes[-1] < 2.0 and losses[-1] < losses[0] - 0.5
     assert est.shape == (1, 8, 8)
+    # what it reads on forward states, measured at export: the closed-loop NAG scale's targets (auto_scale.py)
+    from comfy_nag.metadata import reading_calibration
+
+    cal = reading_calibration(meta)
+    assert cal.logsnr[0] >= est.bins.lo and cal.logsnr[-1] <= est.bins.hi and len(cal.logsnr) >= 10
+    assert any(b != 0 for b in cal.bias) and all(sd >= 0 for sd in cal.spread) and cal.clean > cal.logsnr[len(cal.logsnr) // 2]
 
 
 def test_noise_shift_readout_during_training(tmp_path, cache, base, estimator_file):

@@ -5,12 +5,14 @@ export; ``loop.train`` owns everything else.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from comfy_nag.auto_scale import calibrate_reading, calibration_knots
 from comfy_nag.estimators import LevelBins, NoiseLevelEstimator, VideoBackbone, noised, training_log_prior
 from comfy_nag.families import FAMILIES
 from comfy_nag.files import save_weights
@@ -272,4 +274,17 @@ class EstimatorTask:
                  "nag.resolution": f"[{info.height}, {info.width}]", "nag.trained_steps": str(step)}
         if self.latent_format is not None:
             extra["nag.latent_format"] = type(self.latent_format).__name__
+        extra["nag.reading_calibration"] = json.dumps(self.reading_calibration().to_json())
         return self.estimator.save(out / name, self.schedule, extra)
+
+    @torch.no_grad()
+    def reading_calibration(self):
+        """What the estimator reads on forward states of the cached data (the probe rows) at every 0.5 log-SNR of its
+        bins, and on the clean data: the closed-loop NAG scale's targets (comfy_nag/auto_scale.py)."""
+        est = self.estimator
+        was = est.training
+        est.eval()
+        x0 = self.x0(self.probe).to(next(est.parameters()).device)
+        cal = calibrate_reading(est, x0, self.schedule, calibration_knots(self.bins), torch.Generator().manual_seed(8765))
+        est.train(was)
+        return cal
