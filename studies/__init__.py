@@ -24,5 +24,8 @@ Studies (each may have parts of its own that only it imports: its settings, its 
 * ``fidelity``     - null-branch recipes against the exact NAG term (``fidelity_recipes``: the recipes and
   settings; ``fidelity_report``: its report and figure);  ``capacity`` - the null branch against the network's
   size and training length;  ``cg_estimator`` - estimator recipes for classifier-guided NAG;  ``last_step`` -
-  where a sampler's late shift comes from.
+  where a sampler's late shift comes from;  ``auto_bound`` - how the closed-loop scale's bound was fixed.
+
+Shared by several studies: ``criteria`` (the closed-loop scale against the baseline, the tuned constant and
+epsilon scaling) and ``runs`` (one sampling run, its row, tuning over a grid).
 """

@@ -33,6 +33,8 @@ OVERVIEW = (
      "python -m studies estimator --quick --out estimator_out"),
     ("last-step", "where a sampler's late shift comes from, step by step (Heun's last step)",
      "python -m studies last-step --out last_step_out"),
+    ("auto-bound", "how the closed-loop NAG scale's bound was fixed, on the development seed",
+     "python -m studies auto-bound --out docs/auto_bound"),
 )
 
 # per command: (description, examples)
@@ -68,6 +70,12 @@ COMMANDS = {
         "exact readout, for the demo's sd1 network and the exact denoiser: a shift the exact denoiser shows too\n"
         "is the sampler's, not the network's. Writes report.md into --out.",
         ["python -m studies last-step --out last_step_out"]),
+    "auto-bound": (
+        "Samples the estimator null branch with the closed-loop scale (nag_cf_est_auto) on the demo's networks trained\n"
+        "without dropout, with each candidate bound of the scale, in every sampler x steps setting, next to the baseline;\n"
+        "on the development seed (2), apart from the seeds every result is reported on. Writes auto_bound.json and\n"
+        "report.md into --out.",
+        ["python -m studies auto-bound --out docs/auto_bound"]),
     "bench": (
         "images: the paper's recipe end to end on scikit-learn's 8x8 digits (reference DiT and SiT trained through\n"
         "the trainer, a proxy Frechet distance, a learned noise-level estimator); writes metrics.json, report.md and\n"
@@ -147,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     _seeded(sub, "capacity", parts="capacity", redraw="capacity.json")
     _seeded(sub, "estimator")
     _common(_command(sub, "last-step"), "last_step", quick=None)
+    a = _command(sub, "auto-bound")
+    _common(a, "auto_bound", quick=None, seed=False)
+    a.add_argument("--seed", type=int, default=2, help="the development seed (the demo reports seeds 0 and 1)")
     b = _command(sub, "bench")
     b.add_argument("what", choices=("images", "cost"), help="images: the digits study; cost: per-step time and memory")
     _common(b, "bench", quick="images: small version (CI-size); cost: fewer repeats")
@@ -180,6 +191,10 @@ def _run(args, out):
         from . import cg_estimator
 
         cg_estimator.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads)
+    elif args.cmd == "auto-bound":
+        from . import auto_bound
+
+        auto_bound.run(out, seed=args.seed, threads=args.threads)
     elif args.cmd == "last-step":
         from . import last_step
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("comfy_nag", "nodes", "training", "studies")
-STUDIES = {"demo", "fidelity", "capacity", "cg_estimator", "last_step", "bench_images", "bench_cost"}
+STUDIES = {"demo", "fidelity", "capacity", "cg_estimator", "last_step", "bench_images", "bench_cost", "auto_bound"}
 # a study's own modules (its settings, its report): only the modules of that study import them
 STUDY_PARTS = {"demo_report": "demo", "fidelity_recipes": "fidelity", "fidelity_report": "fidelity",
                "bench_digits": "bench_images", "bench_report": "bench_images"}
