@@ -1,13 +1,14 @@
 """Studies of Noise Awareness Guidance: the exact testbed, the demo and the benchmarks.
 
-Run from the repository root (``python -m studies demo | fidelity | capacity | estimator | last-step | bench images |
-bench cost``); they use the method library ``comfy_nag`` and, for the image benchmark, the standalone
+Run from the repository root (``python -m studies demo | fidelity | capacity | estimator | last-step | auto-bound |
+bench images | bench cost``); they use the method library ``comfy_nag`` and, for the image benchmark, the standalone
 trainer ``training``.
 
 Support (no study imports another study; they share these):
 
 * ``testbed``      - class-conditional Gaussian mixtures where every density is closed form.
 * ``methods``      - the methods compared, as one table (name -> the knobs its row records, its guidance).
+* ``criteria``     - the closed-loop scale against the baseline, the tuned constant and epsilon scaling.
 * ``runs``         - one sampling run with its noise-shift readouts and scores, its row in metrics.json, and
   knob tuning on a held-out seed (the exact testbed and the image benchmark alike).
 * ``harness``      - the noise-shift figures, report tables, finished stages, and the start and end of every
@@ -25,7 +26,4 @@ Studies (each may have parts of its own that only it imports: its settings, its 
   settings; ``fidelity_report``: its report and figure);  ``capacity`` - the null branch against the network's
   size and training length;  ``cg_estimator`` - estimator recipes for classifier-guided NAG;  ``last_step`` -
   where a sampler's late shift comes from;  ``auto_bound`` - how the closed-loop scale's bound was fixed.
-
-Shared by several studies: ``criteria`` (the closed-loop scale against the baseline, the tuned constant and
-epsilon scaling) and ``runs`` (one sampling run, its row, tuning over a grid).
 """
