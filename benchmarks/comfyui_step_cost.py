@@ -67,8 +67,9 @@ def estimator_for(model, width: int = 32, depth: int = 3, bins: int = 32):
 
 def configurations(model, estimator, levels=(1, 3)) -> dict:
     """``{name: model}`` of plain CFG and the guidance nodes at scale 1 (NAG-CG 0.5) over the whole sampling:
-    NAG-CF with the learned null branch (batched, unbatched), NAG-CG, and NAG-CF with the null branch from the
-    estimator at each of ``levels`` (when the classifier-free node has that input).  ``estimator``: the
+    NAG-CF with the learned null branch (batched, unbatched), NAG-CG, NAG-CF with the null branch from the
+    estimator at each of ``levels`` (when the classifier-free node has that input), and at one level with the
+    closed-loop scale (when its scale_rule offers it).  ``estimator``: the
     ``(estimator, metadata)`` pair 'Load Noise-Level Estimator' gives."""
     from comfy_nag_pack_under_test.nodes import guidance_nodes
 
@@ -87,6 +88,10 @@ def configurations(model, estimator, levels=(1, 3)) -> dict:
             out[f"NAG-CF estimator K={k}"] = node.execute(model, **nag, batched=True, scale_rule="constant",
                                                           null_branch="from estimator", estimator=estimator,
                                                           levels=k).result[0]
+    if "auto (from estimator)" in next(i.options for i in node.define_schema().inputs if i.id == "scale_rule"):
+        out["NAG-CF estimator K=1, auto"] = node.execute(model, **nag, batched=True, scale_rule="auto (from estimator)",
+                                                         null_branch="from estimator", estimator=estimator,
+                                                         levels=1).result[0]
     return out
 
 
