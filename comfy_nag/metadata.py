@@ -79,26 +79,26 @@ def null_timestep(meta: dict[str, str]) -> float | None:
 def scale_profile(meta: dict[str, str]) -> ScaleProfile | None:
     """The per-level NAG-scale profile a file declares (``nag.scale_profile``, written by the trainer's
     final readout), or None when it declares none."""
-    v = meta.get("nag.scale_profile")
-    if v is None:
-        return None
-    try:
-        return ScaleProfile.from_json(json.loads(v))
-    except ValueError as e:
-        raise ValueError(f"metadata nag.scale_profile is damaged ({e}); re-export the file with the trainer, or use "
-                         "the constant scale rule") from None
+    return _parsed(meta, "nag.scale_profile", ScaleProfile.from_json,
+                   "re-export the file with the trainer, or use the constant scale rule")
 
 
 def reading_calibration(meta: dict[str, str]) -> ReadingCalibration | None:
     """The reading calibration an estimator file declares (``nag.reading_calibration``, written by the trainer), or
     None when it declares none (files trained before it existed)."""
-    v = meta.get("nag.reading_calibration")
+    return _parsed(meta, "nag.reading_calibration", ReadingCalibration.from_json, "retrain the estimator with the trainer")
+
+
+def _parsed(meta: dict[str, str], key: str, parse, fix: str):
+    """``parse`` of the JSON value of ``key`` (None when the file has no such key); ``ValueError`` naming the key and
+    ``fix`` when the value is damaged."""
+    v = meta.get(key)
     if v is None:
         return None
     try:
-        return ReadingCalibration.from_json(json.loads(v))
+        return parse(json.loads(v))
     except ValueError as e:
-        raise ValueError(f"metadata nag.reading_calibration is damaged ({e}); retrain the estimator with the trainer") from None
+        raise ValueError(f"metadata {key} is damaged ({e}); {fix}") from None
 
 
 def schedule(meta: dict[str, str]) -> Schedule | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import harness, methods
 from .bench_digits import QUALITY_METRIC, Config, resolve_sampler
-from .criteria import AUTO_OF, COLUMNS, HEADS, auto_verdict
+from .criteria import AUTO_OF, auto_verdict, section
 from .harness import find_row as _get
 from .harness import md_table
 
@@ -149,14 +149,8 @@ def auto_verdicts(res: dict) -> list[dict]:
 
 
 def _auto_scale(res: dict) -> list[str]:
-    verdicts = auto_verdicts(res)
-    if not verdicts:
-        return []
-    return ["## NAG that sets its own strength\n",
-            "`*_auto`: the closed-loop scale (docs/method.md §3c; no knob tuned) on the pretrained models (no "
-            "fine-tune: the null branch from the estimator, or its gradient) and on the dropout fine-tune, against the "
-            "baseline, the same guidance at its scale tuned on the held-out seed, and epsilon scaling (tuned likewise). "
-            "Quality: proxy FD.\n", md_table(verdicts, COLUMNS, HEADS), ""]
+    return section(auto_verdicts(res), "On the pretrained models (no fine-tune: the null branch from the estimator, "
+                                       "or its gradient) and on the dropout fine-tune; quality: proxy FD.")
 
 
 def _answer(cmp, label):

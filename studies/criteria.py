@@ -4,6 +4,8 @@ on the held-out seed, and epsilon scaling (ComfyUI core's free correction, its f
 Shared by the studies that report it (the demo, the fidelity study, the image benchmark)."""
 from __future__ import annotations
 
+from .harness import md_table
+
 # each closed-loop method and the constant-scale method it replaces
 AUTO_OF = {"nag_cf_auto": "nag_cf", "nag_cf_est_auto": "nag_cf_est", "nag_cg_auto": "nag_cg"}
 WITHIN = 0.01  # "as good as the tuned constant": quality within 1 % of it, or better
@@ -36,6 +38,16 @@ def auto_verdict(rows: list[dict], auto: str, free: str = "eps_scaling") -> dict
             out["free_n"] += 1
             out["beats_free"] += r["quality"] < f["quality"]
     return out
+
+
+def section(verdicts: list[dict], what: str) -> list[str]:
+    """A report's section on the closed-loop scale: ``what`` (the networks and rows read) and the verdict table."""
+    if not verdicts:
+        return []
+    return ["## NAG that sets its own strength\n",
+            "`*_auto`: the closed-loop scale (docs/method.md §3c; no knob tuned), against the baseline, the same guidance "
+            f"at its constant scale tuned on the held-out seed, and epsilon scaling (tuned likewise). {what}\n",
+            md_table(verdicts, COLUMNS, HEADS), ""]
 
 
 COLUMNS = ["network", "method", "n", "shift_lower", "quality_better", "both", "no_overshoot", "as_good_as_constant",

@@ -10,7 +10,7 @@ import torch
 from comfy_nag.auto_scale import MAX_SCALE
 
 from . import harness, methods
-from .criteria import COLUMNS, HEADS, auto_verdict
+from .criteria import auto_verdict, section
 from .harness import md_table
 from .terms import late_cos
 from .toolkit import QUALITY_METRIC, SHARE_TARGET, Config, against_baseline, criterion, exact_share
@@ -178,18 +178,11 @@ def auto_verdicts(res: dict) -> list[dict]:
 
 def _auto_scale(res: dict) -> list[str]:
     """NAG that sets its own strength (comfy_nag/auto_scale.py) against what a user could do instead."""
-    verdicts = auto_verdicts(res)
-    if not verdicts:
-        return []
-    return ["## NAG that sets its own strength\n",
-            "`*_auto`: the closed-loop scale (docs/method.md §3c): per sample and step inside the window, the scale at "
-            "which the estimator reads the next state where true forward states at that level read (its bias measured "
-            "on forward states), between 0 and 1.5; two estimator calls per step, no knob tuned. Against the baseline, "
-            "against the same guidance at the constant scale tuned on the held-out seed (`nag_cf`, `nag_cf_est`, "
-            "`nag_cg`), and against epsilon scaling (factor tuned on the held-out seed; in the no-dropout block). "
-            "`auto_scale.png`: the scale chosen per step on the no-dropout network (Euler), its mean and spread over "
-            "samples.\n",
-            md_table(verdicts, COLUMNS, HEADS), ""]
+    return section(auto_verdicts(res), "Per sample and step inside the window, the scale at which the estimator reads "
+                   "the next state where true forward states at that level read (its bias measured on forward states), "
+                   "between 0 and 1.5; two estimator reads per step, no extra network evaluation. Epsilon scaling is in "
+                   "the no-dropout block. `auto_scale.png`: the scale chosen per step on the no-dropout network (Euler), "
+                   "its mean and spread over samples.")
 
 
 def auto_scale_figure(traces: dict):

@@ -548,3 +548,17 @@ def save_tiny_clips(root, count: int = 4, frames: int = 5, size: int = 32, seed:
             (root / f"clip{i}.txt").write_text(f"clip {i % 3}")
         clips.append(path)
     return clips
+
+
+class Reads:
+    """Counts an estimator's forwards (a context manager)."""
+
+    def __init__(self, estimator):
+        self.n = 0
+        self.h = estimator.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.h.remove()

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.model_sampling  # noqa: E402
 
-from comfy_support import (VIDEO_LATENTS, ForwardSpy, conditioning, load_pack, patcher, tiny_flux_model,  # noqa: E402
+from comfy_support import (VIDEO_LATENTS, ForwardSpy, Reads, conditioning, load_pack, patcher, tiny_flux_model,  # noqa: E402
                           tiny_hunyuan_video_model, tiny_lumina2_model, tiny_qwen_image_model, tiny_sd15_model, tiny_sd3_model,
                           tiny_unet_model, tiny_wan21_model, tiny_wan22_5b_model)
 
@@ -502,19 +502,6 @@ def estimators(tmp_path_factory):
 def estimator_for(estimators, fam):
     return estimators["flow" if fam == "sd3" else "ve"]
 
-
-class Reads:
-    """Counts the estimator's forwards."""
-
-    def __init__(self, estimator):
-        self.n = 0
-        self.h = estimator.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.h.remove()
 
 
 def at_level(model, cond, x, sigma, level_sigma, model_options):

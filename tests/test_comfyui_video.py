@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
-from comfy_support import (VIDEO_LATENTS, ForwardSpy, conditioning, load_pack, patcher, tiny_hunyuan_video_model,  # noqa: E402
+from comfy_support import (VIDEO_LATENTS, ForwardSpy, Reads, conditioning, load_pack, patcher, tiny_hunyuan_video_model,  # noqa: E402
                           tiny_qwen_image_model, tiny_sd3_model, tiny_wan21_model, tiny_wan22_5b_model)
 
 pack = load_pack()
@@ -83,19 +83,6 @@ def cf(model, scale, **kw):
 def cg(model, estimator, scale):
     return guidance_nodes.NoiseAwarenessClassifierGuided.execute(model, estimator=estimator, scale=scale, **EVERYWHERE).result[0]
 
-
-class Reads:
-    """Counts an estimator's forwards."""
-
-    def __init__(self, estimator):
-        self.n = 0
-        self.h = estimator.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.h.remove()
 
 
 def differs(a, b):
