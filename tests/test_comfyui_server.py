@@ -21,8 +21,8 @@ from comfy_support import Server, load_pack, make_model_tree  # noqa: E402
 from workflow_specs import VIDEO_FAMILIES  # noqa: E402
 from workflow_tools import to_api  # noqa: E402
 
-NODE_IDS = ["NoiseAwarenessKSampler", "NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessGuidanceClassifierGuided",
-            "NoiseAwarenessGuider", "NoiseAwarenessEstimatorLoader", "NoiseAwarenessDiffusionModelLoader",
+NODE_IDS = ["NoiseAwarenessKSampler", "NoiseAwarenessGuidanceClassifierFree", "NoiseAwarenessGuidanceAnyCheckpoint",
+            "NoiseAwarenessGuidanceClassifierGuided", "NoiseAwarenessGuider", "NoiseAwarenessEstimatorLoader", "NoiseAwarenessDiffusionModelLoader",
             "NoiseAwarenessCheckpointLoader", "NoiseAwarenessLoraLoader", "NoiseAwarenessShiftRecorder", "NoiseAwarenessShiftPlot"]
 WORKFLOWS = sorted((PACK_ROOT / "example_workflows").glob("*.json"))
 PACK_DIRS = ("comfy-nag", "nag-test-pack")  # the custom_nodes folders the test server loads

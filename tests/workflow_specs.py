@@ -15,14 +15,34 @@ The loader reads the null timestep from the file's metadata (null_timestep_sourc
 Starting values: scale 1.0 (try 0.5-2), variant A, window signal 0.5 -> 1 (the default: where the state holds more signal than noise, late in sampling, where the shift grows), cfg as usual (NAG also works alone at cfg 1).
 Scale 0 = the plain model, bit for bit. 'batched' runs the null branch in the same forward as cond/uncond.
 scale_rule: constant (default); 'per level (from file)' multiplies the scale by the per-noise-level profile the trainer writes when the fine-tune runs with monitor.estimator."""
-NOTE_CG = """Noise Awareness Guidance, classifier-guided: works on ANY unmodified checkpoint, using a small noise-level estimator (models/noise_estimators, trained with `python -m training estimator` for this latent space).
-Starting values: scale 0.5 (0.2-2), window signal 0.5 -> 1 (the default). The estimator must match the model's latent channels (4 for SD1.5/SDXL, 16 for SD3/Flux) and family; a mismatch is reported clearly."""
-NOTE_CF_ESTIMATOR = """Classifier-free Noise Awareness Guidance on ANY stock checkpoint: null_branch = from estimator. The null branch is the model itself at the noise levels a small noise-level estimator reads from the state (models/noise_estimators, trained with `python -m training estimator` for this latent space; the same file serves the classifier-guided node). No fine-tuning; the null timestep inputs are ignored.
-levels: model evaluations per step inside the window for the null branch: 1 = at the estimator's mean level, the cost of a learned null branch; 2-7 = that many levels.
-Starting values: scale 1.0 (try 0.5-2), variant A, levels 1, window signal 0.5 -> 1 (the default), cfg as usual. Scale 0 = the plain model, bit for bit."""
-NOTE_CF_ESTIMATOR_FLOW = """Classifier-free Noise Awareness Guidance on ANY stock SD3/SD3.5 or Flux checkpoint: null_branch = from estimator, with the estimator trained for the model's latents (SD3 and Flux latents differ: one estimator each; a mismatch is reported in one line).
-levels 1 = one extra model evaluation per step inside the window; 2-7 = that many.
-Starting values: scale 1.0, levels 1, cfg 4-5 for SD3. Flux-dev: load its checkpoint and the Flux estimator and set cfg 1 (NAG then runs alone beside Flux's own guidance)."""
+# The notes of the workflows whose guidance sets its own scale (scale_rule 'auto (from estimator)').
+AUTO_RULE = ("per image and step in the window, the rule picks the strength (0 to 1.5) at which the next state reads "
+             "at its nominal noise level, from two estimator calls (no extra model evaluation).")
+ESTIMATOR_FILE = ("Estimator: from `python -m training estimator`, which writes the calibration the rule needs; with an older "
+                  "file it assumes an unbiased reading (a log line says so).")
+ANY_CHECKPOINT = ("Every setting (levels, window, a constant scale) is on Noise Awareness Guidance (classifier-free); with "
+                  "null_branch from estimator, scale_rule auto and its defaults it is this node.")
+
+
+def _strength(name="strength"):
+    return (f"Starting value: {name} 1.0. It multiplies what the rule picks (1 = as the rule says): seems too weak, try 1.5-2; "
+            f"too strong, 0.5; 0 = the plain model, bit for bit.")
+
+
+NOTE_CG = f"""Noise Awareness Guidance, classifier-guided: works on ANY unmodified checkpoint, using a small noise-level estimator (models/noise_estimators) for this latent space; window signal 0.5 -> 1 (the default).
+scale_rule auto (from estimator): {AUTO_RULE}
+{_strength("scale")} With scale_rule constant, scale is the strength itself (start at 0.5).
+{ESTIMATOR_FILE} It must match the model's latent channels (4 for SD1.5/SDXL, 16 for SD3/Flux) and family; a mismatch is reported clearly."""
+NOTE_CF_ESTIMATOR = f"""Noise Awareness Guidance (any checkpoint): classifier-free NAG on ANY stock SD1.5 or SDXL checkpoint, no fine-tuning. Its null branch is the model at the noise level a small estimator (models/noise_estimators, for this latent space; the same file serves the classifier-guided node) reads from the state: one extra model evaluation per step, late in sampling (signal 0.5 -> 1).
+The strength sets itself (auto): {AUTO_RULE}
+{_strength()} cfg as usual.
+{ESTIMATOR_FILE}
+{ANY_CHECKPOINT}"""
+NOTE_CF_ESTIMATOR_FLOW = f"""Noise Awareness Guidance (any checkpoint) on ANY stock SD3/SD3.5 or Flux checkpoint, no fine-tuning; the estimator must be trained for the model's latents (SD3 and Flux latents differ: one estimator each; a mismatch is reported in one line).
+The strength sets itself (auto): {AUTO_RULE}
+{_strength()} cfg 4-5 for SD3. Flux-dev: load its checkpoint and the Flux estimator and set cfg 1 (NAG then runs alone beside Flux's own guidance).
+{ESTIMATOR_FILE}
+{ANY_CHECKPOINT}"""
 NOTE_FLOW = """Flow model (SD3/SD3.5-style) with classifier-free NAG. Null timestep: from the file's metadata, else -1000 (SD3/WAN, network time = sigma*1000) or -1 (Flux).
 Starting values: scale 1.0, cfg 4-5, shift 3."""
 NOTE_GUIDER = """SamplerCustomAdvanced with the Noise Awareness Guider: CFG + classifier-free NAG with explicit batching.
@@ -70,16 +90,30 @@ WAN22_HIGH_UNET, WAN22_LOW_UNET = "wan2.2_t2v_high_noise_14B_fp16.safetensors", 
 QWEN_IMAGE_UNET = "qwen_image_fp8_e4m3fn.safetensors"
 VIDEO_FAMILIES = {WAN21_UNET: "wan21", WAN22_HIGH_UNET: "wan21", WAN22_LOW_UNET: "wan21", WAN22_5B_UNET: "wan22-5b",
                   QWEN_IMAGE_UNET: "qwen-image"}  # the registry family of each model file the workflows name
-NOTE_WAN21 = """Classifier-free Noise Awareness Guidance on a stock WAN 2.1 text-to-video model, no fine-tuning: null_branch = from estimator, with an estimator for Wan21 video latents in models/noise_estimators (python -m training estimator -c training/configs/wan21_estimator.toml). The same file serves Qwen-Image (the same latent space); WAN 2.2 5B needs its own.
-Window: the default, signal 0.5 -> 1, the same noise level on every model. On WAN's shift-8 schedule that is the last 10 % of the steps (3 of these 30); lower start (e.g. 0.2) to act earlier. Where the noise shift sits on WAN is not measured yet: a Noise Shift Recorder + Plot with this estimator shows it.
-Starting values: scale 1.0, levels 1, cfg as usual. Scale 0 = the plain model, bit for bit."""
-NOTE_WAN22_A14B = """WAN 2.2 A14B: a high-noise and a low-noise expert (both WAN 2.1-architecture models on Wan21 latents), sampled by two KSamplerAdvanced (steps 0-10, then 10-20), as in ComfyUI's template. One estimator serves both experts; each has its own classifier-free node (null_branch = from estimator).
-Window: with the default, signal 0.5 -> 1, NAG acts in the low-noise expert's last 2 steps only; every step of the high-noise expert is noisier, so its node stays idle (and costs nothing) unless you lower its start.
-Estimator: python -m training estimator -c training/configs/wan21_estimator.toml. Starting values: scale 1.0, levels 1."""
-NOTE_WAN22_5B = """WAN 2.2 TI2V-5B: its own 48-channel latent space (the Wan 2.2 VAE), so its own estimator (python -m training estimator on WAN 2.2 5B latents); a Wan21 estimator is refused in one line. Wan22ImageToVideoLatent as in ComfyUI's template: connect a start image for image-to-video.
-null_branch = from estimator; the default window (signal 0.5 -> 1) covers the last 10 % of the steps on this shift-8 schedule. Starting values: scale 1.0, levels 1."""
-NOTE_QWEN_IMAGE = """Qwen-Image: ComfyUI hands its latents over as one-frame video latents [B, 16, 1, H, W] of the WAN 2.1 VAE, so a Qwen-Image estimator (python -m training estimator -c training/configs/qwen_image_estimator.toml) and a WAN 2.1 one both fit; the null branch weights the levels by Qwen-Image's own training schedule either way.
-ModelSamplingAuraFlow 3.1 and cfg 2.5 as in ComfyUI's template; the default window (signal 0.5 -> 1) covers the last 4 of 20 steps. Starting values: scale 1.0, levels 1."""
+NOTE_WAN21 = f"""Noise Awareness Guidance (any checkpoint) on a stock WAN 2.1 text-to-video model, no fine-tuning, with an estimator for Wan21 video latents (python -m training estimator -c training/configs/wan21_estimator.toml). The same file serves Qwen-Image (the same latent space); WAN 2.2 5B needs its own.
+Window: signal 0.5 -> 1, on WAN's shift-8 schedule the last 10 % of the steps (3 of these 30). Where the noise shift sits on WAN is not measured yet: a Noise Shift Recorder + Plot with this estimator shows it; to act earlier, lower start on the classifier-free node (e.g. 0.2).
+The strength sets itself (auto): {AUTO_RULE}
+{_strength()}
+{ESTIMATOR_FILE}
+{ANY_CHECKPOINT}"""
+NOTE_WAN22_A14B = f"""WAN 2.2 A14B: a high-noise and a low-noise expert (both WAN 2.1-architecture models on Wan21 latents), sampled by two KSamplerAdvanced (steps 0-10, then 10-20), as in ComfyUI's template. One estimator (python -m training estimator -c training/configs/wan21_estimator.toml) serves both; each expert has its own Noise Awareness Guidance (any checkpoint) node.
+Window: signal 0.5 -> 1, so NAG acts in the low-noise expert's last 2 steps only; every step of the high-noise expert is noisier, so its node stays idle (and costs nothing). To act there, use the classifier-free node and lower its start.
+The strength sets itself (auto): {AUTO_RULE}
+{_strength()}
+{ESTIMATOR_FILE}
+{ANY_CHECKPOINT}"""
+NOTE_WAN22_5B = f"""WAN 2.2 TI2V-5B: its own 48-channel latent space (the Wan 2.2 VAE), so its own estimator (python -m training estimator on WAN 2.2 5B latents); a Wan21 estimator is refused in one line. Wan22ImageToVideoLatent as in ComfyUI's template: connect a start image for image-to-video.
+Noise Awareness Guidance (any checkpoint); its window (signal 0.5 -> 1) covers the last 10 % of the steps on this shift-8 schedule.
+The strength sets itself (auto): {AUTO_RULE}
+{_strength()}
+{ESTIMATOR_FILE}
+{ANY_CHECKPOINT}"""
+NOTE_QWEN_IMAGE = f"""Qwen-Image: ComfyUI hands its latents over as one-frame video latents [B, 16, 1, H, W] of the WAN 2.1 VAE, so a Qwen-Image estimator (python -m training estimator -c training/configs/qwen_image_estimator.toml) and a WAN 2.1 one both fit; the null branch weights the levels by Qwen-Image's own training schedule either way.
+ModelSamplingAuraFlow 3.1 and cfg 2.5 as in ComfyUI's template; the window of Noise Awareness Guidance (any checkpoint), signal 0.5 -> 1, covers the last 4 of 20 steps.
+The strength sets itself (auto): {AUTO_RULE}
+{_strength()}
+{ESTIMATOR_FILE}
+{ANY_CHECKPOINT}"""
 WAN_NEGATIVE = "static, blurry, low quality, jpeg artifacts, deformed, extra limbs, cluttered background"
 
 
@@ -98,9 +132,10 @@ def _video_prompts(text, negative=WAN_NEGATIVE):
             {**PROMPTS[1], "widgets": {"text": negative}, "links": {"clip": (12, 0)}}]
 
 
-def _from_estimator(nid, model, col, title=None):
-    n = {"id": nid, "type": "NoiseAwarenessGuidanceClassifierFree", "col": col,
-         "widgets": {"null_branch": "from estimator", "levels": 1}, "links": {"model": model, "estimator": (5, 0)}}
+def _any_checkpoint(nid, model, col, title=None):
+    """Noise Awareness Guidance (any checkpoint) on ``model``, with the estimator loader (id 5) wired to it."""
+    n = {"id": nid, "type": "NoiseAwarenessGuidanceAnyCheckpoint", "col": col, "widgets": {"strength": 1.0},
+         "links": {"model": model, "estimator": (5, 0)}}
     return {**n, "title": title} if title else n
 
 
@@ -114,11 +149,11 @@ FOX = "a fox running through a snowy forest at dawn, tracking shot, cinematic"
 SPECS_VIDEO = {
     "WAN 2.1 text-to-video - classifier-free with an estimator": [
         *_stock_loaders(WAN21_UNET, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "wan_2.1_vae.safetensors",
-                        "wan21_noise_estimator.safetensors", _note(NOTE_WAN21, height=330)),
+                        "wan21_noise_estimator.safetensors", _note(NOTE_WAN21, height=370)),
         *_video_prompts(FOX),
         {"id": 4, "type": "EmptyHunyuanLatentVideo", "col": 1, "widgets": {"width": 832, "height": 480, "length": 33}},
         {"id": 6, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (1, 0)}},
-        _from_estimator(17, (6, 0), 2),
+        _any_checkpoint(17, (6, 0), 2),
         {**_ksampler((17, 0), 3, steps=30), "widgets": {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc",
                                                          "scheduler": "simple"}},
         *_decode_video(7, 3, "wan21")],
@@ -128,15 +163,15 @@ SPECS_VIDEO = {
                          {"id": 11, "type": "UNETLoader", "col": 0, "widgets": {"unet_name": WAN22_LOW_UNET},
                           "title": "Load Diffusion Model (low noise)"}],
                         "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "wan_2.1_vae.safetensors",
-                        "wan21_noise_estimator.safetensors", _note(NOTE_WAN22_A14B, height=310)),
+                        "wan21_noise_estimator.safetensors", _note(NOTE_WAN22_A14B, height=370)),
         *_video_prompts(FOX),
         {"id": 4, "type": "EmptyHunyuanLatentVideo", "col": 1, "widgets": {"width": 640, "height": 640, "length": 81}},
         {"id": 6, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (1, 0)},
          "title": "ModelSamplingSD3 (high noise)"},
-        _from_estimator(17, (6, 0), 2, "Noise Awareness Guidance (high noise)"),
+        _any_checkpoint(17, (6, 0), 2, "Noise Awareness Guidance (high noise)"),
         {"id": 14, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (11, 0)},
          "title": "ModelSamplingSD3 (low noise)"},
-        _from_estimator(18, (14, 0), 2, "Noise Awareness Guidance (low noise)"),
+        _any_checkpoint(18, (14, 0), 2, "Noise Awareness Guidance (low noise)"),
         {"id": 7, "type": "KSamplerAdvanced", "col": 3, "title": "KSamplerAdvanced (high noise)",
          "widgets": {"add_noise": "enable", "noise_seed": 42, "steps": 20, "cfg": 3.5, "sampler_name": "euler", "scheduler": "simple",
                      "start_at_step": 0, "end_at_step": 10, "return_with_leftover_noise": "enable"},
@@ -148,21 +183,21 @@ SPECS_VIDEO = {
         *_decode_video(15, 4, "wan22_a14b")],
     "WAN 2.2 5B text-to-video - classifier-free with an estimator": [
         *_stock_loaders(WAN22_5B_UNET, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "wan2.2_vae.safetensors",
-                        "wan22_5b_noise_estimator.safetensors", _note(NOTE_WAN22_5B, height=250)),
+                        "wan22_5b_noise_estimator.safetensors", _note(NOTE_WAN22_5B, height=330)),
         *_video_prompts(FOX),
         {"id": 4, "type": "Wan22ImageToVideoLatent", "col": 1, "widgets": {"width": 1280, "height": 704, "length": 121},
          "links": {"vae": (13, 0)}},
         {"id": 6, "type": "ModelSamplingSD3", "col": 2, "widgets": {"shift": 8.0}, "links": {"model": (1, 0)}},
-        _from_estimator(17, (6, 0), 2),
+        _any_checkpoint(17, (6, 0), 2),
         {**_ksampler((17, 0), 3), "widgets": {"seed": 42, "steps": 20, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple"}},
         *_decode_video(7, 3, "wan22_5b", fps=24.0)],
     "Qwen-Image - classifier-free with an estimator": [
         *_stock_loaders(QWEN_IMAGE_UNET, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", "qwen_image_vae.safetensors",
-                        "qwen_image_noise_estimator.safetensors", _note(NOTE_QWEN_IMAGE, height=270)),
+                        "qwen_image_noise_estimator.safetensors", _note(NOTE_QWEN_IMAGE, height=360)),
         *_video_prompts("a red fox in the snow, a wooden sign reading \"Noise Awareness\", detailed photo", ""),
         {"id": 4, "type": "EmptySD3LatentImage", "col": 1, "widgets": {"width": 1328, "height": 1328, "batch_size": 1}},
         {"id": 6, "type": "ModelSamplingAuraFlow", "col": 2, "widgets": {"shift": 3.1}, "links": {"model": (1, 0)}},
-        _from_estimator(17, (6, 0), 2),
+        _any_checkpoint(17, (6, 0), 2),
         {**_ksampler((17, 0), 3), "widgets": {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple"}},
         {"id": 8, "type": "VAEDecode", "col": 3, "links": {"samples": (7, 0), "vae": (13, 0)}},
         {"id": 9, "type": "SaveImage", "col": 3, "size": [260, 280], "widgets": {"filename_prefix": "qwen_image_noise_awareness"},
@@ -184,8 +219,9 @@ SPECS = {
     "Classifier-guided with an estimator - any SD1.5 or SDXL checkpoint": [
         {"id": 1, "type": "CheckpointLoaderSimple", "col": 0, "widgets": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
         {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": "sdxl_noise_estimator.safetensors"}},
-        _note(NOTE_CG, height=220), *PROMPTS, _latent(size=1024),
-        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierGuided", "col": 2, "widgets": {"scale": 0.5},
+        _note(NOTE_CG, height=290), *PROMPTS, _latent(size=1024),
+        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierGuided", "col": 2,
+         "widgets": {"scale": 1.0, "scale_rule": "auto (from estimator)"},
          "links": {"model": (1, 0), "estimator": (5, 0)}},
         _ksampler((6, 0), 2),
         *_decode_save(7, 3, "noise_awareness")],
@@ -199,17 +235,15 @@ SPECS = {
     "Classifier-free with an estimator - any SD1.5 or SDXL checkpoint": [
         {"id": 1, "type": "CheckpointLoaderSimple", "col": 0, "widgets": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
         {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": "sdxl_noise_estimator.safetensors"}},
-        _note(NOTE_CF_ESTIMATOR, height=240), *PROMPTS, _latent(size=1024),
-        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2,
-         "widgets": {"null_branch": "from estimator", "levels": 1}, "links": {"model": (1, 0), "estimator": (5, 0)}},
+        _note(NOTE_CF_ESTIMATOR, height=320), *PROMPTS, _latent(size=1024),
+        _any_checkpoint(6, (1, 0), 2),
         _ksampler((6, 0), 2),
         *_decode_save(7, 3, "noise_awareness")],
     "Classifier-free with an estimator - any SD3 or Flux checkpoint": [
         {"id": 1, "type": "CheckpointLoaderSimple", "col": 0, "widgets": {"ckpt_name": "sd3.5_medium.safetensors"}},
         {"id": 5, "type": "NoiseAwarenessEstimatorLoader", "col": 0, "widgets": {"estimator_name": "sd3_noise_estimator.safetensors"}},
-        _note(NOTE_CF_ESTIMATOR_FLOW, height=190), *PROMPTS, _latent("EmptySD3LatentImage", 1024),
-        {"id": 6, "type": "NoiseAwarenessGuidanceClassifierFree", "col": 2,
-         "widgets": {"null_branch": "from estimator", "levels": 1}, "links": {"model": (1, 0), "estimator": (5, 0)}},
+        _note(NOTE_CF_ESTIMATOR_FLOW, height=330), *PROMPTS, _latent("EmptySD3LatentImage", 1024),
+        _any_checkpoint(6, (1, 0), 2),
         _ksampler((6, 0), 2, cfg=4.5, steps=28),
         *_decode_save(7, 3, "noise_awareness")],
     "Guider with SamplerCustomAdvanced": [
