@@ -10,7 +10,7 @@ import torch
 from comfy_nag.auto_scale import MAX_SCALE
 
 from . import harness, methods
-from .criteria import auto_verdict, section
+from .criteria import COLUMNS, HEADS, auto_verdict, section
 from .harness import md_table
 from .terms import late_cos
 from .toolkit import QUALITY_METRIC, SHARE_TARGET, Config, against_baseline, criterion, exact_share
@@ -176,6 +176,11 @@ def auto_verdicts(res: dict) -> list[dict]:
     return out
 
 
+def auto_headline(res: dict) -> str:
+    """docs/results.md's table of the closed-loop scale: :func:`auto_verdicts` of a finished run."""
+    return md_table(auto_verdicts(res), COLUMNS, HEADS)
+
+
 def _auto_scale(res: dict) -> list[str]:
     """NAG that sets its own strength (comfy_nag/auto_scale.py) against what a user could do instead."""
     return section(auto_verdicts(res), "Per sample and step inside the window, the scale at which the estimator reads "
@@ -326,7 +331,7 @@ def headline(res: dict) -> str:
 
 
 def no_dropout_criterion(res: dict) -> list[dict]:
-    """Per family, on the network trained without dropout: in how many of the Euler/Heun 25/50 settings
+    """Per family, on the network trained without dropout: in how many of its settings (every sampler x steps)
     ``nag_cf_est`` lowers the late shift, improves quality, and both, against the baseline."""
     out = []
     for fam, nd in res.get("no_dropout", {}).items():
@@ -337,7 +342,7 @@ def no_dropout_criterion(res: dict) -> list[dict]:
 
 def no_dropout_headline(res: dict) -> str:
     """The README's table for a stock checkpoint: per family, on the network trained without dropout, how often
-    the estimator null branch lowers the shift / improves quality over Euler and Heun at 25 and 50 steps, and
+    the estimator null branch lowers the shift / improves quality over every sampler x steps setting, and
     how much of the exact term it carries (cosine, log-SNR >= 0, on-schedule states) against its ceilings."""
     return md_table(no_dropout_criterion(res), ["family", "scale", "n", "shift_lower", "quality_better", "both",
                                                 "cos_nag_cf_est", "cos_nag_cf_est_exact", "cos_marginal_null"],
