@@ -7,7 +7,8 @@ from __future__ import annotations
 from .harness import md_table
 
 # each closed-loop method and the constant-scale method it replaces
-AUTO_OF = {"nag_cf_auto": "nag_cf", "nag_cf_est_auto": "nag_cf_est", "nag_cg_auto": "nag_cg"}
+AUTO_OF = {"nag_cf_auto": "nag_cf", "nag_cf_est_auto": "nag_cf_est", "nag_cg_auto": "nag_cg",
+           "nag_cf_est_auto+eps": "nag_cf_est"}
 WITHIN = 0.01  # "as good as the tuned constant": quality within 1 % of it, or better
 
 
@@ -16,7 +17,7 @@ def auto_verdict(rows: list[dict], auto: str, free: str = "eps_scaling") -> dict
     quality better, both; quality within :data:`WITHIN` of the constant-scale method's (or better); quality better
     than ``free``'s; |signed shift| at most the baseline's (no overshoot past zero beyond it); and the mean scale the
     constant method was tuned to, for reference."""
-    get = {(r["sampler"], r["steps"], r["method"]): r for r in rows}
+    get = {(r["sampler"], r["steps"], r["method"]): r for r in rows}  # the rows of one network
     out = {"method": auto, "n": 0, "shift_lower": 0, "quality_better": 0, "both": 0, "as_good_as_constant": 0,
            "constant_n": 0, "beats_free": 0, "free_n": 0, "no_overshoot": 0}
     for (smp, n, m), r in get.items():

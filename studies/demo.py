@@ -34,7 +34,7 @@ METHODS = methods.METHODS + ("nag_cf_cal", "nag_exact_term") + methods.ESTIMATOR
 # the same network trained without noise-condition dropout (what a community checkpoint is): the methods that
 # need no dropout, the exact term at nag_cf_est's scale (its ceiling), in every sampler x steps setting
 NO_DROPOUT_METHODS = ("baseline", "nag_cf_est", "nag_exact_term", "nag_cg", "eps_scaling", "time_shift",
-                      "nag_cf_est_auto", "nag_cg_auto")
+                      "nag_cf_est_auto", "nag_cg_auto", methods.AUTO_EPS)
 NO_DROPOUT_TUNED = ("nag_cf_est", "nag_cg", "eps_scaling", "time_shift")
 NO_DROPOUT_TUNING = ("euler", "heun")  # each knob tuned for both samplers it is read at (one scale for a user's sampler)
 

@@ -171,7 +171,7 @@ def auto_verdicts(res: dict) -> list[dict]:
                 if any(r["method"] == m for r in rows)]
         nd = res.get("no_dropout", {}).get(fam)
         if nd:
-            out += [{"network": f"{fam}, no dropout", **auto_verdict(nd["rows"], m)} for m in methods.AUTO
+            out += [{"network": f"{fam}, no dropout", **auto_verdict(nd["rows"], m)} for m in (*methods.AUTO, methods.AUTO_EPS)
                     if any(r["method"] == m for r in nd["rows"])]
     return out
 

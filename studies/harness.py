@@ -29,6 +29,7 @@ DISPLAY = {"baseline": "baseline (no guidance)", "nag_cf": "NAG-CF", "nag_cg": "
            "time_shift": "time-shift sampler", "nag_cf_full": "NAG-CF at every step", "nag_cf_cal": "NAG-CF, calibrated scale",
            "nag_cf_est": "NAG-CF, null branch from the estimator", "nag_cf_auto": "NAG-CF, closed-loop scale",
            "nag_cf_est_auto": "NAG-CF from the estimator, closed-loop scale", "nag_cg_auto": "NAG-CG, closed-loop scale",
+           "nag_cf_est_auto+eps": "the same with epsilon scaling",
            "forward (true states)": "true noisy data (forward process)"}
 WINDOW_READING = ("NAG acts only in the yellow window: before it, a line with NAG lies on the same run's line "
                   "without NAG (same noise)")

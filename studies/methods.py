@@ -35,6 +35,7 @@ CALIBRATED = ("nag_cf_cal",)  # NAG-CF with a per-level scale (needs knobs["nag_
 ESTIMATOR_NULL = ("nag_cf_est",)  # NAG-CF on any network: the null branch from the estimator's posterior
 # the same with the closed-loop scale (comfy_nag.auto_scale: no tuned knob; ``auto_scale`` multiplies it, default 1)
 AUTO = ("nag_cf_auto", "nag_cf_est_auto", "nag_cg_auto")
+AUTO_EPS = "nag_cf_est_auto+eps"  # the estimator route's closed loop composed with epsilon scaling
 EXACT_TERM = "nag_exact_term"  # the testbed's ceiling: the study adds the exact NAG term to the plain network
 DEFAULT_KNOBS = {"cfg": 1.5, "nag_cf": 0.5, "window": 0.0, "nag_cg": 1.0, "eps_scaling": 1.005, "time_shift": 0.1,
                  "nag_cf_est": 1.0, "null_levels": 1, "nag_cf_cal": 1.0, "auto_scale": 1.0}
@@ -42,7 +43,7 @@ DEFAULT_KNOBS = {"cfg": 1.5, "nag_cf": 0.5, "window": 0.0, "nag_cg": 1.0, "eps_s
 COLORS = {"baseline": "#1f77b4", "nag_cf": "#d62728", "cfg": "#2ca02c", "nag_cf+cfg": "#9467bd",
           "nag_cf+cfg_B": "#ff7f0e", "nag_cg": "#8c564b", "eps_scaling": "#e377c2", "time_shift": "#17becf",
           "nag_cf_full": "#bcbd22", "nag_cf_cal": "#7f3b08", "nag_cf_est": "#393b79", "nag_cf_auto": "#fb9a99",
-          "nag_cf_est_auto": "#6b6ecf", "nag_cg_auto": "#c49c94"}
+          "nag_cf_est_auto": "#6b6ecf", "nag_cg_auto": "#c49c94", "nag_cf_est_auto+eps": "#e7969c"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,9 @@ def _auto(on: On) -> AutoScale:
     return AutoScale(on.estimator, on.calibration)
 
 
-def _estimator_null_auto(k: dict, on: On) -> Guidance:
+def _estimator_null_auto(k: dict, on: On, eps_scale: float = 1.0) -> Guidance:
     null = EstimatorNull.for_schedule(on.estimator, on.schedule, int(k["null_levels"]))
-    return Guidance(nag_scale=k["auto_scale"], nag_window=on.window, null=null, rule=_auto(on))
+    return Guidance(nag_scale=k["auto_scale"], nag_window=on.window, null=null, rule=_auto(on), eps_scale=eps_scale)
 
 
 def _profile(k: dict):
@@ -120,6 +121,9 @@ TABLE = {
     "nag_cf_auto": Method(("auto_scale", "window"), lambda k, on: Guidance(nag_scale=k["auto_scale"], nag_window=on.window,
                                                                           rule=_auto(on))),
     "nag_cf_est_auto": Method(("auto_scale", "window", "null_levels"), _estimator_null_auto),
+    # composed with epsilon scaling at its own tuned factor (ComfyUI core's free fix): does the pair beat either?
+    "nag_cf_est_auto+eps": Method(("auto_scale", "window", "null_levels", "eps_scaling"),
+                                  lambda k, on: _estimator_null_auto(k, on, k["eps_scaling"])),
     "nag_cg_auto": Method(("auto_scale",), lambda k, on: Guidance(cg_scale=k["auto_scale"], cg_window=on.window,
                                                                  rule=_auto(on))),
     EXACT_TERM: Method((), lambda k, on: Guidance()),  # the study supplies the denoiser (toolkit.exact_nag)
