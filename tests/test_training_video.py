@@ -87,14 +87,17 @@ def _video_cache(path, frames=2, channels=16, **info):
 def test_an_estimator_is_for_the_cache_s_latent_space_or_refused_in_one_line(tmp_path):
     clips = _video_cache(tmp_path / "clips.safetensors")
     cfg = config_loading.load(None, {"data.cache": str(clips), "model.family": "auto"})
-    assert _family_name(cfg, Cache(clips)) == "wan21"  # 16-channel clips: WAN 2.1's (Qwen-Image makes one frame)
+    with pytest.raises(ConfigError, match="holds VAE latents .* wan21, hunyuan-video share this latent shape"):
+        _family_name(cfg, Cache(clips))  # 16-channel clips: WAN 2.1's or HunyuanVideo's (Qwen-Image makes one frame)
+    wan = Cache(_video_cache(tmp_path / "wan.safetensors", latent_format="Wan21"))
+    assert _family_name(cfg, wan) == "wan21"
     assert _family_name(cfg, Cache(_video_cache(tmp_path / "5b.safetensors", channels=48))) == "wan22-5b"
     one = Cache(_video_cache(tmp_path / "one.safetensors", frames=1))
-    with pytest.raises(ConfigError, match="holds Wan21 latents .* wan21, qwen-image share this latent space"):
+    with pytest.raises(ConfigError, match="holds VAE latents .* wan21, qwen-image, hunyuan-video share this latent shape"):
         _family_name(cfg, one)
-    cfg = config_loading.load(None, {"data.cache": str(clips), "estimator.family": "sd3"})
+    cfg = config_loading.load(None, {"data.cache": str(wan.path), "estimator.family": "sd3"})
     with pytest.raises(ConfigError) as e:  # was: an estimator labelled sd3, trained on WAN latents
-        estimator_space(cfg, Cache(clips))
+        estimator_space(cfg, wan)
     assert str(e.value).endswith(
         "holds Wan21 video latents [16, 2, 4, 4], but family 'sd3' uses SD3 image latents [16, H, W]; set "
         "estimator.family to wan21 or qwen-image") and "\n" not in str(e.value)

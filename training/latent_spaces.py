@@ -88,15 +88,16 @@ def _family_name(cfg: Config, cache: Cache) -> str:
     name = cfg.estimator.family or cache.info.vae_family or (m if m in FAMILIES and not cfg.is_reference else "")
     if name:
         return name
-    fmt = cache_format(cache)
-    fams = [f for f in (latent_space_families(fmt) if fmt else ())  # clips: not an image family's latents
-            if cache.info.frames <= 1 or FAMILIES[f].temporal_compression]
+    fmt, info = cache_format(cache), cache.info
+    fams = [n for n, f in FAMILIES.items()  # clips: not an image family's latents
+            if (f.latent_format == fmt if fmt else not f.reference and f.latent_channels == info.channels and
+                f.latent_dims == (3 if cache.video else 2)) and (info.frames <= 1 or f.temporal_compression)]
     if len(fams) == 1:
         return fams[0]
     shape = list(cache.sample_shape)
     if fams:
-        raise ConfigError(f"cache {cache.path} holds {fmt} latents {shape} but does not record their family; "
-                          f"{', '.join(fams)} share this latent space with different schedules: set estimator.family "
+        raise ConfigError(f"cache {cache.path} holds {fmt or 'VAE'} latents {shape} but does not record their family; "
+                          f"{', '.join(fams)} share this latent shape with different schedules: set estimator.family "
                           "(or --family) to the one you sample with")
     raise ConfigError(f"cache {cache.path} holds VAE latents {shape} of a family it does not record; set "
                       f"estimator.family (or --family) to one of {', '.join(comfy_names())}, or model.base to the "
