@@ -115,6 +115,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("lumina2", "velocity", lambda: Flow(shift=6.0, multiplier=1.0), ("lumina-image-2",), "Flux", 16, ("Lumina2",)),
 )}
 _BY_ALIAS = {a: f for f in FAMILIES.values() for a in f.aliases}
+# ComfyUI VAE modules whose latent format the latents' shape does not tell (16-channel video latents are WAN 2.1's
+# or HunyuanVideo's): what ``prepare`` records for latents of such a VAE
+VAE_MODULE_FORMATS = {"comfy.ldm.wan.vae": "Wan21", "comfy.ldm.wan.vae2_2": "Wan22"}
 
 
 def family(name: str) -> Family:

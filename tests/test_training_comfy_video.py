@@ -268,7 +268,7 @@ def test_video_refusals_are_one_line(tmp_path, files):
         api.finetune(None, lora_opts(tmp_path / "q", clips, files["qwen-image"]), **QUIET)
     one = write_cache(tmp_path / "one.safetensors", torch.randn(4, 16, 1, 4, 4, generator=g),
                       CacheInfo("vae", 0, 0, 0, 0, "none"))
-    with pytest.raises(ConfigError, match="wan21, qwen-image share this latent space .* set estimator.family"):
+    with pytest.raises(ConfigError, match="wan21, qwen-image, hunyuan-video share this latent shape .* set estimator.family"):
         api.estimator(None, {"run.out_dir": str(tmp_path / "e"), "data.cache": str(one), "model.family": "auto",
                              **TINY_EST}, **QUIET)
     with pytest.raises(ConfigError, match=r"data.frames=8: this VAE encodes 1 \+ 4k frames .* set data.frames to 5 or 9"):

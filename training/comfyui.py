@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from comfy_nag.families import from_comfy_config
+from comfy_nag.families import VAE_MODULE_FORMATS, from_comfy_config
 from comfy_nag.files import load_weights
 from comfy_nag.schedules import DiscreteVP, Flow, Schedule
 
@@ -244,6 +244,13 @@ def load_encoders(checkpoint: str = "", vae: str = "", text_encoders=(), clip_ty
     if need_vae and (vae_obj is None or getattr(vae_obj, "first_stage_model", None) is None):
         raise ValueError("no usable VAE: data.checkpoint has no VAE weights; set data.vae to a VAE file")
     return vae_obj, clip, fam
+
+
+def vae_latent_format(vae) -> str:
+    """The latent format a ComfyUI VAE's class names (:data:`VAE_MODULE_FORMATS`, subclasses included), "" when its
+    latents' shape is left to tell."""
+    return next((VAE_MODULE_FORMATS[c.__module__] for c in type(vae.first_stage_model).__mro__
+                 if c.__module__ in VAE_MODULE_FORMATS), "")
 
 
 def _checkpoint_family(comfy, sd) -> str:

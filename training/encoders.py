@@ -99,7 +99,8 @@ def comfy_encoders(cfg: Config) -> Encoding:
     d = cfg.data
     vae, clip, fam = comfyui.load_encoders(d.checkpoint, d.vae, d.text_encoders, d.clip_type)
     video = int(getattr(vae, "latent_dim", 2)) == 3
-    family, fmt = vae_family(fam, cfg.model.family, int(vae.latent_channels), 3 if video else 2)
+    family, fmt = vae_family(fam, cfg.model.family, int(vae.latent_channels), 3 if video else 2,
+                             comfyui.vae_latent_format(vae))
     ratio = getattr(vae, "downscale_ratio", None)
     frames = ratio[0] if video and isinstance(ratio, tuple) and callable(ratio[0]) else None
 

@@ -47,12 +47,14 @@ def cache_format(cache: Cache) -> str:
         format_of(info.channels, 3 if cache.video else 2)
 
 
-def vae_family(checkpoint_family: str, model_family: str, channels: int, dims: int) -> tuple[str, str]:
-    """``(family, latent format)`` a ``prepare`` records for latents of a VAE with ``channels`` and ``dims``: the
-    checkpoint's family, else ``model.family`` (a ComfyUI family, checked against the VAE), else none ("")."""
+def vae_family(checkpoint_family: str, model_family: str, channels: int, dims: int,
+               vae_format: str = "") -> tuple[str, str]:
+    """``(family, latent format)`` a ``prepare`` records for latents of a VAE with ``channels`` and ``dims`` (and
+    ``vae_format``, the format its module names, "" unknown): the checkpoint's family, else ``model.family`` (a
+    ComfyUI family, checked against the VAE), else none ("")."""
     if checkpoint_family in FAMILIES:
         return checkpoint_family, FAMILIES[checkpoint_family].latent_format
-    fmt = format_of(channels, dims)
+    fmt = vae_format or format_of(channels, dims)
     f = FAMILIES.get(model_family)
     if f is None or f.reference:
         return "", fmt
