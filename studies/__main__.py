@@ -128,6 +128,8 @@ def _families(p, parts: str) -> None:
     p.add_argument("--families", nargs="+", choices=FAMILIES,
                    help=f"only these families (writes {parts}_<families>.json; run one process per family, then --merge)")
     p.add_argument("--merge", action="store_true", help=f"join the {parts}_<family>.json files in --out into the report")
+    p.add_argument("--note", default="", help="with --merge: how the parts were run, for the report's first line "
+                   "(default: run as N --families processes in parallel; wall time of the slowest)")
 
 
 def _seeded(sub, name: str, parts: str | None = None, redraw: str | None = None):
@@ -174,7 +176,7 @@ def _run(args, out):
         if args.redraw:
             return demo.redraw(out)
         if args.merge:
-            demo.merge(out)
+            demo.merge(out, note=args.note)
         else:
             demo.run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads, families=families)
     elif args.cmd in ("fidelity", "capacity"):
@@ -184,7 +186,7 @@ def _run(args, out):
         if args.redraw:
             return study.redraw(out)
         if args.merge:
-            study.merge(out)
+            study.merge(out, note=args.note)
         else:
             study.run(out, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads, families=families)
     elif args.cmd == "estimator":

@@ -118,4 +118,12 @@ def test_results_demo_tables_match_the_committed_run(results_block):
         "docs/results.md's stock-checkpoint table differs from docs/demo/metrics.json; "
         "paste studies.demo_report.no_dropout_headline(...) of it between the no-dropout markers in docs/results.md")
     crit = demo_report.no_dropout_criterion(committed)  # the claim the results page makes of this run
-    assert [(c["family"], c["both"], c["n"]) for c in crit] == [("sit", 4, 4), ("sd1", 4, 4)]
+    assert [(c["family"], c["both"], c["n"]) for c in crit] == [("sit", 16, 16), ("sd1", 12, 16)]
+    seed1 = json.loads((Path(__file__).resolve().parents[1] / "docs/demo/seed1/metrics.json").read_text())
+    assert results_block("no-dropout-seed1") == demo_report.no_dropout_headline(seed1)
+    for name, run in (("auto", committed), ("auto-seed1", seed1)):
+        assert results_block(name) == demo_report.auto_headline(run), (
+            f"docs/results.md's {name} table differs from the committed run; paste studies.demo_report.auto_headline(...)")
+        # the results page's headline: the estimator route's closed loop improves quality on the dropout networks
+        est = {v["network"]: v for v in demo_report.auto_verdicts(run) if v["method"] == "nag_cf_est_auto"}
+        assert all(est[f"{f}, dropout"]["quality_better"] >= 15 for f in ("sit", "sd1"))
