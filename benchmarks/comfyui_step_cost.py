@@ -3,8 +3,8 @@
 Runs the real ComfyUI sampler (``comfy.sample.sample``) on one model and times, interleaved in one
 run (round-robin over configurations, median of the repeats): plain CFG, NAG-CF batched, NAG-CF
 unbatched, NAG-CG (estimator gradient), and NAG-CF with the null branch from a noise-level estimator
-(K = 1 and 3 levels: any checkpoint, no fine-tuning).  Prints seconds per step and the ratio to plain
-CFG.  Run it with ComfyUI's Python:
+(K = 1 and 3 levels: any checkpoint, no fine-tuning; at K = 1 also with the closed-loop scale).  Prints
+seconds per step, the ratio to plain CFG, and the network evaluations and estimator reads per sample and step.  Run it with ComfyUI's Python:
 
     python benchmarks/comfyui_step_cost.py [--model sd3|unet] [--size 32] [--steps 6] [--repeats 5]
 
@@ -111,18 +111,45 @@ def time_steps(model, latent, steps: int, pos, neg, cfg: float = 4.0) -> float:
         return (time.perf_counter() - t0) / steps
 
 
+def count_rows(model, estimator, latent, steps: int, pos, neg) -> tuple[float, float]:
+    """``(network evaluations, estimator reads)`` per sample and sampler step of one run: the rows the diffusion
+    model and the estimator class are called on (cond and uncond batched together count as two)."""
+    rows = {"model": 0, "estimator": 0}
+    dm, cls = model.model.diffusion_model, type(estimator)
+    dm_forward, est_forward = dm.forward, cls.forward
+
+    def counted_model(x, *a, **k):
+        rows["model"] += x.shape[0]
+        return dm_forward(x, *a, **k)
+
+    def counted_estimator(self, x, *a, **k):
+        rows["estimator"] += x.shape[0]
+        return est_forward(self, x, *a, **k)
+
+    dm.forward, cls.forward = counted_model, counted_estimator
+    try:
+        time_steps(model, latent, steps, pos, neg)
+    finally:
+        del dm.forward
+        cls.forward = est_forward
+    n = steps * latent.shape[0]
+    return rows["model"] / n, rows["estimator"] / n
+
+
 def measure(model, latent, steps: int, repeats: int, estimator_width: int = 32) -> dict:
-    """Median seconds per sampler step of plain CFG and the guidance nodes, measured round-robin."""
+    """Median seconds per sampler step of plain CFG and the guidance nodes, measured round-robin, with each one's
+    network evaluations and estimator reads per step (:func:`count_rows`, one extra run each)."""
     pos, neg = conditioning_for(model, 1), conditioning_for(model, 2)
-    configs = configurations(model, estimator_for(model, estimator_width))
+    estimator = estimator_for(model, estimator_width)
+    configs = configurations(model, estimator)
     times = {k: [] for k in configs}
-    for m in configs.values():  # warm-up (model load, allocator)
-        time_steps(m, latent, steps, pos, neg)
+    counts = {k: count_rows(m, estimator[0], latent, steps, pos, neg) for k, m in configs.items()}  # also a warm-up
     for _ in range(repeats):
         for k, m in configs.items():
             times[k].append(time_steps(m, latent, steps, pos, neg))
     base = statistics.median(times["plain CFG"])
-    return {k: {"s_per_step": statistics.median(v), "ratio": statistics.median(v) / base} for k, v in times.items()}
+    return {k: {"s_per_step": statistics.median(v), "ratio": statistics.median(v) / base, "nfe": counts[k][0],
+                "estimator_reads": counts[k][1]} for k, v in times.items()}
 
 
 def main():
@@ -157,9 +184,9 @@ def main():
     result = measure(model, latent, args.steps, args.repeats)
     print(f"model={args.unet_file or args.model} latent={tuple(latent.shape)} steps={args.steps} repeats={args.repeats} "
           f"device={comfy.model_management.get_torch_device()} threads={torch.get_num_threads()}")
-    print(f"{'configuration':24s} {'s/step':>9s} {'ratio':>7s}")
+    print(f"{'configuration':26s} {'s/step':>9s} {'ratio':>7s} {'NFE/step':>9s} {'estimator reads/step':>21s}")
     for k, v in result.items():
-        print(f"{k:24s} {v['s_per_step']:9.4f} {v['ratio']:7.2f}")
+        print(f"{k:26s} {v['s_per_step']:9.4f} {v['ratio']:7.2f} {v['nfe']:9.2f} {v['estimator_reads']:21.2f}")
 
 
 if __name__ == "__main__":
