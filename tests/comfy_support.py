@@ -30,6 +30,24 @@ def skip_loudly(msg: str):
     pytest.skip(msg, allow_module_level=True)
 
 
+QUIET = dict(log=lambda *a: None)  # the trainer's api calls without progress lines
+KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")  # ComfyUI's words for a LoRA/state-dict key mismatch
+
+
+def trainer_comfy_or_skip(what: str):
+    """ComfyUI through the trainer's own loader (``training.comfyui.import_comfy``), or skip the calling module
+    LOUDLY (warning + reason) naming ``what`` is skipped."""
+    import pytest
+
+    from training import comfyui
+
+    try:
+        return comfyui.import_comfy()
+    except comfyui.ComfyUnavailable as e:
+        warnings.warn(f"{what} SKIPPED: {e}")
+        pytest.skip(f"{what} need ComfyUI: {e}", allow_module_level=True)
+
+
 def comfy_or_skip() -> Path:
     """Put ComfyUI first on sys.path in CPU mode, or skip the module LOUDLY."""
     root = comfy_root()

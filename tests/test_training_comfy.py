@@ -17,11 +17,9 @@ from safetensors.torch import load_file
 
 from training import comfyui
 
-try:
-    comfy = comfyui.import_comfy()
-except comfyui.ComfyUnavailable as _e:
-    warnings.warn(f"ComfyUI-backed trainer tests SKIPPED: {_e}")
-    pytest.skip(f"ComfyUI-backed trainer tests need ComfyUI: {_e}", allow_module_level=True)
+import comfy_support as cs  # noqa: E402
+
+comfy = cs.trainer_comfy_or_skip("ComfyUI-backed trainer tests")
 
 import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
@@ -42,8 +40,7 @@ from training.adapters import ComfyDenoiser  # noqa: E402
 from training.tasks import FinetuneTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = dict(log=lambda *a: None)
-KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
+QUIET, KEY_WARNINGS = cs.QUIET, cs.KEY_WARNINGS
 
 
 @pytest.fixture(scope="module", autouse=True)

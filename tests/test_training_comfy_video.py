@@ -11,7 +11,6 @@ trains an estimator that loads back, `finetune` trains a noise-condition dropout
 """
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,14 @@ from safetensors.torch import load_file
 
 from training import comfyui
 
-try:
-    comfy = comfyui.import_comfy()
-except comfyui.ComfyUnavailable as _e:
-    warnings.warn(f"ComfyUI-backed video trainer tests SKIPPED: {_e}")
-    pytest.skip(f"ComfyUI-backed video trainer tests need ComfyUI: {_e}", allow_module_level=True)
+import comfy_support as cs  # noqa: E402
+
+comfy = cs.trainer_comfy_or_skip("ComfyUI-backed video trainer tests")
 
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
 
-import comfy_support as cs  # noqa: E402
 from comfy_nag.estimators import NoiseLevelEstimator, VideoBackbone  # noqa: E402
 from comfy_nag.files import read_metadata  # noqa: E402
 from comfy_nag.metadata import null_timestep  # noqa: E402
@@ -41,8 +37,7 @@ from training.latent_cache import Cache, CacheError, CacheInfo, write_cache  # n
 from training.tasks import FinetuneTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = dict(log=lambda *a: None)
-KEY_WARNINGS = ("missing", "unexpected", "not loaded", "left over")
+QUIET, KEY_WARNINGS = cs.QUIET, cs.KEY_WARNINGS
 TINY_EST = {"estimator.steps": 6, "estimator.batch_size": 4, "estimator.bins": 8, "estimator.width": 16,
             "estimator.depth": 2, "monitor.eval_size": 4}
 
