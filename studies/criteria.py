@@ -53,5 +53,5 @@ def section(verdicts: list[dict], what: str) -> list[str]:
 
 COLUMNS = ["network", "method", "n", "shift_lower", "quality_better", "both", "no_overshoot", "as_good_as_constant",
            "constant_n", "beats_free", "free_n"]
-HEADS = ["network", "method", "settings", "late shift lower", "quality better", "both", "|signed shift| <= baseline's",
+HEADS = ["network", "method", "settings", "late shift lower", "quality better", "both", "\\|signed shift\\| <= baseline's",
          "quality within 1 % of the tuned constant", "of", "quality better than epsilon scaling", "of"]
