@@ -1,8 +1,8 @@
 """Which latent space a cache holds and which family an estimator is for, from the family registry.
 
 A VAE cache records the family whose VAE encoded it (``vae_family``) when ``prepare`` knows it (a checkpoint, or
-``model.family``), and the VAE's latent format when the registry pins it down (``latent_format``: 16-channel 5-D
-latents are Wan21, 48-channel ones Wan22).  An estimator is for one family's schedule on that latent space:
+``model.family``), and the VAE's latent format when its class or the registry pins it down (``latent_format``:
+a WAN 2.1 VAE's latents are Wan21; 48-channel 5-D latents are Wan22 whatever the VAE).  An estimator is for one family's schedule on that latent space:
 :func:`estimator_space` takes it from ``model.base`` (ComfyUI's detection), ``estimator.family``, the cache or
 ``model.family``, and refuses, in one line naming the fix, a family whose latents the cache does not hold.
 """
@@ -31,11 +31,16 @@ def latent_kind(dims: int, channels: int | str = "C", fmt: str = "", shape=None)
     return f"{fmt + ' ' if fmt else ''}{'video' if dims == 3 else 'image'} latents {list(shape) if shape else generic}"
 
 
+def shape_families(channels: int, dims: int) -> tuple[str, ...]:
+    """The registry's (non-reference) families whose latents have ``channels`` channels and ``dims`` dimensions."""
+    return tuple(n for n, f in FAMILIES.items()
+                 if not f.reference and f.latent_channels == channels and f.latent_dims == dims)
+
+
 def format_of(channels: int, dims: int) -> str:
     """The one latent format of the registry with ``channels`` channels and ``dims`` latent dimensions ("" when
-    none or several: 4-channel image latents are SD1.5's or SDXL's)."""
-    formats = {f.latent_format for f in FAMILIES.values()
-               if not f.reference and f.latent_channels == channels and f.latent_dims == dims}
+    none or several: 4-channel image latents are SD1.5's or SDXL's, 16-channel video latents WAN's or HunyuanVideo's)."""
+    formats = {FAMILIES[n].latent_format for n in shape_families(channels, dims)}
     return formats.pop() if len(formats) == 1 else ""
 
 
@@ -91,9 +96,9 @@ def _family_name(cfg: Config, cache: Cache) -> str:
     if name:
         return name
     fmt, info = cache_format(cache), cache.info
-    fams = [n for n, f in FAMILIES.items()  # clips: not an image family's latents
-            if (f.latent_format == fmt if fmt else not f.reference and f.latent_channels == info.channels and
-                f.latent_dims == (3 if cache.video else 2)) and (info.frames <= 1 or f.temporal_compression)]
+    candidates = latent_space_families(fmt) if fmt else shape_families(info.channels, 3 if cache.video else 2)
+    fams = [n for n in candidates  # clips: not an image family's latents
+            if info.frames <= 1 or FAMILIES[n].temporal_compression]
     if len(fams) == 1:
         return fams[0]
     shape = list(cache.sample_shape)
