@@ -25,6 +25,12 @@ BOUNDS = (1.0, 1.5, 2.0, 3.0, 4.0)
 DEV_SEED = 2
 
 
+def _row(res: dict, sampler: str, steps: int, method: str) -> dict:
+    """One sampling run as a row: its setting, the exact late shift and the quality."""
+    return {"sampler": sampler, "steps": steps, "method": method, "noise_shift": res["shift"]["exact"]["noise_shift"],
+            "quality": res["quality"]}
+
+
 def rows_for(tr: toolkit.Trained, cfg: toolkit.Config, ev: toolkit.Eval, bound: float) -> list[dict]:
     """``nag_cf_est_auto`` with the bound ``bound`` in every setting of ``cfg`` (``method`` names the bound)."""
     out = []
@@ -33,9 +39,7 @@ def rows_for(tr: toolkit.Trained, cfg: toolkit.Config, ev: toolkit.Eval, bound: 
             setup = toolkit.method_setup("nag_cf_est_auto", tr, cfg, {})
             rule = dataclasses.replace(setup.guidance.rule, max_scale=bound)
             setup = setup._replace(guidance=dataclasses.replace(setup.guidance, rule=rule))
-            res = toolkit.run_one(tr, ev, setup, sampler, steps)
-            out.append({"sampler": sampler, "steps": steps, "method": f"bound {bound:g}",
-                        "noise_shift": res["shift"]["exact"]["noise_shift"], "quality": res["quality"]})
+            out.append(_row(toolkit.run_one(tr, ev, setup, sampler, steps), sampler, steps, f"bound {bound:g}"))
     return out
 
 
@@ -66,8 +70,7 @@ def study(seed: int, work: Path, log=print) -> dict:
         for sampler in cfg.samplers:
             for steps in cfg.steps:
                 res = toolkit.run_one(tr, ev, toolkit.method_setup("baseline", tr, ncfg, {}), sampler, steps)
-                rows.append({"family": name, "sampler": sampler, "steps": steps, "method": "baseline",
-                             "noise_shift": res["shift"]["exact"]["noise_shift"], "quality": res["quality"]})
+                rows.append({"family": name, **_row(res, sampler, steps, "baseline")})
         for bound in BOUNDS:
             rows += [{"family": name, **r} for r in rows_for(tr, ncfg, ev, bound)]
             log(f"[{name}] bound {bound:g} done")
@@ -92,7 +95,7 @@ def report(res: dict) -> str:
         md_table(res["rows"], ["family", "sampler", "steps", "method", "noise_shift", "quality"]), ""])
 
 
-def run(out, seed: int = DEV_SEED, threads: int | None = None, log=print) -> dict:
+def run(out, seed: int = DEV_SEED, threads: int | None = None) -> dict:
     out, t0, log = harness.begin(out, threads)
     torch.manual_seed(seed)
     res = study(seed, out / "work", log)
