@@ -113,27 +113,26 @@ def time_steps(model, latent, steps: int, pos, neg, cfg: float = 4.0) -> float:
 
 def count_rows(model, estimator, latent, steps: int, pos, neg) -> tuple[float, float]:
     """``(network evaluations, estimator reads)`` per sample and sampler step of one run: the rows the diffusion
-    model and the estimator class are called on (cond and uncond batched together count as two)."""
-    rows = {"model": 0, "estimator": 0}
-    dm, cls = model.model.diffusion_model, type(estimator)
-    dm_forward, est_forward = dm.forward, cls.forward
+    model (the tests' ``ForwardSpy``) and the estimator class are called on (cond and uncond batched together count
+    as two).  The estimator is counted on its class: the nodes' model_options, estimator included, are deep-copied."""
+    import comfy_support as cs
 
-    def counted_model(x, *a, **k):
-        rows["model"] += x.shape[0]
-        return dm_forward(x, *a, **k)
+    read = [0]
+    cls = type(estimator)
+    est_forward = cls.forward
 
     def counted_estimator(self, x, *a, **k):
-        rows["estimator"] += x.shape[0]
+        read[0] += x.shape[0]
         return est_forward(self, x, *a, **k)
 
-    dm.forward, cls.forward = counted_model, counted_estimator
+    cls.forward = counted_estimator
     try:
-        time_steps(model, latent, steps, pos, neg)
+        with cs.ForwardSpy(model) as spy:
+            time_steps(model, latent, steps, pos, neg)
     finally:
-        del dm.forward
         cls.forward = est_forward
     n = steps * latent.shape[0]
-    return rows["model"] / n, rows["estimator"] / n
+    return sum(t.shape[0] for t, _ in spy.calls) / n, read[0] / n
 
 
 def measure(model, latent, steps: int, repeats: int, estimator_width: int = 32) -> dict:
